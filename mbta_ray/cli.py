@@ -1,0 +1,123 @@
+"""``mbta-ray``: one Typer app, a subcommand group per stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mbta_ray import versioning
+
+app = typer.Typer(help="MBTA arrival and delay prediction on Ray.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Ingest MBTA data into versioned feature datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+RootOpt = Annotated[Path, typer.Option("--root", help="Artifact root (datasets go in <root>/datasets).")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _counts_table(manifest: dict) -> Table:
+    c = manifest["counts"]
+    t = Table(title=f"dataset {manifest['name']} / {manifest['version']}", show_header=True)
+    t.add_column("what")
+    t.add_column("rows", justify="right")
+    t.add_row("source rows in", f"{c['rows_in']:,}")
+    t.add_row("events out (clean)", f"{c['rows_out']:,}")
+    t.add_row("quarantined", f"{c['quarantined']:,}")
+    t.add_row("trips", f"{c['trips']:,}")
+    for split in ("train", "valid", "test"):
+        t.add_row(f"examples {split} ({c['trips_by_split'][split]:,} trips)", f"{c['examples_by_split'][split]:,}")
+    t.add_row("examples (checked vs trip sizes)", f"{c['examples']:,} / {c['examples_expected']:,}")
+    return t
+
+
+def _quarantine_table(manifest: dict) -> Table:
+    t = Table(title="quarantined by reason")
+    t.add_column("reason")
+    t.add_column("rows", justify="right")
+    for reason, n in manifest["counts"]["quarantined_by_reason"].items():
+        t.add_row(reason, f"{n:,}")
+    return t
+
+
+@data_app.command("ingest")
+def ingest_cmd(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Input files (parquet/CSV), format detected from the columns; 'path::format' names it "
+             "(lamp, tm, massdot, gtfsrt). Default: the embedded real MBTA samples.")] = None,
+    name: Annotated[str, typer.Option(help="Dataset name.")] = "mbta",
+    k: Annotated[int, typer.Option("--k", "-k", help="Predict 1..K observed stops ahead.")] = 10,
+    max_abs_delay: Annotated[float, typer.Option(help="Quarantine events with |delay| above this (s).")] = 7200.0,
+    stops: Annotated[Optional[str], typer.Option(help="GTFS stops file (default: embedded 2023-04).")] = None,
+    no_stops: Annotated[bool, typer.Option("--no-stops", help="Skip GTFS stop checks and distances.")] = False,
+    root: RootOpt = Path("artifacts"),
+) -> None:
+    """Read, check and turn MBTA data into a versioned train/valid/test feature dataset."""
+    from mbta_ray.etl import DEFAULT_STOPS, EtlConfig, ingest
+    from mbta_ray.sources import InputError
+
+    try:
+        config = EtlConfig(k=k, max_abs_delay_s=max_abs_delay)
+        with console.status("building the dataset with Ray Data..."):
+            result = ingest(inputs, root=root, name=name, config=config,
+                            stops_path=None if no_stops else (stops or DEFAULT_STOPS))
+    except (InputError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    verb = "created" if result.created else "already exists (inputs, config and code unchanged: nothing to do)"
+    console.print(f"[bold green]dataset {result.name}/{result.version} {verb}[/] at {result.path}")
+    console.print(_counts_table(result.manifest))
+    console.print(_quarantine_table(result.manifest))
+
+
+@data_app.command("list")
+def list_cmd(name: Annotated[Optional[str], typer.Option(help="Only this dataset.")] = None,
+             root: RootOpt = Path("artifacts")) -> None:
+    """List dataset versions with their counts, newest first."""
+    manifests = versioning.list_versions(root, name)
+    t = Table(title=f"datasets under {root}")
+    for col in ("name", "version", "created", "inputs", "rows in", "quarantined", "train", "valid", "test"):
+        t.add_column(col, justify="right" if col not in ("name", "version", "created", "inputs") else "left")
+    for m in manifests:
+        c = m["counts"]
+        t.add_row(m["name"], m["version"], m["created_at"][:19], ", ".join(sorted({i["format"] for i in m["inputs"]})),
+                  f"{c['rows_in']:,}", f"{c['quarantined']:,}",
+                  *(f"{c['examples_by_split'][s]:,}" for s in ("train", "valid", "test")))
+    console.print(t)
+    if not manifests:
+        console.print("no datasets yet: run `mbta-ray data ingest`")
+
+
+@data_app.command("show")
+def show_cmd(version: Annotated[str, typer.Argument(help="Version (or a unique prefix).")],
+             name: Annotated[Optional[str], typer.Option(help="Dataset name.")] = None,
+             rows: Annotated[int, typer.Option(help="Sample rows to show.")] = 5,
+             split: Annotated[str, typer.Option(help="Split to sample.")] = "train",
+             root: RootOpt = Path("artifacts")) -> None:
+    """Show a version's manifest and a sample of its rows."""
+    import pyarrow.dataset as pads
+
+    try:
+        ds_name, ds_version = versioning.resolve(root, version, name)
+    except versioning.VersionNotFound as exc:
+        _fail(str(exc))
+    manifest = versioning.load_manifest(root, ds_name, ds_version)
+    console.print_json(json.dumps({k: v for k, v in manifest.items() if k != "schema"}, default=str))
+    console.print(_counts_table(manifest))
+    folder = versioning.version_dir(root, ds_name, ds_version) / split
+    sample = pads.dataset(str(folder), format="parquet").head(rows).to_pandas()
+    console.print(f"[bold]{split} sample ({len(sample)} rows)[/]")
+    console.print(sample.T.to_string())
+
+
+def main() -> None:  # pragma: no cover
+    app()

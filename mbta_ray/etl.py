@@ -1,0 +1,368 @@
+"""Ray Data ETL: MBTA source files -> validated events -> (u -> s) example rows -> versioned splits.
+
+Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-node cluster):
+
+1. read: one task per file piece; each reader maps its format to canonical events and row checks
+   flag bad rows (``map_batches``).
+2. trip checks: events are grouped by a hash bucket of the trip key (``groupby().map_groups``), so
+   every call holds whole trips -- many per call, which keeps the per-group overhead low. A trip is
+   never split across batches, whatever the files or blocks looked like.
+3. splits: each trip goes to train/valid/test by its start time (per source, since the sources cover
+   different periods), so no trip is in two splits and valid/test come after train.
+4. segment medians from the training pairs (``groupby().aggregate``), then pairs + features for all
+   splits (``map_groups`` again), written as parquet per split.
+
+Every source row ends up as a good event or in the quarantine table with its reason, and the written
+pair count is checked against an independent count from the trip sizes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.data.aggregate import Count, Quantile
+from ray.data.expressions import col
+
+from mbta_ray import versioning
+from mbta_ray.features import (
+    HIST_MEDIAN,
+    SEGMENT_KEY,
+    compute_features,
+    example_frame,
+    expected_pair_count,
+    pair_events,
+)
+from mbta_ray.gtfs import Stops
+from mbta_ray.schema import (
+    EXAMPLE_SCHEMA,
+    FEATURE_CODE_VERSION,
+    FEATURES,
+    QUARANTINE_SCHEMA,
+    SPLITS,
+    TARGET,
+    conform,
+)
+from mbta_ray.sources import InputFile, inspect_input, plan_pieces, read_piece
+from mbta_ray.validate import TRIP_KEY, ValidationConfig, check_rows, check_trips, trip_keys
+
+log = logging.getLogger(__name__)
+
+SAMPLES_DIR = Path(__file__).parent / "data" / "samples"
+#: The embedded real data that ``make run`` ingests.
+DEFAULT_INPUTS = (
+    str(SAMPLES_DIR / "lamp_subway_2024-02-07_10k.parquet"),
+    str(SAMPLES_DIR / "tm_stop_crossing_2024-08-11_arrivals.parquet"),
+    str(SAMPLES_DIR / "gtfsrt_vehicle_positions_2023-05-08T12.parquet"),
+)
+DEFAULT_STOPS = str(SAMPLES_DIR / "gtfs_stops_2023-04.parquet")
+
+#: Events after the trip checks carry these besides the quarantine schema's columns.
+_WORK_SCHEMA = QUARANTINE_SCHEMA.append(pa.field(TRIP_KEY, pa.string())).append(
+    pa.field("bucket", pa.int64())
+)
+_TRIP_SCHEMA = pa.schema([("source", pa.string()), (TRIP_KEY, pa.string()),
+                          ("trip_start", EXAMPLE_SCHEMA.field("trip_start").type), ("trip_size", pa.int64())])
+_SEGMENT_SCHEMA = pa.schema([("route_id", pa.string()), ("from_stop_id", pa.string()),
+                             ("to_stop_id", pa.string()), (TARGET, pa.float64())])
+_SPLIT_EXAMPLE_SCHEMA = EXAMPLE_SCHEMA.append(pa.field("split", pa.string()))
+
+
+_GOOD = col("reason").is_null()
+_BAD = col("reason").is_not_null()
+
+
+class EtlIntegrityError(RuntimeError):
+    """An internal count check failed: the dataset would be wrong, so nothing is written."""
+
+
+@dataclass(frozen=True)
+class EtlConfig:
+    """Everything that shapes a dataset version (it is part of the version hash)."""
+
+    k: int = 10  # predict 1..k observed stops ahead
+    max_abs_delay_s: float = 7200.0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    #: Trips per map_groups call: large enough that the per-call cost is small, small enough to fit.
+    events_per_bucket: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.max_abs_delay_s <= 0:
+            raise ValueError(f"max_abs_delay_s must be > 0, got {self.max_abs_delay_s}")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9 or min(self.split_fractions) < 0:
+            raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
+
+    def version_dict(self) -> dict:
+        """The parts of the config that change the output (not performance knobs)."""
+        d = asdict(self)
+        d.pop("events_per_bucket")
+        d["split_fractions"] = list(self.split_fractions)
+        return d
+
+
+@dataclass
+class IngestResult:
+    name: str
+    version: str
+    path: Path
+    created: bool
+    manifest: dict = field(default_factory=dict)
+
+
+# --- stage functions (run inside Ray tasks) -----------------------------------------------------
+
+
+def _read_pieces(batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
+    for piece_json in batch["piece"]:
+        yield from read_piece(json.loads(piece_json))
+
+
+def _row_checks(table: pa.Table, config: ValidationConfig, stops: Stops | None, buckets: int) -> pa.Table:
+    df = table.to_pandas()
+    df = check_rows(df, config, stops)
+    keys = trip_keys(df)
+    df[TRIP_KEY] = keys
+    # Stable across processes (unlike hash()): every event of a trip lands in the same bucket.
+    df["bucket"] = (pd.util.hash_array(keys.fillna("").to_numpy(dtype=object)) % buckets).astype("int64")
+    return conform(pa.Table.from_pandas(df, preserve_index=False), _WORK_SCHEMA)
+
+
+def _trip_checks(df: pd.DataFrame) -> pa.Table:
+    return conform(pa.Table.from_pandas(check_trips(df), preserve_index=False), _WORK_SCHEMA)
+
+
+def _sorted_trips(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values([TRIP_KEY, "stop_sequence", "actual_arrival"], kind="stable").reset_index(drop=True)
+
+
+def _trip_table(df: pd.DataFrame) -> pa.Table:
+    g = df.groupby(TRIP_KEY, sort=False)
+    trips = g.agg(source=("source", "first"), trip_start=("actual_arrival", "min"),
+                  trip_size=("actual_arrival", "size")).reset_index()
+    return conform(pa.Table.from_pandas(trips, preserve_index=False), _TRIP_SCHEMA)
+
+
+def assign_splits(pairs: pd.DataFrame, cutoffs: dict[str, tuple[pd.Timestamp, pd.Timestamp]]) -> pd.Series:
+    """train before the first cutoff of the trip's source, valid before the second, test after."""
+    split = pd.Series("train", index=pairs.index, dtype="string")
+    for source, (valid_from, test_from) in cutoffs.items():
+        mine = pairs["source"] == source
+        start = pd.to_datetime(pairs["trip_start"], utc=True)
+        split[mine & (start >= valid_from)] = "valid"
+        split[mine & (start >= test_from)] = "test"
+    return split
+
+
+def _train_segments(df: pd.DataFrame, k: int, cutoffs: dict) -> pa.Table:
+    pairs = pair_events(_sorted_trips(df), k)
+    pairs = pairs[assign_splits(pairs, cutoffs) == "train"]
+    travel = (pd.to_datetime(pairs["actual_arrival_s"], utc=True)
+              - pd.to_datetime(pairs["actual_arrival_u"], utc=True)).dt.total_seconds()
+    out = pairs[SEGMENT_KEY].assign(**{TARGET: travel})
+    return conform(pa.Table.from_pandas(out, preserve_index=False), _SEGMENT_SCHEMA)
+
+
+def _examples(df: pd.DataFrame, k: int, cutoffs: dict, stops: Stops | None, medians: pd.DataFrame) -> pa.Table:
+    pairs = pair_events(_sorted_trips(df), k)
+    feats = compute_features(pairs, stops, medians)
+    out = example_frame(feats)
+    out = out.assign(split=assign_splits(feats, cutoffs).to_numpy())
+    return conform(pa.Table.from_pandas(out, preserve_index=False), _SPLIT_EXAMPLE_SCHEMA)
+
+
+# --- driver -----------------------------------------------------------------------------------
+
+
+def split_cutoffs(trips: pd.DataFrame, fractions: tuple[float, float, float]) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    """Per source, the trip start times where valid and test begin (trips ordered by start)."""
+    cutoffs = {}
+    for source, group in trips.groupby("source"):
+        starts = pd.to_datetime(group["trip_start"], utc=True).sort_values().reset_index(drop=True)
+        n = len(starts)
+        i_valid = min(int(np.floor(fractions[0] * n)), n - 1)
+        i_test = min(int(np.floor((fractions[0] + fractions[1]) * n)), n - 1)
+        far = pd.Timestamp.max.tz_localize("UTC")
+        valid_from = starts[i_valid] if fractions[1] + fractions[2] > 0 else far
+        test_from = starts[i_test] if fractions[2] > 0 else far
+        cutoffs[str(source)] = (valid_from, max(valid_from, test_from))
+    return cutoffs
+
+
+def parse_input_spec(spec: str) -> tuple[str, str | None]:
+    """'path' or 'path::format' -> (path, format or None)."""
+    if "::" in spec:
+        path, fmt = spec.rsplit("::", 1)
+        return path, fmt
+    return spec, None
+
+
+def plan_inputs(specs: list[str]) -> list[InputFile]:
+    """Inspect every input before any work starts (fail fast, naming the file)."""
+    if not specs:
+        raise ValueError("no inputs given")
+    return [inspect_input(*parse_input_spec(s)) for s in specs]
+
+
+def ensure_ray() -> None:
+    """Connect to the cluster in RAY_ADDRESS if set, else start (or reuse) a local one."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
+                 logging_level=logging.WARNING, log_to_driver=True)
+
+
+def _count_rows(folder: Path) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in folder.rglob("*.parquet"))
+
+
+def _publish_splits(examples_dir: Path, out: Path) -> None:
+    """Ray writes hive folders ``split=train``; give them the plain names train/valid/test."""
+    for split in SPLITS:
+        src = examples_dir / f"split={split}"
+        dst = out / split
+        if src.is_dir():
+            os.rename(src, dst)
+        else:
+            dst.mkdir()  # an empty split stays a (empty) folder: readers see zero rows, not an error
+            pq.write_table(EXAMPLE_SCHEMA.empty_table(), dst / "empty.parquet")
+    shutil.rmtree(examples_dir)
+
+
+def ingest(
+    inputs: list[str] | None = None,
+    *,
+    root: str | Path = "artifacts",
+    name: str = "mbta",
+    config: EtlConfig | None = None,
+    stops_path: str | None = DEFAULT_STOPS,
+) -> IngestResult:
+    """Build (or find) the dataset version for ``inputs`` and return where it is."""
+    config = config or EtlConfig()
+    files = plan_inputs(list(inputs or DEFAULT_INPUTS))
+    stops_file = inspect_stops(stops_path)
+    checksums = [(f.format, f.sha256) for f in files]
+    if stops_file:
+        checksums.append(("gtfs_stops", stops_file["sha256"]))
+    version = versioning.compute_version(checksums, config.version_dict())
+    if versioning.exists(root, name, version):
+        return IngestResult(name, version, versioning.version_dir(root, name, version), False,
+                            versioning.load_manifest(root, name, version))
+
+    manifest: dict = {}
+
+    def write(tmp: Path) -> None:
+        manifest.update(_run(files, stops_path, config, tmp))
+        manifest.update(
+            name=name, version=version, feature_code_version=FEATURE_CODE_VERSION,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+            inputs=[f.to_dict() for f in files], gtfs_stops=stops_file,
+            config=config.version_dict(),
+            schema={"features": [{"name": f.name, "type": str(f.dtype), "kind": f.kind.value,
+                                  "optional": f.optional, "doc": f.doc} for f in FEATURES],
+                    "target": TARGET, "columns": EXAMPLE_SCHEMA.names},
+        )
+        versioning.write_manifest(tmp, manifest)
+
+    result = versioning.write_atomically(root, name, version, write)
+    if not result.created:
+        manifest = versioning.load_manifest(root, name, version)
+    return IngestResult(name, version, result.path, result.created, manifest)
+
+
+def inspect_stops(stops_path: str | None) -> dict | None:
+    if not stops_path:
+        return None
+    path = os.path.abspath(stops_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: GTFS stops file not found")
+    from mbta_ray.sources import _sha256  # one checksum implementation
+
+    return {"path": path, "sha256": _sha256(path)}
+
+
+def _run(files: list[InputFile], stops_path: str | None, config: EtlConfig, out: Path) -> dict:
+    """The Ray Data pipeline. Writes train/valid/test, quarantine and segment medians under ``out``."""
+    ensure_ray()
+    stops = Stops.load(stops_path) if stops_path else None
+    rows_in = sum(f.num_rows for f in files)
+    buckets = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-rows_in // config.events_per_bucket))
+    vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s)
+
+    pieces = [json.dumps(p) for f in files for p in plan_pieces(f)]
+    events = (
+        ray.data.from_items([{"piece": p} for p in pieces], override_num_blocks=len(pieces))
+        .map_batches(_read_pieces, batch_size=1, batch_format="numpy")
+        .map_batches(_row_checks, batch_format="pyarrow", batch_size=None,
+                     fn_kwargs={"config": vconf, "stops": stops, "buckets": buckets})
+    )
+    checked = (
+        events.filter(expr=_GOOD)
+        .groupby("bucket", num_partitions=buckets)
+        .map_groups(_trip_checks, batch_format="pandas")
+    ).materialize()
+    quarantine = events.filter(expr=_BAD).union(checked.filter(expr=_BAD))
+    clean = checked.filter(expr=_GOOD).materialize()
+
+    # Trip table on the driver: one row per trip, small next to the events.
+    trips = clean.groupby("bucket", num_partitions=buckets).map_groups(_trip_table, batch_format="pandas").to_pandas()
+    cutoffs = split_cutoffs(trips, config.split_fractions)
+    expected_pairs = expected_pair_count(trips["trip_size"].to_numpy(), config.k)
+
+    medians = (
+        clean.groupby("bucket", num_partitions=buckets)
+        .map_groups(_train_segments, batch_format="pandas", fn_kwargs={"k": config.k, "cutoffs": cutoffs})
+        .groupby(SEGMENT_KEY)
+        .aggregate(Quantile(TARGET, q=0.5, alias_name=HIST_MEDIAN), Count(alias_name="n"))
+        .to_pandas()
+    )
+    examples_dir = out / "_examples"
+    (
+        clean.groupby("bucket", num_partitions=buckets)
+        .map_groups(_examples, batch_format="pandas",
+                    fn_kwargs={"k": config.k, "cutoffs": cutoffs, "stops": stops, "medians": medians})
+        .write_parquet(str(examples_dir), partition_cols=["split"])
+    )
+    quarantine.drop_columns([TRIP_KEY, "bucket"]).write_parquet(str(out / "quarantine"))
+    _publish_splits(examples_dir, out)
+    pq.write_table(pa.Table.from_pandas(medians, preserve_index=False), out / "segment_medians.parquet")
+
+    by_reason = quarantine.groupby("reason").count().to_pandas()
+    quarantined = {str(r): int(c) for r, c in zip(by_reason["reason"], by_reason["count()"])}
+    rows_out = clean.count()
+    split_rows = {s: _count_rows(out / s) for s in SPLITS}
+    written_quarantine = _count_rows(out / "quarantine")
+    if rows_in != rows_out + sum(quarantined.values()) or written_quarantine != sum(quarantined.values()):
+        raise EtlIntegrityError(
+            f"row accounting broken: in={rows_in} out={rows_out} quarantined={quarantined} "
+            f"(written {written_quarantine})")
+    if sum(split_rows.values()) != expected_pairs:
+        raise EtlIntegrityError(
+            f"pair count {sum(split_rows.values())} != {expected_pairs} expected from trip sizes")
+    split_trips = assign_splits(trips.rename(columns={}), cutoffs).value_counts().to_dict()
+    return {
+        "counts": {
+            "rows_in": rows_in,
+            "rows_out": rows_out,
+            "quarantined": sum(quarantined.values()),
+            "quarantined_by_reason": dict(sorted(quarantined.items())),
+            "trips": len(trips),
+            "trips_by_split": {s: int(split_trips.get(s, 0)) for s in SPLITS},
+            "examples": sum(split_rows.values()),
+            "examples_expected": expected_pairs,
+            "examples_by_split": split_rows,
+            "segments_with_median": len(medians),
+        },
+        "split_cutoffs": {s: [a.isoformat(), b.isoformat()] for s, (a, b) in cutoffs.items()},
+    }

@@ -1,0 +1,157 @@
+"""Turn stop events into example rows: (u -> s) pairs and their features.
+
+``pair_events`` is the ETL half (it needs observed trips). ``compute_features`` is shared: the ETL
+calls it per batch of pairs and the server per batch of requests, so the two cannot drift apart.
+Statistics learned from the training split (``segment_medians``) travel with the dataset and model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mbta_ray.gtfs import Stops
+from mbta_ray.schema import EXAMPLE_COLUMNS, FEATURE_NAMES, TARGET
+from mbta_ray.timeutil import seconds_into_service_day, tod_sin_cos
+from mbta_ray.validate import TRIP_KEY
+
+#: Columns that identify a segment for the historical median.
+SEGMENT_KEY = ["route_id", "from_stop_id", "to_stop_id"]
+HIST_MEDIAN = "hist_median_travel_s"
+
+
+def pair_events(events: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Pair every event u of a trip with each of the next ``k`` observed events s of that trip.
+
+    ``events`` must hold whole trips of good events, sorted by trip and stop sequence (as
+    ``validate.check_trips`` leaves them). Returns the raw pair columns ``compute_features`` needs.
+    """
+    n = len(events)
+    if n == 0:
+        return pd.DataFrame(columns=[c for c in _PAIR_COLUMNS])
+    trip = events[TRIP_KEY].to_numpy()
+    starts = np.r_[True, trip[1:] != trip[:-1]]
+    trip_id_num = np.cumsum(starts) - 1
+    first_index = np.flatnonzero(starts)
+    sizes = np.diff(np.r_[first_index, n])
+    pos = np.arange(n) - first_index[trip_id_num]
+    remaining = sizes[trip_id_num] - 1 - pos  # later events on the same trip
+    delay = (events["actual_arrival"] - events["scheduled_arrival"]).dt.total_seconds().to_numpy()
+    delay_prev = np.where(pos > 0, np.r_[np.nan, delay[:-1]], np.nan)
+    trip_start = events["actual_arrival"].to_numpy()[first_index][trip_id_num]
+
+    u_parts, s_parts, ahead_parts = [], [], []
+    for j in range(1, k + 1):
+        u = np.flatnonzero(remaining >= j)
+        if len(u) == 0:
+            break
+        u_parts.append(u)
+        s_parts.append(u + j)
+        ahead_parts.append(np.full(len(u), j, dtype="int16"))
+    if not u_parts:
+        return pd.DataFrame(columns=[c for c in _PAIR_COLUMNS])
+    u = np.concatenate(u_parts)
+    s = np.concatenate(s_parts)
+    order = np.lexsort((np.concatenate(ahead_parts), u))  # trip order, then stops ahead
+    u, s, ahead = u[order], s[order], np.concatenate(ahead_parts)[order]
+
+    def take(col: str, idx: np.ndarray) -> np.ndarray:
+        return events[col].to_numpy()[idx]
+
+    out = pd.DataFrame(
+        {
+            "source": take("source", u),
+            TRIP_KEY: take(TRIP_KEY, u),
+            "trip_id": take("trip_id", u),
+            "service_date": take("service_date", u),
+            "vehicle_id": take("vehicle_id", u),
+            "mode": take("mode", u),
+            "route_id": take("route_id", u),
+            "direction_id": take("direction_id", u),
+            "from_stop_id": take("stop_id", u),
+            "to_stop_id": take("stop_id", s),
+            "from_stop_sequence": take("stop_sequence", u),
+            "to_stop_sequence": take("stop_sequence", s),
+            "stops_ahead": ahead,
+            "actual_arrival_u": take("actual_arrival", u),
+            "scheduled_arrival_u": take("scheduled_arrival", u),
+            "scheduled_arrival_s": take("scheduled_arrival", s),
+            "actual_arrival_s": take("actual_arrival", s),
+            "delay_prev": delay_prev[u],
+            "headway_u": take("headway_seconds", u),
+            "scheduled_headway_u": take("scheduled_headway_seconds", u),
+            "trip_start": trip_start[u],
+        }
+    )
+    return out
+
+
+_PAIR_COLUMNS = (
+    "source", TRIP_KEY, "trip_id", "service_date", "vehicle_id", "mode", "route_id", "direction_id",
+    "from_stop_id", "to_stop_id", "from_stop_sequence", "to_stop_sequence", "stops_ahead",
+    "actual_arrival_u", "scheduled_arrival_u", "scheduled_arrival_s", "actual_arrival_s",
+    "delay_prev", "headway_u", "scheduled_headway_u", "trip_start",
+)  # fmt: skip
+
+
+def expected_pair_count(trip_sizes: np.ndarray, k: int) -> int:
+    """Pairs that ``pair_events`` must produce for trips of these sizes (an independent count)."""
+    n = np.asarray(trip_sizes, dtype="int64")
+    full = np.clip(n - k, 0, None)  # events with k or more later events give k pairs each
+    part = np.minimum(n, k)  # the last min(n, k) events give 0, 1, ..., min(n,k)-1
+    return int((full * k + part * (part - 1) // 2).sum())
+
+
+def compute_features(pairs: pd.DataFrame, stops: Stops | None = None,
+                     segment_medians: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Add the model features (``schema.FEATURES``) and, where s was observed, the target.
+
+    Needs per row: mode, route_id, direction_id, from/to_stop_id, stops_ahead, service_date,
+    actual_arrival_u, scheduled_arrival_u/_s (may be null), delay_prev, headway_u,
+    scheduled_headway_u. Missing inputs give NaN features, never guessed values.
+    """
+    out = pairs.copy()
+    arrival_u = pd.to_datetime(out["actual_arrival_u"], utc=True)
+    sched_u = pd.to_datetime(out["scheduled_arrival_u"], utc=True)
+    sched_s = pd.to_datetime(out["scheduled_arrival_s"], utc=True)
+    service_seconds = seconds_into_service_day(out["service_date"], arrival_u)
+    out["tod_sin"], out["tod_cos"] = tod_sin_cos(service_seconds)
+    out["day_of_week"] = pd.to_datetime(out["service_date"]).dt.dayofweek.astype("int8")
+    out["scheduled_seconds_ahead"] = (sched_s - sched_u).dt.total_seconds()
+    out["delay_u"] = (arrival_u - sched_u).dt.total_seconds()
+    out["has_schedule"] = out["scheduled_seconds_ahead"].notna().astype("int8")
+    out["distance_m"] = (stops.distance_m(out["from_stop_id"], out["to_stop_id"])
+                         if stops is not None else np.nan)
+    for col in ("delay_prev", "headway_u", "scheduled_headway_u"):
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
+    if "actual_arrival_s" in out.columns:
+        out[TARGET] = (pd.to_datetime(out["actual_arrival_s"], utc=True) - arrival_u).dt.total_seconds()
+    out = add_segment_medians(out, segment_medians)
+    return out
+
+
+def add_segment_medians(df: pd.DataFrame, medians: pd.DataFrame | None) -> pd.DataFrame:
+    """Join the training split's median travel time per segment (NaN for unseen segments)."""
+    df = df.drop(columns=[HIST_MEDIAN], errors="ignore")
+    if medians is None or medians.empty:
+        df[HIST_MEDIAN] = np.nan
+        return df
+    keyed = medians[SEGMENT_KEY + [HIST_MEDIAN]]
+    merged = df.merge(keyed, on=SEGMENT_KEY, how="left", validate="many_to_one")
+    merged.index = df.index
+    return merged
+
+
+def segment_medians(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Median travel seconds per (route, u, s) over ``pairs`` (pass the training split only)."""
+    grouped = pairs.groupby(SEGMENT_KEY, observed=True, sort=True)[TARGET]
+    return grouped.agg(hist_median_travel_s="median", n="size").reset_index()
+
+
+def example_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns of an example row, in schema order (features, target, meta)."""
+    return df[[c for c in EXAMPLE_COLUMNS if c in df.columns]]
+
+
+__all__ = ["FEATURE_NAMES", "pair_events", "compute_features", "segment_medians",
+           "expected_pair_count", "add_segment_medians", "example_frame"]

@@ -1,0 +1,48 @@
+"""Static GTFS reference data: stop coordinates for distances and the set of known stop ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+_EARTH_RADIUS_M = 6_371_008.8
+
+
+@dataclass(frozen=True)
+class Stops:
+    """GTFS stops indexed by stop_id (lat/lon in degrees)."""
+
+    coords: pd.DataFrame  # index stop_id, columns lat, lon
+
+    @classmethod
+    def load(cls, path: str) -> "Stops":
+        """Read a GTFS stops table (parquet, or stops.txt/CSV)."""
+        cols = ["stop_id", "stop_lat", "stop_lon"]
+        if path.lower().endswith((".txt", ".csv")):
+            df = pd.read_csv(path, usecols=cols, dtype={"stop_id": "string"})
+        else:
+            df = pq.read_table(path, columns=cols).to_pandas()
+        df = df.dropna(subset=["stop_id"]).drop_duplicates("stop_id")
+        df["stop_id"] = df["stop_id"].astype("string")
+        coords = df.set_index("stop_id").rename(columns={"stop_lat": "lat", "stop_lon": "lon"})
+        return cls(coords[["lat", "lon"]].astype("float64"))
+
+    def known(self, stop_ids: pd.Series) -> pd.Series:
+        """True where the stop id is in GTFS."""
+        return stop_ids.isin(self.coords.index)
+
+    def distance_m(self, from_ids: pd.Series, to_ids: pd.Series) -> np.ndarray:
+        """Great-circle distance between stops; NaN where either stop is not in GTFS."""
+        a = self.coords.reindex(from_ids.astype("string").to_numpy())
+        b = self.coords.reindex(to_ids.astype("string").to_numpy())
+        return haversine_m(a["lat"].to_numpy(), a["lon"].to_numpy(), b["lat"].to_numpy(), b["lon"].to_numpy())
+
+
+def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Great-circle distance in metres between arrays of points in degrees."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(x, dtype="float64")) for x in (lat1, lon1, lat2, lon2))
+    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * _EARTH_RADIUS_M * np.arcsin(np.sqrt(h))

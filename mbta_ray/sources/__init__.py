@@ -1,0 +1,201 @@
+"""Readers that map each public MBTA format to the canonical stop event (``schema.EVENT_SCHEMA``).
+
+``inspect_input`` identifies a file (format detected from its columns, or named), checksums it and
+splits it into read pieces; ``read_piece`` turns one piece into canonical event tables, each row
+carrying its file and 0-based row so a quarantined row can be found in the source.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mbta_ray.schema import QUARANTINE_SCHEMA, conform
+from mbta_ray.sources import gtfsrt, lamp, massdot, tm
+from mbta_ray.sources.base import Reader
+
+#: Known formats, in detection order.
+READERS: dict[str, Reader] = {r.name: r for r in (lamp.READER, tm.READER, massdot.READER, gtfsrt.READER)}
+
+#: A read piece holds at most about this many rows (parquet row groups are combined up to it).
+PIECE_ROWS = 1_000_000
+_CSV_BLOCK_BYTES = 16 << 20
+
+
+class InputError(ValueError):
+    """An input file cannot be read: the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A source file identified for ingest."""
+
+    path: str
+    format: str
+    container: str  # parquet or csv
+    sha256: str
+    size_bytes: int
+    num_rows: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _container(path: str) -> str:
+    lower = path.lower()
+    if lower.endswith((".csv", ".csv.gz", ".txt")):
+        return "csv"
+    return "parquet"
+
+
+def _columns_and_rows(path: str, container: str) -> tuple[list[str], int]:
+    try:
+        if container == "parquet":
+            meta = pq.read_metadata(path)
+            return meta.schema.to_arrow_schema().names, meta.num_rows
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                return [], 0
+            rows = sum(1 for _ in reader)
+        return [h.strip() for h in header], rows
+    except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read as {container}: {exc}") from exc
+
+
+def detect_format(path: str, columns: list[str]) -> Reader:
+    """The reader whose required columns ``columns`` has; else an error naming what is missing."""
+    for reader in READERS.values():
+        if not reader.missing_columns(columns):
+            return reader
+    closest = min(READERS.values(), key=lambda r: len(r.missing_columns(columns)))
+    raise InputError(
+        f"{path}: unknown input format. Known formats: {', '.join(READERS)}; the closest, "
+        f"{closest.name!r}, lacks columns {closest.missing_columns(columns)}. "
+        "Name the format explicitly (path::format) if it is one of these."
+    )
+
+
+def inspect_input(path: str, fmt: str | None = None) -> InputFile:
+    """Identify, check and checksum one input file. Raises InputError naming the file."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: file is empty")
+    container = _container(path)
+    columns, num_rows = _columns_and_rows(path, container)
+    if fmt is None:
+        reader = detect_format(path, columns)
+    else:
+        if fmt not in READERS:
+            raise InputError(f"{path}: unknown format {fmt!r}; known: {', '.join(READERS)}")
+        reader = READERS[fmt]
+        missing = reader.missing_columns(columns)
+        if missing:
+            raise InputError(f"{path}: not a valid {fmt!r} file: missing columns {missing}")
+    if num_rows == 0:
+        raise InputError(f"{path}: file has no rows")
+    return InputFile(path, reader.name, container, _sha256(path), os.path.getsize(path), num_rows)
+
+
+def plan_pieces(inp: InputFile) -> list[dict]:
+    """Split a file into read pieces (row-group ranges for parquet; whole file for CSV)."""
+    base = {"path": inp.path, "format": inp.format, "container": inp.container}
+    if inp.container == "csv":
+        return [{**base, "row_groups": [], "row_offset": 0}]
+    meta = pq.read_metadata(inp.path)
+    pieces, groups, offset, start = [], [], 0, 0
+    for i in range(meta.num_row_groups):
+        groups.append(i)
+        offset += meta.row_group(i).num_rows
+        if offset - start >= PIECE_ROWS:
+            pieces.append({**base, "row_groups": groups, "row_offset": start})
+            groups, start = [], offset
+    if groups:
+        pieces.append({**base, "row_groups": groups, "row_offset": start})
+    return pieces
+
+
+def _used_columns(reader: Reader, available: list[str]) -> list[str]:
+    wanted = {c for group in reader.required for c in group} | set(reader.optional)
+    return [c for c in available if c in wanted]
+
+
+def _raw_batches(piece: dict, reader: Reader) -> Iterator[pd.DataFrame]:
+    path = piece["path"]
+    if piece["container"] == "parquet":
+        pf = pq.ParquetFile(path)
+        cols = _used_columns(reader, pf.schema_arrow.names)
+        for batch in pf.iter_batches(batch_size=256_000, row_groups=piece["row_groups"], columns=cols):
+            yield batch.to_pandas()
+        return
+    # CSV: everything as text, so one bad value quarantines one row instead of failing the file.
+    header, _ = _columns_and_rows(path, "csv")
+    cols = _used_columns(reader, header)
+    options = pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in header}, include_columns=cols,
+        strings_can_be_null=True,
+    )
+    try:
+        stream = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+                                convert_options=options)
+        for batch in stream:
+            yield batch.to_pandas()
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{path}: malformed CSV: {exc}") from exc
+
+
+def to_event_table(frame: pd.DataFrame, source: str, source_file: str, row_offset: int) -> pa.Table:
+    """Canonical pandas frame (reader output) -> Arrow table in the quarantine-capable event schema."""
+    n = len(frame)
+    cols = {
+        "source": pa.array([source] * n, pa.string()),
+        "source_file": pa.array([source_file] * n, pa.string()),
+        "source_row": pa.array(range(row_offset, row_offset + n), pa.int64()),
+        "service_date": pa.array(pd.to_datetime(frame["service_date"]), pa.timestamp("us")).cast(pa.date32()),
+        "actual_arrival": pa.array(pd.to_datetime(frame["actual_arrival"], utc=True), QUARANTINE_SCHEMA.field("actual_arrival").type),
+        "scheduled_arrival": pa.array(pd.to_datetime(frame["scheduled_arrival"], utc=True), QUARANTINE_SCHEMA.field("scheduled_arrival").type),
+        "direction_id": pa.array(frame["direction_id"].round().astype("Int8"), pa.int8()),
+        "stop_sequence": pa.array(frame["stop_sequence"].round().astype("Int32"), pa.int32()),
+    }
+    for name in ("mode", "route_id", "trip_id", "vehicle_id", "stop_id", "reason", "detail"):
+        cols[name] = pa.array(frame[name].astype("string"), pa.string())
+    for name in ("dwell_seconds", "headway_seconds", "scheduled_headway_seconds"):
+        cols[name] = pa.array(frame[name].astype("float64"), pa.float64(), from_pandas=True)
+    return conform(pa.table(cols), QUARANTINE_SCHEMA)
+
+
+def read_piece(piece: dict) -> Iterator[pa.Table]:
+    """Read one piece and yield canonical event tables (``reason`` set on rows already rejected)."""
+    reader = READERS[piece["format"]]
+    offset = piece["row_offset"]
+    name = os.path.basename(piece["path"])
+    for raw in _raw_batches(piece, reader):
+        raw = raw.reset_index(drop=True)
+        yield to_event_table(reader.canonicalize(raw), reader.name, name, offset)
+        offset += len(raw)
+
+
+def read_file(path: str, fmt: str | None = None) -> pa.Table:
+    """Read a whole file into one canonical table, on the driver (tests, small files, serving)."""
+    inp = inspect_input(path, fmt)
+    tables = [t for piece in plan_pieces(inp) for t in read_piece(piece)]
+    return pa.concat_tables(tables)

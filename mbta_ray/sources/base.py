@@ -1,0 +1,96 @@
+"""What every source reader shares: the reader contract and typed, quarantine-aware coercion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mbta_ray.schema import Mode, Reason
+
+#: Subway and light-rail route ids (everything else that is not CR-* is a bus route).
+_SUBWAY_ROUTES = {"Red", "Orange", "Blue", "Mattapan", "Green"}
+
+
+def mode_for_route(route_ids: pd.Series) -> pd.Series:
+    """Infer the mode from GTFS route ids (CR-* commuter rail, Red/Orange/Blue/Green-*/Mattapan subway)."""
+    r = route_ids.astype("string")
+    mode = pd.Series(Mode.BUS.value, index=r.index, dtype="string")
+    mode[r.str.startswith("CR-").fillna(False)] = Mode.COMMUTER_RAIL.value
+    subway = r.isin(_SUBWAY_ROUTES) | r.str.startswith("Green-").fillna(False)
+    mode[subway.fillna(False)] = Mode.SUBWAY.value
+    return mode
+
+
+class RowIssues:
+    """Per-row quarantine reasons for one batch; the first reason recorded for a row wins."""
+
+    def __init__(self, index: pd.Index) -> None:
+        self.reason = pd.Series(pd.NA, index=index, dtype="string")
+        self.detail = pd.Series(pd.NA, index=index, dtype="string")
+
+    def flag(self, mask: pd.Series | np.ndarray, reason: Reason, detail: str | pd.Series) -> None:
+        """Record ``reason`` for rows in ``mask`` that have no reason yet."""
+        mask = pd.Series(np.asarray(mask, dtype=bool), index=self.reason.index) & self.reason.isna()
+        if not mask.any():
+            return
+        self.reason[mask] = reason.value
+        self.detail[mask] = detail[mask] if isinstance(detail, pd.Series) else detail
+
+
+def numeric(df: pd.DataFrame, column: str, issues: RowIssues) -> pd.Series:
+    """Column as float64; present-but-unparseable values are flagged ``bad_value`` naming the field."""
+    raw = df[column]
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        raw = raw.astype("Int64")
+    values = pd.to_numeric(raw, errors="coerce").astype("float64")
+    text = raw.astype("string").str.strip()
+    bad = values.isna() & raw.notna() & (text != "") & (text.str.lower() != "nan")
+    issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + text.fillna("") + " is not a number")
+    return values
+
+
+def text(df: pd.DataFrame, column: str) -> pd.Series:
+    """Column as a stripped string; empty strings become missing."""
+    s = df[column].astype("string").str.strip()
+    return s.mask(s == "")
+
+
+def int_text(values: pd.Series) -> pd.Series:
+    """Float ids (e.g. 8301710.0 from a nullable int column) -> '8301710'."""
+    return values.round().astype("Int64").astype("string")
+
+
+def has(df: pd.DataFrame, column: str) -> bool:
+    return column in df.columns
+
+
+def first_present(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
+    """First of ``names`` that is a column of ``df``."""
+    return next((n for n in names if n in df.columns), None)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A source format: the columns that identify it and the function that canonicalizes a batch.
+
+    ``required`` lists column groups; a file matches when, for every group, one of its names is a
+    column (so the 2023 and 2024 LAMP layouts are one format). ``canonicalize`` gets a raw batch and
+    returns the canonical event columns (without source/source_file/source_row) plus ``reason`` and
+    ``detail`` (null for a good row).
+    """
+
+    name: str
+    description: str
+    required: tuple[tuple[str, ...], ...]
+    canonicalize: Callable[[pd.DataFrame], pd.DataFrame]
+    #: True when stop ids are GTFS stop ids (so they can be checked against GTFS stops).
+    gtfs_stop_ids: bool = True
+    optional: tuple[str, ...] = field(default=())
+
+    def missing_columns(self, columns: list[str] | set[str]) -> list[str]:
+        """Required column groups not present, written as 'a' or 'a|b' (alternatives)."""
+        cols = set(columns)
+        return ["|".join(group) for group in self.required if not cols.intersection(group)]

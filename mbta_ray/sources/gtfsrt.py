@@ -1,0 +1,56 @@
+"""GTFS-realtime VehiclePositions, flattened to one column per field (as LAMP archives them).
+
+A vehicle reports every few seconds; only ``STOPPED_AT`` snapshots are arrivals, and a vehicle
+standing at a stop reports several. The arrival is the first ``STOPPED_AT`` per trip and stop: later
+snapshots of the same stop visit are quarantined as duplicates by the ETL's trip-level check (which
+keeps the earliest), the rest as ``not_an_arrival``. There is no schedule in this feed.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mbta_ray.schema import Reason
+from mbta_ray.sources.base import Reader, RowIssues, mode_for_route, numeric, text
+from mbta_ray.timeutil import parse_service_date
+
+STATUS = "vehicle.current_status"
+STOPPED_AT = "STOPPED_AT"
+
+
+def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
+    issues = RowIssues(df.index)
+    status = text(df, STATUS)
+    issues.flag(status != STOPPED_AT, Reason.NOT_AN_ARRIVAL, STATUS + "=" + status.fillna("null"))
+    timestamp = numeric(df, "vehicle.timestamp", issues)
+    issues.flag(timestamp.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no vehicle.timestamp")
+    service_date = parse_service_date(text(df, "vehicle.trip.start_date"))
+    route = text(df, "vehicle.trip.route_id")
+    out = pd.DataFrame(index=df.index)
+    out["mode"] = mode_for_route(route)
+    out["service_date"] = service_date
+    out["route_id"] = route
+    out["direction_id"] = numeric(df, "vehicle.trip.direction_id", issues)
+    out["trip_id"] = text(df, "vehicle.trip.trip_id")
+    out["vehicle_id"] = text(df, "vehicle.vehicle.id") if "vehicle.vehicle.id" in df else pd.NA
+    out["stop_id"] = text(df, "vehicle.stop_id")
+    out["stop_sequence"] = numeric(df, "vehicle.current_stop_sequence", issues)
+    out["actual_arrival"] = pd.to_datetime(timestamp, unit="s", utc=True)
+    out["scheduled_arrival"] = pd.NaT
+    out["dwell_seconds"] = float("nan")
+    out["headway_seconds"] = float("nan")
+    out["scheduled_headway_seconds"] = float("nan")
+    out["reason"], out["detail"] = issues.reason, issues.detail
+    return out
+
+
+READER = Reader(
+    name="gtfsrt",
+    description="GTFS-realtime VehiclePositions (flattened parquet)",
+    required=((STATUS,), ("vehicle.timestamp",), ("vehicle.trip.trip_id",),
+              ("vehicle.trip.route_id",), ("vehicle.trip.direction_id",),
+              ("vehicle.trip.start_date",), ("vehicle.stop_id",),
+              ("vehicle.current_stop_sequence",)),
+    canonicalize=canonicalize,
+    optional=("vehicle.vehicle.id",),
+)

@@ -1,0 +1,70 @@
+"""Service-day time arithmetic for MBTA sources.
+
+MBTA schedules (GTFS, LAMP, TransitMaster, the MassDOT CSVs) give times as seconds into a *service
+day*, which may pass 24:00 for trips after midnight. Following the GTFS reference, second 0 of a
+service day is "noon minus 12 h" local time: on ordinary days that is local midnight, and on the two
+DST-change days it keeps wall-clock times right (08:00 scheduled is 08:00 on the clock).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from mbta_ray.schema import TIMEZONE
+
+_TZ = ZoneInfo(TIMEZONE)
+_SECONDS_PER_DAY = 86_400
+
+
+def service_day_origin(dates: pd.Series) -> pd.Series:
+    """UTC timestamp of second 0 of each service day (noon local minus 12 h)."""
+    days = pd.to_datetime(dates)
+    noon_local = (days.dt.normalize() + pd.Timedelta(hours=12)).dt.tz_localize(_TZ)
+    return noon_local.dt.tz_convert("UTC") - pd.Timedelta(hours=12)
+
+
+def service_seconds_to_utc(dates: pd.Series, seconds: pd.Series) -> pd.Series:
+    """Turn (service date, seconds into the service day) into UTC timestamps; NaN seconds -> NaT."""
+    origin = service_day_origin(dates)
+    delta = pd.to_timedelta(pd.to_numeric(seconds, errors="coerce"), unit="s")
+    return (origin + delta).astype("datetime64[us, UTC]")
+
+
+def seconds_into_service_day(dates: pd.Series, when: pd.Series) -> pd.Series:
+    """Seconds from the service day's origin to ``when`` (UTC); > 86,400 after midnight."""
+    origin = service_day_origin(dates)
+    return (pd.to_datetime(when, utc=True) - origin).dt.total_seconds()
+
+
+def parse_service_date(values: pd.Series) -> pd.Series:
+    """Parse service dates given as 20240207 (int or str), '2024-02-07' or date objects.
+
+    Returns datetime64 at midnight (naive); unparseable values become NaT.
+    """
+    if pd.api.types.is_integer_dtype(values.dtype) or pd.api.types.is_float_dtype(values.dtype):
+        text = values.astype("Int64").astype("string")
+        return pd.to_datetime(text, format="%Y%m%d", errors="coerce")
+    text = values.astype("string").str.strip()
+    compact = pd.to_datetime(text.where(text.str.fullmatch(r"\d{8}")), format="%Y%m%d", errors="coerce")
+    iso = pd.to_datetime(text.str.slice(0, 10), format="%Y-%m-%d", errors="coerce")
+    return compact.fillna(iso)
+
+
+def day_of_week(dates: pd.Series) -> pd.Series:
+    """0 = Monday ... 6 = Sunday."""
+    return pd.to_datetime(dates).dt.dayofweek.astype("int8")
+
+
+def tod_sin_cos(service_seconds: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Cyclical encoding of the time of day (24 h period, so 25:00 encodes like 01:00)."""
+    angle = 2 * np.pi * (service_seconds.to_numpy(dtype="float64") % _SECONDS_PER_DAY) / _SECONDS_PER_DAY
+    return np.sin(angle), np.cos(angle)
+
+
+def to_date(values: pd.Series) -> list[dt.date | None]:
+    """datetime64 -> python dates (for Arrow date32)."""
+    return [None if pd.isna(v) else v.date() for v in pd.to_datetime(values)]
