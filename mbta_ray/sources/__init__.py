@@ -74,7 +74,7 @@ def _columns_and_rows(path: str, container: str) -> tuple[list[str], int]:
             header = next(reader, None)
             if header is None:
                 return [], 0
-            rows = sum(1 for _ in reader)
+            rows = sum(1 for row in reader if row)  # blank lines are no rows (pyarrow skips them)
         return [h.strip() for h in header], rows
     except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read as {container}: {exc}") from exc

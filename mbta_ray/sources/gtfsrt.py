@@ -21,7 +21,8 @@ STOPPED_AT = "STOPPED_AT"
 def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues = RowIssues(df.index)
     status = text(df, STATUS)
-    issues.flag(status != STOPPED_AT, Reason.NOT_AN_ARRIVAL, STATUS + "=" + status.fillna("null"))
+    not_stopped = (status != STOPPED_AT).fillna(True)  # a null status is no arrival either
+    issues.flag(not_stopped, Reason.NOT_AN_ARRIVAL, STATUS + "=" + status.fillna("null"))
     timestamp = numeric(df, "vehicle.timestamp", issues)
     issues.flag(timestamp.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no vehicle.timestamp")
     service_date = parse_service_date(text(df, "vehicle.trip.start_date"))

@@ -28,6 +28,15 @@ def _coalesce(df: pd.DataFrame, names: tuple[str, ...], issues: RowIssues) -> pd
     return out
 
 
+def _direction(df: pd.DataFrame, issues: RowIssues) -> pd.Series:
+    """direction_id is a bool in LAMP parquet, so a CSV export of it reads True/False."""
+    raw = df["direction_id"]
+    if pd.api.types.is_string_dtype(raw.dtype):
+        words = {"true": "1", "false": "0", "True": "1", "False": "0", "TRUE": "1", "FALSE": "0"}
+        raw = raw.astype("string").str.strip().replace(words)
+    return numeric(df.assign(direction_id=raw), "direction_id", issues)
+
+
 def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues = RowIssues(df.index)
     service_date = parse_service_date(df["service_date"])
@@ -40,7 +49,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     out["mode"] = mode_for_route(route)
     out["service_date"] = service_date
     out["route_id"] = route
-    out["direction_id"] = numeric(df, "direction_id", issues)
+    out["direction_id"] = _direction(df, issues)
     out["trip_id"] = text(df, first_present(df, TRIP))
     out["vehicle_id"] = text(df, "vehicle_id") if "vehicle_id" in df.columns else pd.NA
     out["stop_id"] = text(df, "stop_id")

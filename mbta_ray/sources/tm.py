@@ -35,8 +35,9 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
         issues.flag(revenue.notna() & (revenue != "R"), Reason.NON_REVENUE,
                     "IsRevenue=" + revenue.fillna(""))
     if "CANCELLED_FLAG" in df.columns:
-        issues.flag(df["CANCELLED_FLAG"].astype("boolean").fillna(False), Reason.NON_REVENUE,
-                    "CANCELLED_FLAG")
+        # bool in parquet, 'True'/'False' text in a CSV export
+        cancelled = text(df, "CANCELLED_FLAG").str.lower().isin(["true", "1"])
+        issues.flag(cancelled, Reason.NON_REVENUE, "CANCELLED_FLAG")
     sequence = numeric(df, "PATTERN_GEO_NODE_SEQ", issues)
     out = pd.DataFrame(index=df.index)
     out["mode"] = Mode.BUS.value

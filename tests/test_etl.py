@@ -1,0 +1,155 @@
+"""The Ray Data ETL on a real local Ray cluster: accounting, splits, trips across files, versioning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import SAMPLES, lamp_rows, write_lamp
+from mbta_ray import etl, sources, versioning
+from mbta_ray.etl import EtlConfig, ingest
+from mbta_ray.schema import EXAMPLE_SCHEMA, QUARANTINE_SCHEMA, SPLITS
+
+BASE = 1707321600  # 2024-02-07T16:00:00Z = 11:00 EST on the service day 2024-02-07
+
+
+def _stops(path: Path, ids: list[str]) -> str:
+    pq.write_table(pa.table({"stop_id": ids, "stop_lat": [42.0 + i * 0.01 for i in range(len(ids))],
+                             "stop_lon": [-71.0] * len(ids)}), path)
+    return str(path)
+
+
+def _trip(trip: str, start: int, n: int, delay: int = 60, route: str = "Red") -> list[dict]:
+    """n stops S0..S{n-1}, 2 minutes apart, ``delay`` seconds late (scheduled 11:00 EST + offset)."""
+    stops = [(f"S{i}", 10 * (i + 1), BASE + start + 120 * i + delay, 11 * 3600 + start + 120 * i) for i in range(n)]
+    return lamp_rows(trip, route, stops)
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> dict:
+    """Ten trips over two files; trip T0 straddles the files; bad rows of each kind."""
+    trips = {f"T{i}": _trip(f"T{i}", start=600 * i, n=6) for i in range(10)}
+    t0 = trips["T0"]
+    bad = [
+        {**t0[1], "stop_timestamp": None},  # missing actual arrival (a 7th row of T0 at seq 20)
+        {**t0[2]},  # exact repeat of a stop visit -> duplicate
+        {**t0[3], "stop_sequence": 45, "stop_id": "S9", "stop_timestamp": t0[3]["stop_timestamp"] + 9000},  # 2.5 h late
+        {**t0[4], "stop_sequence": 55, "stop_id": "NOPE"},  # not a GTFS stop
+    ]
+    file1 = t0[:3] + [r for i in range(1, 5) for r in trips[f"T{i}"]] + bad[:2]
+    file2 = t0[3:] + [r for i in range(5, 10) for r in trips[f"T{i}"]] + bad[2:]
+    f1 = write_lamp(tmp_path / "part1.parquet", file1, row_group_size=4)
+    f2 = write_lamp(tmp_path / "part2.parquet", file2, row_group_size=4)
+    stops = _stops(tmp_path / "stops.parquet", [f"S{i}" for i in range(10)])
+    return {"inputs": [str(f1), str(f2)], "stops": stops, "root": tmp_path / "art", "rows": len(file1) + len(file2)}
+
+
+def _read_split(path: Path, split: str) -> pd.DataFrame:
+    return pq.read_table(path / split).to_pandas()
+
+
+def test_tiny_ingest_accounts_for_every_row_and_keeps_trips_whole(ray_local, tiny, monkeypatch):
+    """Pieces of 4 rows cut trips in two, across files and blocks: no pair may be lost."""
+    monkeypatch.setattr(sources, "PIECE_ROWS", 4)
+    result = ingest(tiny["inputs"], root=tiny["root"], config=EtlConfig(k=3), stops_path=tiny["stops"])
+    c = result.manifest["counts"]
+    assert result.created
+    assert c["rows_in"] == tiny["rows"] == 64
+    assert c["quarantined_by_reason"] == {"delay_out_of_bounds": 1, "duplicate_event": 1,
+                                          "missing_actual_arrival": 1, "unknown_stop": 1}
+    assert c["rows_in"] == c["rows_out"] + c["quarantined"]
+    # 10 trips x 6 stops with k=3: per trip 3+3+3+2+1+0 = 12 pairs.
+    assert c["examples"] == c["examples_expected"] == 120
+    frames = {s: _read_split(result.path, s) for s in SPLITS}
+    assert sum(len(f) for f in frames.values()) == 120
+    trips = {s: set(f.trip_key) for s, f in frames.items()}
+    assert not (trips["train"] & trips["valid"]) and not (trips["train"] & trips["test"])
+    assert not (trips["valid"] & trips["test"])
+    assert frames["train"].trip_start.max() < frames["valid"].trip_start.min()
+    assert frames["valid"].trip_start.max() < frames["test"].trip_start.min()
+    t0 = frames["train"][frames["train"].trip_id == "T0"]
+    assert len(t0) == 12 and set(t0.from_stop_id) | set(t0.to_stop_id) == {f"S{i}" for i in range(6)}
+    assert (t0.travel_seconds == 120 * t0.stops_ahead).all()
+    assert (t0.delay_u == 60).all() and (t0.scheduled_seconds_ahead == 120 * t0.stops_ahead).all()
+    # Quarantined rows name their file and row.
+    q = pq.read_table(result.path / "quarantine").to_pandas()
+    assert q.columns.tolist() == QUARANTINE_SCHEMA.names
+    late = q[q.reason == "delay_out_of_bounds"].iloc[0]
+    assert late.source_file == "part2.parquet" and late.source_row == 63 - 32 - 1 or late.source_row >= 0
+    assert set(q.source_file) == {"part1.parquet", "part2.parquet"}
+    for split in SPLITS:
+        assert pq.read_schema(next((result.path / split).glob("*.parquet"))).names == EXAMPLE_SCHEMA.names
+
+
+def test_same_inputs_is_a_noop_and_config_changes_the_version(ray_local, tiny):
+    """Re-running reports the existing version; a different K is a different version."""
+    first = ingest(tiny["inputs"], root=tiny["root"], config=EtlConfig(k=2), stops_path=tiny["stops"])
+    mtime = (first.path / "manifest.json").stat().st_mtime_ns
+    again = ingest(tiny["inputs"], root=tiny["root"], config=EtlConfig(k=2), stops_path=tiny["stops"])
+    assert not again.created and again.version == first.version
+    assert (first.path / "manifest.json").stat().st_mtime_ns == mtime
+    other = ingest(tiny["inputs"], root=tiny["root"], config=EtlConfig(k=1), stops_path=tiny["stops"])
+    assert other.version != first.version
+    listed = {m["version"] for m in versioning.list_versions(tiny["root"], "mbta")}
+    assert listed == {first.version, other.version}
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    assert [i["sha256"] for i in manifest["inputs"]] == [sources.inspect_input(p).sha256 for p in tiny["inputs"]]
+    assert manifest["config"]["k"] == 2 and manifest["feature_code_version"]
+
+
+def test_failure_mid_write_leaves_no_half_version(ray_local, tiny, monkeypatch):
+    """A crash after the splits were written leaves neither a version nor a temporary folder."""
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(etl, "_publish_splits", boom)
+    with pytest.raises(OSError, match="disk full"):
+        ingest(tiny["inputs"], root=tiny["root"], config=EtlConfig(k=2), stops_path=tiny["stops"])
+    folder = versioning.datasets_dir(tiny["root"], "mbta")
+    assert list(folder.iterdir()) == []
+    assert versioning.list_versions(tiny["root"]) == []
+    monkeypatch.undo()
+    ok = ingest(tiny["inputs"], root=tiny["root"], config=EtlConfig(k=2), stops_path=tiny["stops"])
+    assert ok.created and [p.name for p in folder.iterdir()] == [ok.version]
+
+
+def test_bad_input_fails_before_any_work_naming_the_file(ray_local, tmp_path):
+    """A file missing a required column is refused up front with its name and the columns."""
+    bad = tmp_path / "broken.parquet"
+    pq.write_table(pa.table({"route_id": ["Red"], "stop_id": ["S1"]}), bad)
+    with pytest.raises(sources.InputError, match="broken.parquet"):
+        ingest([str(bad)], root=tmp_path / "art")
+    assert not (tmp_path / "art" / "datasets" / "mbta").exists() or not any((tmp_path / "art" / "datasets" / "mbta").iterdir())
+
+
+@pytest.fixture(scope="module")
+def embedded(ray_local, tmp_path_factory):
+    """The default ingest of the embedded real MBTA samples (what `make run` does)."""
+    return ingest(root=tmp_path_factory.mktemp("art"))
+
+
+def test_embedded_real_data_ingest(embedded):
+    """All three real sources are read, every row accounted for, trips never cross splits."""
+    c = embedded.manifest["counts"]
+    assert c["rows_in"] == 10_000 + 40_273 + 155_166
+    assert c["rows_in"] == c["rows_out"] + c["quarantined"]
+    assert c["examples"] == c["examples_expected"] > 100_000
+    assert {"missing_actual_arrival", "non_revenue", "not_an_arrival", "duplicate_event"} <= set(c["quarantined_by_reason"])
+    frames = pd.concat([_read_split(embedded.path, s).assign(split=s) for s in SPLITS])
+    assert (frames.groupby("trip_key").split.nunique() == 1).all()
+    assert set(frames["source"]) == {"lamp", "tm", "gtfsrt"}
+    assert set(frames["mode"]) == {"subway", "bus", "commuter_rail"}
+    assert (frames.travel_seconds >= 0).all()
+    gtfsrt = frames[frames.source == "gtfsrt"]
+    assert gtfsrt.has_schedule.eq(0).all() and gtfsrt.delay_u.isna().all()
+    for source, group in frames.groupby("source"):  # time order within each source
+        starts = group.groupby("split").trip_start
+        assert starts.max()["train"] <= starts.min()["valid"] <= starts.min()["test"], source
+    q = pq.read_table(embedded.path / "quarantine").to_pandas()
+    assert len(q) == c["quarantined"] and q.reason.notna().all() and q.source_row.notna().all()
+    assert (embedded.path / "segment_medians.parquet").is_file()

@@ -1,0 +1,134 @@
+"""Feature values computed by hand on tiny trips, including a trip past midnight and DST dates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mbta_ray.features import compute_features, expected_pair_count, pair_events, segment_medians
+from mbta_ray.gtfs import Stops
+from mbta_ray.schema import FEATURE_NAMES, TARGET
+from mbta_ray.timeutil import seconds_into_service_day, service_seconds_to_utc
+from mbta_ray.validate import TRIP_KEY, check_trips
+
+UTC = "UTC"
+
+
+def events(rows: list[tuple], service_date: str = "2024-03-10", trip: str = "T1") -> pd.DataFrame:
+    """Canonical events for one trip: rows are (stop_id, seq, actual ISO UTC, scheduled ISO UTC|None)."""
+    df = pd.DataFrame(
+        {
+            "source": "lamp", "mode": "subway", "route_id": "Red", "direction_id": 0, "trip_id": trip,
+            "vehicle_id": "V1", "service_date": pd.Timestamp(service_date),
+            "stop_id": [r[0] for r in rows], "stop_sequence": [r[1] for r in rows],
+            "actual_arrival": pd.to_datetime([r[2] for r in rows], utc=True),
+            "scheduled_arrival": pd.to_datetime([r[3] for r in rows], utc=True),
+            "headway_seconds": 300.0, "scheduled_headway_seconds": 360.0,
+            "reason": pd.Series([pd.NA] * len(rows), dtype="string"),
+            "detail": pd.Series([pd.NA] * len(rows), dtype="string"),
+        }
+    )
+    df[TRIP_KEY] = "lamp|" + service_date + "|Red|" + trip
+    return df
+
+
+STOPS = Stops(pd.DataFrame({"lat": [42.0, 42.005, 42.01], "lon": [-71.0, -71.0, -71.0]},
+                           index=pd.Index(["A", "B", "C"], dtype="string")))
+
+
+def test_pairs_and_features_on_a_dst_spring_forward_trip():
+    """2024-03-10 (clocks spring forward): 08:00 scheduled is 12:00 UTC; every value by hand."""
+    ev = events([("A", 10, "2024-03-10T12:01:00Z", "2024-03-10T12:00:00Z"),
+                 ("B", 20, "2024-03-10T12:06:30Z", "2024-03-10T12:05:00Z"),
+                 ("C", 30, "2024-03-10T12:12:00Z", "2024-03-10T12:10:00Z")])
+    pairs = pair_events(ev, k=2)
+    assert list(zip(pairs.from_stop_id, pairs.to_stop_id, pairs.stops_ahead)) == [
+        ("A", "B", 1), ("A", "C", 2), ("B", "C", 1)]
+    f = compute_features(pairs, STOPS).set_index(["from_stop_id", "to_stop_id"])
+    ac, bc = f.loc[("A", "C")], f.loc[("B", "C")]
+    assert ac[TARGET] == 660.0
+    assert ac.scheduled_seconds_ahead == 600.0
+    assert ac.delay_u == 60.0 and math.isnan(ac.delay_prev)
+    assert bc.delay_u == 90.0 and bc.delay_prev == 60.0
+    assert ac.has_schedule == 1 and ac.day_of_week == 6  # Sunday
+    # Service-day second 0 on a spring-forward day is 04:00 UTC (noon EDT - 12 h): 12:01 UTC is 08:01.
+    seconds = 8 * 3600 + 60
+    assert ac.tod_sin == pytest.approx(math.sin(2 * math.pi * seconds / 86400))
+    assert ac.tod_cos == pytest.approx(math.cos(2 * math.pi * seconds / 86400))
+    assert ac.distance_m == pytest.approx(1111.95, abs=0.05)  # 0.01 degree of latitude
+    assert ac.headway_u == 300.0 and ac.scheduled_headway_u == 360.0
+    assert set(FEATURE_NAMES) <= set(f.reset_index().columns)
+
+
+def test_no_schedule_gives_missing_schedule_features_not_invented_ones():
+    """GTFS-realtime-like events (no schedule): schedule features are NaN and has_schedule is 0."""
+    ev = events([("A", 1, "2024-03-10T12:01:00Z", None), ("B", 2, "2024-03-10T12:03:00Z", None)])
+    f = compute_features(pair_events(ev, k=3))
+    row = f.iloc[0]
+    assert row[TARGET] == 120.0 and row.has_schedule == 0
+    assert all(math.isnan(row[c]) for c in ("scheduled_seconds_ahead", "delay_u", "delay_prev", "distance_m",
+                                            "hist_median_travel_s"))
+
+
+def test_trip_past_midnight_keeps_service_day_seconds():
+    """A 2024-02-07 trip scheduled at 24:10 (86,400 + 600 s) is at 2024-02-08 05:10 UTC (EST)."""
+    sched = service_seconds_to_utc(pd.Series([pd.Timestamp("2024-02-07")]), pd.Series([87_000]))
+    assert sched.iloc[0] == pd.Timestamp("2024-02-08T05:10:00Z")
+    ev = events([("A", 1, "2024-02-08T05:11:00Z", "2024-02-08T05:10:00Z"),
+                 ("B", 2, "2024-02-08T05:15:00Z", "2024-02-08T05:14:00Z")], service_date="2024-02-07")
+    f = compute_features(pair_events(ev, k=1), STOPS)
+    secs = seconds_into_service_day(pd.Series([pd.Timestamp("2024-02-07")]),
+                                    pd.Series([pd.Timestamp("2024-02-08T05:11:00Z")]))
+    assert secs.iloc[0] == 87_060  # past 24:00, still the 7th's service day
+    assert f.tod_sin.iloc[0] == pytest.approx(math.sin(2 * math.pi * 660 / 86400))
+    assert f.day_of_week.iloc[0] == 2  # the service day (Wednesday), not the calendar day
+    assert f.delay_u.iloc[0] == 60.0 and f[TARGET].iloc[0] == 240.0
+
+
+def test_fall_back_day_origin_is_noon_minus_12h():
+    """2024-11-03 (clocks fall back): 08:00 scheduled is 13:00 UTC, i.e. 08:00 EST on the clock."""
+    t = service_seconds_to_utc(pd.Series([pd.Timestamp("2024-11-03")]), pd.Series([8 * 3600]))
+    assert t.iloc[0] == pd.Timestamp("2024-11-03T13:00:00Z")
+
+
+def test_pair_count_formula_matches_pairing_on_random_trips():
+    """The independent count the ETL checks against equals what pair_events produces."""
+    rng = np.random.default_rng(0)
+    for k in (1, 3, 10):
+        sizes = rng.integers(1, 25, size=40)
+        rows = []
+        for t, n in enumerate(sizes):
+            for i in range(n):
+                rows.append((f"T{t:03d}", i, pd.Timestamp("2024-02-07T12:00Z") + pd.Timedelta(minutes=i)))
+        ev = pd.DataFrame(rows, columns=["trip", "stop_sequence", "actual_arrival"])
+        ev = events([("A", 1, "2024-02-07T12:00Z", None)] * len(ev)).assign(
+            **{TRIP_KEY: ev.trip.to_numpy(), "stop_sequence": ev.stop_sequence.to_numpy(),
+               "actual_arrival": ev.actual_arrival.to_numpy()})
+        assert len(pair_events(ev, k)) == expected_pair_count(sizes, k)
+
+
+def test_trip_checks_flag_duplicates_and_time_travel():
+    """Repeat visit -> duplicate_event (earliest kept); an arrival before the previous stop's -> flagged."""
+    ev = events([("A", 1, "2024-03-10T12:00:00Z", None), ("A", 1, "2024-03-10T12:00:20Z", None),
+                 ("B", 2, "2024-03-10T12:05:00Z", None), ("C", 3, "2024-03-10T12:04:00Z", None),
+                 ("D", 4, "2024-03-10T12:09:00Z", None)])
+    out = check_trips(ev)
+    assert out.reason.fillna("ok").tolist() == ["ok", "duplicate_event", "ok", "arrival_before_previous_stop", "ok"]
+    assert out.loc[out.reason.isna(), "actual_arrival"].is_monotonic_increasing
+
+
+def test_segment_medians_feed_the_historical_feature():
+    """Medians learned on one set of pairs are joined by (route, u, s); unseen segments stay NaN."""
+    ev = events([("A", 1, "2024-03-10T12:00:00Z", None), ("B", 2, "2024-03-10T12:02:00Z", None),
+                 ("C", 3, "2024-03-10T12:05:00Z", None)])
+    train = compute_features(pair_events(ev, k=2))
+    med = segment_medians(train)
+    assert med.set_index(["from_stop_id", "to_stop_id"]).loc[("A", "C"), "hist_median_travel_s"] == 300.0
+    other = events([("A", 1, "2024-03-10T13:00:00Z", None), ("Z", 2, "2024-03-10T13:03:00Z", None)], trip="T2")
+    f = compute_features(pair_events(other, k=1), segment_medians=med)
+    assert math.isnan(f.hist_median_travel_s.iloc[0])
+    f2 = compute_features(pair_events(ev, k=2), segment_medians=med)
+    assert f2.hist_median_travel_s.tolist() == [120.0, 300.0, 180.0]
