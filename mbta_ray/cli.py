@@ -68,9 +68,10 @@ def ingest_cmd(
 
     try:
         config = EtlConfig(k=k, max_abs_delay_s=max_abs_delay)
-        with console.status("building the dataset with Ray Data..."):
-            result = ingest(inputs, root=root, name=name, config=config,
-                            stops_path=None if no_stops else (stops or DEFAULT_STOPS))
+        console.print(f"[bold]ingest[/] {len(inputs or [])} input file(s) (none: the embedded samples), "
+                      f"K={k}; Ray Data shows each stage's progress")
+        result = ingest(inputs, root=root, name=name, config=config,
+                        stops_path=None if no_stops else (stops or DEFAULT_STOPS))
     except (InputError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     verb = "created" if result.created else "already exists (inputs, config and code unchanged: nothing to do)"
@@ -86,7 +87,9 @@ def list_cmd(name: Annotated[Optional[str], typer.Option(help="Only this dataset
     manifests = versioning.list_versions(root, name)
     t = Table(title=f"datasets under {root}")
     for col in ("name", "version", "created", "inputs", "rows in", "quarantined", "train", "valid", "test"):
-        t.add_column(col, justify="right" if col not in ("name", "version", "created", "inputs") else "left")
+        left = col in ("name", "version", "created", "inputs")
+        t.add_column(col, justify="left" if left else "right", no_wrap=col in ("name", "version"),
+                     min_width=16 if col == "version" else None)
     for m in manifests:
         c = m["counts"]
         t.add_row(m["name"], m["version"], m["created_at"][:19], ", ".join(sorted({i["format"] for i in m["inputs"]})),
