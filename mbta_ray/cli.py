@@ -17,6 +17,8 @@ app = typer.Typer(help="MBTA arrival and delay prediction on Ray.", no_args_is_h
 data_app = typer.Typer(help="Ingest MBTA data into versioned feature datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
+if not console.is_terminal:  # piped or in CI: rich would squeeze tables into 80 columns
+    console = Console(width=140)
 
 RootOpt = Annotated[Path, typer.Option("--root", help="Artifact root (datasets go in <root>/datasets).")]
 
