@@ -124,5 +124,40 @@ def show_cmd(version: Annotated[str, typer.Argument(help="Version (or a unique p
     console.print(sample.T.to_string())
 
 
+@data_app.command("synth")
+def synth_cmd(
+    events: Annotated[int, typer.Option("--events", "-n", min=1, help="Events (rows) to generate.")] = 1_000_000,
+    out: Annotated[Path, typer.Option("--out", help="Output folder (or a .parquet file with --files 1).")] = Path("artifacts/synthetic"),
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
+    files: Annotated[int, typer.Option(min=1, help="Parquet files to split the events into.")] = 4,
+    events_per_day: Annotated[Optional[int], typer.Option(
+        help="Events per service day (default: the real day's size estimated from the sample).")] = None,
+    lamp: Annotated[Optional[Path], typer.Option(
+        help="Real LAMP file to fit the profile to (default: the embedded 2024-02-07 sample).")] = None,
+) -> None:
+    """Write SYNTHETIC LAMP-layout events fitted to real data, for scale benchmarks (never real data)."""
+    from mbta_ray import synth
+
+    try:
+        with console.status(f"fitting the profile and writing {events:,} synthetic events..."):
+            result = synth.write_synthetic(out, events, seed=seed, files=files, events_per_day=events_per_day,
+                                           lamp_path=lamp or synth.DEFAULT_LAMP_SAMPLE)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    t = Table(title=f"SYNTHETIC LAMP events (seed {seed}) -- not real MBTA data")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("events", f"{result.n_events:,}")
+    t.add_row("files", f"{len(result.paths):,}")
+    t.add_row("service days", f"{result.service_days:,}")
+    t.add_row("trips", f"{result.trips:,}")
+    t.add_row("trips continuing into the next file", f"{result.trips_split_across_files:,}")
+    t.add_row("fitted to", f"{result.profile_summary['source']} ({result.profile_summary['patterns']} route patterns, "
+                           f"{result.profile_summary['stops']} stops)")
+    console.print(t)
+    console.print(f"[bold yellow]synthetic[/] data in {Path(result.paths[0]).parent} (see {result.marker}); "
+                  f"ingest it with: mbta-ray data ingest {Path(result.paths[0]).parent}/*.parquet")
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -44,6 +44,7 @@ from mbta_ray.features import (
     example_frame,
     expected_pair_count,
     pair_events,
+    pair_positions,
 )
 from mbta_ray.gtfs import Stops
 from mbta_ray.schema import (
@@ -95,8 +96,9 @@ class EtlConfig:
     k: int = 10  # predict 1..k observed stops ahead
     max_abs_delay_s: float = 7200.0
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    #: Trips per map_groups call: large enough that the per-call cost is small, small enough to fit.
-    events_per_bucket: int = 200_000
+    #: Events per trip bucket (one map_groups call): large enough that the per-call cost is small,
+    #: small enough that a worker's pandas working set stays well under a GiB.
+    events_per_bucket: int = 50_000
     #: Ray Data shuffle used by the groupbys. Measured here (2 cores): the task-based sort shuffle
     #: runs a small ingest in ~1-4 s where the actor-based hash shuffles take 14-38 s.
     shuffle: str = "sort_shuffle_pull_based"
@@ -146,7 +148,12 @@ def _row_checks(table: pa.Table, config: ValidationConfig, stops: Stops | None, 
 
 
 def _trip_checks(df: pd.DataFrame) -> pa.Table:
-    return conform(pa.Table.from_pandas(check_trips(df), preserve_index=False), _WORK_SCHEMA)
+    """Trip checks on the good rows; rows the row checks flagged pass through, so that one read of
+    the input feeds both the clean events and the quarantine."""
+    good = df["reason"].isna()
+    parts = [df[~good]] + ([check_trips(df[good])] if good.any() else [])
+    out = pd.concat(parts, ignore_index=True)
+    return conform(pa.Table.from_pandas(out, preserve_index=False), _WORK_SCHEMA)
 
 
 def _sorted_trips(df: pd.DataFrame) -> pd.DataFrame:
@@ -154,10 +161,17 @@ def _sorted_trips(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _trip_table(df: pd.DataFrame) -> pa.Table:
+    """Per-block partial trip table (a trip may span blocks: ``_combine_trips`` merges the parts)."""
     g = df.groupby(TRIP_KEY, sort=False)
     trips = g.agg(source=("source", "first"), trip_start=("actual_arrival", "min"),
                   trip_size=("actual_arrival", "size")).reset_index()
     return conform(pa.Table.from_pandas(trips, preserve_index=False), _TRIP_SCHEMA)
+
+
+def _combine_trips(parts: pd.DataFrame) -> pd.DataFrame:
+    g = parts.groupby(TRIP_KEY, sort=False)
+    return g.agg(source=("source", "first"), trip_start=("trip_start", "min"),
+                 trip_size=("trip_size", "sum")).reset_index()
 
 
 def assign_splits(pairs: pd.DataFrame, cutoffs: dict[str, tuple[pd.Timestamp, pd.Timestamp]]) -> pd.Series:
@@ -172,20 +186,55 @@ def assign_splits(pairs: pd.DataFrame, cutoffs: dict[str, tuple[pd.Timestamp, pd
 
 
 def _train_segments(df: pd.DataFrame, k: int, cutoffs: dict) -> pa.Table:
-    pairs = pair_events(_sorted_trips(df), k)
-    pairs = pairs[assign_splits(pairs, cutoffs) == "train"]
-    travel = (pd.to_datetime(pairs["actual_arrival_s"], utc=True)
-              - pd.to_datetime(pairs["actual_arrival_u"], utc=True)).dt.total_seconds()
-    out = pairs[SEGMENT_KEY].assign(**{TARGET: travel})
-    return conform(pa.Table.from_pandas(out, preserve_index=False), _SEGMENT_SCHEMA)
+    """(route, u, s, travel seconds) of the training pairs, from pair positions (no pair frame)."""
+    events = _sorted_trips(df)
+    u, s, _ = pair_positions(events, k)
+    arrival = events["actual_arrival"].astype("datetime64[us, UTC]")
+    trip = events[TRIP_KEY].to_numpy()
+    first = np.r_[True, trip[1:] != trip[:-1]] if len(trip) else np.array([], bool)
+    trip_start = arrival.where(pd.Series(first, index=events.index)).ffill()  # as pair_events sets it
+    split = assign_splits(pd.DataFrame({"source": events["source"].to_numpy()[u],
+                                        "trip_start": trip_start.to_numpy(dtype="datetime64[us]")[u]}), cutoffs)
+    train = (split == "train").to_numpy()
+    u, s = u[train], s[train]
+    us = arrival.to_numpy(dtype="datetime64[us]").astype("int64")
+    route, stop = pa.array(events["route_id"]), pa.array(events["stop_id"])
+    out = pa.table({"route_id": route.take(u), "from_stop_id": stop.take(u), "to_stop_id": stop.take(s),
+                    TARGET: pa.array((us[s] - us[u]) / 1e6, pa.float64())})
+    return conform(out, _SEGMENT_SCHEMA)
+
+
+#: Pairs and features are built this many events (whole trips) at a time inside a bucket: the pair
+#: frame is ~7x the events and its pandas intermediates several times that.
+_PAIR_CHUNK_EVENTS = 50_000
+
+
+def _trip_ranges(trip: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Row ranges of about ``size`` rows that never cut a trip (rows sorted by trip)."""
+    n = len(trip)
+    if n <= size:
+        return [(0, n)]
+    starts = np.flatnonzero(np.r_[True, trip[1:] != trip[:-1]])
+    idx = np.searchsorted(starts, np.arange(size, n, size))
+    bounds = sorted({0, n, *(int(c) for c in starts[idx[idx < len(starts)]])})
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _examples(df: pd.DataFrame, k: int, cutoffs: dict, stops: Stops | None, medians: pd.DataFrame) -> pa.Table:
-    pairs = pair_events(_sorted_trips(df), k)
-    feats = compute_features(pairs, stops, medians)
-    out = example_frame(feats)
-    out = out.assign(split=assign_splits(feats, cutoffs).to_numpy())
-    return conform(pa.Table.from_pandas(out, preserve_index=False), _SPLIT_EXAMPLE_SCHEMA)
+    events = _sorted_trips(df)
+    tables = []
+    for lo, hi in _trip_ranges(events[TRIP_KEY].to_numpy(), _PAIR_CHUNK_EVENTS):
+        pairs = pair_events(events.iloc[lo:hi], k)
+        feats = compute_features(pairs, stops, medians)
+        out = example_frame(feats).assign(split=assign_splits(feats, cutoffs).to_numpy())
+        tables.append(conform(pa.Table.from_pandas(out, preserve_index=False), _SPLIT_EXAMPLE_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def _by_bucket(ds: ray.data.Dataset, buckets: int):
+    """Group by trip bucket. The sort shuffle makes one partition per input block (it ignores
+    num_partitions), so split the blocks first: otherwise a few huge map_groups calls run."""
+    return ds.repartition(buckets, shuffle=False).groupby("bucket", num_partitions=buckets)
 
 
 # --- driver -----------------------------------------------------------------------------------
@@ -322,21 +371,19 @@ def _pipeline(files: list[InputFile], stops_path: str | None, config: EtlConfig,
         .map_batches(_row_checks, batch_format="pyarrow", batch_size=None,
                      fn_kwargs={"config": vconf, "stops": stops, "buckets": buckets})
     )
-    checked = (
-        events.filter(expr=_GOOD)
-        .groupby("bucket", num_partitions=buckets)
-        .map_groups(_trip_checks, batch_format="pandas")
-    ).materialize()
-    quarantine = events.filter(expr=_BAD).union(checked.filter(expr=_BAD))
-    clean = checked.filter(expr=_GOOD).materialize()
+    # One read: rows flagged by the row checks ride through the trip checks to the quarantine.
+    checked = _by_bucket(events, buckets).map_groups(_trip_checks, batch_format="pandas").materialize()
+    quarantine = checked.filter(expr=_BAD)
+    clean = checked.filter(expr=_GOOD)  # lazy: a cheap filter, not a second copy in the object store
 
-    # Trip table on the driver: one row per trip, small next to the events.
-    trips = clean.groupby("bucket", num_partitions=buckets).map_groups(_trip_table, batch_format="pandas").to_pandas()
+    # Trip table on the driver: one row per trip, small next to the events; merged from per-block
+    # partials, so it needs no shuffle.
+    trips = _combine_trips(clean.map_batches(_trip_table, batch_format="pandas", batch_size=None).to_pandas())
     cutoffs = split_cutoffs(trips, config.split_fractions)
     expected_pairs = expected_pair_count(trips["trip_size"].to_numpy(), config.k)
 
     medians = (
-        clean.groupby("bucket", num_partitions=buckets)
+        _by_bucket(clean, buckets)
         .map_groups(_train_segments, batch_format="pandas", fn_kwargs={"k": config.k, "cutoffs": cutoffs})
         .groupby(SEGMENT_KEY)
         .aggregate(Quantile(TARGET, q=0.5, alias_name=HIST_MEDIAN), Count(alias_name="n"))
@@ -344,7 +391,7 @@ def _pipeline(files: list[InputFile], stops_path: str | None, config: EtlConfig,
     )
     examples_dir = out / "_examples"
     (
-        clean.groupby("bucket", num_partitions=buckets)
+        _by_bucket(clean, buckets)
         .map_groups(_examples, batch_format="pandas",
                     fn_kwargs={"k": config.k, "cutoffs": cutoffs, "stops": stops, "medians": medians})
         .write_parquet(str(examples_dir), partition_cols=["split"])
@@ -353,12 +400,13 @@ def _pipeline(files: list[InputFile], stops_path: str | None, config: EtlConfig,
     _publish_splits(examples_dir, out)
     pq.write_table(pa.Table.from_pandas(medians, preserve_index=False), out / "segment_medians.parquet")
 
-    by_reason = quarantine.groupby("reason").count().to_pandas()
-    quarantined = ({str(r): int(c) for r, c in zip(by_reason["reason"], by_reason["count()"])}
-                   if len(by_reason) else {})
+    # Reasons from the written quarantine (small), not a second run of the pipeline.
+    written = sorted((out / "quarantine").rglob("*.parquet"))
+    reasons = pa.concat_tables([pq.read_table(p, columns=["reason"]) for p in written])["reason"] if written else []
+    quarantined = {str(r): int(c) for r, c in pd.Series(reasons, dtype="string").value_counts().items()}
     rows_out = clean.count()
     split_rows = {s: _count_rows(out / s) for s in SPLITS}
-    written_quarantine = _count_rows(out / "quarantine")
+    written_quarantine = checked.count() - rows_out  # what should have been written
     if rows_in != rows_out + sum(quarantined.values()) or written_quarantine != sum(quarantined.values()):
         raise EtlIntegrityError(
             f"row accounting broken: in={rows_in} out={rows_out} quarantined={quarantined} "

@@ -33,27 +33,14 @@ def pair_events(events: pd.DataFrame, k: int) -> pd.DataFrame:
     starts = np.r_[True, trip[1:] != trip[:-1]]
     trip_id_num = np.cumsum(starts) - 1
     first_index = np.flatnonzero(starts)
-    sizes = np.diff(np.r_[first_index, n])
     pos = np.arange(n) - first_index[trip_id_num]
-    remaining = sizes[trip_id_num] - 1 - pos  # later events on the same trip
     delay = (events["actual_arrival"] - events["scheduled_arrival"]).dt.total_seconds().to_numpy()
     delay_prev = np.where(pos > 0, np.r_[np.nan, delay[:-1]], np.nan)
     trip_start = events["actual_arrival"].to_numpy()[first_index][trip_id_num]
 
-    u_parts, s_parts, ahead_parts = [], [], []
-    for j in range(1, k + 1):
-        u = np.flatnonzero(remaining >= j)
-        if len(u) == 0:
-            break
-        u_parts.append(u)
-        s_parts.append(u + j)
-        ahead_parts.append(np.full(len(u), j, dtype="int16"))
-    if not u_parts:
+    u, s, ahead = pair_positions(events, k)
+    if len(u) == 0:
         return pd.DataFrame(columns=[c for c in _PAIR_COLUMNS])
-    u = np.concatenate(u_parts)
-    s = np.concatenate(s_parts)
-    order = np.lexsort((np.concatenate(ahead_parts), u))  # trip order, then stops ahead
-    u, s, ahead = u[order], s[order], np.concatenate(ahead_parts)[order]
 
     def take(col: str, idx: np.ndarray) -> np.ndarray:
         return events[col].to_numpy()[idx]
@@ -84,6 +71,36 @@ def pair_events(events: pd.DataFrame, k: int) -> pd.DataFrame:
         }
     )
     return out
+
+
+def pair_positions(events: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row positions (u, s) and stops ahead of the pairs ``pair_events`` builds, in its order.
+
+    For callers that need a few pair columns only (the training-split segment medians): building
+    them from positions is much cheaper than the full pair frame.
+    """
+    n = len(events)
+    if n == 0:
+        return np.array([], "int64"), np.array([], "int64"), np.array([], "int16")
+    trip = events[TRIP_KEY].to_numpy()
+    starts = np.r_[True, trip[1:] != trip[:-1]]
+    trip_num = np.cumsum(starts) - 1
+    first_index = np.flatnonzero(starts)
+    sizes = np.diff(np.r_[first_index, n])
+    remaining = sizes[trip_num] - 1 - (np.arange(n) - first_index[trip_num])
+    u_parts, ahead_parts = [], []
+    for j in range(1, k + 1):
+        u = np.flatnonzero(remaining >= j)
+        if len(u) == 0:
+            break
+        u_parts.append(u)
+        ahead_parts.append(np.full(len(u), j, dtype="int16"))
+    if not u_parts:
+        return np.array([], "int64"), np.array([], "int64"), np.array([], "int16")
+    u, ahead = np.concatenate(u_parts), np.concatenate(ahead_parts)
+    order = np.lexsort((ahead, u))  # trip order, then stops ahead
+    u, ahead = u[order], ahead[order]
+    return u, u + ahead, ahead
 
 
 _PAIR_COLUMNS = (
@@ -153,5 +170,5 @@ def example_frame(df: pd.DataFrame) -> pd.DataFrame:
     return df[[c for c in EXAMPLE_COLUMNS if c in df.columns]]
 
 
-__all__ = ["FEATURE_NAMES", "pair_events", "compute_features", "segment_medians",
+__all__ = ["FEATURE_NAMES", "pair_events", "pair_positions", "compute_features", "segment_medians",
            "expected_pair_count", "add_segment_medians", "example_frame"]

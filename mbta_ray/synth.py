@@ -228,8 +228,11 @@ def fit_profile(lamp_path: str | Path = DEFAULT_LAMP_SAMPLE) -> SynthProfile:
     actual_utc = pd.to_datetime(df["stop_timestamp"], unit="s", utc=True)
     df["delay"] = (actual_utc - sched_utc).dt.total_seconds()
 
-    global_travel = float(np.nanmedian(df["scheduled_travel_time"])) if df["scheduled_travel_time"].notna().any() else _FALLBACK_TRAVEL_S
-    global_dwell = float(np.nanmedian(df["dwell_time_seconds"])) if df["dwell_time_seconds"].notna().any() else _FALLBACK_DWELL_S
+    def median_or(column: str, fallback: float) -> float:
+        return float(df[column].median()) if df[column].notna().any() else fallback
+
+    global_travel = median_or("scheduled_travel_time", _FALLBACK_TRAVEL_S)
+    global_dwell = median_or("dwell_time_seconds", _FALLBACK_DWELL_S)
     route_travel = df.groupby("route_id")["scheduled_travel_time"].median()
     global_starts = df.drop_duplicates("trip_id")["start_time"].dropna().to_numpy(dtype=float)
 
@@ -474,7 +477,10 @@ def _generate_day(c: _Compiled, params: SynthParams, seed: int, day: int, budget
         stop = np.empty((k, length), dtype=np.int64)
         for i, (choices, weights) in enumerate(zip(pattern.stop_choices, pattern.stop_weights)):
             codes = np.array([c.stop_code[s] for s in choices])
-            stop[:, i] = codes[0] if len(codes) == 1 else rng.choice(codes, size=k, p=np.asarray(weights) / sum(weights))
+            if len(codes) == 1:
+                stop[:, i] = codes[0]
+            else:
+                stop[:, i] = rng.choice(codes, size=k, p=np.asarray(weights) / sum(weights))
         model = prof.delay.get(pattern.route_id, prof.delay["*"])
         delay = np.empty((k, length))
         delay[:, 0] = c.sample(model.delay_quantiles, rng, k)

@@ -59,3 +59,16 @@ def test_console_script_is_installed():
     exe = shutil.which("mbta-ray") or str(Path(sys.executable).parent / "mbta-ray")
     out = subprocess.run([exe, "data", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ingest" in out.stdout and "list" in out.stdout
+
+
+def test_synth_then_ingest(ray_local, tmp_path):
+    """`data synth` writes labeled synthetic LAMP files that `data ingest` reads as LAMP."""
+    out = tmp_path / "synth"
+    res = runner.invoke(app, ["data", "synth", "--events", "3000", "--out", str(out), "--files", "2", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert "SYNTHETIC" in res.output
+    files = sorted(str(p) for p in out.glob("*.parquet"))
+    assert len(files) == 2
+    ing = runner.invoke(app, ["data", "ingest", *files, "--root", str(tmp_path / "art"), "-k", "3"])
+    assert ing.exit_code == 0, ing.output
+    assert "created" in ing.output and "3,000" in ing.output

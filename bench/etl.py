@@ -1,0 +1,465 @@
+"""Benchmark: the Ray Data ETL (``mbta_ray.etl.ingest``) against the same transform in plain pandas.
+
+    .venv/bin/python bench/etl.py --quick               # 100k events, a smoke test
+    .venv/bin/python bench/etl.py --sizes 1000000       # one size
+    .venv/bin/python bench/etl.py                       # 1M and 10M (the issue's sizes)
+
+For each size it generates SYNTHETIC LAMP events (``mbta_ray.synth``; cached under bench/out/data),
+then runs each implementation in a fresh subprocess -- pandas (``bench/pandas_etl.py``) and Ray
+(``ray.init(num_cpus=N)`` inside the subprocess, shut down at the end) -- and samples the memory of
+that subprocess and all its descendants (for Ray: the driver, GCS, raylet, workers) every
+``--interval`` seconds:
+
+- RSS summed over the tree (counts shared pages -- Ray's object store, libraries -- once per process),
+- PSS summed over the tree (shared pages split between the processes mapping them: the honest total;
+  the headline number),
+- USS summed over the tree (pages private to one process),
+- Ray's object store: allocated size of the /dev/shm file the raylet maps (this session's object
+  store; its pages are in the PSS of whichever processes touched them), and the machine-wide
+  /dev/shm growth (includes anything else running on the machine).
+
+It asserts that both produce the same example and quarantine counts, prints a markdown table with the
+ratios (pandas time / Ray time; Ray peak / pandas peak) and appends it to bench/RESULTS.md under
+"ETL: Ray Data vs pandas". Per-call Ray Data stats (``Dataset.stats()``) go to bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+OUT = HERE / "out"
+RESULTS = HERE / "RESULTS.md"
+HEADING = "## ETL: Ray Data vs pandas"
+GOAL_THROUGHPUT = 1.5  # Ray events/s >= 1.5 x pandas at 10M
+GOAL_MEMORY = 0.25  # Ray peak memory <= 1/4 of pandas at 10M
+GiB = 1 << 30
+
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+
+# --- workers (run in the measured subprocess) ---------------------------------------------------
+
+
+def _instrument_ray_data(log: list[dict]) -> None:
+    """Time every Dataset call that executes a plan and keep its ``stats()`` (outermost calls only)."""
+    from ray.data import Dataset
+
+    depth = [0]
+    for name in ("materialize", "to_pandas", "write_parquet", "count"):
+        original = getattr(Dataset, name)
+
+        @functools.wraps(original)
+        def timed(self, *args, __original=original, __name=name, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                result = __original(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+            if depth[0] == 0:
+                elapsed = time.perf_counter() - start
+                try:
+                    stats = (result if __name == "materialize" else self).stats()
+                except Exception as exc:  # stats are a nice-to-have, never fail the run on them
+                    stats = f"(stats unavailable: {exc})"
+                log.append({"call": __name, "seconds": round(elapsed, 3), "stats": stats})
+            return result
+
+        setattr(Dataset, name, timed)
+
+
+def worker(args: argparse.Namespace) -> None:
+    inputs = sorted(str(p) for p in Path(args.inputs).glob("*.parquet"))
+    out = Path(args.work)
+    result: dict = {"impl": args.worker}
+    t0 = time.perf_counter()
+    from mbta_ray.etl import DEFAULT_STOPS, EtlConfig
+
+    if args.worker == "pandas":
+        import pandas_etl
+
+        t1 = time.perf_counter()
+        run = pandas_etl.run(inputs, out, EtlConfig(), DEFAULT_STOPS, pair_chunk_events=args.pandas_chunk_events)
+        result["etl_s"] = time.perf_counter() - t1
+        result.update(counts=run["counts"], stages=run["timings_s"], pair_chunks=run["pair_chunks"])
+    else:
+        import ray
+
+        from mbta_ray.etl import ingest
+
+        ray.init(num_cpus=args.cpus, include_dashboard=args.dashboard, logging_level="ERROR", log_to_driver=False)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        result["ray_init_s"] = time.perf_counter() - t0
+        calls: list[dict] = []
+        _instrument_ray_data(calls)
+        t1 = time.perf_counter()
+        config = EtlConfig(shuffle=args.shuffle) if args.shuffle else EtlConfig()
+        result["shuffle"] = config.shuffle
+        res = ingest(inputs, root=out, name="bench", config=config, stops_path=DEFAULT_STOPS)
+        result["etl_s"] = time.perf_counter() - t1
+        counts = res.manifest["counts"]
+        result["counts"] = {k: counts[k] for k in ("rows_in", "rows_out", "quarantined", "quarantined_by_reason",
+                                                   "trips", "examples", "examples_expected", "examples_by_split",
+                                                   "segments_with_median")}
+        result["ray_calls"] = calls
+        t2 = time.perf_counter()
+        ray.shutdown()
+        result["ray_shutdown_s"] = time.perf_counter() - t2
+    result["worker_total_s"] = time.perf_counter() - t0
+    Path(args.result).write_text(json.dumps(result, indent=1, default=str))
+
+
+# --- measuring a subprocess tree ----------------------------------------------------------------
+
+
+def _shm_used() -> int:
+    return shutil.disk_usage("/dev/shm").used if os.path.isdir("/dev/shm") else 0
+
+
+def _object_store_bytes(pid: int) -> int:
+    """Allocated bytes of the /dev/shm files a process maps (for the raylet: this session's object
+    store). tmpfs pages are allocated once whoever touches them, so this counts each page once."""
+    seen, total = set(), 0
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                if "/dev/shm/" not in line:
+                    continue
+                fields = line.split()
+                inode = fields[4]
+                if inode in seen:
+                    continue
+                seen.add(inode)
+                try:
+                    total += os.stat(f"/proc/{pid}/map_files/{fields[0]}").st_blocks * 512
+                except OSError:
+                    pass
+    except OSError:
+        return 0
+    return total
+
+
+class TreeSampler:
+    """Samples memory of a process and all its descendants on a thread until stopped."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.shm0 = _shm_used()
+        self.samples: list[dict] = []
+        self.peak: dict = {"rss": 0, "pss": 0, "uss": 0, "shm_delta": 0, "object_store": 0, "procs": 0}
+        self.peak_procs: list[str] = []
+        self.cpu: dict[int, float] = {}  # pid -> user + system seconds at its last sample
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.t0 = time.perf_counter()
+
+    def start(self) -> "TreeSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        ps = self.psutil
+        while not self._stop.is_set():
+            try:
+                procs = [self.root] + self.root.children(recursive=True)
+            except ps.NoSuchProcess:
+                break
+            rss = pss = uss = store = 0
+            names = []
+            for p in procs:
+                try:
+                    m = p.memory_full_info()
+                    name = p.name()
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
+                except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess):
+                    continue
+                rss, pss, uss = rss + m.rss, pss + m.pss, uss + m.uss
+                names.append(f"{name}:{m.pss // (1 << 20)}M")
+                if name == "raylet":
+                    store += _object_store_bytes(p.pid)
+            sample = {"t": round(time.perf_counter() - self.t0, 2), "rss": rss, "pss": pss, "uss": uss,
+                      "shm_delta": max(0, _shm_used() - self.shm0), "object_store": store, "procs": len(names)}
+            self.samples.append(sample)
+            if pss > self.peak["pss"]:
+                self.peak_procs = names
+            for k in self.peak:
+                self.peak[k] = max(self.peak[k], sample[k])
+            self._stop.wait(self.interval)
+
+
+def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> dict:
+    """Run one implementation in a fresh subprocess; return its result with time and memory."""
+    work = OUT / "work" / f"{impl}_{size}"
+    shutil.rmtree(work, ignore_errors=True)
+    result_path = OUT / f"result_{impl}_{size}.json"
+    result_path.unlink(missing_ok=True)
+    log_path = OUT / f"log_{impl}_{size}.txt"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--inputs", str(data_dir),
+           "--work", str(work), "--result", str(result_path), "--cpus", str(args.cpus),
+           "--pandas-chunk-events", str(args.pandas_chunk_events)] + (["--dashboard"] if args.dashboard else []) \
+        + (["--shuffle", args.shuffle] if args.shuffle else [])
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        sampler = TreeSampler(proc.pid, args.interval).start()
+        rc = proc.wait()
+        sampler.stop()
+    wall = time.perf_counter() - start
+    # CPU seconds of the tree: less sensitive than wall time to other work on the machine.
+    cpu_s = sum(sampler.cpu.values())
+    if rc != 0:
+        tail = log_path.read_text()[-3000:]
+        raise RuntimeError(f"{impl} at {size:,} events failed (rc={rc}); log {log_path}:\n{tail}")
+    result = json.loads(result_path.read_text())
+    result.update(process_wall_s=wall, cpu_s=cpu_s, peak=sampler.peak, peak_procs=sampler.peak_procs, log=str(log_path))
+    (OUT / f"memory_{impl}_{size}.json").write_text(json.dumps(sampler.samples))
+    if impl == "ray":
+        stats = "\n\n".join(f"### {c['call']} ({c['seconds']} s)\n{c['stats']}" for c in result["ray_calls"])
+        (OUT / f"ray_stats_{size}.txt").write_text(stats)
+        result["ray_calls"] = [{"call": c["call"], "seconds": c["seconds"], "operators": ops}
+                               for c, ops in zip(result["ray_calls"], _operators(result["ray_calls"]))]
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+_OP_HEADER = re.compile(r"^Operator \d+ (?P<name>.+?): (?:(?P<tasks>\d+) tasks executed, \d+ blocks produced in "
+                        r"(?P<secs>[\d.]+)s|executed in (?P<secs2>[\d.]+)s)?\s*$")
+
+
+def _operators(calls: list[dict]) -> list[list[str]]:
+    """Per call, the operators it executed that an earlier call had not (Dataset.stats() repeats the
+    whole lineage), as 'name: N tasks, S s' (S: the operator's own wall time)."""
+    seen: set[str] = set()
+    out = []
+    for call in calls:
+        ops = []
+        for line in call["stats"].splitlines():
+            m = _OP_HEADER.match(line)
+            if not m or not (m.group("secs") or m.group("secs2")) or line in seen:
+                continue
+            seen.add(line)
+            name = m.group("name")
+            name = name if len(name) <= 90 else name[:87] + "..."
+            if m.group("tasks"):
+                ops.append(f"{name}: {m.group('tasks')} tasks, {float(m.group('secs')):.1f} s")
+            else:
+                ops.append(f"{name}: {float(m.group('secs2')):.1f} s")
+        out.append(ops)
+    return out
+
+
+# --- data, machine, report ----------------------------------------------------------------------
+
+
+def ensure_data(size: int, files: int, seed: int) -> tuple[Path, float]:
+    """Synthetic events for this size (cached: regenerated only when the parameters differ)."""
+    from mbta_ray import synth
+
+    folder = OUT / "data" / f"synth_{size}_s{seed}_f{files}"
+    params = folder / synth.PARAMS_FILE
+    if params.is_file():
+        meta = json.loads(params.read_text())
+        if meta.get("n_events") == size and meta.get("seed") == seed and len(meta.get("files", [])) == files:
+            return folder, 0.0
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    synth.write_synthetic(folder, size, seed=seed, files=files)
+    return folder, time.perf_counter() - start
+
+
+def _warm_cache(folder: Path) -> None:
+    """Read the files once so that neither implementation pays for a cold page cache."""
+    for p in folder.glob("*.parquet"):
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import pandas
+    import pyarrow
+    import ray
+
+    return {"nproc": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / GiB, 1), "cpu": cpu,
+            "python": platform.python_version(), "ray": ray.__version__, "pandas": pandas.__version__,
+            "pyarrow": pyarrow.__version__, "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _gib(b: int) -> str:
+    return f"{b / GiB:.2f}"
+
+
+def report(runs: list[dict], info: dict, command: str) -> str:
+    lines = [
+        f"### {info['date']} -- `{command}`",
+        "",
+        f"Machine: {info['machine']['nproc']} CPUs ({info['machine']['cpu']}), {info['machine']['ram_gib']} GiB RAM; "
+        f"Python {info['machine']['python']}, Ray {info['machine']['ray']}, pandas {info['machine']['pandas']}, "
+        f"pyarrow {info['machine']['pyarrow']}; load average at start {info['machine']['load_avg_at_start']}. "
+        f"Ray: local, `ray.init(num_cpus={info['cpus']})`, dashboard {'on' if info['dashboard'] else 'off'}, "
+        f"shuffle `{info['shuffle']}`, "
+        f"started and shut down inside the measured process. pandas: one process, pairs/features in chunks of "
+        f"{info['pandas_chunk_events'] or 'all'} events. Input: SYNTHETIC LAMP events (`mbta_ray.synth`, seed "
+        f"{info['seed']}), K=10, default EtlConfig, GTFS stop checks on. Memory sampled every {info['interval']} s "
+        "over the process and all its descendants.",
+        "",
+        "| events | files | impl | ETL s | process s | CPU s (tree) | events/s (ETL) | peak PSS GiB | peak RSS-sum GiB | "
+        "peak USS-sum GiB | object store GiB | /dev/shm growth GiB | procs | examples | quarantined |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        for impl in ("pandas", "ray"):
+            r = run[impl]
+            p = r["peak"]
+            lines.append(
+                f"| {run['size']:,} | {run['files']} | {impl} | {r['etl_s']:.1f} | {r['process_wall_s']:.1f} | {r['cpu_s']:.0f} | "
+                f"{run['size'] / r['etl_s']:,.0f} | {_gib(p['pss'])} | {_gib(p['rss'])} | {_gib(p['uss'])} | "
+                f"{_gib(p['object_store'])} | {_gib(p['shm_delta'])} | {p['procs']} | "
+                f"{r['counts']['examples']:,} | {r['counts']['quarantined']:,} |")
+    lines += ["", "| events | throughput pandas/Ray (ETL s) | same, whole process | CPU s pandas/Ray | "
+              "memory Ray/pandas (peak PSS) | same, RSS-sum | goal at 10M (>= 1.5x, <= 0.25) |",
+              "|---:|---:|---:|---:|---:|---:|---|"]
+    for run in runs:
+        pd_, ry = run["pandas"], run["ray"]
+        thr = pd_["etl_s"] / ry["etl_s"]
+        thr_p = pd_["process_wall_s"] / ry["process_wall_s"]
+        mem = ry["peak"]["pss"] / pd_["peak"]["pss"]
+        mem_r = ry["peak"]["rss"] / pd_["peak"]["rss"]
+        met = ("met" if thr >= GOAL_THROUGHPUT and mem <= GOAL_MEMORY else "NOT met") + (
+            "" if run["size"] >= 10_000_000 else " (size below 10M: indicative)")
+        cpu = pd_["cpu_s"] / ry["cpu_s"]
+        lines.append(f"| {run['size']:,} | {thr:.2f}x | {thr_p:.2f}x | {cpu:.2f} | {mem:.2f} | {mem_r:.2f} | {met} |")
+    lines.append("")
+    for run in runs:
+        ry, pd_ = run["ray"], run["pandas"]
+        lines.append(f"Where the time goes at {run['size']:,} events -- Ray (ray.init {ry['ray_init_s']:.1f} s, "
+                     f"shutdown {ry['ray_shutdown_s']:.1f} s; each Dataset call that executes, in order, with the "
+                     "operators it ran and their wall time from `Dataset.stats()`; operators overlap, and a call's "
+                     "time beyond its operators' is scheduling, actor start-up and driver-side collection):")
+        lines.append("")
+        for c in ry["ray_calls"]:
+            lines.append(f"- `{c['call']}` {c['seconds']:.1f} s: " + ("; ".join(f"`{o}`" for o in c["operators"])
+                                                                     or "(nothing new executed)"))
+        driver = ry["etl_s"] - sum(c["seconds"] for c in ry["ray_calls"])
+        lines.append(f"- driver work outside Dataset calls (inspect/sha256, plan, splits): {driver:.1f} s")
+        lines.append("")
+        lines.append("pandas stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in pd_["stages"].items()))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def append_results(text: str) -> None:
+    existing = RESULTS.read_text() if RESULTS.is_file() else "# Benchmarks\n"
+    if HEADING not in existing:
+        existing = existing.rstrip() + f"\n\n{HEADING}\n\nRay Data ETL (`mbta_ray.etl.ingest`) against the same " \
+            "transform in plain pandas (`bench/pandas_etl.py`), on synthetic LAMP events. Runs are appended " \
+            "newest last; `bench/etl.py` writes them.\n"
+    RESULTS.write_text(existing.rstrip() + "\n\n" + text.rstrip() + "\n")
+
+
+def _default_shuffle() -> str:
+    from mbta_ray.etl import EtlConfig
+
+    return getattr(EtlConfig(), "shuffle", "Ray Data default")
+
+
+def _compare(size: int, pandas_res: dict, ray_res: dict) -> None:
+    a, b = pandas_res["counts"], ray_res["counts"]
+    for key in ("rows_in", "rows_out", "quarantined", "quarantined_by_reason", "examples", "examples_by_split"):
+        if a[key] != b[key]:
+            raise AssertionError(f"{size:,} events: {key} differs: pandas {a[key]} vs Ray {b[key]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000000,10000000", help="comma-separated event counts")
+    ap.add_argument("--quick", action="store_true", help="100k events only (smoke test)")
+    ap.add_argument("--files", type=int, default=0, help="input files per size (0: max(4, events / 500k))")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpus", type=int, default=2, help="ray.init(num_cpus=...)")
+    ap.add_argument("--dashboard", action="store_true", help="start Ray's dashboard too (off: not part of the ETL)")
+    ap.add_argument("--interval", type=float, default=0.2, help="memory sampling interval, s")
+    ap.add_argument("--pandas-chunk-events", type=int, default=200_000,
+                    help="pandas pairs/features per chunk of this many events (0: all at once)")
+    ap.add_argument("--shuffle", default=None,
+                    help="Ray Data shuffle strategy for the ETL (EtlConfig.shuffle; default: EtlConfig's)")
+    ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    # internal: the measured subprocess
+    ap.add_argument("--worker", choices=["pandas", "ray"], help=argparse.SUPPRESS)
+    ap.add_argument("--inputs", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    sizes = [100_000] if args.quick else [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
+    command = "python bench/etl.py " + " ".join(sys.argv[1:])
+    info = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
+            "cpus": args.cpus, "dashboard": args.dashboard, "interval": args.interval, "seed": args.seed,
+            "pandas_chunk_events": args.pandas_chunk_events, "shuffle": args.shuffle or _default_shuffle()}
+    runs = []
+    for size in sizes:
+        files = args.files or max(4, -(-size // 500_000))
+        data, gen_s = ensure_data(size, files, args.seed)
+        print(f"[{size:,} events] synthetic data in {data} ({'generated in %.1f s' % gen_s if gen_s else 'cached'})",
+              flush=True)
+        _warm_cache(data)
+        run = {"size": size, "files": files, "generate_s": gen_s}
+        for impl in ("pandas", "ray"):
+            r = measure(impl, data, size, args)
+            print(f"[{size:,} events] {impl}: ETL {r['etl_s']:.1f} s, process {r['process_wall_s']:.1f} s, "
+                  f"peak PSS {_gib(r['peak']['pss'])} GiB (RSS-sum {_gib(r['peak']['rss'])} GiB)", flush=True)
+            run[impl] = r
+        _compare(size, run["pandas"], run["ray"])
+        runs.append(run)
+        (OUT / f"bench_{size}.json").write_text(json.dumps({"info": info, "run": run}, indent=1, default=str))
+    text = report(runs, info, command)
+    print()
+    print(text)
+    if not args.no_results:
+        append_results(text)
+        print(f"\nappended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
