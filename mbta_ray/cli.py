@@ -159,5 +159,69 @@ def synth_cmd(
                   f"ingest it with: mbta-ray data ingest {Path(result.paths[0]).parent}/*.parquet")
 
 
+@app.command("tune")
+def tune_cmd(
+    model: Annotated[str, typer.Option(help="xgboost, dnn or both.")] = "both",
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset version (prefix ok); default: the newest.")] = None,
+    num_samples: Annotated[int, typer.Option(min=1, help="Trials per model family.")] = 8,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="Trials running at once.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = 1,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per Train worker.")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Train worker (fractions share a GPU).")] = 0.0,
+    trial_cpu: Annotated[float, typer.Option(help="CPU share of the trial process itself.")] = 0.1,
+    random_steps: Annotated[int, typer.Option(help="Random trials before BayesOpt's model kicks in.")] = 3,
+    seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
+    space: Annotated[Optional[str], typer.Option(help="Search-space YAML (default configs/tune.yaml).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Experiment folder to continue (Tuner.restore).")] = None,
+    wandb: Annotated[bool, typer.Option("--wandb/--no-wandb", help="Log trials to W&B (offline without a key).")] = True,
+    root: RootOpt = Path("artifacts"),
+) -> None:
+    """Bayesian search (BayesOptSearch) over distributed XGBoost and/or DNN trials, then evaluation."""
+    from mbta_ray import tune as tuning
+
+    families = ["xgboost", "dnn"] if model == "both" else [model]
+    if any(f not in tuning.FAMILIES for f in families):
+        _fail(f"--model must be xgboost, dnn or both, got {model!r}")
+    if resume and len(families) != 1:
+        _fail("--resume continues one experiment: give --model xgboost or --model dnn")
+    if dataset is None:
+        versions = versioning.list_versions(root)
+        if not versions:
+            _fail(f"no dataset under {root}: run `mbta-ray data ingest` first")
+        dataset = versions[0]["version"]
+    results = []
+    for family in families:
+        settings = tuning.TuneSettings(
+            family=family, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
+            random_steps=random_steps, storage=str(root / "experiments"), space_file=space, wandb=wandb,
+            resources=tuning.TrialResources(workers, cpus_per_worker, gpus_per_worker, trial_cpu))
+        try:
+            results.append(tuning.run_search(settings, root, dataset, resume=resume))
+        except (ValueError, FileNotFoundError, versioning.VersionNotFound) as exc:
+            _fail(str(exc))
+    console.print(metrics_table(results))
+    for r in results:
+        console.print(f"{r['family']}: {r['trials']} trials, best valid MAE {r['best_valid_mae']:.1f} s -> "
+                      f"{r['model_dir']} (results.csv and plots in {r['experiment']})")
+
+
+def metrics_table(results: list[dict]) -> Table:
+    """Test-split metrics of the best models and the baselines, overall and by mode."""
+    t = Table(title="test split: travel-time error (s) and MBTA 'accurate' share")
+    for col in ("model", "rows", "MAE", "RMSE", "R2", "bias", "accurate", "MAE by mode"):
+        t.add_column(col, justify="left" if col in ("model", "MAE by mode") else "right")
+    seen = set()
+    for r in results:
+        for name, entry in r["report"].items():
+            if name in seen:
+                continue
+            seen.add(name)
+            o = entry["overall"]
+            by_mode = ", ".join(f"{m} {v['mae']:.0f}" for m, v in entry["by_mode"].items() if v["n"])
+            t.add_row(name, f"{o['n']:,}", f"{o['mae']:.1f}", f"{o['rmse']:.1f}", f"{o['r2']:.3f}",
+                      f"{o['bias']:+.1f}", f"{o['accurate']:.1%}", by_mode)
+    return t
+
+
 def main() -> None:  # pragma: no cover
     app()

@@ -20,7 +20,10 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # The dashboard serves the State API, which Ray Train's placement-group cleaner needs to
+        # free a Tune trial's workers when the trial is stopped (ASHA): without it they leak and
+        # the next trial waits forever.
+        ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR", log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -1,0 +1,128 @@
+"""Feature encoding learned on the training split and saved with the model (JSON, no pickle).
+
+Categorical features become integer codes from a vocabulary (0 = unknown or missing, so a stop the
+model never saw is a defined input, not an error). Numeric features are standardized for the DNN
+with NaN -> 0 plus a missing flag per optional feature; XGBoost gets them raw (it handles NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mbta_ray.schema import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
+
+OPTIONAL_NUMERIC: tuple[str, ...] = tuple(f.name for f in FEATURES if f.optional and f.name in NUMERIC_FEATURES)
+
+
+@dataclass
+class FeatureEncoder:
+    """Vocabularies and numeric statistics fitted on a training split."""
+
+    vocab: dict[str, list[str]]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    @classmethod
+    def fit(cls, train: "ray.data.Dataset | pd.DataFrame", min_count: int = 1) -> "FeatureEncoder":  # noqa: F821
+        """Fit on a Ray Dataset (aggregations run on the cluster) or a pandas frame."""
+        if isinstance(train, pd.DataFrame):
+            vocab = {}
+            for c in CATEGORICAL_FEATURES:
+                counts = train[c].dropna().astype(str).value_counts()
+                vocab[c] = sorted(counts[counts >= min_count].index.tolist())
+            mean = {c: _finite(train[c].astype("float64").mean()) for c in NUMERIC_FEATURES}
+            std = {c: _finite(train[c].astype("float64").std(ddof=0), 1.0) for c in NUMERIC_FEATURES}
+            return cls(vocab, mean, _nonzero(std))
+        # One streaming pass; the per-batch work is tiny, so the driver keeps up with the readers
+        # and no shuffle is needed (a groupby per column cost ~10x more here).
+        counts: dict[str, dict[str, int]] = {c: {} for c in CATEGORICAL_FEATURES}
+        n = {c: 0 for c in NUMERIC_FEATURES}
+        total = {c: 0.0 for c in NUMERIC_FEATURES}
+        total_sq = {c: 0.0 for c in NUMERIC_FEATURES}
+        columns = list(CATEGORICAL_FEATURES) + list(NUMERIC_FEATURES)
+        for batch in train.select_columns(columns).iter_batches(batch_format="pandas", batch_size=65_536):
+            for c in CATEGORICAL_FEATURES:
+                for key, k in batch[c].dropna().astype(str).value_counts().items():
+                    counts[c][key] = counts[c].get(key, 0) + int(k)
+            for c in NUMERIC_FEATURES:
+                v = batch[c].to_numpy(dtype="float64")
+                v = v[np.isfinite(v)]
+                n[c] += len(v)
+                total[c] += float(v.sum())
+                total_sq[c] += float((v * v).sum())
+        vocab = {c: sorted(k for k, m in counts[c].items() if m >= min_count) for c in CATEGORICAL_FEATURES}
+        mean = {c: total[c] / n[c] if n[c] else 0.0 for c in NUMERIC_FEATURES}
+        std = {c: math.sqrt(max(total_sq[c] / n[c] - mean[c] ** 2, 0.0)) if n[c] else 1.0 for c in NUMERIC_FEATURES}
+        return cls(vocab, mean, _nonzero(std))
+
+    # --- encodings -----------------------------------------------------------------------------
+
+    def codes(self, df: pd.DataFrame) -> np.ndarray:
+        """int64 [n, n_categorical]: 1-based vocabulary index, 0 for unknown/missing."""
+        out = np.zeros((len(df), len(CATEGORICAL_FEATURES)), dtype="int64")
+        for j, c in enumerate(CATEGORICAL_FEATURES):
+            cat = pd.Categorical(df[c].astype("string").astype(object).where(df[c].notna(), None),
+                                 categories=self.vocab[c])
+            out[:, j] = cat.codes.astype("int64") + 1  # -1 (unknown/missing) -> 0
+        return out
+
+    def numeric(self, df: pd.DataFrame) -> np.ndarray:
+        """float32 [n, n_numeric + n_optional]: standardized values (NaN -> 0) then missing flags."""
+        cols = []
+        for c in NUMERIC_FEATURES:
+            v = df[c].to_numpy(dtype="float64")
+            cols.append(np.nan_to_num((v - self.mean[c]) / self.std[c], nan=0.0, posinf=0.0, neginf=0.0))
+        for c in OPTIONAL_NUMERIC:
+            cols.append(np.isnan(df[c].to_numpy(dtype="float64")).astype("float64"))
+        return np.stack(cols, axis=1).astype("float32") if cols else np.zeros((len(df), 0), "float32")
+
+    def tree_matrix(self, df: pd.DataFrame) -> np.ndarray:
+        """float32 [n, n_features] for XGBoost: categorical codes (NaN when unknown) and raw numerics."""
+        codes = self.codes(df).astype("float32")
+        codes[codes == 0] = np.nan
+        nums = np.stack([df[c].to_numpy(dtype="float64") for c in NUMERIC_FEATURES], axis=1).astype("float32")
+        return np.concatenate([codes, nums], axis=1)
+
+    @property
+    def tree_feature_names(self) -> list[str]:
+        return list(CATEGORICAL_FEATURES) + list(NUMERIC_FEATURES)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding table sizes (vocabulary + the unknown code 0)."""
+        return [len(self.vocab[c]) + 1 for c in CATEGORICAL_FEATURES]
+
+    @property
+    def numeric_width(self) -> int:
+        return len(NUMERIC_FEATURES) + len(OPTIONAL_NUMERIC)
+
+    # --- persistence -------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureEncoder":
+        d = json.loads(Path(path).read_text())
+        missing = [c for c in CATEGORICAL_FEATURES if c not in d.get("vocab", {})]
+        if missing:
+            raise ValueError(f"{path}: encoder lacks vocabularies for {missing}")
+        return cls(d["vocab"], d["mean"], d["std"])
+
+
+def _finite(x, default: float = 0.0) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return default
+    return x if math.isfinite(x) else default
+
+
+def _nonzero(std: dict[str, float]) -> dict[str, float]:
+    return {k: (v if v > 1e-9 else 1.0) for k, v in std.items()}

@@ -1,0 +1,186 @@
+"""A PyTorch MLP with embeddings for the categorical features, trained with Ray Train (DDP).
+
+gloo on CPU, nccl on GPU (``TorchTrainer`` picks the backend from the workers' devices). Every
+epoch rank 0 writes a checkpoint: the state dict (loaded back with ``torch.load(weights_only=True)``,
+never unpickled) and the architecture as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.schema import TARGET
+
+WEIGHTS_FILE = "model.pt"
+ARCH_FILE = "architecture.json"
+INT_PARAMS = ("hidden_width", "hidden_layers", "batch_size", "epochs", "max_embedding_dim")
+VALID_METRIC = "valid-mae"
+
+
+@dataclass
+class Architecture:
+    """Everything needed to rebuild the network (saved beside the weights)."""
+
+    cardinalities: list[int]
+    numeric_width: int
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    max_embedding_dim: int = 16
+    dropout: float = 0.1
+    target_scale: float = 600.0  # the target is learned in units of 10 minutes: well-scaled losses
+
+    def embedding_dims(self) -> list[int]:
+        # The fast.ai rule of thumb, capped: enough capacity for ~1,000 stops, small for 3 modes.
+        return [max(2, min(self.max_embedding_dim, round(1.6 * c**0.56))) for c in self.cardinalities]
+
+
+class DelayMLP(nn.Module):
+    """Embeddings (route, stops, mode, direction) + standardized numerics -> MLP -> travel time."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.arch = arch
+        dims = arch.embedding_dims()
+        self.embeddings = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(arch.cardinalities, dims))
+        layers: list[nn.Module] = []
+        width = sum(dims) + arch.numeric_width
+        for h in arch.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(arch.dropout)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, cats: torch.Tensor, nums: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([emb(cats[:, i]) for i, emb in enumerate(self.embeddings)] + [nums], dim=1)
+        return self.mlp(x).squeeze(1) * self.arch.target_scale
+
+
+def round_ints(config: dict) -> dict:
+    return {k: (int(round(v)) if k in INT_PARAMS and v is not None else v) for k, v in config.items()}
+
+
+def architecture(config: dict, encoder: FeatureEncoder) -> Architecture:
+    config = round_ints(config)
+    return Architecture(
+        cardinalities=encoder.cardinalities, numeric_width=encoder.numeric_width,
+        hidden=[config.get("hidden_width", 256)] * config.get("hidden_layers", 2),
+        max_embedding_dim=config.get("max_embedding_dim", 16), dropout=config.get("dropout", 0.1),
+    )
+
+
+def _tensors(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device):
+    cats = torch.from_numpy(encoder.codes(df)).to(device)
+    nums = torch.from_numpy(encoder.numeric(df)).to(device)
+    y = torch.from_numpy(df[TARGET].to_numpy(dtype="float32")).to(device)
+    return cats, nums, y
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """DDP training on this worker's shard; reports valid MAE (all workers' rows) every epoch."""
+    config = round_ints(config)
+    torch.manual_seed(config.get("seed", 0))
+    encoder = FeatureEncoder(**config["encoder"])
+    arch = architecture(config, encoder)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(DelayMLP(arch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.get("lr", 1e-3),
+                                  weight_decay=config.get("weight_decay", 1e-5))
+    loss_fn = nn.HuberLoss(delta=config.get("huber_delta_s", 120.0))
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    batch_size = config.get("batch_size", 1024)
+    distributed = ray.train.get_context().get_world_size() > 1
+
+    for epoch in range(config.get("epochs", 5)):
+        model.train()
+        train_abs, train_n = 0.0, 0
+        for batch in train_shard.iter_batches(batch_size=batch_size, batch_format="pandas",
+                                              local_shuffle_buffer_size=batch_size * 8):
+            cats, nums, y = _tensors(batch, encoder, device)
+            pred = model(cats, nums)
+            loss = loss_fn(pred, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            train_abs += float((pred.detach() - y).abs().sum())
+            train_n += len(y)
+        model.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # valid |err|, n, train |err|, n
+        with torch.no_grad():
+            for batch in valid_shard.iter_batches(batch_size=8192, batch_format="pandas"):
+                cats, nums, y = _tensors(batch, encoder, device)
+                sums[0] += float((model(cats, nums) - y).abs().sum())
+                sums[1] += len(y)
+        sums[2], sums[3] = train_abs, train_n
+        if distributed:
+            torch.distributed.all_reduce(sums)
+        metrics = {VALID_METRIC: float(sums[0] / max(sums[1], 1)), "train-mae": float(sums[2] / max(sums[3], 1)),
+                   "epoch": epoch + 1, "device": str(device)}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if ray.train.get_context().get_world_rank() == 0:
+                raw = model.module if hasattr(model, "module") else model
+                save(raw, Path(tmp))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def save(model: DelayMLP, folder: Path) -> None:
+    """State dict (tensors only) + architecture JSON."""
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS_FILE)
+    (folder / ARCH_FILE).write_text(json.dumps(asdict(model.arch)))
+
+
+def load(folder: str | Path) -> DelayMLP:
+    """Rebuild the network from a checkpoint folder; weights_only refuses anything but tensors."""
+    folder = Path(folder)
+    for name in (WEIGHTS_FILE, ARCH_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name}: missing from this DNN checkpoint")
+    model = DelayMLP(Architecture(**json.loads((folder / ARCH_FILE).read_text())))
+    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def predict(model: DelayMLP, encoder: FeatureEncoder, df: pd.DataFrame, batch_size: int = 65_536) -> np.ndarray:
+    """Travel-seconds predictions for example rows (CPU)."""
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(df), batch_size):
+            part = df.iloc[lo:lo + batch_size]
+            cats = torch.from_numpy(encoder.codes(part))
+            nums = torch.from_numpy(encoder.numeric(part))
+            out.append(model(cats, nums).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype="float32")
+
+
+@dataclass(frozen=True)
+class DNNResources:
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    def scaling_config(self) -> ray.train.ScalingConfig:
+        return ray.train.ScalingConfig(
+            num_workers=self.num_workers, use_gpu=self.gpus_per_worker > 0,
+            resources_per_worker={"CPU": self.cpus_per_worker,
+                                  **({"GPU": self.gpus_per_worker} if self.gpus_per_worker > 0 else {})})
+
+
+def make_trainer(config: dict, encoder: FeatureEncoder, datasets: dict[str, ray.data.Dataset],
+                 resources: DNNResources, run_config: ray.train.RunConfig) -> ray.train.torch.TorchTrainer:
+    return ray.train.torch.TorchTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config={**config, "encoder": encoder.__dict__},
+        scaling_config=resources.scaling_config(), datasets=datasets, run_config=run_config)

@@ -1,0 +1,107 @@
+"""Distributed XGBoost with Ray Train V2 (``XGBoostTrainer`` + a per-worker training function).
+
+Each worker reads its shard of the train/valid Ray Datasets, builds DMatrices and calls
+``xgboost.train``; the trainer wires XGBoost's collective (rabit) between workers, so the workers
+build one model together. A worker that was given a GPU trains with ``device="cuda"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+import ray.train
+import xgboost as xgb
+from ray.train import ScalingConfig
+from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
+
+from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.schema import TARGET
+
+MODEL_FILE = "model.ubj"  # XGBoost's own binary JSON format: no pickle
+#: Hyperparameters that XGBoost needs as integers (BayesOpt proposes floats: round them).
+INT_PARAMS = ("max_depth", "num_boost_round", "min_child_weight", "early_stopping_rounds")
+VALID_METRIC = "valid-mae"
+
+
+def round_ints(config: dict, names: tuple[str, ...] = INT_PARAMS) -> dict:
+    """Round the integer hyperparameters that a float-only searcher proposed."""
+    return {k: (int(round(v)) if k in names and v is not None else v) for k, v in config.items()}
+
+
+def _matrix(shard, encoder: FeatureEncoder) -> xgb.DMatrix:
+    df: pd.DataFrame = shard.materialize().to_pandas()
+    return xgb.DMatrix(encoder.tree_matrix(df), label=df[TARGET].to_numpy(dtype="float32"),
+                       feature_names=encoder.tree_feature_names, missing=np.nan)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker; rank 0 saves the model in the final checkpoint."""
+    config = round_ints(config)
+    encoder = FeatureEncoder(**config["encoder"])
+    dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder)
+    dvalid = _matrix(ray.train.get_dataset_shard("valid"), encoder)
+    params = {
+        "objective": config.get("objective", "reg:absoluteerror"),
+        "eval_metric": "mae",
+        "tree_method": "hist",
+        "device": "cuda" if ray.get_gpu_ids() else "cpu",
+        "eta": config.get("eta", 0.1),
+        "max_depth": config.get("max_depth", 8),
+        "min_child_weight": config.get("min_child_weight", 1),
+        "subsample": config.get("subsample", 0.9),
+        "colsample_bytree": config.get("colsample_bytree", 0.9),
+        "lambda": config.get("lambda", 1.0),
+        "nthread": config.get("nthread", 1),
+        "seed": config.get("seed", 0),
+    }
+    xgb.train(
+        params, dtrain, num_boost_round=config.get("num_boost_round", 300),
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        early_stopping_rounds=config.get("early_stopping_rounds", 20), verbose_eval=False,
+        callbacks=[RayTrainReportCallback(metrics={VALID_METRIC: "valid-mae", "train-mae": "train-mae"},
+                                          frequency=0, checkpoint_at_end=True, filename=MODEL_FILE)],
+    )
+
+
+@dataclass(frozen=True)
+class XGBResources:
+    """Ray Train workers for one XGBoost run."""
+
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    def scaling_config(self) -> ScalingConfig:
+        return ScalingConfig(
+            num_workers=self.num_workers,
+            use_gpu=self.gpus_per_worker > 0,
+            resources_per_worker={"CPU": self.cpus_per_worker,
+                                  **({"GPU": self.gpus_per_worker} if self.gpus_per_worker > 0 else {})},
+        )
+
+
+def make_trainer(config: dict, encoder: FeatureEncoder, datasets: dict[str, ray.data.Dataset],
+                 resources: XGBResources, run_config: ray.train.RunConfig) -> XGBoostTrainer:
+    loop_config = {**config, "encoder": encoder.__dict__, "nthread": max(1, int(resources.cpus_per_worker))}
+    return XGBoostTrainer(train_loop_per_worker=train_loop_per_worker, train_loop_config=loop_config,
+                          scaling_config=resources.scaling_config(), datasets=datasets, run_config=run_config)
+
+
+def load_booster(checkpoint_dir: str | Path) -> xgb.Booster:
+    """Load a booster from a checkpoint folder (XGBoost UBJSON; refuses a missing file)."""
+    path = Path(checkpoint_dir) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no XGBoost model in this checkpoint")
+    booster = xgb.Booster()
+    booster.load_model(str(path))
+    return booster
+
+
+def predict(booster: xgb.Booster, encoder: FeatureEncoder, df: pd.DataFrame) -> np.ndarray:
+    """Travel-seconds predictions for example rows."""
+    dm = xgb.DMatrix(encoder.tree_matrix(df), feature_names=encoder.tree_feature_names, missing=np.nan)
+    return booster.predict(dm)

@@ -1,0 +1,63 @@
+"""Search spaces from ``configs/tune.yaml`` (configuration apart from code), for BayesOptSearch.
+
+BayesOptSearch only takes uniform float domains, so log-scaled parameters are searched as
+``log10_<name>`` and integers as floats; ``decode`` turns a proposed point back into parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from ray import tune
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tune.yaml"
+_LOG = "log10_"
+
+
+class SearchSpaceError(ValueError):
+    """The search-space file is wrong: the message names the file, family and parameter."""
+
+
+def load(path: str | Path | None = None) -> dict:
+    path = Path(path or DEFAULT_CONFIG)
+    if not path.is_file():
+        raise SearchSpaceError(f"{path}: search-space file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    for family, spec in data.items():
+        for name, dom in (spec.get("search") or {}).items():
+            if not isinstance(dom, dict) or len(dom) != 1 or next(iter(dom)) not in ("uniform", "log_uniform", "int"):
+                raise SearchSpaceError(f"{path}: {family}.search.{name}: expected one of "
+                                       f"uniform/log_uniform/int: [low, high], got {dom!r}")
+            low, high = next(iter(dom.values()))
+            if not low < high or (next(iter(dom)) == "log_uniform" and low <= 0):
+                raise SearchSpaceError(f"{path}: {family}.search.{name}: bad range [{low}, {high}]")
+    return data
+
+
+def param_space(spec: dict) -> dict:
+    """Tune domains (all uniform floats) for one family's ``search`` section."""
+    import math
+
+    space = {}
+    for name, dom in spec.get("search", {}).items():
+        kind, (low, high) = next(iter(dom.items()))
+        if kind == "log_uniform":
+            space[_LOG + name] = tune.uniform(math.log10(low), math.log10(high))
+        else:
+            space[name] = tune.uniform(float(low), float(high))
+    return space
+
+
+def decode(point: dict, spec: dict) -> dict:
+    """A searcher's point -> hyperparameters (10**log10_x, ints rounded) plus the fixed values."""
+    params = dict(spec.get("fixed", {}))
+    ints = {n for n, d in spec.get("search", {}).items() if "int" in d}
+    for key, value in point.items():
+        if key.startswith(_LOG):
+            params[key[len(_LOG):]] = 10 ** value
+        elif key in ints:
+            params[key] = int(round(value))
+        else:
+            params[key] = value
+    return params

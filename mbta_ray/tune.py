@@ -1,0 +1,204 @@
+"""Ray Tune Bayesian search whose trials are distributed Ray Train runs (XGBoost or the DNN).
+
+In Ray 2.60 (Train V2) a Trainer is not a Tune trainable: each trial is a small function trainable
+that builds and fits a Trainer; ``TuneReportCallback`` carries the workers' metrics back to Tune.
+The trial itself needs almost no CPU (it only waits), so it asks for a small share and the
+Trainer's workers get the real resources.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import ray.train
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.bayesopt import BayesOptSearch
+
+from mbta_ray import search_space
+from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.models import dnn, xgboost_model
+
+FAMILIES = {"xgboost": xgboost_model, "dnn": dnn}
+METRIC = "valid-mae"
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """Per-trial resources: the trial's own small CPU share and its Trainer's workers."""
+
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractional (e.g. 0.25) lets several trials share a GPU
+    trial_cpu: float = 0.1
+
+    def worker_resources(self, family: str):
+        cls = xgboost_model.XGBResources if family == "xgboost" else dnn.DNNResources
+        return cls(self.num_workers, self.cpus_per_worker, self.gpus_per_worker)
+
+    def trial_request(self) -> dict:
+        return {"cpu": self.trial_cpu}
+
+
+@dataclass
+class TuneSettings:
+    family: str
+    num_samples: int = 8
+    max_concurrent: int = 2
+    seed: int = 0
+    random_steps: int = 3  # BayesOpt explores randomly this many trials before fitting its GP
+    resources: TrialResources = field(default_factory=TrialResources)
+    storage: str = "artifacts/experiments"
+    name: str | None = None
+    space_file: str | None = None
+    wandb: bool = False
+
+
+def _trial(config: dict, *, family: str, spec: dict, encoder: dict, datasets: dict,
+           resources: TrialResources, storage: str) -> None:
+    """One Tune trial: decode the searcher's point, build the Trainer, fit it."""
+    params = search_space.decode(config, spec)
+    module = FAMILIES[family]
+    run_config = ray.train.RunConfig(
+        name=f"train-{tune.get_context().get_trial_id()}", storage_path=storage,
+        callbacks=[TuneReportCallback()],
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
+                                                     checkpoint_score_order="min"),
+    )
+    trainer = module.make_trainer(params, FeatureEncoder(**encoder), datasets,
+                                  resources.worker_resources(family), run_config)
+    trainer.fit()
+
+
+def build_tuner(settings: TuneSettings, datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder) -> tune.Tuner:
+    if settings.family not in FAMILIES:
+        raise ValueError(f"--model must be one of {sorted(FAMILIES)}, got {settings.family!r}")
+    spec = search_space.load(settings.space_file)[settings.family]
+    storage = os.path.abspath(settings.storage)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, family=settings.family, spec=spec, encoder=encoder.__dict__,
+                             datasets=datasets, resources=settings.resources, storage=storage),
+        settings.resources.trial_request(),
+    )
+    searcher = ConcurrencyLimiter(
+        BayesOptSearch(metric=METRIC, mode="min", random_state=settings.seed,
+                       random_search_steps=settings.random_steps),
+        max_concurrent=settings.max_concurrent,
+    )
+    scheduler = None
+    if settings.family == "dnn":  # stop poor DNN trials after an epoch or two
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=int(spec.get("fixed", {}).get("epochs", 8)),
+                                  grace_period=1, reduction_factor=2)
+    return tune.Tuner(
+        trainable,
+        param_space=search_space.param_space(spec),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
+                                    metric=METRIC, mode="min"),
+        run_config=tune.RunConfig(name=settings.name or f"{settings.family}", storage_path=storage,
+                                  callbacks=_callbacks(settings)),
+    )
+
+
+def _callbacks(settings: TuneSettings) -> list:
+    if not settings.wandb:
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    # Offline unless a key is configured: runs are kept locally and can be synced later.
+    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return [WandbLoggerCallback(project="mbta_ray", group=settings.family, mode=mode)]
+
+
+def restore(path: str, settings: TuneSettings, datasets: dict[str, ray.data.Dataset],
+            encoder: FeatureEncoder) -> tune.Tuner:
+    """Continue an interrupted search (finished trials are not run again)."""
+    spec = search_space.load(settings.space_file)[settings.family]
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, family=settings.family, spec=spec, encoder=encoder.__dict__,
+                             datasets=datasets, resources=settings.resources,
+                             storage=os.path.abspath(settings.storage)),
+        settings.resources.trial_request(),
+    )
+    return tune.Tuner.restore(str(Path(path).resolve()), trainable=trainable, resume_errored=True)
+
+
+def best_checkpoint_dir(result: tune.ResultGrid) -> tuple[str, dict]:
+    """Folder of the best trial's best checkpoint (written by its Trainer) and its metrics."""
+    best = result.get_best_result(metric=METRIC, mode="min")
+    path = best.metrics.get("checkpoint_path")
+    if not path:
+        raise RuntimeError(f"best trial {best.path} reported no checkpoint")
+    return path, best.metrics
+
+
+# --- the whole search: data, tuner, results, best model, evaluation --------------------------------
+
+
+def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: str | None = None) -> dict:
+    """Tune one family on a dataset version, then package and evaluate the best model on test.
+
+    Writes under ``<storage>/<name>/``: Tune's own state (for --resume), encoder.json,
+    results.csv/json (every trial), best/ (the packaged model + eval.json) and PNG plots.
+    """
+    import datetime as dt
+    import json
+
+    import pandas as pd
+
+    from mbta_ray import evaluate, plots, versioning
+    from mbta_ray.etl import ensure_ray
+    from mbta_ray.models import load_predictor, package
+    from mbta_ray.models.data import load_split, load_split_pandas
+
+    ensure_ray()
+    ds_name, ds_version = versioning.resolve(root, dataset)
+    if resume:
+        exp_dir = Path(resume).resolve()
+        if not exp_dir.is_dir():
+            raise FileNotFoundError(f"{exp_dir}: no such experiment to resume")
+        settings.name, settings.storage = exp_dir.name, str(exp_dir.parent)
+    else:
+        settings.name = settings.name or (
+            f"{settings.family}-{ds_version[:8]}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
+        exp_dir = Path(settings.storage).resolve() / settings.name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    datasets = {s: load_split(root, ds_version, s, ds_name) for s in ("train", "valid")}
+    encoder_path = exp_dir / "encoder.json"
+    encoder = FeatureEncoder.load(encoder_path) if resume and encoder_path.is_file() else FeatureEncoder.fit(datasets["train"])
+    encoder.save(encoder_path)
+
+    tuner = restore(str(exp_dir), settings, datasets, encoder) if resume else build_tuner(settings, datasets, encoder)
+    grid = tuner.fit()
+    trials = grid.get_dataframe(filter_metric=METRIC, filter_mode="min")
+    if "timestamp" in trials:
+        trials = trials.sort_values("timestamp")
+    trials.to_csv(exp_dir / "results.csv", index=False)
+    (exp_dir / "results.json").write_text(trials.to_json(orient="records", indent=1, default_handler=str))
+    errors = [str(r.error) for r in grid if r.error]
+    if trials.empty or METRIC not in trials:
+        raise RuntimeError(f"no trial finished in {exp_dir}; errors: {errors[:3]}")
+
+    best_ckpt, best_metrics = best_checkpoint_dir(grid)
+    best = grid.get_best_result(metric=METRIC, mode="min")
+    spec = search_space.load(settings.space_file)[settings.family]
+    params = search_space.decode({k: v for k, v in best.config.items()}, spec)
+    model_dir = package(settings.family, best_ckpt, encoder, exp_dir / "best", {
+        "params": params, "dataset": {"name": ds_name, "version": ds_version},
+        "valid_mae": best_metrics.get(METRIC), "experiment": str(exp_dir),
+    })
+    test = load_split_pandas(root, ds_version, "test", ds_name)
+    predictions = load_predictor(model_dir)(test)
+    report = evaluate.report(test, {settings.family: predictions, **evaluate.baseline_predictions(test)})
+    (model_dir / "eval.json").write_text(json.dumps({"split": "test", "dataset": ds_version, "report": report},
+                                                   indent=1))
+    plots.best_so_far(trials, METRIC, exp_dir / "best_so_far.png")
+    plots.predicted_vs_actual(test["travel_seconds"].to_numpy(), predictions, exp_dir / "predicted_vs_actual.png")
+    plots.error_by_horizon(report, exp_dir / "error_by_horizon.png")
+    return {"experiment": str(exp_dir), "model_dir": str(model_dir), "trials": len(trials), "errors": errors,
+            "best_params": params, "best_valid_mae": best_metrics.get(METRIC), "report": report,
+            "dataset": ds_version, "family": settings.family}

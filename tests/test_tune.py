@@ -1,0 +1,93 @@
+"""Ray Tune + Ray Train on tiny data (real local Ray): both model families end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mbta_ray import search_space
+from mbta_ray.etl import EtlConfig, ingest
+from mbta_ray.models import load_predictor
+from mbta_ray.synth import write_synthetic
+from mbta_ray.tune import TrialResources, TuneSettings, run_search
+
+TINY_SPACE = {
+    "xgboost": {"search": {"eta": {"log_uniform": [0.05, 0.3]}, "max_depth": {"int": [3, 6]}},
+                "fixed": {"num_boost_round": 15, "early_stopping_rounds": 5}},
+    "dnn": {"search": {"lr": {"log_uniform": [0.001, 0.01]}, "hidden_width": {"int": [16, 48]}},
+            "fixed": {"epochs": 2, "batch_size": 512, "hidden_layers": 1}},
+}
+
+
+def test_decode_rounds_ints_and_undoes_log_scale():
+    """BayesOpt proposes floats: ints are rounded, log10_ parameters exponentiated, fixed ones added."""
+    spec = TINY_SPACE["xgboost"]
+    space = search_space.param_space(spec)
+    assert set(space) == {"log10_eta", "max_depth"}
+    params = search_space.decode({"log10_eta": -1.0, "max_depth": 4.6}, spec)
+    assert params == {"eta": pytest.approx(0.1), "max_depth": 5, "num_boost_round": 15, "early_stopping_rounds": 5}
+    assert isinstance(params["max_depth"], int)
+
+
+def test_bad_search_space_names_file_and_parameter(tmp_path):
+    bad = tmp_path / "space.yaml"
+    bad.write_text(yaml.safe_dump({"xgboost": {"search": {"eta": {"log_uniform": [0.0, 0.3]}}}}))
+    with pytest.raises(search_space.SearchSpaceError, match=r"space.yaml: xgboost.search.eta: bad range"):
+        search_space.load(bad)
+
+
+def test_gpu_request_is_built_when_gpus_are_declared():
+    """Fractional GPUs go to the Train workers (not the trial); no GPU is needed to build this."""
+    res = TrialResources(num_workers=2, cpus_per_worker=1.0, gpus_per_worker=0.25, trial_cpu=0.1)
+    for family in ("xgboost", "dnn"):
+        sc = res.worker_resources(family).scaling_config()
+        assert sc.use_gpu and sc.num_workers == 2
+        assert sc.resources_per_worker == {"CPU": 1.0, "GPU": 0.25}
+    assert res.trial_request() == {"cpu": 0.1}
+    cpu_only = TrialResources().worker_resources("xgboost").scaling_config()
+    assert not cpu_only.use_gpu and cpu_only.resources_per_worker == {"CPU": 1.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(ray_local, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    out = write_synthetic(root / "synth", 3000, seed=3, files=1)
+    result = ingest([str(p) for p in out.paths], root=root, config=EtlConfig(k=3))
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE))
+    return root, result.version, str(space)
+
+
+@pytest.mark.parametrize("family", ["xgboost", "dnn"])
+def test_tune_end_to_end(tiny_dataset, family):
+    """Two Bayesian trials of distributed training, best model packaged and evaluated on test."""
+    root, version, space = tiny_dataset
+    settings = TuneSettings(family=family, num_samples=2, max_concurrent=1, random_steps=1,
+                            storage=str(root / "experiments"), space_file=space,
+                            resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1))
+    out = run_search(settings, root, version)
+    assert out["trials"] == 2 and not out["errors"]
+    exp = Path(out["experiment"])
+    for name in ("results.csv", "results.json", "encoder.json", "best_so_far.png",
+                 "predicted_vs_actual.png", "error_by_horizon.png"):
+        assert (exp / name).is_file(), name
+    model_dir = Path(out["model_dir"])
+    report = json.loads((model_dir / "eval.json").read_text())["report"]
+    assert {family, "schedule", "persistence", "historical_median"} <= set(report)
+    assert report[family]["overall"]["n"] > 0 and report[family]["overall"]["mae"] > 0
+    assert set(report[family]["by_horizon"]) <= {"0-3", "3-6", "6-12", "12-30", "30+"}
+    # The packaged model loads from safe formats and predicts like the evaluation did.
+    from mbta_ray.models.data import load_split_pandas
+
+    test = load_split_pandas(root, version, "test")
+    pred = load_predictor(model_dir)(test)
+    assert len(pred) == len(test)
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["family"] == family and meta["dataset"]["version"] == version
+    if family == "xgboost":
+        assert (model_dir / "model.ubj").is_file() and isinstance(meta["params"]["max_depth"], int)
+    else:
+        assert (model_dir / "model.pt").is_file() and (model_dir / "architecture.json").is_file()
