@@ -82,6 +82,7 @@ def main() -> None:
 
     info["xgboost"] = xgboost.__version__
     print(json.dumps(info), flush=True)
+    # No dashboard here (its extra packages are not on the GPU image), so no ASHA (see TuneSettings).
     ray.init(num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
@@ -95,8 +96,8 @@ def main() -> None:
     space.write_text(yaml.safe_dump(SPACE))
 
     runs = []
-    plans = [("gpu", TrialResources(1, args.cpus_per_worker, args.gpu_fraction, 0.1)),
-             ("cpu", TrialResources(1, args.cpus_per_worker, 0.0, 0.1))]
+    plans = [("gpu", TrialResources(1, args.cpus_per_worker, args.gpu_fraction, 0.1))] if gpus else []
+    plans.append(("cpu", TrialResources(1, args.cpus_per_worker, 0.0, 0.1)))
     if gpus > 1:
         plans.append((f"gpu-{gpus}workers", TrialResources(gpus, args.cpus_per_worker, 1.0, 0.1)))
     for family in args.families.split(","):
@@ -105,7 +106,7 @@ def main() -> None:
             settings = TuneSettings(family=family, num_samples=args.samples, max_concurrent=concurrent,
                                     random_steps=args.samples, seed=0, resources=res,
                                     storage=str(work / "experiments"), space_file=str(space),
-                                    name=f"{family}-{label}")
+                                    name=f"{family}-{label}", early_stopping=False)
             sampler = GpuSampler()
             sampler.start()
             t0 = time.perf_counter()

@@ -57,6 +57,9 @@ class TuneSettings:
     name: str | None = None
     space_file: str | None = None
     wandb: bool = False
+    #: ASHA early stopping for DNN epochs. Stopping a trial needs Ray's State API (the dashboard)
+    #: to free its Train workers: turn it off on clusters started without the dashboard.
+    early_stopping: bool = True
 
 
 def _trial(config: dict, *, family: str, spec: dict, encoder: dict, datasets: dict,
@@ -91,7 +94,7 @@ def build_tuner(settings: TuneSettings, datasets: dict[str, ray.data.Dataset], e
         max_concurrent=settings.max_concurrent,
     )
     scheduler = None
-    if settings.family == "dnn":  # stop poor DNN trials after an epoch or two
+    if settings.family == "dnn" and settings.early_stopping:  # stop poor DNN trials early
         scheduler = ASHAScheduler(time_attr="epoch", max_t=int(spec.get("fixed", {}).get("epochs", 8)),
                                   grace_period=1, reduction_factor=2)
     return tune.Tuner(
