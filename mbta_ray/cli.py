@@ -173,6 +173,7 @@ def tune_cmd(
     seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
     space: Annotated[Optional[str], typer.Option(help="Search-space YAML (default configs/tune.yaml).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Experiment folder to continue (Tuner.restore).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Experiment name (default: family-dataset-time).")] = None,
     wandb: Annotated[bool, typer.Option("--wandb/--no-wandb", help="Log trials to W&B (offline without a key).")] = True,
     root: RootOpt = Path("artifacts"),
 ) -> None:
@@ -194,7 +195,8 @@ def tune_cmd(
         settings = tuning.TuneSettings(
             family=family, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
             random_steps=random_steps, storage=str(root / "experiments"), space_file=space, wandb=wandb,
-            resources=tuning.TrialResources(workers, cpus_per_worker, gpus_per_worker, trial_cpu))
+            resources=tuning.TrialResources(workers, cpus_per_worker, gpus_per_worker, trial_cpu),
+            name=name if len(families) == 1 else (f"{name}-{family}" if name else None))
         try:
             results.append(tuning.run_search(settings, root, dataset, resume=resume))
         except (ValueError, FileNotFoundError, versioning.VersionNotFound) as exc:

@@ -23,6 +23,7 @@ from ray.tune.search.bayesopt import BayesOptSearch
 from mbta_ray import search_space
 from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.models import dnn, xgboost_model
+from mbta_ray.models.resources import WorkerResources
 
 FAMILIES = {"xgboost": xgboost_model, "dnn": dnn}
 METRIC = "valid-mae"
@@ -37,9 +38,9 @@ class TrialResources:
     gpus_per_worker: float = 0.0  # fractional (e.g. 0.25) lets several trials share a GPU
     trial_cpu: float = 0.1
 
-    def worker_resources(self, family: str):
-        cls = xgboost_model.XGBResources if family == "xgboost" else dnn.DNNResources
-        return cls(self.num_workers, self.cpus_per_worker, self.gpus_per_worker)
+    def worker_resources(self, family: str) -> WorkerResources:
+        """The Train workers' resources (the same shape for every family today)."""
+        return WorkerResources(self.num_workers, self.cpus_per_worker, self.gpus_per_worker)
 
     def trial_request(self) -> dict:
         return {"cpu": self.trial_cpu}
@@ -68,7 +69,7 @@ def _trial(config: dict, *, family: str, spec: dict, encoder: dict, datasets: di
     params = search_space.decode(config, spec)
     module = FAMILIES[family]
     run_config = ray.train.RunConfig(
-        name=f"train-{tune.get_context().get_trial_id()}", storage_path=storage,
+        name=f"trial-{tune.get_context().get_trial_id()}", storage_path=storage,
         callbacks=[TuneReportCallback()],
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                      checkpoint_score_order="min"),
@@ -78,16 +79,23 @@ def _trial(config: dict, *, family: str, spec: dict, encoder: dict, datasets: di
     trainer.fit()
 
 
+def _trainable(settings: TuneSettings, spec: dict, encoder: FeatureEncoder, datasets: dict):
+    """The trial function with its data bound and its small CPU share declared."""
+    return tune.with_resources(
+        tune.with_parameters(_trial, family=settings.family, spec=spec, encoder=encoder.__dict__,
+                             datasets=datasets, resources=settings.resources,
+                             # Train runs live inside the experiment folder, one per trial.
+                             storage=os.path.join(os.path.abspath(settings.storage), settings.name, "train_runs")),
+        settings.resources.trial_request(),
+    )
+
+
 def build_tuner(settings: TuneSettings, datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder) -> tune.Tuner:
     if settings.family not in FAMILIES:
         raise ValueError(f"--model must be one of {sorted(FAMILIES)}, got {settings.family!r}")
     spec = search_space.load(settings.space_file)[settings.family]
     storage = os.path.abspath(settings.storage)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, family=settings.family, spec=spec, encoder=encoder.__dict__,
-                             datasets=datasets, resources=settings.resources, storage=storage),
-        settings.resources.trial_request(),
-    )
+    trainable = _trainable(settings, spec, encoder, datasets)
     searcher = ConcurrencyLimiter(
         BayesOptSearch(metric=METRIC, mode="min", random_state=settings.seed,
                        random_search_steps=settings.random_steps),
@@ -102,7 +110,7 @@ def build_tuner(settings: TuneSettings, datasets: dict[str, ray.data.Dataset], e
         param_space=search_space.param_space(spec),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
                                     metric=METRIC, mode="min"),
-        run_config=tune.RunConfig(name=settings.name or f"{settings.family}", storage_path=storage,
+        run_config=tune.RunConfig(name=settings.name, storage_path=storage,
                                   callbacks=_callbacks(settings)),
     )
 
@@ -121,12 +129,7 @@ def restore(path: str, settings: TuneSettings, datasets: dict[str, ray.data.Data
             encoder: FeatureEncoder) -> tune.Tuner:
     """Continue an interrupted search (finished trials are not run again)."""
     spec = search_space.load(settings.space_file)[settings.family]
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial, family=settings.family, spec=spec, encoder=encoder.__dict__,
-                             datasets=datasets, resources=settings.resources,
-                             storage=os.path.abspath(settings.storage)),
-        settings.resources.trial_request(),
-    )
+    trainable = _trainable(settings, spec, encoder, datasets)
     return tune.Tuner.restore(str(Path(path).resolve()), trainable=trainable, resume_errored=True)
 
 

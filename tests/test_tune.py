@@ -91,3 +91,54 @@ def test_tune_end_to_end(tiny_dataset, family):
         assert (model_dir / "model.ubj").is_file() and isinstance(meta["params"]["max_depth"], int)
     else:
         assert (model_dir / "model.pt").is_file() and (model_dir / "architecture.json").is_file()
+
+
+def _finished_trials(exp: Path) -> set[str]:
+    """Trial ids that Tune's saved experiment state lists as TERMINATED."""
+    done = set()
+    for state in exp.glob("experiment_state-*.json"):
+        try:
+            trials = [json.loads(entry[0]) for entry in json.loads(state.read_text())["trial_data"]]
+        except (OSError, ValueError, KeyError):
+            continue  # being rewritten right now
+        done |= {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
+    return done
+
+
+def test_resume_after_an_interrupted_search(tiny_dataset):
+    """A `mbta-ray tune` process killed mid-search is continued with --resume: finished trials are
+    not run again and the search reaches its sample count."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, version, space = tiny_dataset
+    name = "resume-me"
+    exe = str(Path(sys.executable).parent / "mbta-ray")
+    cmd = [exe, "tune", "--model", "xgboost", "--num-samples", "3", "--max-concurrent", "1",
+           "--random-steps", "1", "--cpus-per-worker", "0.5", "--no-wandb", "--space", space,
+           "--dataset", version, "--root", str(root), "--name", name]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = root / "experiments" / name
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and not _finished_trials(exp):
+            assert proc.poll() is None, "the search ended before it could be interrupted"
+            time.sleep(1)
+        finished_before = _finished_trials(exp)
+        assert finished_before, "no trial finished within 4 minutes"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: driver, and its Ray
+        proc.wait()
+    assert len(finished_before) < 3
+    results_before = {t: (next(exp.glob(f"*{t}*")) / "result.json").read_text() for t in finished_before}
+
+    settings = TuneSettings(family="xgboost", num_samples=3, max_concurrent=1, random_steps=1,
+                            storage=str(root / "experiments"), space_file=space,
+                            resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1))
+    out = run_search(settings, root, version, resume=str(exp))
+    assert out["trials"] == 3 and not out["errors"]
+    for t, text in results_before.items():  # finished trials were not trained again
+        assert (next(exp.glob(f"*{t}*")) / "result.json").read_text() == text

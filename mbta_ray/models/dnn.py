@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.models.resources import WorkerResources
 from mbta_ray.schema import TARGET
 
 WEIGHTS_FILE = "model.pt"
@@ -165,21 +166,8 @@ def predict(model: DelayMLP, encoder: FeatureEncoder, df: pd.DataFrame, batch_si
     return np.concatenate(out) if out else np.zeros(0, dtype="float32")
 
 
-@dataclass(frozen=True)
-class DNNResources:
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-
-    def scaling_config(self) -> ray.train.ScalingConfig:
-        return ray.train.ScalingConfig(
-            num_workers=self.num_workers, use_gpu=self.gpus_per_worker > 0,
-            resources_per_worker={"CPU": self.cpus_per_worker,
-                                  **({"GPU": self.gpus_per_worker} if self.gpus_per_worker > 0 else {})})
-
-
 def make_trainer(config: dict, encoder: FeatureEncoder, datasets: dict[str, ray.data.Dataset],
-                 resources: DNNResources, run_config: ray.train.RunConfig) -> ray.train.torch.TorchTrainer:
+                 resources: WorkerResources, run_config: ray.train.RunConfig) -> ray.train.torch.TorchTrainer:
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={**config, "encoder": encoder.__dict__},

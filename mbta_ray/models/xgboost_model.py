@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,10 @@ import pandas as pd
 import ray
 import ray.train
 import xgboost as xgb
-from ray.train import ScalingConfig
 from ray.train.xgboost import XGBoostTrainer
 
 from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.models.resources import WorkerResources
 from mbta_ray.schema import TARGET
 
 MODEL_FILE = "model.ubj"  # XGBoost's own binary JSON format: no pickle
@@ -104,25 +103,8 @@ class ReportCallback(xgb.callback.TrainingCallback):
         return model
 
 
-@dataclass(frozen=True)
-class XGBResources:
-    """Ray Train workers for one XGBoost run."""
-
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-
-    def scaling_config(self) -> ScalingConfig:
-        return ScalingConfig(
-            num_workers=self.num_workers,
-            use_gpu=self.gpus_per_worker > 0,
-            resources_per_worker={"CPU": self.cpus_per_worker,
-                                  **({"GPU": self.gpus_per_worker} if self.gpus_per_worker > 0 else {})},
-        )
-
-
 def make_trainer(config: dict, encoder: FeatureEncoder, datasets: dict[str, ray.data.Dataset],
-                 resources: XGBResources, run_config: ray.train.RunConfig) -> XGBoostTrainer:
+                 resources: WorkerResources, run_config: ray.train.RunConfig) -> XGBoostTrainer:
     loop_config = {**config, "encoder": encoder.__dict__, "nthread": max(1, int(resources.cpus_per_worker))}
     return XGBoostTrainer(train_loop_per_worker=train_loop_per_worker, train_loop_config=loop_config,
                           scaling_config=resources.scaling_config(), datasets=datasets, run_config=run_config)
