@@ -67,10 +67,13 @@ def test_tune_end_to_end(tiny_dataset, family):
     root, version, space = tiny_dataset
     settings = TuneSettings(family=family, num_samples=2, max_concurrent=1, random_steps=1,
                             storage=str(root / "experiments"), space_file=space,
-                            resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1))
+                            resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1),
+                            wandb=family == "dnn")  # once is enough: W&B offline, no key
     out = run_search(settings, root, version)
     assert out["trials"] == 2 and not out["errors"]
     exp = Path(out["experiment"])
+    if settings.wandb:
+        assert len(list(exp.glob("*/wandb/offline-run-*"))) == 2
     for name in ("results.csv", "results.json", "encoder.json", "best_so_far.png",
                  "predicted_vs_actual.png", "error_by_horizon.png"):
         assert (exp / name).is_file(), name
