@@ -72,3 +72,30 @@ def test_synth_then_ingest(ray_local, tmp_path):
     ing = runner.invoke(app, ["data", "ingest", *files, "--root", str(tmp_path / "art"), "-k", "3"])
     assert ing.exit_code == 0, ing.output
     assert "created" in ing.output and "3,000" in ing.output
+
+
+def test_tune_rejects_bad_arguments(tmp_path):
+    """Wrong --model, or --resume with both families: exit 2 with the reason."""
+    res = runner.invoke(app, ["tune", "--model", "forest", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "--model must be" in res.output
+    res = runner.invoke(app, ["tune", "--model", "both", "--resume", str(tmp_path), "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "--resume continues one experiment" in res.output
+    res = runner.invoke(app, ["tune", "--model", "xgboost", "--root", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "no dataset" in res.output
+
+
+def test_metrics_table_lists_models_and_baselines_once():
+    """The closing table of `mbta-ray tune`: each model and baseline once, with its numbers."""
+    from rich.console import Console
+
+    from mbta_ray.cli import metrics_table
+
+    m = {"n": 10, "mae": 100.0, "rmse": 150.0, "r2": 0.8, "bias": -5.0, "accurate": 0.75}
+    entry = {"overall": m, "by_mode": {"bus": m}, "by_horizon": {"0-3": m}}
+    results = [{"report": {"xgboost": entry, "persistence": entry}},
+               {"report": {"dnn": entry, "persistence": entry}}]
+    console = Console(width=200, record=True)
+    console.print(metrics_table(results))
+    text = console.export_text()
+    assert text.count("persistence") == 1 and "xgboost" in text and "dnn" in text
+    assert "100.0" in text and "75.0%" in text and "bus 100" in text
