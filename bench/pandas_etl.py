@@ -116,6 +116,7 @@ def run(inputs: list[str], out: str | Path, config: EtlConfig | None = None,
     medians = segment_medians(pd.concat(segments, ignore_index=True)) if segments else pd.DataFrame(
         columns=SEGMENT_KEY + ["hist_median_travel_s", "n"])
     del segments
+    medians = medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)  # as the ETL does
     for key in SEGMENT_KEY:
         medians[key] = medians[key].astype("string")
     lap("pairs (train) + segment medians")

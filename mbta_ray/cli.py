@@ -203,8 +203,10 @@ def tune_cmd(
             _fail(str(exc))
     console.print(metrics_table(results))
     for r in results:
-        console.print(f"{r['family']}: {r['trials']} trials, best valid MAE {r['best_valid_mae']:.1f} s -> "
-                      f"{r['model_dir']} (results.csv and plots in {r['experiment']})")
+        best = r["best_valid_mae"]
+        best_text = f"best valid MAE {best:.1f} s" if best is not None else "no valid MAE"
+        console.print(f"{r['family']}: {r['trials']} trials, {best_text} -> {r['model_dir']} "
+                      f"(results.csv and plots in {r['experiment']})")
 
 
 def metrics_table(results: list[dict]) -> Table:

@@ -34,7 +34,7 @@ class FeatureEncoder:
         if isinstance(train, pd.DataFrame):
             vocab = {}
             for c in CATEGORICAL_FEATURES:
-                counts = train[c].dropna().astype(str).value_counts()
+                counts = category_keys(train[c]).dropna().value_counts()
                 vocab[c] = sorted(counts[counts >= min_count].index.tolist())
             mean = {c: _finite(train[c].astype("float64").mean()) for c in NUMERIC_FEATURES}
             std = {c: _finite(train[c].astype("float64").std(ddof=0), 1.0) for c in NUMERIC_FEATURES}
@@ -48,7 +48,7 @@ class FeatureEncoder:
         columns = list(CATEGORICAL_FEATURES) + list(NUMERIC_FEATURES)
         for batch in train.select_columns(columns).iter_batches(batch_format="pandas", batch_size=65_536):
             for c in CATEGORICAL_FEATURES:
-                for key, k in batch[c].dropna().astype(str).value_counts().items():
+                for key, k in category_keys(batch[c]).dropna().value_counts().items():
                     counts[c][key] = counts[c].get(key, 0) + int(k)
             for c in NUMERIC_FEATURES:
                 v = batch[c].to_numpy(dtype="float64")
@@ -67,8 +67,8 @@ class FeatureEncoder:
         """int64 [n, n_categorical]: 1-based vocabulary index, 0 for unknown/missing."""
         out = np.zeros((len(df), len(CATEGORICAL_FEATURES)), dtype="int64")
         for j, c in enumerate(CATEGORICAL_FEATURES):
-            cat = pd.Categorical(df[c].astype("string").astype(object).where(df[c].notna(), None),
-                                 categories=self.vocab[c])
+            keys = category_keys(df[c])
+            cat = pd.Categorical(keys.astype(object).where(keys.notna(), None), categories=self.vocab[c])
             out[:, j] = cat.codes.astype("int64") + 1  # -1 (unknown/missing) -> 0
         return out
 
@@ -114,6 +114,13 @@ class FeatureEncoder:
         if missing:
             raise ValueError(f"{path}: encoder lacks vocabularies for {missing}")
         return cls(d["vocab"], d["mean"], d["std"])
+
+
+def category_keys(values: pd.Series) -> pd.Series:
+    """Vocabulary keys: integer codes as '1' whether the batch held nulls (float 1.0) or not."""
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        return pd.to_numeric(values, errors="coerce").round().astype("Int64").astype("string")
+    return values.astype("string")
 
 
 def _finite(x, default: float = 0.0) -> float:

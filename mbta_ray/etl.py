@@ -99,6 +99,9 @@ class EtlConfig:
     #: Events per trip bucket (one map_groups call): large enough that the per-call cost is small,
     #: small enough that a worker's pandas working set stays well under a GiB.
     events_per_bucket: int = 50_000
+    #: A segment's median travel time is a feature only when at least this many training pairs
+    #: back it: with one or two, a training row would mostly see its own target.
+    min_segment_pairs: int = 5
     #: Ray Data shuffle used by the groupbys. Measured here (2 cores): the task-based sort shuffle
     #: runs a small ingest in ~1-4 s where the actor-based hash shuffles take 14-38 s.
     shuffle: str = "sort_shuffle_pull_based"
@@ -309,7 +312,7 @@ def ingest(
     checksums = [(f.format, f.sha256) for f in files]
     if stops_file:
         checksums.append(("gtfs_stops", stops_file["sha256"]))
-    version = versioning.compute_version(checksums, config.version_dict())
+    version = versioning.compute_version(checksums, config.version_dict(), code_version())
     if versioning.exists(root, name, version):
         return IngestResult(name, version, versioning.version_dir(root, name, version), False,
                             versioning.load_manifest(root, name, version))
@@ -319,7 +322,7 @@ def ingest(
     def write(tmp: Path) -> None:
         manifest.update(_run(files, stops_path, config, tmp))
         manifest.update(
-            name=name, version=version, feature_code_version=FEATURE_CODE_VERSION,
+            name=name, version=version, feature_code_version=code_version(),
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
             inputs=[f.to_dict() for f in files], gtfs_stops=stops_file,
             config=config.version_dict(),
@@ -333,6 +336,24 @@ def ingest(
     if not result.created:
         manifest = versioning.load_manifest(root, name, version)
     return IngestResult(name, version, result.path, result.created, manifest)
+
+
+#: Modules whose code shapes a dataset: a change to any of them is a new dataset version.
+_DATASET_CODE = ("schema.py", "timeutil.py", "gtfs.py", "validate.py", "features.py", "etl.py", "sources")
+
+
+def code_version() -> str:
+    """FEATURE_CODE_VERSION plus a digest of the readers', checks' and features' source code, so a
+    fixed reader never silently reuses a dataset built by the broken one."""
+    import hashlib
+
+    base = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in _DATASET_CODE:
+        for path in sorted((base / name).rglob("*.py")) if (base / name).is_dir() else [base / name]:
+            digest.update(path.relative_to(base).as_posix().encode())
+            digest.update(path.read_bytes())
+    return f"{FEATURE_CODE_VERSION}+{digest.hexdigest()[:12]}"
 
 
 def inspect_stops(stops_path: str | None) -> dict | None:
@@ -389,6 +410,7 @@ def _pipeline(files: list[InputFile], stops_path: str | None, config: EtlConfig,
         .aggregate(Quantile(TARGET, q=0.5, alias_name=HIST_MEDIAN), Count(alias_name="n"))
         .to_pandas()
     )
+    medians = medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)
     examples_dir = out / "_examples"
     (
         _by_bucket(clean, buckets)

@@ -153,6 +153,7 @@ def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: s
     """
     import datetime as dt
     import json
+    import shutil
 
     import pandas as pd
 
@@ -161,8 +162,13 @@ def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: s
     from mbta_ray.models import load_predictor, package
     from mbta_ray.models.data import load_split, load_split_pandas
 
-    ensure_ray()
     ds_name, ds_version = versioning.resolve(root, dataset)
+    counts = versioning.load_manifest(root, ds_name, ds_version)["counts"]["examples_by_split"]
+    empty = [s for s in ("train", "valid", "test") if not counts.get(s)]
+    if empty:
+        raise ValueError(f"dataset {ds_name}/{ds_version} has no examples in {empty}: "
+                         "ingest more data (each source needs several trips for every split)")
+    ensure_ray()
     if resume:
         exp_dir = Path(resume).resolve()
         if not exp_dir.is_dir():
@@ -196,7 +202,11 @@ def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: s
     model_dir = package(settings.family, best_ckpt, encoder, exp_dir / "best", {
         "params": params, "dataset": {"name": ds_name, "version": ds_version},
         "valid_mae": best_metrics.get(METRIC), "experiment": str(exp_dir),
+        "gtfs_stops": versioning.load_manifest(root, ds_name, ds_version).get("gtfs_stops"),
     })
+    # What the features need at serving time travels with the model.
+    ds_dir = versioning.version_dir(root, ds_name, ds_version)
+    shutil.copy2(ds_dir / "segment_medians.parquet", model_dir / "segment_medians.parquet")
     test = load_split_pandas(root, ds_version, "test", ds_name)
     predictions = load_predictor(model_dir)(test)
     report = evaluate.report(test, {settings.family: predictions, **evaluate.baseline_predictions(test)})

@@ -26,13 +26,14 @@ class VersionNotFound(LookupError):
     """No dataset version matches."""
 
 
-def compute_version(input_checksums: list[tuple[str, str]], config: dict) -> str:
+def compute_version(input_checksums: list[tuple[str, str]], config: dict,
+                    code_version: str = FEATURE_CODE_VERSION) -> str:
     """Content hash of (role/format, sha256) of every input, the config and the feature code version.
 
     File paths are left out on purpose: the same bytes moved elsewhere are the same dataset.
     """
     payload = json.dumps(
-        {"inputs": sorted(input_checksums), "config": config, "feature_code_version": FEATURE_CODE_VERSION},
+        {"inputs": sorted(input_checksums), "config": config, "feature_code_version": code_version},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

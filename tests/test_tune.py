@@ -120,7 +120,7 @@ def test_resume_after_an_interrupted_search(tiny_dataset):
     root, version, space = tiny_dataset
     name = "resume-me"
     exe = str(Path(sys.executable).parent / "mbta-ray")
-    cmd = [exe, "tune", "--model", "xgboost", "--num-samples", "3", "--max-concurrent", "1",
+    cmd = [exe, "tune", "--model", "xgboost", "--num-samples", "4", "--max-concurrent", "1",
            "--random-steps", "1", "--cpus-per-worker", "0.5", "--no-wandb", "--space", space,
            "--dataset", version, "--root", str(root), "--name", name]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -135,13 +135,45 @@ def test_resume_after_an_interrupted_search(tiny_dataset):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: driver, and its Ray
         proc.wait()
-    assert len(finished_before) < 3
+    assert len(finished_before) < 4
     results_before = {t: (next(exp.glob(f"*{t}*")) / "result.json").read_text() for t in finished_before}
 
-    settings = TuneSettings(family="xgboost", num_samples=3, max_concurrent=1, random_steps=1,
+    settings = TuneSettings(family="xgboost", num_samples=4, max_concurrent=1, random_steps=1,
                             storage=str(root / "experiments"), space_file=space,
                             resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1))
     out = run_search(settings, root, version, resume=str(exp))
-    assert out["trials"] == 3 and not out["errors"]
+    assert out["trials"] == 4 and not out["errors"]
     for t, text in results_before.items():  # finished trials were not trained again
         assert (next(exp.glob(f"*{t}*")) / "result.json").read_text() == text
+
+
+def test_a_dataset_with_an_empty_split_is_refused(tmp_path):
+    """Tuning on a dataset without validation rows would rank trials on nothing: refuse, say why."""
+    folder = tmp_path / "datasets" / "mbta" / "abc123"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({
+        "name": "mbta", "version": "abc123", "created_at": "2026-11-26",
+        "counts": {"examples_by_split": {"train": 50, "valid": 0, "test": 7}}}))
+    settings = TuneSettings(family="xgboost", storage=str(tmp_path / "experiments"))
+    with pytest.raises(ValueError, match=r"no examples in \['valid'\]"):
+        run_search(settings, tmp_path, "abc")
+
+
+def test_category_codes_do_not_depend_on_nulls_in_the_batch():
+    """direction_id is int8 without nulls but float64 with one: both must map to the same code."""
+    import numpy as np
+    import pandas as pd
+
+    from mbta_ray.encoding import FeatureEncoder
+    from mbta_ray.schema import FEATURE_NAMES
+
+    train = pd.DataFrame({c: [1.0, 2.0] for c in FEATURE_NAMES})
+    train["direction_id"] = pd.Series([0, 1], dtype="int8")
+    for c in ("mode", "route_id", "from_stop_id", "to_stop_id"):
+        train[c] = ["a", "b"]
+    enc = FeatureEncoder.fit(train)
+    batch = train.copy()
+    batch["direction_id"] = [1.0, np.nan]  # what a batch with a null looks like in pandas
+    j = list(enc.vocab).index("direction_id")
+    assert enc.codes(train)[:, j].tolist() == [1, 2]
+    assert enc.codes(batch)[:, j].tolist() == [2, 0]

@@ -126,7 +126,9 @@ def train_loop_per_worker(config: dict) -> None:
         sums[2], sums[3] = train_abs, train_n
         if distributed:
             torch.distributed.all_reduce(sums)
-        metrics = {VALID_METRIC: float(sums[0] / max(sums[1], 1)), "train-mae": float(sums[2] / max(sums[3], 1)),
+        nan = float("nan")  # no rows is no measurement (0.0 would make the worst trial "best")
+        metrics = {VALID_METRIC: float(sums[0] / sums[1]) if sums[1] else nan,
+                   "train-mae": float(sums[2] / sums[3]) if sums[3] else nan,
                    "epoch": epoch + 1, "device": str(device)}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mbta_ray.schema import QUARANTINE_SCHEMA, conform
+from mbta_ray.schema import QUARANTINE_SCHEMA, Reason, conform
 from mbta_ray.sources import gtfsrt, lamp, massdot, tm
 from mbta_ray.sources.base import Reader
 
@@ -163,8 +163,24 @@ def _raw_batches(piece: dict, reader: Reader) -> Iterator[pd.DataFrame]:
         raise InputError(f"{path}: malformed CSV: {exc}") from exc
 
 
+_INT_RANGES = {"direction_id": (-128, 127), "stop_sequence": (-(2**31), 2**31 - 1)}
+
+
+def _check_integers(frame: pd.DataFrame) -> None:
+    """Non-integer or out-of-range ids become bad_value rows (and null), not a crashed ingest."""
+    for column, (lo, hi) in _INT_RANGES.items():
+        v = frame[column].astype("float64")
+        bad = v.notna() & ((v < lo) | (v > hi) | (v != v.round()))
+        if bad.any():
+            first = bad & frame["reason"].isna()
+            frame.loc[first, "reason"] = Reason.BAD_VALUE.value
+            frame.loc[first, "detail"] = f"field {column}: " + v[first].astype("string") + f" is not an integer in [{lo}, {hi}]"
+            frame.loc[bad, column] = float("nan")
+
+
 def to_event_table(frame: pd.DataFrame, source: str, source_file: str, row_offset: int) -> pa.Table:
     """Canonical pandas frame (reader output) -> Arrow table in the quarantine-capable event schema."""
+    _check_integers(frame)
     n = len(frame)
     cols = {
         "source": pa.array([source] * n, pa.string()),
