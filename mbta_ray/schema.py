@@ -77,7 +77,7 @@ class Reason(str, Enum):
     NON_REVENUE = "non_revenue"
     NOT_AN_ARRIVAL = "not_an_arrival"
     DUPLICATE_EVENT = "duplicate_event"
-    ARRIVAL_BEFORE_PREVIOUS_STOP = "arrival_before_previous_stop"
+    ARRIVAL_OUT_OF_ORDER = "arrival_out_of_order"
 
 
 # --- examples: (u -> s) pairs -------------------------------------------------------------------

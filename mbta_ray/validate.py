@@ -60,20 +60,28 @@ def trip_keys(df: pd.DataFrame) -> pd.Series:
 
 
 def check_trips(df: pd.DataFrame) -> pd.DataFrame:
-    """Flag repeat observations of a stop visit (keeping the earliest) and arrivals earlier than the
-    previous stop's on the same trip. ``df`` holds whole trips and only unflagged rows.
+    """Flag repeat observations of a stop visit (keeping the earliest) and arrivals out of order along
+    the trip (a lone late spike, else an arrival earlier than a previous stop's). ``df`` holds whole trips and only unflagged rows.
 
     Returns the rows sorted by trip, stop sequence and arrival.
     """
     df = df.sort_values([TRIP_KEY, "stop_sequence", "actual_arrival"], kind="stable").reset_index(drop=True)
     dup = df.duplicated([TRIP_KEY, "stop_sequence", "stop_id"], keep="first")
     _flag(df, dup, Reason.DUPLICATE_EVENT, "repeat of trip stop visit (earliest kept)")
-    # Running latest arrival over the trip's good rows: a row earlier than it went back in time.
+    by_trip = df[TRIP_KEY]
+    # A single late spike (12:05, 13:30, 12:10) is the bad row, not the stops after it: flag a row
+    # that is later than the next one while its neighbours are in order.
     good = df["reason"].isna()
     us = df["actual_arrival"].astype("datetime64[us, UTC]").astype("int64").where(good)
-    by_trip = df[TRIP_KEY]
+    prev = us.groupby(by_trip, sort=False).shift(1)
+    nxt = us.groupby(by_trip, sort=False).shift(-1)
+    spike = good & (us > nxt) & (prev.isna() | (prev <= nxt))
+    _flag(df, spike, Reason.ARRIVAL_OUT_OF_ORDER, "arrival later than at the next stop of the trip")
+    # Then the running latest arrival over the trip's good rows: a row earlier than it went back in time.
+    good = df["reason"].isna()
+    us = us.where(good)
     running = us.groupby(by_trip, sort=False).cummax().groupby(by_trip, sort=False).ffill()
     previous = running.groupby(by_trip, sort=False).shift(1)
-    _flag(df, good & (us < previous), Reason.ARRIVAL_BEFORE_PREVIOUS_STOP,
+    _flag(df, good & (us < previous), Reason.ARRIVAL_OUT_OF_ORDER,
           "arrival earlier than at a previous stop of the trip")
     return df

@@ -116,7 +116,8 @@ def test_trip_checks_flag_duplicates_and_time_travel():
                  ("B", 2, "2024-03-10T12:05:00Z", None), ("C", 3, "2024-03-10T12:04:00Z", None),
                  ("D", 4, "2024-03-10T12:09:00Z", None)])
     out = check_trips(ev)
-    assert out.reason.fillna("ok").tolist() == ["ok", "duplicate_event", "ok", "arrival_before_previous_stop", "ok"]
+    # B (12:05) and C (12:04) are inverted; A <= C <= D, so B is the one out of line.
+    assert out.reason.fillna("ok").tolist() == ["ok", "duplicate_event", "arrival_out_of_order", "ok", "ok"]
     assert out.loc[out.reason.isna(), "actual_arrival"].is_monotonic_increasing
 
 
@@ -132,3 +133,12 @@ def test_segment_medians_feed_the_historical_feature():
     assert math.isnan(f.hist_median_travel_s.iloc[0])
     f2 = compute_features(pair_events(ev, k=2), segment_medians=med)
     assert f2.hist_median_travel_s.tolist() == [120.0, 300.0, 180.0]
+
+
+def test_a_lone_late_spike_is_the_row_flagged_not_the_stops_after_it():
+    """12:00, 12:05, 13:30 (bad clock), 12:10, 12:15: only 13:30 is quarantined."""
+    ev = events([("A", 1, "2024-03-10T12:00:00Z", None), ("B", 2, "2024-03-10T12:05:00Z", None),
+                 ("C", 3, "2024-03-10T13:30:00Z", None), ("D", 4, "2024-03-10T12:10:00Z", None),
+                 ("E", 5, "2024-03-10T12:15:00Z", None)])
+    out = check_trips(ev)
+    assert out.reason.fillna("ok").tolist() == ["ok", "ok", "arrival_out_of_order", "ok", "ok"]
