@@ -166,7 +166,8 @@ def tune_cmd(
     num_samples: Annotated[int, typer.Option(min=1, help="Trials per model family.")] = 8,
     max_concurrent: Annotated[int, typer.Option(min=1, help="Trials running at once.")] = 1,
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = 1,
-    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per Train worker.")] = 1.0,
+    cpus_per_worker: Annotated[Optional[float], typer.Option(
+        help="CPUs per Train worker; default: fit the cluster, keeping 1 CPU free for Ray Data.")] = None,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Train worker (fractions share a GPU).")] = 0.0,
     trial_cpu: Annotated[float, typer.Option(help="CPU share of the trial process itself.")] = 0.1,
     random_steps: Annotated[int, typer.Option(help="Random trials before BayesOpt's model kicks in.")] = 3,
@@ -199,7 +200,7 @@ def tune_cmd(
             name=name if len(families) == 1 else (f"{name}-{family}" if name else None))
         try:
             results.append(tuning.run_search(settings, root, dataset, resume=resume))
-        except (ValueError, FileNotFoundError, versioning.VersionNotFound) as exc:
+        except (ValueError, FileNotFoundError, versioning.VersionNotFound) as exc:  # ResourceError too
             _fail(str(exc))
     console.print(metrics_table(results))
     for r in results:
@@ -210,20 +211,29 @@ def tune_cmd(
 
 
 def metrics_table(results: list[dict]) -> Table:
-    """Test-split metrics of the best models and the baselines, overall and by mode."""
+    """Test-split metrics of the best models and the baselines: each on the rows it covers, then
+    MAE on the rows every prediction covers (like for like), by mode, as a multiple of persistence."""
     t = Table(title="test split: travel-time error (s) and MBTA 'accurate' share")
-    for col in ("model", "rows", "MAE", "RMSE", "R2", "bias", "accurate", "MAE by mode"):
-        t.add_column(col, justify="left" if col in ("model", "MAE by mode") else "right")
+    for col in ("model", "rows", "MAE", "RMSE", "R2", "bias", "accurate", "common rows: MAE by mode (x persistence)"):
+        t.add_column(col, justify="right" if col not in ("model",) and not col.startswith("common") else "left")
     seen = set()
     for r in results:
+        pers = r["report"].get("persistence", {}).get("common", {}).get("by_mode", {})
         for name, entry in r["report"].items():
             if name in seen:
                 continue
             seen.add(name)
             o = entry["overall"]
-            by_mode = ", ".join(f"{m} {v['mae']:.0f}" for m, v in entry["by_mode"].items() if v["n"])
+            common = entry.get("common", {}).get("by_mode", {})
+            parts = []
+            for mode, v in common.items():
+                if not v["n"]:
+                    continue
+                ref = pers.get(mode, {}).get("mae")
+                ratio = f" ({v['mae'] / ref:.2f}x)" if ref and name != "persistence" else ""
+                parts.append(f"{mode} {v['mae']:.0f}{ratio}")
             t.add_row(name, f"{o['n']:,}", f"{o['mae']:.1f}", f"{o['rmse']:.1f}", f"{o['r2']:.3f}",
-                      f"{o['bias']:+.1f}", f"{o['accurate']:.1%}", by_mode)
+                      f"{o['bias']:+.1f}", f"{o['accurate']:.1%}", ", ".join(parts))
     return t
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mbta_ray.features import HIST_MEDIAN, travel_prior
 from mbta_ray.schema import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 
 OPTIONAL_NUMERIC: tuple[str, ...] = tuple(f.name for f in FEATURES if f.optional and f.name in NUMERIC_FEATURES)
@@ -88,6 +89,10 @@ class FeatureEncoder:
         codes[codes == 0] = np.nan
         nums = np.stack([df[c].to_numpy(dtype="float64") for c in NUMERIC_FEATURES], axis=1).astype("float32")
         return np.concatenate([codes, nums], axis=1)
+
+    def prior(self, df: pd.DataFrame) -> np.ndarray:
+        """``features.travel_prior`` with the training mean segment median as the last fallback."""
+        return travel_prior(df, self.mean.get(HIST_MEDIAN, 0.0))
 
     @property
     def tree_feature_names(self) -> list[str]:

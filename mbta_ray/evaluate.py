@@ -102,17 +102,26 @@ def report(df: pd.DataFrame, predictions: Mapping[str, np.ndarray | pd.Series]) 
     """Metrics of each named prediction overall, by mode and by horizon bin.
 
     ``df`` holds test examples (target, mode, ...); ``predictions`` maps a name (model or baseline)
-    to travel-seconds predictions aligned with ``df``.
+    to travel-seconds predictions aligned with ``df``. Each prediction is scored on the rows it covers
+    (``overall``, ``by_mode``, ``by_horizon``) and, so that the comparison is like for like, on the
+    rows that every prediction covers (``common``: overall and by mode; a baseline without a
+    schedule or segment history has no prediction for some rows).
     """
     actual = df[TARGET].to_numpy(dtype="float64")
     bins = horizon_bin(actual)
+    modes = [str(m) for m in sorted(df["mode"].dropna().unique())]
+    mode_masks = {m: (df["mode"] == m).to_numpy() for m in modes}
+    preds = {name: np.asarray(pred, dtype="float64") for name, pred in predictions.items()}
+    common = np.isfinite(actual)
+    for pred in preds.values():
+        common &= np.isfinite(pred)
     out: dict = {}
-    for name, pred in predictions.items():
-        pred = np.asarray(pred, dtype="float64")
-        entry = {"overall": metrics(pred, actual), "by_mode": {}, "by_horizon": {}}
-        for mode in sorted(df["mode"].dropna().unique()):
-            m = (df["mode"] == mode).to_numpy()
-            entry["by_mode"][str(mode)] = metrics(pred[m], actual[m])
+    for name, pred in preds.items():
+        entry = {"overall": metrics(pred, actual), "by_mode": {}, "by_horizon": {},
+                 "common": {"overall": metrics(pred[common], actual[common]),
+                            "by_mode": {m: metrics(pred[common & k], actual[common & k]) for m, k in mode_masks.items()}}}
+        for mode, m in mode_masks.items():
+            entry["by_mode"][mode] = metrics(pred[m], actual[m])
         for label in [b[0] for b in HORIZON_BINS] + [BEYOND]:
             m = bins == label
             if m.any():

@@ -159,6 +159,21 @@ def add_segment_medians(df: pd.DataFrame, medians: pd.DataFrame | None) -> pd.Da
     return merged
 
 
+def travel_prior(df: pd.DataFrame, fallback_s: float) -> np.ndarray:
+    """A prior travel time u -> s that the models learn a correction to (seconds, float64).
+
+    Persistence (scheduled s - scheduled u, i.e. the delay at u carries over) where both stops have
+    a schedule, else the training split's median for the segment, else ``fallback_s``. Learning the
+    residual from this prior, instead of travel time from scratch, is what lets a model beat the
+    persistence baseline on held-out hours: the prior carries the schedule's per-segment knowledge
+    to segments and times of day the training rows cover thinly.
+    """
+    sched = pd.to_numeric(df["scheduled_seconds_ahead"], errors="coerce").to_numpy(dtype="float64")
+    hist = pd.to_numeric(df[HIST_MEDIAN], errors="coerce").to_numpy(dtype="float64")
+    prior = np.where(np.isfinite(sched), sched, hist)
+    return np.where(np.isfinite(prior), prior, float(fallback_s))
+
+
 def segment_medians(pairs: pd.DataFrame) -> pd.DataFrame:
     """Median travel seconds per (route, u, s) over ``pairs`` (pass the training split only)."""
     grouped = pairs.groupby(SEGMENT_KEY, observed=True, sort=True)[TARGET]
@@ -170,5 +185,5 @@ def example_frame(df: pd.DataFrame) -> pd.DataFrame:
     return df[[c for c in EXAMPLE_COLUMNS if c in df.columns]]
 
 
-__all__ = ["FEATURE_NAMES", "pair_events", "pair_positions", "compute_features", "segment_medians",
+__all__ = ["FEATURE_NAMES", "pair_events", "travel_prior", "pair_positions", "compute_features", "segment_medians",
            "expected_pair_count", "add_segment_medians", "example_frame"]

@@ -8,8 +8,10 @@ Trainer's workers get the real resources.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
@@ -25,25 +27,63 @@ from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.models import dnn, xgboost_model
 from mbta_ray.models.resources import WorkerResources
 
+logger = logging.getLogger(__name__)
 FAMILIES = {"xgboost": xgboost_model, "dnn": dnn}
 METRIC = "valid-mae"
 
 
+#: CPUs left free while trials run: Ray Data's read tasks (1 CPU each) feed the Train workers from
+#: outside their placement groups. With no CPU free, every trial waits for data forever.
+DATA_CPUS = 1.0
+
+
+class ResourceError(ValueError):
+    """Trials asked for more than the cluster can give while still feeding them data."""
+
+
 @dataclass(frozen=True)
 class TrialResources:
-    """Per-trial resources: the trial's own small CPU share and its Trainer's workers."""
+    """Per-trial resources: the trial's own small CPU share and its Trainer's workers.
+
+    ``cpus_per_worker=None`` means "fit the cluster" (see ``fit``).
+    """
 
     num_workers: int = 1
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None
     gpus_per_worker: float = 0.0  # fractional (e.g. 0.25) lets several trials share a GPU
     trial_cpu: float = 0.1
 
     def worker_resources(self, family: str) -> WorkerResources:
         """The Train workers' resources (the same shape for every family today)."""
-        return WorkerResources(self.num_workers, self.cpus_per_worker, self.gpus_per_worker)
+        return WorkerResources(self.num_workers, self.cpus_per_worker or 1.0, self.gpus_per_worker)
 
     def trial_request(self) -> dict:
         return {"cpu": self.trial_cpu}
+
+    def per_trial_cpus(self) -> float:
+        return self.trial_cpu + self.num_workers * (self.cpus_per_worker or 1.0)
+
+    def fit(self, cluster_cpus: float, max_concurrent: int) -> tuple["TrialResources", int]:
+        """Resolve an automatic CPU share and check that trials leave ``DATA_CPUS`` free.
+
+        Auto: the CPUs not kept for data, split over ``max_concurrent`` trials' workers (in steps of
+        0.05, at least 0.25). Returns the resources and how many trials can run at once; raises
+        ``ResourceError`` naming the options when not even one trial fits.
+        """
+        usable = cluster_cpus - DATA_CPUS
+        res = self
+        if self.cpus_per_worker is None:
+            share = (usable / max(1, max_concurrent) - self.trial_cpu) / self.num_workers
+            res = replace(self, cpus_per_worker=max(0.25, math.floor(share * 20) / 20))
+        per_trial = res.per_trial_cpus()
+        fits = int((usable + 1e-9) // per_trial)
+        if fits < 1:
+            raise ResourceError(
+                f"one trial needs {per_trial:g} CPUs (--trial-cpu {res.trial_cpu:g} + --workers "
+                f"{res.num_workers} x --cpus-per-worker {res.cpus_per_worker:g}) and the cluster has "
+                f"{cluster_cpus:g}, of which {DATA_CPUS:g} must stay free for Ray Data to feed the "
+                f"workers: lower --cpus-per-worker or --workers (or leave --cpus-per-worker unset)")
+        return res, min(max_concurrent, fits)
 
 
 @dataclass
@@ -169,6 +209,13 @@ def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: s
         raise ValueError(f"dataset {ds_name}/{ds_version} has no examples in {empty}: "
                          "ingest more data (each source needs several trips for every split)")
     ensure_ray()
+    cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
+    settings.resources, concurrent = settings.resources.fit(cluster_cpus, settings.max_concurrent)
+    if concurrent < settings.max_concurrent:
+        logger.warning("--max-concurrent %d lowered to %d: %g CPUs fit %d trials of %g CPUs each and keep "
+                       "%g free for Ray Data", settings.max_concurrent, concurrent, cluster_cpus, concurrent,
+                       settings.resources.per_trial_cpus(), DATA_CPUS)
+        settings.max_concurrent = concurrent
     if resume:
         exp_dir = Path(resume).resolve()
         if not exp_dir.is_dir():

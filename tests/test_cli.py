@@ -91,11 +91,17 @@ def test_metrics_table_lists_models_and_baselines_once():
     from mbta_ray.cli import metrics_table
 
     m = {"n": 10, "mae": 100.0, "rmse": 150.0, "r2": 0.8, "bias": -5.0, "accurate": 0.75}
-    entry = {"overall": m, "by_mode": {"bus": m}, "by_horizon": {"0-3": m}}
-    results = [{"report": {"xgboost": entry, "persistence": entry}},
-               {"report": {"dnn": entry, "persistence": entry}}]
+    half = {**m, "mae": 50.0}
+
+    def entry(common_mae: dict) -> dict:
+        return {"overall": m, "by_mode": {"bus": m}, "by_horizon": {"0-3": m},
+                "common": {"overall": m, "by_mode": common_mae}}
+
+    results = [{"report": {"xgboost": entry({"bus": half}), "persistence": entry({"bus": m})}},
+               {"report": {"dnn": entry({"bus": m}), "persistence": entry({"bus": m})}}]
     console = Console(width=200, record=True)
     console.print(metrics_table(results))
     text = console.export_text()
-    assert text.count("persistence") == 1 and "xgboost" in text and "dnn" in text
-    assert "100.0" in text and "75.0%" in text and "bus 100" in text
+    assert text.count("│ persistence") == 1 and "xgboost" in text and "dnn" in text
+    assert "100.0" in text and "75.0%" in text
+    assert "bus 50 (0.50x)" in text and "bus 100 (1.00x)" in text  # common rows, as a multiple of persistence

@@ -58,3 +58,8 @@ def test_baselines_by_hand():
     assert r["persistence"]["overall"]["n"] == 1 and r["persistence"]["overall"]["mae"] == 20.0
     assert r["historical_median"]["by_mode"]["bus"]["mae"] == 10.0
     assert r["schedule"]["by_horizon"]["6-12"]["mae"] == 40.0
+    # Like for like: only the first row has every baseline, so "common" scores that row alone.
+    assert r["historical_median"]["common"]["overall"]["n"] == 1
+    assert r["historical_median"]["common"]["overall"]["mae"] == 10.0
+    assert r["persistence"]["common"]["by_mode"]["subway"]["mae"] == 20.0
+    assert r["persistence"]["common"]["by_mode"]["bus"]["n"] == 0

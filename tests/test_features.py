@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mbta_ray.features import compute_features, expected_pair_count, pair_events, segment_medians
+from mbta_ray.features import (compute_features, expected_pair_count, pair_events, segment_medians,
+                               travel_prior)
 from mbta_ray.gtfs import Stops
 from mbta_ray.schema import FEATURE_NAMES, TARGET
 from mbta_ray.timeutil import seconds_into_service_day, service_seconds_to_utc
@@ -142,3 +143,9 @@ def test_a_lone_late_spike_is_the_row_flagged_not_the_stops_after_it():
                  ("E", 5, "2024-03-10T12:15:00Z", None)])
     out = check_trips(ev)
     assert out.reason.fillna("ok").tolist() == ["ok", "ok", "arrival_out_of_order", "ok", "ok"]
+
+
+def test_travel_prior_prefers_persistence_then_segment_median_then_fallback():
+    df = pd.DataFrame({"scheduled_seconds_ahead": [300.0, np.nan, np.nan],
+                       "hist_median_travel_s": [250.0, 240.0, np.nan]})
+    assert travel_prior(df, fallback_s=400.0).tolist() == [300.0, 240.0, 400.0]

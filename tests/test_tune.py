@@ -51,6 +51,20 @@ def test_gpu_request_is_built_when_gpus_are_declared():
     assert not cpu_only.use_gpu and cpu_only.resources_per_worker == {"CPU": 1.0}
 
 
+def test_trial_resources_keep_a_cpu_free_for_ray_data():
+    """Auto CPU share fits the cluster; too big a request is refused naming the options; concurrency
+    is lowered to what fits (a trial whose data tasks cannot start would wait forever)."""
+    res, n = TrialResources().fit(cluster_cpus=2, max_concurrent=1)
+    assert res.cpus_per_worker == pytest.approx(0.9) and n == 1
+    assert res.per_trial_cpus() <= 2 - 1
+    res, n = TrialResources().fit(cluster_cpus=9, max_concurrent=4)
+    assert res.cpus_per_worker == pytest.approx(1.9) and n == 4
+    with pytest.raises(ValueError, match=r"needs 1.1 CPUs .*--cpus-per-worker 1\) .*of which 1 must stay free"):
+        TrialResources(cpus_per_worker=1.0).fit(cluster_cpus=2, max_concurrent=1)
+    res, n = TrialResources(num_workers=2, cpus_per_worker=1.0).fit(cluster_cpus=6, max_concurrent=4)
+    assert n == 2  # 5 usable CPUs / 2.1 per trial
+
+
 @pytest.fixture(scope="module")
 def tiny_dataset(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")

@@ -40,6 +40,8 @@ class Architecture:
     max_embedding_dim: int = 16
     dropout: float = 0.1
     target_scale: float = 600.0  # the target is learned in units of 10 minutes: well-scaled losses
+    #: True: the network outputs a correction to ``encoder.prior`` (persistence travel time).
+    residual: bool = False
 
     def embedding_dims(self) -> list[int]:
         # The fast.ai rule of thumb, capped: enough capacity for ~1,000 stops, small for 3 modes.
@@ -62,9 +64,10 @@ class DelayMLP(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, cats: torch.Tensor, nums: torch.Tensor) -> torch.Tensor:
+    def forward(self, cats: torch.Tensor, nums: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         x = torch.cat([emb(cats[:, i]) for i, emb in enumerate(self.embeddings)] + [nums], dim=1)
-        return self.mlp(x).squeeze(1) * self.arch.target_scale
+        out = self.mlp(x).squeeze(1) * self.arch.target_scale
+        return out + prior if self.arch.residual else out
 
 
 def round_ints(config: dict) -> dict:
@@ -77,14 +80,21 @@ def architecture(config: dict, encoder: FeatureEncoder) -> Architecture:
         cardinalities=encoder.cardinalities, numeric_width=encoder.numeric_width,
         hidden=[config.get("hidden_width", 256)] * config.get("hidden_layers", 2),
         max_embedding_dim=config.get("max_embedding_dim", 16), dropout=config.get("dropout", 0.1),
+        residual=bool(config.get("residual", True)),
     )
 
 
-def _tensors(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device):
+def _inputs(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device | str = "cpu"):
+    """(categorical codes, numerics, prior) tensors of example rows."""
     cats = torch.from_numpy(encoder.codes(df)).to(device)
     nums = torch.from_numpy(encoder.numeric(df)).to(device)
+    prior = torch.from_numpy(encoder.prior(df).astype("float32")).to(device)
+    return cats, nums, prior
+
+
+def _tensors(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device):
     y = torch.from_numpy(df[TARGET].to_numpy(dtype="float32")).to(device)
-    return cats, nums, y
+    return (*_inputs(df, encoder, device), y)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -108,8 +118,8 @@ def train_loop_per_worker(config: dict) -> None:
         train_abs, train_n = 0.0, 0
         for batch in train_shard.iter_batches(batch_size=batch_size, batch_format="pandas",
                                               local_shuffle_buffer_size=batch_size * 8):
-            cats, nums, y = _tensors(batch, encoder, device)
-            pred = model(cats, nums)
+            cats, nums, prior, y = _tensors(batch, encoder, device)
+            pred = model(cats, nums, prior)
             loss = loss_fn(pred, y)
             optimizer.zero_grad()
             loss.backward()
@@ -120,8 +130,8 @@ def train_loop_per_worker(config: dict) -> None:
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # valid |err|, n, train |err|, n
         with torch.no_grad():
             for batch in valid_shard.iter_batches(batch_size=8192, batch_format="pandas"):
-                cats, nums, y = _tensors(batch, encoder, device)
-                sums[0] += float((model(cats, nums) - y).abs().sum())
+                cats, nums, prior, y = _tensors(batch, encoder, device)
+                sums[0] += float((model(cats, nums, prior) - y).abs().sum())
                 sums[1] += len(y)
         sums[2], sums[3] = train_abs, train_n
         if distributed:
@@ -161,10 +171,7 @@ def predict(model: DelayMLP, encoder: FeatureEncoder, df: pd.DataFrame, batch_si
     out = []
     with torch.no_grad():
         for lo in range(0, len(df), batch_size):
-            part = df.iloc[lo:lo + batch_size]
-            cats = torch.from_numpy(encoder.codes(part))
-            nums = torch.from_numpy(encoder.numeric(part))
-            out.append(model(cats, nums).numpy())
+            out.append(model(*_inputs(df.iloc[lo:lo + batch_size], encoder)).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype="float32")
 
 

@@ -26,6 +26,8 @@ MODEL_FILE = "model.ubj"  # XGBoost's own binary JSON format: no pickle
 #: Hyperparameters that XGBoost needs as integers (BayesOpt proposes floats: round them).
 INT_PARAMS = ("max_depth", "num_boost_round", "min_child_weight", "early_stopping_rounds")
 VALID_METRIC = "valid-mae"
+#: Booster attribute saying the trees learned a correction to ``encoder.prior`` (base_margin).
+PRIOR_ATTR = "travel_prior"
 
 
 def round_ints(config: dict, names: tuple[str, ...] = INT_PARAMS) -> dict:
@@ -33,18 +35,25 @@ def round_ints(config: dict, names: tuple[str, ...] = INT_PARAMS) -> dict:
     return {k: (int(round(v)) if k in names and v is not None else v) for k, v in config.items()}
 
 
-def _matrix(shard, encoder: FeatureEncoder) -> xgb.DMatrix:
-    df: pd.DataFrame = shard.materialize().to_pandas()
-    return xgb.DMatrix(encoder.tree_matrix(df), label=df[TARGET].to_numpy(dtype="float32"),
+def _dmatrix(df: pd.DataFrame, encoder: FeatureEncoder, residual: bool, label: bool = True) -> xgb.DMatrix:
+    """Features (and label) of example rows; with ``residual`` the prior is the base margin, so the
+    trees learn the correction to it while labels and metrics stay in travel seconds."""
+    return xgb.DMatrix(encoder.tree_matrix(df), label=df[TARGET].to_numpy(dtype="float32") if label else None,
+                       base_margin=encoder.prior(df) if residual else None,
                        feature_names=encoder.tree_feature_names, missing=np.nan)
+
+
+def _matrix(shard, encoder: FeatureEncoder, residual: bool) -> xgb.DMatrix:
+    return _dmatrix(shard.materialize().to_pandas(), encoder, residual)
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker; rank 0 saves the model in the final checkpoint."""
     config = round_ints(config)
     encoder = FeatureEncoder(**config["encoder"])
-    dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder)
-    dvalid = _matrix(ray.train.get_dataset_shard("valid"), encoder)
+    residual = bool(config.get("residual", True))
+    dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder, residual)
+    dvalid = _matrix(ray.train.get_dataset_shard("valid"), encoder, residual)
     params = {
         "objective": config.get("objective", "reg:absoluteerror"),
         "eval_metric": "mae",
@@ -59,11 +68,13 @@ def train_loop_per_worker(config: dict) -> None:
         "nthread": config.get("nthread", 1),
         "seed": config.get("seed", 0),
     }
+    if residual:  # the margin already holds the prior: start the trees from a zero correction
+        params["base_score"] = 0.0
     xgb.train(
         params, dtrain, num_boost_round=config.get("num_boost_round", 300),
         evals=[(dtrain, "train"), (dvalid, "valid")],
         early_stopping_rounds=config.get("early_stopping_rounds", 20), verbose_eval=False,
-        callbacks=[ReportCallback(every=config.get("report_every", 25))],
+        callbacks=[ReportCallback(every=config.get("report_every", 25), residual=residual)],
     )
 
 
@@ -75,8 +86,9 @@ class ReportCallback(xgb.callback.TrainingCallback):
     The final report carries the best round's metrics and the model cut at that round.
     """
 
-    def __init__(self, every: int = 25) -> None:
+    def __init__(self, every: int = 25, residual: bool = False) -> None:
         self.every = max(1, every)
+        self.residual = residual
 
     @staticmethod
     def _metrics(evals_log: dict, upto: int | None = None) -> dict:
@@ -97,7 +109,9 @@ class ReportCallback(xgb.callback.TrainingCallback):
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
-                model[: best + 1].save_model(os.path.join(tmp, MODEL_FILE))
+                final = model[: best + 1]
+                final.set_attr(**{PRIOR_ATTR: "1" if self.residual else "0"})
+                final.save_model(os.path.join(tmp, MODEL_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         return model
@@ -121,6 +135,6 @@ def load_booster(checkpoint_dir: str | Path) -> xgb.Booster:
 
 
 def predict(booster: xgb.Booster, encoder: FeatureEncoder, df: pd.DataFrame) -> np.ndarray:
-    """Travel-seconds predictions for example rows."""
-    dm = xgb.DMatrix(encoder.tree_matrix(df), feature_names=encoder.tree_feature_names, missing=np.nan)
-    return booster.predict(dm)
+    """Travel-seconds predictions for example rows (adds the prior back when the model learned a
+    correction to it)."""
+    return booster.predict(_dmatrix(df, encoder, booster.attr(PRIOR_ATTR) == "1", label=False))
