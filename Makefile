@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make run: ingest the embedded real MBTA data into a versioned feature dataset and show it.
+## make run: the main job on the embedded real MBTA data: ingest -> tune -> distill -> evaluate ->
+## register -> promote, with a small budget (a few minutes on 2 CPUs), then its summary.
 run: $(STAMP)
-	$(BIN)/mbta-ray data ingest --root $(ROOT)
-	$(BIN)/mbta-ray data list --root $(ROOT)
+	$(BIN)/mbta-ray pipeline --root $(ROOT)
 
 ## make test: the whole test suite on a real local Ray cluster (tiny data).
 test: $(STAMP)

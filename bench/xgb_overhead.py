@@ -2,6 +2,7 @@
 same data, same parameters, same number of rounds (no early stopping), in one run.
 
     python bench/xgb_overhead.py [--root artifacts] [--dataset VERSION] [--rounds 200]
+    python bench/xgb_overhead.py --synthetic-events 300000   # a larger, SYNTHETIC dataset
 
 Uses a dataset version (default: the newest under --root; `make run` makes one). Reports wall time
 of each and the ratio to plain xgboost.train, and the valid MAE of each (the same model quality is
@@ -28,6 +29,8 @@ def main() -> None:
     ap.add_argument("--dataset", default=None)
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--synthetic-events", type=int, default=0,
+                    help="ingest this many SYNTHETIC LAMP events (mbta_ray.synth) into bench/out/overhead and use that")
     args = ap.parse_args()
 
     import numpy as np
@@ -41,9 +44,16 @@ def main() -> None:
     from mbta_ray.models.resources import WorkerResources
     from mbta_ray.schema import TARGET
 
-    version = args.dataset or versioning.list_versions(args.root)[0]["version"]
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if args.synthetic_events:
+        from mbta_ray.etl import ingest
+        from mbta_ray.synth import write_synthetic
+
+        args.root = str(ROOT / "bench" / "out" / "overhead")
+        synth = write_synthetic(Path(args.root) / "synthetic", args.synthetic_events, seed=0, files=2)
+        args.dataset = ingest([str(p) for p in synth.paths], root=args.root).version
+    version = args.dataset or versioning.list_versions(args.root)[0]["version"]
     train_df = load_split_pandas(args.root, version, "train")
     valid_df = load_split_pandas(args.root, version, "valid")
     enc = FeatureEncoder.fit(train_df)

@@ -237,5 +237,195 @@ def metrics_table(results: list[dict]) -> Table:
     return t
 
 
+# --- distillation and the whole pipeline ------------------------------------------------------------
+
+
+def compression_table(report: dict) -> Table:
+    """Teacher vs student variants: size, speed and accuracy (from ``distill.run``)."""
+    t = Table(title="compression report (CPU, 1 thread; model = on encoded inputs, e2e = from example rows)")
+    for col in ("model", "family", "params (non-zero)", "file KiB", "model ms b1", "model ms b256",
+                "e2e ms b256", "test MAE", "kept"):
+        t.add_column(col, justify="left" if col in ("model", "family") else "right")
+    for r in report["rows"]:
+        kept = "" if "kept" not in r else ("[green]chosen[/]" if r["kept"] else "")
+        t.add_row(r["model"], r["family"], f"{r['params']:,} ({r['nonzero_params']:,})", f"{r['file_bytes'] / 1024:.0f}",
+                  f"{r['model_ms_b1']:.3f}", f"{r['model_ms_b256']:.3f}", f"{r['end_to_end_ms_b256']:.1f}",
+                  f"{r['test_mae']:.1f}", kept)
+    return t
+
+
+def _print_compression(report: dict) -> None:
+    console.print(compression_table(report))
+    d = report["decisions"]
+    console.print(f"pruning ({d['pruned']['amount']:.0%} of linear weights): valid MAE {d['pruned']['valid_mae']:.1f} vs "
+                  f"limit {d['limit']:.1f} -> {'kept' if d['pruned']['kept'] else 'dropped'}; int8 quantization: valid MAE "
+                  f"{d['quantized']['valid_mae']:.1f} -> {'kept' if d['quantized']['kept'] else 'dropped'}")
+    g = report.get("goals")
+    if g:
+        console.print(f"student vs {g['reference']}: {g['fewer_params_x']:.1f}x fewer parameters, "
+                      f"{g['faster_b256_x']:.1f}x faster at batch 256; test MAE {g['mae_vs_teacher_x']:.2f}x the teacher's")
+
+
+@app.command("distill")
+def distill_cmd(
+    teacher: Annotated[list[Path], typer.Option(help="Packaged model folder(s); the lowest valid MAE teaches.")],
+    dnn_reference: Annotated[Optional[Path], typer.Option(help="Tuned DNN to compare size/speed with.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset version (default: the teacher's).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: beside the teacher's experiment).")] = None,
+    blend: Annotated[float, typer.Option(help="Weight of the true target vs the teacher (0..1).")] = 0.5,
+    softening: Annotated[float, typer.Option(help="Teacher term's Huber zone multiplier (temperature-like).")] = 2.0,
+    unlabeled_copies: Annotated[int, typer.Option(help="Unlabeled re-observed pairs per training pair.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1)] = 6,
+    prune_amount: Annotated[float, typer.Option(help="Share of linear weights to prune.")] = 0.3,
+    tolerance: Annotated[float, typer.Option(help="Max valid-MAE loss (share) to keep pruning/int8.")] = 0.02,
+    root: RootOpt = Path("artifacts"),
+) -> None:
+    """Distill the best tuned model into a small MLP, prune and quantize it, report the compression."""
+    from mbta_ray import distill
+
+    try:
+        cfg = distill.DistillConfig(blend=blend, softening=softening, unlabeled_copies=unlabeled_copies, epochs=epochs,
+                                    prune_amount=prune_amount, tolerance=tolerance)
+        teacher_dir = distill.pick_teacher(teacher)
+        meta = json.loads((teacher_dir / "metadata.json").read_text())
+        version = dataset or (meta.get("dataset") or {}).get("version")
+        if not version:
+            raise ValueError(f"{teacher_dir / 'metadata.json'}: names no dataset; pass --dataset")
+        out_dir = out or teacher_dir.parent.parent / f"distill-{version[:8]}"
+        report = distill.run(teacher_dir, root, version, out_dir, cfg, dnn_reference=dnn_reference)
+    except (ValueError, FileNotFoundError, versioning.VersionNotFound) as exc:
+        _fail(str(exc))
+    _print_compression(report)
+    console.print(f"student -> {report['student_dir']} (register it with `mbta-ray registry register`)")
+
+
+@app.command("pipeline")
+def pipeline_cmd(
+    xgboost_samples: Annotated[int, typer.Option(min=0, help="XGBoost trials.")] = 4,
+    dnn_samples: Annotated[int, typer.Option(min=0, help="DNN trials.")] = 3,
+    distill_epochs: Annotated[int, typer.Option(min=1, help="Student epochs.")] = 6,
+    metric: Annotated[str, typer.Option(help="Promotion metric.")] = "mae",
+    seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
+    registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
+) -> None:
+    """The main job: ingest -> tune -> distill -> evaluate -> register -> promote, then a summary."""
+    from mbta_ray import pipeline
+    from mbta_ray.distill import DistillConfig
+    from mbta_ray.registry import RegistryError
+
+    settings = pipeline.PipelineSettings(root=str(root), registry=registry, model_name=model_name,
+                                         samples={"xgboost": xgboost_samples, "dnn": dnn_samples}, seed=seed,
+                                         metric=metric, distill=DistillConfig(epochs=distill_epochs))
+    try:
+        out = pipeline.run(settings, progress=lambda m: console.print(f"[bold cyan]{m}[/]"))
+    except (ValueError, FileNotFoundError, RegistryError, versioning.VersionNotFound) as exc:
+        _fail(str(exc))
+    ds = out["dataset"]
+    console.rule("summary")
+    console.print(f"dataset {ds['name']}/{ds['version']}: {ds['counts']['examples']:,} examples "
+                  f"({ds['counts']['quarantined']:,} rows quarantined, by reason in `mbta-ray data show`)")
+    console.print(metrics_table(out["tune"] + [{"report": out["compression"]["eval"]}]))
+    _print_compression(out["compression"])
+    d = out["decision"]
+    verdict = "[bold green]PROMOTED[/]" if d["accepted"] else "[bold yellow]NOT promoted[/]"
+    console.print(f"{verdict} {model_name}/{d['candidate']} ({out['candidate']['role']}): {d['reason']}")
+    prod = out["production"] or {}
+    console.print(f"production is now {prod.get('version', 'none')} ({prod.get('family', '-')}); "
+                  f"registry {out['registry']}; deploy record {out['registry']}/production.json")
+
+
+# --- registry and promotion ------------------------------------------------------------------------
+
+registry_app = typer.Typer(help="Model registry: versions, production pointer, audit log.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+RegistryOpt = Annotated[Optional[str], typer.Option(
+    "--registry", envvar="MBTA_RAY_REGISTRY",
+    help="Registry root: a folder or a URI (gs://, s3://, file://); default: --root.")]
+ModelNameOpt = Annotated[str, typer.Option("--model-name", help="Registered model name.")]
+
+
+def _registry(registry: str | None, root: Path, model_name: str):
+    from mbta_ray.registry import Registry
+
+    return Registry(registry or root, model_name)
+
+
+@registry_app.command("register")
+def register_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A packaged model folder (e.g. <experiment>/best).")],
+    registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
+) -> None:
+    """Add a packaged, evaluated model as a new registry version."""
+    from mbta_ray.registry import RegistryError, evaluation_of
+
+    reg = _registry(registry, root, model_name)
+    try:
+        meta = reg.register(model_dir, evaluation=evaluation_of(model_dir))
+    except RegistryError as exc:
+        _fail(str(exc))
+    m = meta["evaluation"]["metrics"]
+    console.print(f"registered {model_name}/{meta['version']} ({meta['family']}, test MAE {m['mae']:.1f} s) in {reg.base}")
+
+
+@registry_app.command("list")
+def registry_list_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time",
+                      root: RootOpt = Path("artifacts")) -> None:
+    """Versions, their test metrics, and which one is production."""
+    reg = _registry(registry, root, model_name)
+    prod = (reg.production() or {}).get("version")
+    t = Table(title=f"registry {reg.base}")
+    for col in ("version", "family", "dataset", "test MAE", "accurate", "created", "production"):
+        t.add_column(col)
+    for m in reg.versions():
+        ev = m.get("evaluation", {})
+        met = ev.get("metrics", {})
+        t.add_row(m["version"], m.get("family", "?"), str((ev.get("dataset") or {}).get("version", "?"))[:8],
+                  f"{met.get('mae', float('nan')):.1f}", f"{met.get('accurate', float('nan')):.1%}",
+                  m["created_at"][:19], "yes" if m["version"] == prod else "")
+    console.print(t)
+
+
+@registry_app.command("audit")
+def registry_audit_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time",
+                       root: RootOpt = Path("artifacts")) -> None:
+    """Every promotion decision, oldest first."""
+    reg = _registry(registry, root, model_name)
+    t = Table(title=f"promotion decisions: {reg.base}")
+    for col in ("at", "candidate", "was production", "decision", "why"):
+        t.add_column(col)
+    for e in reg.audit_log():
+        verdict = ("FORCED" if e["forced"] else "accepted") if e["accepted"] else "refused"
+        t.add_row(e["at"][:19], e["candidate"], e["production_before"] or "-", verdict, e["reason"])
+    console.print(t)
+
+
+@app.command("promote")
+def promote_cmd(
+    version: Annotated[str, typer.Argument(help="Registry version to promote.")],
+    metric: Annotated[str, typer.Option(help="Decide on this test metric: mae, rmse, bias_abs, r2, accurate.")] = "mae",
+    force: Annotated[bool, typer.Option("--force", help="Promote even if it does not beat production.")] = False,
+    reason: Annotated[Optional[str], typer.Option(help="Why (required with --force; logged).")] = None,
+    registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
+) -> None:
+    """Promote a version to production only if it beats production on the same test split."""
+    from mbta_ray.registry import RegistryError, dataset_rescorer
+
+    reg = _registry(registry, root, model_name)
+    try:
+        decision = reg.promote(version, metric=metric, force=force, reason=reason,
+                               rescore=dataset_rescorer(reg, root))
+    except RegistryError as exc:
+        _fail(str(exc))
+    if decision.accepted:
+        console.print(f"[bold green]promoted[/] {model_name}/{version}: {decision.reason}")
+    else:
+        console.print(f"[bold yellow]refused[/] {model_name}/{version}: {decision.reason}")
+        raise typer.Exit(code=1)
+
+
 def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class Architecture:
     target_scale: float = 600.0  # the target is learned in units of 10 minutes: well-scaled losses
     #: True: the network outputs a correction to ``encoder.prior`` (persistence travel time).
     residual: bool = False
+    #: True: linear layers are stored as int8 and run with dynamic int8 quantization (CPU).
+    quantized: bool = False
 
     def embedding_dims(self) -> list[int]:
         # The fast.ai rule of thumb, capped: enough capacity for ~1,000 stops, small for 3 modes.
@@ -84,7 +87,7 @@ def architecture(config: dict, encoder: FeatureEncoder) -> Architecture:
     )
 
 
-def _inputs(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device | str = "cpu"):
+def encode_inputs(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device | str = "cpu"):
     """(categorical codes, numerics, prior) tensors of example rows."""
     cats = torch.from_numpy(encoder.codes(df)).to(device)
     nums = torch.from_numpy(encoder.numeric(df)).to(device)
@@ -94,11 +97,18 @@ def _inputs(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device | st
 
 def _tensors(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device):
     y = torch.from_numpy(df[TARGET].to_numpy(dtype="float32")).to(device)
-    return (*_inputs(df, encoder, device), y)
+    return (*encode_inputs(df, encoder, device), y)
 
 
 def train_loop_per_worker(config: dict) -> None:
     """DDP training on this worker's shard; reports valid MAE (all workers' rows) every epoch."""
+    huber = nn.HuberLoss(delta=config.get("huber_delta_s", 120.0))
+    fit_per_worker(config, lambda pred, batch, y: huber(pred, y))
+
+
+def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, torch.Tensor], torch.Tensor]) -> None:
+    """The DDP epoch loop shared by the DNN and the distilled student: train with ``loss_of(pred,
+    batch, y)``, then report valid MAE on the true target and checkpoint (rank 0) every epoch."""
     config = round_ints(config)
     torch.manual_seed(config.get("seed", 0))
     encoder = FeatureEncoder(**config["encoder"])
@@ -107,7 +117,6 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(DelayMLP(arch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.get("lr", 1e-3),
                                   weight_decay=config.get("weight_decay", 1e-5))
-    loss_fn = nn.HuberLoss(delta=config.get("huber_delta_s", 120.0))
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     batch_size = config.get("batch_size", 1024)
@@ -120,12 +129,13 @@ def train_loop_per_worker(config: dict) -> None:
                                               local_shuffle_buffer_size=batch_size * 8):
             cats, nums, prior, y = _tensors(batch, encoder, device)
             pred = model(cats, nums, prior)
-            loss = loss_fn(pred, y)
+            loss = loss_of(pred, batch, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            train_abs += float((pred.detach() - y).abs().sum())
-            train_n += len(y)
+            labeled = torch.isfinite(y)  # the student also trains on unlabeled rows (NaN target)
+            train_abs += float((pred.detach() - y)[labeled].abs().sum())
+            train_n += int(labeled.sum())
         model.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # valid |err|, n, train |err|, n
         with torch.no_grad():
@@ -150,28 +160,83 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def save(model: DelayMLP, folder: Path) -> None:
-    """State dict (tensors only) + architecture JSON."""
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / WEIGHTS_FILE)
+    """State dict (tensors only) + architecture JSON. With ``arch.quantized`` the linear weights are
+    stored as int8 with their scale and zero point (plain tensors: still weights_only-loadable)."""
+    state = _int8_state(model) if model.arch.quantized else model.state_dict()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / WEIGHTS_FILE)
     (folder / ARCH_FILE).write_text(json.dumps(asdict(model.arch)))
 
 
-def load(folder: str | Path) -> DelayMLP:
-    """Rebuild the network from a checkpoint folder; weights_only refuses anything but tensors."""
+def _int8_state(model: DelayMLP) -> dict[str, torch.Tensor]:
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    state = dict(model.state_dict())
+    for name, mod in quantize(model).named_modules():
+        if isinstance(mod, QLinear):
+            w = mod.weight()
+            del state[f"{name}.weight"]
+            state[f"{name}.weight_int8"] = w.int_repr()
+            state[f"{name}.weight_scale"] = torch.tensor(w.q_scale(), dtype=torch.float64)
+            state[f"{name}.weight_zero_point"] = torch.tensor(w.q_zero_point(), dtype=torch.int64)
+    return state
+
+
+def _from_int8_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {k: v for k, v in state.items() if not k.endswith((".weight_int8", ".weight_scale", ".weight_zero_point"))}
+    for key in state:
+        if key.endswith(".weight_int8"):
+            base = key[: -len("_int8")]
+            zp, scale = state[base + "_zero_point"], state[base + "_scale"]
+            out[base] = ((state[key].to(torch.float64) - zp) * scale).to(torch.float32)
+    return out
+
+
+def quantize(model: DelayMLP) -> nn.Module:
+    """Dynamic int8 quantization of the linear layers (weights int8, activations quantized per batch)."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():  # torch 2.13 warns that quantized tensors move to torchao
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def load(folder: str | Path, as_float: bool = False) -> nn.Module:
+    """Rebuild the network from a checkpoint folder; weights_only refuses anything but tensors.
+    An int8 model comes back quantized, or as its dequantized float twin with ``as_float``."""
     folder = Path(folder)
     for name in (WEIGHTS_FILE, ARCH_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: missing from this DNN checkpoint")
-    model = DelayMLP(Architecture(**json.loads((folder / ARCH_FILE).read_text())))
-    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    return model.eval()
+    arch = Architecture(**json.loads((folder / ARCH_FILE).read_text()))
+    model = DelayMLP(arch)
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(_from_int8_state(state) if arch.quantized else state)
+    model.eval()
+    if not arch.quantized or as_float:
+        return model
+    qmodel = quantize(model)
+    _restore_int8_weights(qmodel, state)  # the stored int8 values exactly, not a re-quantization
+    return qmodel
 
 
-def predict(model: DelayMLP, encoder: FeatureEncoder, df: pd.DataFrame, batch_size: int = 65_536) -> np.ndarray:
+def _restore_int8_weights(qmodel: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+
+    for name, mod in qmodel.named_modules():
+        if isinstance(mod, QLinear) and f"{name}.weight_int8" in state:
+            w = torch._make_per_tensor_quantized_tensor(state[f"{name}.weight_int8"],
+                                                        float(state[f"{name}.weight_scale"]),
+                                                        int(state[f"{name}.weight_zero_point"]))
+            mod.set_weight_bias(w, mod.bias())
+
+
+def predict(model: nn.Module, encoder: FeatureEncoder, df: pd.DataFrame, batch_size: int = 65_536) -> np.ndarray:
     """Travel-seconds predictions for example rows (CPU)."""
     out = []
     with torch.no_grad():
         for lo in range(0, len(df), batch_size):
-            out.append(model(*_inputs(df.iloc[lo:lo + batch_size], encoder)).numpy())
+            out.append(model(*encode_inputs(df.iloc[lo:lo + batch_size], encoder)).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype="float32")
 
 

@@ -1,0 +1,379 @@
+"""Distillation: compress the best tuned model (the teacher) into a small, fast MLP (the student).
+
+1. Ray Data labels the training split with the teacher's predictions (a callable class per worker
+   loads the teacher once) and adds *unlabeled* pairs built from the same events: each training
+   pair re-observed at a shifted time at u (the vehicle seen earlier or later than it was, so the
+   delay, time of day and headway at u change consistently through ``features.compute_features``).
+   No arrival at s exists for those; only the teacher's prediction teaches the student there.
+2. Ray Train (``TorchTrainer``, the DNN's own epoch loop) fits the student on a blend:
+   ``blend * Huber_d(pred, y) + (1 - blend) * Huber_{d*T}(pred, teacher) / T`` on labeled rows, the
+   teacher term alone on unlabeled ones. ``T = softening`` is the temperature-like knob: the teacher
+   term keeps the hard term's slope for large errors but gets a T-times wider, flatter zone around
+   the teacher, so the student follows the teacher's trend rather than its every kink.
+3. Magnitude pruning (global L1 over the linear layers) and dynamic int8 quantization, each kept
+   only if the valid MAE stays within ``tolerance`` of the student's.
+4. A compression report (parameters, file size, CPU latency at batch 1 and 256, test MAE) for
+   teacher, student, pruned and quantized student; the final student is packaged like a tuned model
+   (model files, encoder.json, metadata.json, eval.json) so the registry takes it as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+import ray.train
+import torch
+from torch import nn
+
+from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.models import ENCODER_FILE, METADATA_FILE, dnn, load_predictor, package
+from mbta_ray.models.resources import WorkerResources
+from mbta_ray.schema import EXAMPLE_COLUMNS, TARGET
+
+TEACHER_COL = "teacher_s"
+STUDENT = "student"
+
+
+@dataclass
+class DistillConfig:
+    """Knobs of the distillation job (defaults sized for the embedded data on 2 CPUs)."""
+
+    blend: float = 0.5  # weight of the true target against the teacher on labeled rows
+    softening: float = 2.0  # teacher term's Huber zone = huber_delta_s * softening
+    huber_delta_s: float = 120.0
+    unlabeled_copies: int = 1  # unlabeled re-observed pairs per training pair
+    shift_sd_s: float = 180.0  # spread of the observation-time shift of unlabeled pairs
+    hidden: list[int] = field(default_factory=lambda: [48])
+    max_embedding_dim: int = 4
+    dropout: float = 0.0
+    epochs: int = 6
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 1024
+    prune_amount: float = 0.3  # share of linear weights zeroed by magnitude
+    tolerance: float = 0.02  # pruning / quantization kept if valid MAE <= (1 + tolerance) x student's
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, lo, hi in (("blend", 0.0, 1.0), ("prune_amount", 0.0, 0.95), ("tolerance", 0.0, 1.0)):
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise ValueError(f"distill option {name}={v!r} must be within [{lo}, {hi}]")
+        for name in ("softening", "huber_delta_s", "lr", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"distill option {name}={getattr(self, name)!r} must be > 0")
+        if self.unlabeled_copies < 0:
+            raise ValueError(f"distill option unlabeled_copies={self.unlabeled_copies!r} must be >= 0")
+
+
+# --- data: teacher labels and unlabeled pairs --------------------------------------------------------
+
+
+class TeacherLabels:
+    """Ray Data callable class: loads the teacher once per actor, adds its predictions."""
+
+    def __init__(self, teacher_dir: str) -> None:
+        self.predict = load_predictor(teacher_dir)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch = batch.copy()
+        batch[TEACHER_COL] = np.asarray(self.predict(batch), dtype="float64")
+        return batch
+
+
+def reobserve(batch: pd.DataFrame, copies: int, shift_sd_s: float, seed: int) -> pd.DataFrame:
+    """Unlabeled pairs from the same events: the vehicle observed at u ``shift`` seconds later (or
+    earlier) than it was. Features are recomputed by ``compute_features`` (one source of truth);
+    the segment's distance and history do not depend on time and are kept. The target is unknown."""
+    from mbta_ray.features import HIST_MEDIAN, compute_features
+
+    if copies == 0 or batch.empty:
+        return batch.iloc[0:0].assign(**{TARGET: np.nan})
+    rng = np.random.default_rng([seed, len(batch), int(batch["stops_ahead"].sum())])
+    parts = []
+    for _ in range(copies):
+        shifted = batch.copy()
+        shift_s = rng.normal(0.0, shift_sd_s, len(batch)).round()
+        # Seen earlier than it was, but never before the previous vehicle left u (headway > 0).
+        headway = pd.to_numeric(batch["headway_u"], errors="coerce").to_numpy(dtype="float64")
+        shift_s = np.where(np.isfinite(headway), np.maximum(shift_s, 30.0 - headway), shift_s)
+        shifted["actual_arrival_u"] = (pd.to_datetime(shifted["actual_arrival_u"], utc=True)
+                                       + pd.to_timedelta(shift_s, unit="s"))
+        # The headway at u grows by the same shift: the previous vehicle's arrival did not move.
+        shifted["headway_u"] = shifted["headway_u"].astype("float64") + shift_s
+        keep = shifted[["distance_m", HIST_MEDIAN]].copy()
+        shifted["actual_arrival_s"] = pd.NaT  # not observed: compute_features leaves the target NaN
+        feats = compute_features(shifted.drop(columns=[TARGET]))
+        feats["distance_m"], feats[HIST_MEDIAN] = keep["distance_m"].to_numpy(), keep[HIST_MEDIAN].to_numpy()
+        feats[TARGET] = np.nan
+        parts.append(feats[[c for c in batch.columns if c in feats.columns]])
+    return pd.concat(parts, ignore_index=True)
+
+
+def build_training_set(train: ray.data.Dataset, teacher_dir: str, cfg: DistillConfig) -> ray.data.Dataset:
+    """The training split plus its unlabeled re-observed pairs, all labeled by the teacher."""
+    def add_unlabeled(batch: pd.DataFrame) -> pd.DataFrame:
+        extra = reobserve(batch, cfg.unlabeled_copies, cfg.shift_sd_s, cfg.seed)
+        return pd.concat([batch, extra[batch.columns]], ignore_index=True)
+
+    return (train.map_batches(add_unlabeled, batch_format="pandas")
+            .map_batches(TeacherLabels, fn_constructor_args=(teacher_dir,), batch_format="pandas",
+                         concurrency=1, batch_size=8192))
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The DNN's DDP epoch loop with the distillation loss."""
+    delta, temp = config["huber_delta_s"], config["softening"]
+    hard = nn.HuberLoss(delta=delta, reduction="none")
+    # Huber_{d*T} / T: the same slope as the hard term for large errors (so ``blend`` weighs the two
+    # fairly) and a T-times wider, flatter quadratic zone around the teacher: softer targets.
+    wide = nn.HuberLoss(delta=delta * temp, reduction="none")
+    blend = config["blend"]
+
+    def soft(pred: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return wide(pred, teacher) / temp
+
+    def loss_of(pred: torch.Tensor, batch: pd.DataFrame, y: torch.Tensor) -> torch.Tensor:
+        teacher = torch.as_tensor(batch[TEACHER_COL].to_numpy(dtype="float32"), device=pred.device)
+        labeled = torch.isfinite(y)
+        hard_term = hard(pred, torch.where(labeled, y, pred.detach()))  # 0 where unlabeled
+        per_row = torch.where(labeled, blend * hard_term + (1 - blend) * soft(pred, teacher), soft(pred, teacher))
+        return per_row.mean()
+
+    dnn.fit_per_worker(config, loss_of)
+
+
+def _student_config(cfg: DistillConfig) -> dict:
+    return {"hidden_width": cfg.hidden[0], "hidden_layers": len(cfg.hidden), "max_embedding_dim": cfg.max_embedding_dim,
+            "dropout": cfg.dropout, "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+            "batch_size": cfg.batch_size, "seed": cfg.seed, "residual": True, "blend": cfg.blend,
+            "softening": cfg.softening, "huber_delta_s": cfg.huber_delta_s}
+
+
+# --- compression ---------------------------------------------------------------------------------------
+
+
+def prune(model: dnn.DelayMLP, amount: float) -> dnn.DelayMLP:
+    """A copy with the smallest ``amount`` of all linear weights (global L1 magnitude) set to zero."""
+    import torch.nn.utils.prune as tprune
+
+    pruned = copy.deepcopy(model)
+    linears = [(m, "weight") for m in pruned.modules() if isinstance(m, nn.Linear)]
+    tprune.global_unstructured(linears, pruning_method=tprune.L1Unstructured, amount=amount)
+    for m, name in linears:
+        tprune.remove(m, name)  # bake the mask in: a plain state dict again
+    return pruned
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(parameters, non-zero parameters) of a float torch model."""
+    tensors = [p.detach() for p in model.parameters()]
+    return sum(t.numel() for t in tensors), sum(int((t != 0).sum()) for t in tensors)
+
+
+def _latency_ms(fn, inputs, repeats: int) -> float:
+    fn(inputs)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(inputs)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000)
+
+
+def measure(name: str, model_dir: Path, test: pd.DataFrame, encoder: FeatureEncoder, repeats: int = 30) -> dict:
+    """Parameters, file size, model latency on encoded inputs at batch 1 and 256 (1 thread, CPU),
+    end-to-end latency from example rows, and test MAE of a packaged model folder."""
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
+    family = meta["family"]
+    files = [p for p in model_dir.iterdir() if p.suffix in (".ubj", ".pt", ".json") and p.name not in
+             (ENCODER_FILE, METADATA_FILE, "eval.json")]
+    row: dict = {"model": name, "family": family, "file_bytes": sum(p.stat().st_size for p in files)}
+    predictor = load_predictor(model_dir)
+    pred = predictor(test)
+    row["test_mae"] = float(np.nanmean(np.abs(pred - test[TARGET].to_numpy(dtype="float64"))))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a serving replica's share; also what makes runs comparable
+    try:
+        for batch in (1, 256):
+            part = test.iloc[:batch]
+            if family == "xgboost":
+                from mbta_ray.models import xgboost_model
+
+                booster = xgboost_model.load_booster(model_dir)
+                booster.set_param({"nthread": 1})
+                # inplace_predict on arrays: Booster.predict would serve a repeated DMatrix from its cache
+                x = encoder.tree_matrix(part)
+                margin = encoder.prior(part) if booster.attr(xgboost_model.PRIOR_ATTR) == "1" else None
+                row[f"model_ms_b{batch}"] = _latency_ms(
+                    lambda a: booster.inplace_predict(a, base_margin=margin), x, repeats)
+                if batch == 1:
+                    row["params"] = row["nonzero_params"] = _xgb_params(booster)
+            else:
+                model = dnn.load(model_dir)
+                inputs = dnn.encode_inputs(part, encoder)
+                with torch.no_grad():
+                    row[f"model_ms_b{batch}"] = _latency_ms(lambda x: model(*x), inputs, repeats)
+                if batch == 1:
+                    float_model = dnn.load(model_dir, as_float=True)
+                    row["params"], row["nonzero_params"] = parameter_counts(float_model)
+            row[f"end_to_end_ms_b{batch}"] = _latency_ms(predictor, part, max(5, repeats // 3))
+    finally:
+        torch.set_num_threads(threads)
+    return row
+
+
+def _xgb_params(booster) -> int:
+    """Tree 'parameters': one per node (a split threshold or a leaf value), the closest analogue."""
+    return int(booster.trees_to_dataframe().shape[0])
+
+
+# --- the job -----------------------------------------------------------------------------------------------
+
+
+def pick_teacher(candidates: list[str | Path]) -> Path:
+    """The packaged model with the lowest validation MAE (never chosen on test)."""
+    scored = []
+    for c in candidates:
+        meta = json.loads((Path(c) / METADATA_FILE).read_text())
+        v = meta.get("valid_mae")
+        if v is not None and np.isfinite(v):
+            scored.append((float(v), Path(c)))
+    if not scored:
+        raise ValueError(f"no teacher with a validation MAE among {[str(c) for c in candidates]}")
+    return min(scored, key=lambda t: t[0])[1]
+
+
+def run(teacher_dir: str | Path, root: str | Path, dataset: str, out_dir: str | Path,
+        cfg: DistillConfig | None = None, resources: WorkerResources | None = None,
+        dnn_reference: str | Path | None = None, storage: str | None = None) -> dict:
+    """The distillation job. Writes ``out_dir/student`` (packaged, with eval.json) and
+    ``out_dir/compression.json``; returns the report. ``dnn_reference``: the tuned DNN to compare
+    the student's size and speed with when the teacher is XGBoost."""
+    from mbta_ray import evaluate, versioning
+    from mbta_ray.etl import ensure_ray
+    from mbta_ray.models.data import load_split, load_split_pandas
+
+    cfg = cfg or DistillConfig()
+    teacher_dir, out_dir = Path(teacher_dir).resolve(), Path(out_dir).resolve()
+    ds_name, ds_version = versioning.resolve(root, dataset)
+    ensure_ray()
+    if resources is None:  # one worker with all CPUs but the one Ray Data needs to feed it
+        resources = WorkerResources(1, max(0.5, ray.cluster_resources().get("CPU", 2.0) - 1.0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = FeatureEncoder.load(teacher_dir / ENCODER_FILE)  # same vocabularies as the teacher
+
+    t0 = time.perf_counter()
+    train = load_split(root, ds_version, "train", ds_name, columns=list(EXAMPLE_COLUMNS))
+    labeled = build_training_set(train, str(teacher_dir), cfg).materialize()
+    n_rows = labeled.count()
+    n_unlabeled = int(labeled.select_columns([TARGET]).to_pandas()[TARGET].isna().sum())
+    label_s = time.perf_counter() - t0
+
+    config = {**_student_config(cfg), "encoder": encoder.__dict__}
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop_per_worker=train_loop_per_worker, train_loop_config=config,
+        scaling_config=resources.scaling_config(),
+        datasets={"train": labeled, "valid": load_split(root, ds_version, "valid", ds_name)},
+        run_config=ray.train.RunConfig(
+            name=f"distill-{ds_version[:8]}-{int(time.time())}", storage_path=storage or str(out_dir / "runs"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=dnn.VALID_METRIC,
+                                                         checkpoint_score_order="min")))
+    t1 = time.perf_counter()
+    result = trainer.fit()
+    train_s = time.perf_counter() - t1
+    best = result.get_best_checkpoint(dnn.VALID_METRIC, "min") or result.checkpoint
+    if best is None:
+        raise RuntimeError(f"the student's training reported no checkpoint ({result.error})")
+
+    valid = load_split_pandas(root, ds_version, "valid", ds_name)
+    test = load_split_pandas(root, ds_version, "test", ds_name)
+    y_valid = valid[TARGET].to_numpy(dtype="float64")
+
+    def valid_mae(model: nn.Module) -> float:
+        return float(np.mean(np.abs(dnn.predict(model, encoder, valid) - y_valid)))
+
+    meta = {"dataset": {"name": ds_name, "version": ds_version}, "teacher": str(teacher_dir),
+            "distill_config": asdict(cfg)}
+    variants: dict[str, Path] = {}
+    with best.as_directory() as ckpt:
+        student = dnn.load(ckpt)
+    student_mae = valid_mae(student)
+    limit = student_mae * (1 + cfg.tolerance)
+    decisions = {"student_valid_mae": student_mae, "limit": limit}
+
+    def write_variant(name: str, model: dnn.DelayMLP, extra: dict) -> Path:
+        with tempfile.TemporaryDirectory() as tmp:
+            dnn.save(model, Path(tmp))
+            folder = out_dir / "variants" / name
+            shutil.rmtree(folder, ignore_errors=True)
+            return package("dnn", tmp, encoder, folder, {**meta, **extra, "variant": name})
+
+    variants["student"] = write_variant("student", student, {"valid_mae": student_mae})
+    final, final_mae = student, student_mae
+    pruned = prune(student, cfg.prune_amount)
+    pruned_mae = valid_mae(pruned)
+    decisions["pruned"] = {"valid_mae": pruned_mae, "kept": pruned_mae <= limit, "amount": cfg.prune_amount}
+    variants["student_pruned"] = write_variant("student_pruned", pruned, {"valid_mae": pruned_mae})
+    if pruned_mae <= limit:
+        final, final_mae = pruned, pruned_mae
+    q_arch = dnn.Architecture(**{**asdict(final.arch), "quantized": True})
+    q_float = copy.deepcopy(final)
+    q_float.arch = q_arch
+    q_mae = valid_mae(dnn.quantize(q_float))
+    decisions["quantized"] = {"valid_mae": q_mae, "kept": q_mae <= limit}
+    variants["student_int8"] = write_variant("student_int8", q_float, {"valid_mae": q_mae})
+    chosen = "student_int8" if q_mae <= limit else ("student_pruned" if final is pruned else "student")
+    final_mae = q_mae if chosen == "student_int8" else final_mae
+
+    rows = [measure("teacher", teacher_dir, test, encoder)]
+    teacher_family = rows[0]["family"]
+    if dnn_reference and teacher_family != "dnn":
+        rows.append(measure("dnn (tuned)", Path(dnn_reference).resolve(), test, FeatureEncoder.load(Path(dnn_reference) / ENCODER_FILE)))
+    for name, folder in variants.items():
+        rows.append({**measure(name, folder, test, encoder), "kept": name == chosen})
+
+    # The chosen student, packaged and evaluated like a tuned model (what the registry takes).
+    student_dir = out_dir / STUDENT
+    shutil.rmtree(student_dir, ignore_errors=True)
+    shutil.copytree(variants[chosen], student_dir)
+    # What the features need at serving time travels with the model, as with a tuned one.
+    ds_dir = versioning.version_dir(root, ds_name, ds_version)
+    if (ds_dir / "segment_medians.parquet").is_file():
+        shutil.copy2(ds_dir / "segment_medians.parquet", student_dir / "segment_medians.parquet")
+    mjson = json.loads((student_dir / METADATA_FILE).read_text())
+    mjson.update({"valid_mae": final_mae, "variant": chosen, "family": "dnn",
+                  "params": _student_config(cfg), "experiment": str(out_dir),
+                  "gtfs_stops": versioning.load_manifest(root, ds_name, ds_version).get("gtfs_stops")})
+    (student_dir / METADATA_FILE).write_text(json.dumps(mjson, indent=2, default=str))
+    pred = load_predictor(student_dir)(test)
+    teacher_pred = load_predictor(teacher_dir)(test)
+    rep = evaluate.report(test, {STUDENT: pred, "teacher": teacher_pred, **evaluate.baseline_predictions(test)})
+    (student_dir / "eval.json").write_text(json.dumps({"split": "test", "dataset": ds_version, "model_name": STUDENT,
+                                                       "report": rep}, indent=1))
+    ref = next((r for r in rows if r["family"] == "dnn" and r["model"] in ("teacher", "dnn (tuned)")), None)
+    final_row = next(r for r in rows if r["model"] == chosen)
+    goals = None
+    if ref is not None:
+        goals = {"reference": ref["model"],
+                 "fewer_params_x": ref["params"] / max(1, final_row["nonzero_params"]),
+                 "faster_b256_x": ref["model_ms_b256"] / final_row["model_ms_b256"],
+                 "mae_vs_teacher_x": final_row["test_mae"] / rows[0]["test_mae"]}
+    report = {"rows": rows, "chosen": chosen, "decisions": decisions, "goals": goals,
+              "training_rows": n_rows, "unlabeled_rows": n_unlabeled, "label_s": label_s, "train_s": train_s,
+              "student_dir": str(student_dir), "teacher": str(teacher_dir), "dataset": ds_version,
+              "eval": rep, "config": asdict(cfg)}
+    (out_dir / "compression.json").write_text(json.dumps(report, indent=1, default=str))
+    return report

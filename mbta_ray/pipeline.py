@@ -1,0 +1,94 @@
+"""The main job in one call: ETL -> tune -> distill -> evaluate -> register -> promote.
+
+``mbta-ray pipeline`` (and ``make run``) runs it on the embedded real data with a small default
+budget; every stage is the same code the stage's own command runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mbta_ray.distill import DistillConfig
+
+
+@dataclass
+class PipelineSettings:
+    root: str = "artifacts"
+    registry: str | None = None  # default: root
+    model_name: str = "travel-time"
+    inputs: list[str] | None = None  # default: the embedded real samples
+    samples: dict[str, int] = field(default_factory=lambda: {"xgboost": 4, "dnn": 3})
+    max_concurrent: int = 1
+    seed: int = 0
+    metric: str = "mae"
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    space_file: str | None = None
+    wandb: bool = False
+    early_stopping: bool = True
+    #: The student is the candidate when its valid MAE is within this share of the teacher's
+    #: (it is smaller and faster); otherwise the teacher is.
+    student_tolerance: float = 0.05
+
+    def __post_init__(self) -> None:  # fail before the long stages, not after them
+        from mbta_ray.registry import METRIC_MODES
+
+        if self.metric not in METRIC_MODES:
+            raise ValueError(f"--metric must be one of {sorted(METRIC_MODES)}, got {self.metric!r}")
+
+
+def choose_candidate(teacher: dict, student: dict, tolerance: float) -> str:
+    """'student' or 'teacher', decided on validation MAE (the test split stays for the gate)."""
+    return "student" if student["valid_mae"] <= teacher["valid_mae"] * (1 + tolerance) else "teacher"
+
+
+def run(settings: PipelineSettings, progress: Callable[[str], None] = print) -> dict:
+    from mbta_ray import distill, etl
+    from mbta_ray.registry import Registry, dataset_rescorer, evaluation_of
+    from mbta_ray.tune import TuneSettings, run_search
+
+    root = Path(settings.root)
+    progress("[1/5] ingest: the embedded real MBTA data -> a versioned feature dataset")
+    ds = etl.ingest(settings.inputs, root=root)
+    progress(f"      dataset {ds.name}/{ds.version} ({'created' if ds.created else 'already there'})")
+
+    results = []
+    for family, n in settings.samples.items():
+        if n <= 0:
+            continue
+        progress(f"[2/5] tune {family}: {n} BayesOpt trials, each a Ray Train run")
+        ts = TuneSettings(family=family, num_samples=n, max_concurrent=settings.max_concurrent, seed=settings.seed,
+                          storage=str(root / "experiments"), space_file=settings.space_file, wandb=settings.wandb,
+                          early_stopping=settings.early_stopping)
+        results.append(run_search(ts, root, ds.version))
+        progress(f"      best {family}: valid MAE {results[-1]['best_valid_mae']:.1f} s")
+    if not results:
+        raise ValueError("pipeline: no model family has trials (samples are all 0)")
+
+    progress("[3/5] distill: the best model teaches a small MLP (Ray Data labels, Ray Train fits)")
+    teacher_dir = distill.pick_teacher([r["model_dir"] for r in results])
+    dnn_ref = next((r["model_dir"] for r in results if r["family"] == "dnn"), None)
+    comp = distill.run(teacher_dir, root, ds.version, Path(teacher_dir).parent.parent / f"distill-{ds.version[:8]}",
+                       settings.distill, dnn_reference=dnn_ref)
+    progress(f"      student: {comp['chosen']}, test MAE {comp['eval']['student']['overall']['mae']:.1f} s "
+             f"(teacher {comp['eval']['teacher']['overall']['mae']:.1f} s)")
+
+    progress("[4/5] register: teacher and student go into the registry with their test metrics")
+    reg = Registry(settings.registry or root, settings.model_name)
+    versions = {}
+    for label, folder in (("teacher", Path(teacher_dir)), ("student", Path(comp["student_dir"]))):
+        versions[label] = reg.register(folder, evaluation=evaluation_of(folder), extra={"pipeline_role": label})
+    teacher_meta = json.loads((Path(teacher_dir) / "metadata.json").read_text())
+    student_meta = json.loads((Path(comp["student_dir"]) / "metadata.json").read_text())
+    pick = choose_candidate(teacher_meta, student_meta, settings.student_tolerance)
+    candidate = versions[pick]["version"]
+
+    progress(f"[5/5] promote: candidate {pick} {candidate} against production on {settings.metric}")
+    decision = reg.promote(candidate, metric=settings.metric, rescore=dataset_rescorer(reg, root))
+    return {"dataset": {"name": ds.name, "version": ds.version, "created": ds.created,
+                        "counts": ds.manifest["counts"]},
+            "tune": results, "compression": comp, "registered": {k: v["version"] for k, v in versions.items()},
+            "candidate": {"role": pick, "version": candidate}, "decision": decision.as_dict(),
+            "production": reg.production(), "registry": reg.base}

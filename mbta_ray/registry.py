@@ -1,0 +1,407 @@
+"""Model registry: ``<root>/registry/<model>/<version>/``, a ``production`` pointer and an audit log.
+
+``root`` is a local folder or a URI that pyarrow.fs opens (``file://``, ``gs://``, ``s3://``; a
+mounted volume is a local folder), so a RayJob on a cluster writes where a RayService reads.
+
+- A version holds the packaged model files (safe formats only) and ``metadata.json``: family,
+  params, metrics on a named test split, dataset version, code version, created_at and the sha256
+  of every file. ``metadata.json`` is written last: a version without it is incomplete and ignored.
+- ``production.json`` is the pointer and the deploy record the server reads (model, version,
+  family, metrics, dataset, promoted_at). It is replaced in one step (temp file + rename locally, a
+  single object write on object stores), so a crash mid-promotion leaves the old pointer intact.
+- ``audit/`` gets one new JSON file per promotion decision (accepted, refused or forced); entries
+  are never rewritten, so the log is append-only on every filesystem.
+- Loading verifies every file's checksum: a corrupt or missing model file is refused by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+logger = logging.getLogger(__name__)
+
+METADATA = "metadata.json"
+PRODUCTION = "production.json"
+AUDIT_DIR = "audit"
+DEFAULT_MODEL = "travel-time"
+#: What a version may hold: XGBoost UBJSON, JSON, parquet, and torch state dicts of plain tensors
+#: (``.pt``, only ever loaded with ``torch.load(weights_only=True)``). Nothing that unpickles objects.
+SAFE_SUFFIXES = (".ubj", ".json", ".parquet", ".pt", ".safetensors")
+#: Metrics a promotion can be decided on, and which direction is better.
+METRIC_MODES = {"mae": "min", "rmse": "min", "bias_abs": "min", "r2": "max", "accurate": "max"}
+
+
+class RegistryError(RuntimeError):
+    """A registry operation cannot go on; the message says what and where."""
+
+
+class CorruptModel(RegistryError):
+    """A model version's files are missing or do not match their recorded checksums."""
+
+
+def code_version() -> str:
+    """Digest of the package's source: which code built (and can rebuild) a model."""
+    base = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(base.rglob("*.py")):
+        digest.update(path.relative_to(base).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _pause(point: str) -> None:
+    """Crash-test hook: ``MBTA_RAY_PAUSE_AT=<point>:<seconds>`` sleeps here so a test can kill -9
+    the process at a known step. Does nothing otherwise."""
+    spec = os.environ.get("MBTA_RAY_PAUSE_AT", "")
+    if spec.startswith(point + ":"):
+        print(f"paused at {point}", flush=True)
+        time.sleep(float(spec.split(":", 1)[1]))
+
+
+@dataclass
+class Decision:
+    """The outcome of ``promote``: what was decided and why (also the audit entry)."""
+
+    accepted: bool
+    candidate: str
+    production_before: str | None
+    metric: str
+    candidate_value: float | None
+    production_value: float | None
+    forced: bool
+    reason: str
+    dataset: dict | None
+    at: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Registry:
+    """One logical model's versions under ``<root>/registry/<model>/``."""
+
+    def __init__(self, root: str | Path, model: str = DEFAULT_MODEL, filesystem: pafs.FileSystem | None = None) -> None:
+        """``filesystem``: use this pyarrow filesystem with ``root`` as a path in it (instead of
+        resolving ``root`` as a URI), e.g. an fsspec filesystem wrapped in ``pafs.PyFileSystem``."""
+        root = str(root)
+        if filesystem is not None:
+            self.fs, base = filesystem, root
+        elif "://" in root:
+            self.fs, base = pafs.FileSystem.from_uri(root)
+        else:
+            self.fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
+        self.root_uri = root
+        self.model = model
+        self.base = f"{base.rstrip('/')}/registry/{model}"
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.root_uri!r}, model={self.model!r})"
+
+    # --- small filesystem helpers --------------------------------------------------------------
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.base, *parts])
+
+    def _exists(self, path: str) -> bool:
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def _read_json(self, path: str) -> dict:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{path}: not found") from exc
+        except json.JSONDecodeError as exc:
+            raise CorruptModel(f"{path}: not valid JSON ({exc})") from exc
+
+    def _write_json_atomically(self, path: str, data: dict) -> None:
+        """Temp file, then one rename (local) or one object write (object stores)."""
+        payload = json.dumps(data, indent=2, default=str).encode()
+        if not self.local:
+            with self.fs.open_output_stream(path) as f:  # an object PUT is all or nothing
+                f.write(payload)
+            return
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        _pause("before_replace")
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a mix
+
+    # --- versions ------------------------------------------------------------------------------
+
+    def register(self, model_dir: str | Path, *, evaluation: dict, extra: dict | None = None) -> dict:
+        """Copy a packaged model folder in as a new version; returns its metadata.
+
+        ``evaluation`` = {"dataset": {"name", "version"}, "split": "test", "metrics": {...overall},
+        "by_mode": {...}} -- the numbers promotion compares.
+        """
+        model_dir = Path(model_dir)
+        packaged = model_dir / METADATA
+        if not packaged.is_file():
+            raise RegistryError(f"{model_dir}: not a packaged model folder (no {METADATA})")
+        files = {p.name: _sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != METADATA}
+        unsafe = sorted(n for n in files if not n.endswith(SAFE_SUFFIXES))
+        if unsafe:
+            raise RegistryError(f"{model_dir}: refusing files that are not in a safe model format: {unsafe} "
+                                f"(allowed: {', '.join(SAFE_SUFFIXES)})")
+        content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        created = _now()
+        version = f"{created:%Y%m%dT%H%M%S}-{content[:8]}"
+        meta = {**json.loads(packaged.read_text()), **(extra or {})}
+        meta.update({"model": self.model, "version": version, "created_at": created.isoformat(),
+                     "code_version": code_version(), "evaluation": evaluation, "files": files})
+        folder = self._path(version)
+        if self._exists(f"{folder}/{METADATA}"):
+            raise RegistryError(f"{folder}: this version is already registered")
+        self.fs.create_dir(folder, recursive=True)
+        for name in files:
+            with open(model_dir / name, "rb") as src, self.fs.open_output_stream(f"{folder}/{name}") as dst:
+                dst.write(src.read())
+        self._write_json_atomically(f"{folder}/{METADATA}", meta)  # last: marks the version complete
+        return meta
+
+    def versions(self) -> list[dict]:
+        """Metadata of complete versions, oldest first."""
+        if not self._exists(self.base):
+            return []
+        out = []
+        for info in self.fs.get_file_info(pafs.FileSelector(self.base)):
+            if info.type == pafs.FileType.Directory and info.base_name != AUDIT_DIR:
+                meta_path = f"{info.path}/{METADATA}"
+                if self._exists(meta_path):
+                    try:
+                        out.append(self._read_json(meta_path))
+                    except RegistryError as exc:  # one broken version must not hide the others
+                        logger.warning("skipping %s: %s", info.path, exc)
+        return sorted(out, key=lambda m: m["created_at"])
+
+    def metadata(self, version: str) -> dict:
+        path = self._path(version, METADATA)
+        if not self._exists(path):
+            known = [m["version"] for m in self.versions()]
+            raise RegistryError(f"{self}: no version {version!r} (known: {known[-5:] or 'none'})")
+        return self._read_json(path)
+
+    def fetch(self, version: str, cache: str | Path | None = None) -> Path:
+        """A verified local folder of the version's files (the folder itself when the registry is
+        local; else a copy under ``cache``). Raises ``CorruptModel`` naming a missing or altered file."""
+        meta = self.metadata(version)
+        files = meta.get("files") or {}
+        if not files:
+            raise CorruptModel(f"{self._path(version, METADATA)}: lists no model files")
+        if self.local:
+            folder = Path(self._path(version))
+        else:
+            folder = Path(cache or Path.home() / ".cache" / "mbta_ray" / "registry") / self.model / version
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in files:
+                try:
+                    with self.fs.open_input_stream(self._path(version, name)) as src:
+                        (folder / name).write_bytes(src.read())
+                except FileNotFoundError as exc:
+                    raise CorruptModel(f"{self._path(version, name)}: model file missing") from exc
+            (folder / METADATA).write_text(json.dumps(meta, indent=2, default=str))
+        for name, digest in files.items():
+            path = folder / name
+            if not path.is_file():
+                raise CorruptModel(f"{self._path(version, name)}: model file missing")
+            if _sha256_file(path) != digest:
+                raise CorruptModel(f"{self._path(version, name)}: checksum mismatch (the file was altered or "
+                                   "truncated); refusing to load it")
+        return folder
+
+    def load_predictor(self, version: str, cache: str | Path | None = None):
+        """``models.load_predictor`` on a verified copy of the version."""
+        from mbta_ray.models import load_predictor
+
+        folder = self.fetch(version, cache)
+        try:
+            return load_predictor(folder)
+        except Exception as exc:  # a file that passes its checksum can still be the wrong kind
+            raise CorruptModel(f"{self._path(version)}: cannot load the model: {exc}") from exc
+
+    # --- production pointer and audit log ------------------------------------------------------
+
+    def production(self) -> dict | None:
+        """The deploy record of the production model, or None before the first promotion."""
+        path = self._path(PRODUCTION)
+        return self._read_json(path) if self._exists(path) else None
+
+    def audit_log(self) -> list[dict]:
+        folder = self._path(AUDIT_DIR)
+        if not self._exists(folder):
+            return []
+        entries = [self._read_json(i.path) for i in self.fs.get_file_info(pafs.FileSelector(folder))
+                   if i.base_name.endswith(".json")]
+        return sorted(entries, key=lambda e: e["at"])
+
+    def _audit(self, decision: Decision) -> None:
+        self.fs.create_dir(self._path(AUDIT_DIR), recursive=True)
+        name = f"{decision.at.replace(':', '')}-{uuid.uuid4().hex[:8]}.json"
+        with self.fs.open_output_stream(self._path(AUDIT_DIR, name)) as f:
+            f.write(json.dumps(decision.as_dict(), indent=2, default=str).encode())
+
+    def promote(self, version: str, *, metric: str = "mae", force: bool = False, reason: str | None = None,
+                rescore=None) -> Decision:
+        """Make ``version`` production if it beats the current production model on ``metric`` over the
+        same test split (or when forced, with a reason). Every decision goes to the audit log, before
+        the pointer moves (a crash in between leaves a logged decision to re-run, never a silent switch).
+
+        When production was scored on another dataset than the candidate, ``rescore(version, dataset)``
+        must return production's metrics on the candidate's split; without it the promotion is refused.
+        Promotions of one model are serialized (a lock locally; on object stores the pointer is re-read
+        before the write and a concurrent change refuses this promotion).
+        """
+        if metric not in METRIC_MODES:
+            raise RegistryError(f"--metric must be one of {sorted(METRIC_MODES)}, got {metric!r}")
+        if force and not (reason and reason.strip()):
+            raise RegistryError("--force needs --reason \"...\" (it is written to the audit log)")
+        with self._promotion_lock():
+            return self._promote_locked(version, metric, force, reason, rescore)
+
+    def _promote_locked(self, version: str, metric: str, force: bool, reason: str | None, rescore) -> Decision:
+        cand = self.metadata(version)
+        self.fetch(version)  # never promote a model that would not load
+        ev = cand.get("evaluation") or {}
+        cand_value = _metric(ev.get("metrics", {}), metric)
+        where = f"{(ev.get('dataset') or {}).get('version')} / {ev.get('split')}"
+        try:
+            prod = self.production()
+            prod_ev = (self.metadata(prod["version"]).get("evaluation") or {}) if prod else {}
+        except RegistryError as exc:  # a broken production record must not block a forced rollback
+            if not force:
+                raise RegistryError(f"cannot read the production model ({exc}); use --force --reason to replace it") from exc
+            prod, prod_ev, broken = None, {}, str(exc)
+        else:
+            broken = None
+        prod_value, why = None, ""
+        if prod is None:
+            accepted, why = True, f"production record unreadable: {broken}" if broken else "no production model yet"
+        elif cand_value is None:
+            accepted, why = False, f"the candidate has no {metric} on {where}"
+        else:
+            same_split = prod_ev.get("dataset") == ev.get("dataset") and prod_ev.get("split") == ev.get("split")
+            if same_split:
+                prod_value = _metric(prod_ev.get("metrics", {}), metric)
+            elif rescore is not None and ev.get("dataset"):
+                prod_value = _metric(rescore(prod["version"], ev["dataset"]) or {}, metric)
+            if prod_value is None:
+                accepted = False
+                why = (f"production {prod['version']} has no {metric} on {where}" if same_split else
+                       f"cannot compare: production {prod['version']} was scored on "
+                       f"{(prod_ev.get('dataset') or {}).get('version')} and the candidate on {where}, and "
+                       "production could not be re-scored there (is that dataset under --root?)")
+            else:
+                better = cand_value < prod_value if METRIC_MODES[metric] == "min" else cand_value > prod_value
+                accepted = bool(better)
+                op = ("<" if better else ">=") if METRIC_MODES[metric] == "min" else (">" if better else "<=")
+                why = f"candidate {metric} {cand_value:.3f} {op} production {metric} {prod_value:.3f} on {where}"
+        if force:
+            accepted, why = True, f"forced: {reason.strip()} (the gate said: {why})"
+        decision = Decision(accepted=accepted, candidate=version,
+                            production_before=prod["version"] if prod else None, metric=metric,
+                            candidate_value=cand_value, production_value=prod_value, forced=bool(force),
+                            reason=why, dataset=ev.get("dataset"), at=_now().isoformat())
+        self._audit(decision)
+        if accepted and not (prod and prod["version"] == version):
+            if not self.local and (self.production() or {}).get("version") != (prod or {}).get("version"):
+                raise RegistryError(f"production changed while promoting {version}; run the promotion again")
+            self._write_json_atomically(self._path(PRODUCTION), {
+                "model": self.model, "version": version, "family": cand.get("family"),
+                "metrics": ev.get("metrics"), "by_mode": ev.get("by_mode"), "dataset": ev.get("dataset"),
+                "split": ev.get("split"), "promoted_at": decision.at, "forced": bool(force),
+                "registry": self.root_uri, "path": self._path(version),
+            })
+        return decision
+
+    @contextlib.contextmanager
+    def _promotion_lock(self):
+        """An exclusive lock per model while deciding and switching (local registries). flock is
+        released by the kernel when the holder dies, so a kill -9 never leaves a stale lock."""
+        if not self.local:
+            yield
+            return
+        import fcntl
+
+        os.makedirs(self.base, exist_ok=True)
+        with open(self._path(".promote.lock"), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def evaluation_of(model_dir: str | Path) -> dict:
+    """The evaluation record of a packaged model folder, from the ``eval.json`` that ``tune`` (or
+    ``distill``) wrote beside it: the model's test metrics overall and by mode, and the split."""
+    model_dir = Path(model_dir)
+    path, meta_path = model_dir / "eval.json", model_dir / METADATA
+    for p in (meta_path, path):
+        if not p.is_file():
+            raise RegistryError(f"{p}: missing; register a packaged, evaluated model folder "
+                                "(e.g. <experiment>/best or <distill>/student)")
+    try:
+        ev, meta = json.loads(path.read_text()), json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"{model_dir}: eval.json or metadata.json is not valid JSON ({exc})") from exc
+    name = ev.get("model_name", meta.get("family"))
+    entry = (ev.get("report") or {}).get(name)
+    if not entry or "overall" not in entry:
+        raise RegistryError(f"{path}: the report has no metrics for {name!r} (has {sorted(ev.get('report') or {})})")
+    return {"dataset": meta.get("dataset"), "split": ev.get("split", "test"), "metrics": entry["overall"],
+            "by_mode": entry.get("by_mode", {}),
+            "baselines": {k: v["overall"] for k, v in ev["report"].items() if k != name and "overall" in v}}
+
+
+def dataset_rescorer(reg: "Registry", root: str | Path):
+    """A ``rescore`` for ``promote``: a registry version's test metrics on a dataset under ``root``
+    (None when that dataset is not there)."""
+    def rescore(version: str, dataset: dict) -> dict | None:
+        from mbta_ray import evaluate, versioning
+        from mbta_ray.models.data import load_split_pandas
+        from mbta_ray.schema import TARGET
+
+        try:
+            test = load_split_pandas(root, dataset["version"], "test", dataset.get("name"))
+        except (versioning.VersionNotFound, FileNotFoundError, KeyError):
+            return None
+        pred = reg.load_predictor(version)(test)
+        return evaluate.metrics(pred, test[TARGET].to_numpy(dtype="float64"))
+    return rescore
+
+
+def _metric(metrics: dict, name: str) -> float | None:
+    if name == "bias_abs":
+        v = metrics.get("bias")
+        v = abs(v) if v is not None else None
+    else:
+        v = metrics.get(name)
+    return float(v) if v is not None and math.isfinite(float(v)) else None

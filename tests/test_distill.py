@@ -1,0 +1,127 @@
+"""Distillation pieces (unlabeled pairs, pruning, int8 storage) and the whole pipeline on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from mbta_ray import distill, pipeline
+from mbta_ray.distill import DistillConfig, reobserve
+from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.models import dnn
+from mbta_ray.registry import Registry
+from mbta_ray.schema import TARGET
+from mbta_ray.synth import write_synthetic
+from tests.test_tune import TINY_SPACE
+
+
+def test_distill_options_are_checked_by_name():
+    with pytest.raises(ValueError, match=r"blend=1.5 must be within \[0.0, 1.0\]"):
+        DistillConfig(blend=1.5)
+    with pytest.raises(ValueError, match=r"softening=0 must be > 0"):
+        DistillConfig(softening=0)
+
+
+def test_reobserved_pairs_shift_time_consistently_and_have_no_target():
+    """The vehicle seen at u `shift` s later: delay and headway at u grow by the shift, the schedule
+    and the segment do not change, and there is no arrival at s to learn from."""
+    batch = pd.DataFrame({
+        "mode": ["bus"], "route_id": ["1"], "direction_id": [0], "from_stop_id": ["a"], "to_stop_id": ["b"],
+        "stops_ahead": [1], "service_date": [pd.Timestamp("2024-08-11").date()],
+        "actual_arrival_u": pd.to_datetime(["2024-08-11T14:00:30Z"]),
+        "scheduled_arrival_u": pd.to_datetime(["2024-08-11T14:00:00Z"]),
+        "scheduled_arrival_s": pd.to_datetime(["2024-08-11T14:05:00Z"]),
+        "actual_arrival_s": pd.to_datetime(["2024-08-11T14:06:00Z"]),
+        "delay_prev": [10.0], "headway_u": [600.0], "scheduled_headway_u": [600.0],
+        "distance_m": [850.0], "hist_median_travel_s": [310.0], "delay_u": [30.0],
+        "scheduled_seconds_ahead": [300.0], TARGET: [330.0],
+    })
+    out = reobserve(batch, copies=3, shift_sd_s=120.0, seed=0)
+    assert len(out) == 3 and out[TARGET].isna().all()
+    shift = (out["actual_arrival_u"] - batch["actual_arrival_u"][0]).dt.total_seconds()
+    assert (shift != 0).any()
+    np.testing.assert_allclose(out["delay_u"], 30.0 + shift)
+    np.testing.assert_allclose(out["headway_u"], 600.0 + shift)
+    assert (out["scheduled_seconds_ahead"] == 300.0).all() and (out["distance_m"] == 850.0).all()
+    assert (out["hist_median_travel_s"] == 310.0).all() and list(out.columns) == list(batch.columns)
+    # Never seen before the previous vehicle left u: the headway stays positive.
+    short = reobserve(batch.assign(headway_u=60.0), copies=50, shift_sd_s=300.0, seed=1)
+    assert (short["headway_u"] >= 30.0).all() and (short["headway_u"] < 60.0).any()
+
+
+def _tiny_model(quantized: bool = False) -> dnn.DelayMLP:
+    torch.manual_seed(0)
+    arch = dnn.Architecture(cardinalities=[4, 5, 3, 6, 6], numeric_width=7, hidden=[16], max_embedding_dim=3,
+                            residual=True, quantized=quantized)
+    return dnn.DelayMLP(arch).eval()
+
+
+def _inputs(n: int = 64):
+    g = torch.Generator().manual_seed(1)
+    cats = torch.stack([torch.randint(0, c, (n,), generator=g) for c in [4, 5, 3, 6, 6]], dim=1)
+    return cats, torch.randn(n, 7, generator=g), torch.full((n,), 300.0)
+
+
+def test_int8_student_is_stored_as_int8_and_loads_safely(tmp_path):
+    model = _tiny_model(quantized=True)
+    dnn.save(model, tmp_path)
+    state = torch.load(tmp_path / dnn.WEIGHTS_FILE, weights_only=True)
+    assert any(v.dtype == torch.int8 for v in state.values())
+    assert not any(k.endswith(".weight") and k.startswith("mlp.") for k in state)  # no float copies
+    loaded = dnn.load(tmp_path)
+    with torch.no_grad():
+        direct = dnn.quantize(model)(*_inputs())
+        again = loaded(*_inputs())
+        exact = model(*_inputs())
+    np.testing.assert_allclose(again.numpy(), direct.numpy(), rtol=1e-6)  # the same int8 weights
+    assert float((again - exact).abs().mean()) < 30.0  # int8 stays close to the float model
+
+
+def test_pruning_zeroes_the_requested_share_of_linear_weights():
+    model = _tiny_model()
+    pruned = distill.prune(model, 0.5)
+    weights = [m.weight for m in pruned.modules() if isinstance(m, torch.nn.Linear)]
+    total = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert abs(zeros / total - 0.5) < 0.02
+    params, nonzero = distill.parameter_counts(pruned)
+    assert params == distill.parameter_counts(model)[0] and nonzero < params
+
+
+def test_pipeline_end_to_end_on_a_tiny_budget(ray_local, tmp_path):
+    """ingest -> tune (both families) -> distill -> register -> promote (the gate itself, refusals and
+    forced promotions are tested in test_registry)."""
+    data = write_synthetic(tmp_path / "synth", 3000, seed=5, files=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE))
+    settings = pipeline.PipelineSettings(
+        root=str(tmp_path / "root"), inputs=[str(p) for p in data.paths], samples={"xgboost": 1, "dnn": 1},
+        space_file=str(space), distill=DistillConfig(epochs=1, hidden=[8]))
+    out = pipeline.run(settings, progress=lambda m: None)
+
+    comp = out["compression"]
+    names = [r["model"] for r in comp["rows"]]
+    assert names[0] == "teacher" and {"student", "student_pruned", "student_int8"} <= set(names)
+    for r in comp["rows"]:
+        for key in ("params", "nonzero_params", "file_bytes", "model_ms_b1", "model_ms_b256", "test_mae"):
+            assert np.isfinite(r[key]) and r[key] > 0, (r["model"], key)
+    assert comp["unlabeled_rows"] > 0 and comp["training_rows"] > comp["unlabeled_rows"]
+    assert sum(r.get("kept", False) for r in comp["rows"]) == 1
+    saved = json.loads((Path(comp["student_dir"]).parent / "compression.json").read_text())
+    assert saved["chosen"] == comp["chosen"]
+
+    assert out["decision"]["accepted"] and "no production model yet" in out["decision"]["reason"]
+    reg = Registry(tmp_path / "root")
+    prod = reg.production()
+    assert prod["version"] == out["candidate"]["version"] and prod["dataset"]["version"] == out["dataset"]["version"]
+    assert {m["version"] for m in reg.versions()} == set(out["registered"].values())
+    from mbta_ray.models.data import load_split_pandas
+
+    test = load_split_pandas(tmp_path / "root", out["dataset"]["version"], "test")
+    assert np.isfinite(reg.load_predictor(prod["version"])(test)).all()

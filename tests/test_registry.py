@@ -1,0 +1,234 @@
+"""Model registry and promotion gate: real model files, real subprocesses, no Ray needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.models import package
+from mbta_ray.models import xgboost_model
+from mbta_ray.registry import CorruptModel, Registry, RegistryError, evaluation_of
+from mbta_ray.schema import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
+
+DATASET = {"name": "mbta", "version": "d" * 16}
+
+
+def example_rows(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({c: rng.normal(size=n) for c in NUMERIC_FEATURES})
+    for c in CATEGORICAL_FEATURES:
+        df[c] = rng.choice(["a", "b", "c"], size=n)
+    df["mode"] = rng.choice(["bus", "subway"], size=n)
+    df["scheduled_seconds_ahead"] = rng.uniform(60, 900, size=n)
+    df[TARGET] = df["scheduled_seconds_ahead"] + 30 * df["delay_u"] + rng.normal(0, 20, size=n)
+    return df
+
+
+def make_model(folder: Path, mae: float, rounds: int = 5) -> Path:
+    """A real (tiny) XGBoost model folder as `tune` packages it, with an eval.json claiming ``mae``."""
+    df = example_rows()
+    enc = FeatureEncoder.fit(df)
+    booster = xgb.train({"objective": "reg:absoluteerror", "base_score": 0.0, "nthread": 1},
+                        xgboost_model._dmatrix(df, enc, residual=True), num_boost_round=rounds)
+    booster.set_attr(**{xgboost_model.PRIOR_ATTR: "1"})
+    ckpt = folder / "ckpt"
+    ckpt.mkdir(parents=True)
+    booster.save_model(str(ckpt / xgboost_model.MODEL_FILE))
+    out = package("xgboost", ckpt, enc, folder / "best", {"params": {"rounds": rounds}, "dataset": DATASET})
+    m = {"n": 100, "mae": mae, "rmse": mae * 1.5, "r2": 0.8, "bias": 1.0, "accurate": 0.8}
+    (out / "eval.json").write_text(json.dumps({"split": "test", "dataset": DATASET["version"],
+                                               "report": {"xgboost": {"overall": m, "by_mode": {"bus": m}},
+                                                          "persistence": {"overall": {**m, "mae": 130.0}}}}))
+    return out
+
+
+def register(reg: Registry, tmp_path: Path, name: str, mae: float) -> str:
+    model_dir = make_model(tmp_path / name, mae)
+    return reg.register(model_dir, evaluation=evaluation_of(model_dir))["version"]
+
+
+def test_register_records_metadata_and_loads_verified(tmp_path):
+    reg = Registry(tmp_path / "root")
+    v = register(reg, tmp_path, "m1", 100.0)
+    meta = reg.metadata(v)
+    assert meta["family"] == "xgboost" and meta["dataset"] == DATASET
+    assert meta["evaluation"]["metrics"]["mae"] == 100.0 and meta["evaluation"]["split"] == "test"
+    assert meta["evaluation"]["baselines"]["persistence"]["mae"] == 130.0
+    assert set(meta["files"]) == {"model.ubj", "encoder.json", "eval.json"}
+    assert meta["code_version"] and meta["created_at"] and meta["params"] == {"rounds": 5}
+    assert [m["version"] for m in reg.versions()] == [v]
+    pred = reg.load_predictor(v)(example_rows(10, seed=1))
+    assert pred.shape == (10,) and np.isfinite(pred).all()
+
+
+def test_corrupt_or_missing_model_file_is_refused(tmp_path):
+    reg = Registry(tmp_path / "root")
+    v = register(reg, tmp_path, "m1", 100.0)
+    model_file = Path(reg.base) / v / "model.ubj"
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    with pytest.raises(CorruptModel, match=r"model.ubj: checksum mismatch"):
+        reg.load_predictor(v)
+    model_file.unlink()
+    with pytest.raises(CorruptModel, match=r"model.ubj: model file missing"):
+        reg.fetch(v)
+    with pytest.raises(RegistryError, match=r"no version 'nope'"):
+        reg.metadata("nope")
+
+
+def test_promotion_gate_accepts_refuses_and_logs_forced(tmp_path):
+    reg = Registry(tmp_path / "root")
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    v_worse = register(reg, tmp_path, "m2", 105.0)
+    v_better = register(reg, tmp_path, "m3", 90.0)
+
+    d = reg.promote(v1)
+    assert d.accepted and "no production model yet" in d.reason
+    assert reg.production()["version"] == v1
+
+    d = reg.promote(v_worse)
+    assert not d.accepted and reg.production()["version"] == v1
+    assert "105.000 >= production mae 100.000" in d.reason  # both numbers shown
+
+    with pytest.raises(RegistryError, match="--force needs --reason"):
+        reg.promote(v_worse, force=True)
+    d = reg.promote(v_worse, force=True, reason="rollback drill")
+    assert d.accepted and d.forced and reg.production()["version"] == v_worse
+    assert "forced: rollback drill" in d.reason
+
+    d = reg.promote(v_better, metric="mae")
+    assert d.accepted and reg.production()["version"] == v_better
+    prod = reg.production()
+    assert prod["metrics"]["mae"] == 90.0 and prod["dataset"] == DATASET and prod["family"] == "xgboost"
+
+    log = reg.audit_log()
+    assert [(e["candidate"], e["accepted"], e["forced"]) for e in log] == [
+        (v1, True, False), (v_worse, False, False), (v_worse, True, True), (v_better, True, False)]
+    assert reg.promote(v1, metric="accurate").accepted is False  # equal is not better
+    with pytest.raises(RegistryError, match="--metric must be one of"):
+        reg.promote(v1, metric="speed")
+
+
+def test_kill_9_mid_promotion_leaves_production_intact(tmp_path):
+    """A real `mbta-ray promote` process is SIGKILLed after writing the new pointer's temp file and
+    before the rename: the old production model is still the pointer and still loads."""
+    root = tmp_path / "root"
+    reg = Registry(root)
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    v2 = register(reg, tmp_path, "m2", 90.0)
+    reg.promote(v1)
+    before = (Path(reg.base) / "production.json").read_bytes()
+    env = {**os.environ, "MBTA_RAY_PAUSE_AT": "before_replace:60"}
+    proc = subprocess.Popen([sys.executable, "-m", "mbta_ray.cli", "promote", v2, "--root", str(root)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "paused at before_replace" in line, line
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert list(Path(reg.base).glob("production.json.tmp-*"))  # it really was mid-write
+    assert (Path(reg.base) / "production.json").read_bytes() == before
+    assert reg.production()["version"] == v1
+    assert np.isfinite(reg.load_predictor(v1)(example_rows(5))).all()
+    # and the interrupted promotion can simply be run again
+    assert reg.promote(v2).accepted and reg.production()["version"] == v2
+
+
+def test_registry_on_a_uri(tmp_path):
+    """The same registry through pyarrow.fs on a URI (file:// here; gs:// and s3:// on clusters)."""
+    reg = Registry(f"file://{tmp_path / 'remote'}")
+    v = register(reg, tmp_path, "m1", 100.0)
+    assert reg.promote(v).accepted
+    same = Registry(f"file://{tmp_path / 'remote'}")
+    assert same.production()["version"] == v
+    assert np.isfinite(same.load_predictor(v, cache=tmp_path / "cache")(example_rows(5))).all()
+
+
+def test_registry_on_an_object_store_filesystem(tmp_path):
+    """The object-store code path (no rename: single-object writes), on fsspec's in-memory store."""
+    import fsspec
+    import pyarrow.fs as pafs
+
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("memory")))
+    reg = Registry(f"/bucket-{tmp_path.name}", filesystem=fs)
+    assert not reg.local
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    v2 = register(reg, tmp_path, "m2", 120.0)
+    assert reg.promote(v1).accepted and not reg.promote(v2).accepted
+    assert reg.production()["version"] == v1 and len(reg.audit_log()) == 2
+    assert np.isfinite(reg.load_predictor(v1, cache=tmp_path / "cache")(example_rows(5))).all()
+    with fs.open_output_stream(f"{reg.base}/{v1}/encoder.json") as f:
+        f.write(b"{}")
+    with pytest.raises(CorruptModel, match="encoder.json: checksum mismatch"):
+        reg.fetch(v1, cache=tmp_path / "cache2")
+
+
+def test_forced_rollback_works_over_a_broken_production_record(tmp_path):
+    reg = Registry(tmp_path / "root")
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    v2 = register(reg, tmp_path, "m2", 110.0)
+    reg.promote(v1)
+    (Path(reg.base) / "production.json").write_text("{not json")
+    with pytest.raises(RegistryError, match="cannot read the production model .*--force --reason"):
+        reg.promote(v2)
+    d = reg.promote(v2, force=True, reason="production record damaged")
+    assert d.accepted and "production record unreadable" in d.reason
+    assert reg.production()["version"] == v2
+
+
+def test_concurrent_promotions_are_serialized(tmp_path):
+    """Two promotions at once: the second decides against the first one's result, not the old one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reg = Registry(tmp_path / "root")
+    v0 = register(reg, tmp_path, "m0", 100.0)
+    better = [register(reg, tmp_path, f"m{i}", mae) for i, mae in ((1, 90.0), (2, 80.0))]
+    reg.promote(v0)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda v: Registry(tmp_path / "root").promote(v), better))
+    log = reg.audit_log()[1:]
+    assert sorted(e["production_before"] for e in log if e["accepted"]) != [v0, v0]
+    assert reg.production()["version"] == better[1]  # the best one wins whatever the order
+
+
+def test_unsafe_files_and_bad_folders_are_refused_by_name(tmp_path):
+    reg = Registry(tmp_path / "root")
+    model_dir = make_model(tmp_path / "m1", 100.0)
+    (model_dir / "model.pkl").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(RegistryError, match=r"not in a safe model format: \['model.pkl'\]"):
+        reg.register(model_dir, evaluation=evaluation_of(model_dir))
+    with pytest.raises(RegistryError, match=r"metadata.json: missing; register a packaged"):
+        evaluation_of(tmp_path)
+    (model_dir / "model.pkl").unlink()
+    meta = reg.register(model_dir, evaluation=evaluation_of(model_dir))
+    (Path(reg.base) / meta["version"] / "metadata.json").unlink()  # an incomplete version is ignored
+    assert reg.versions() == []
+
+
+def test_production_on_another_dataset_is_rescored_or_refused(tmp_path):
+    reg = Registry(tmp_path / "root")
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    reg.promote(v1)
+    other = make_model(tmp_path / "m2", 90.0)
+    meta = json.loads((other / "metadata.json").read_text())
+    meta["dataset"] = {"name": "mbta", "version": "e" * 16}
+    (other / "metadata.json").write_text(json.dumps(meta))
+    v2 = reg.register(other, evaluation=evaluation_of(other))["version"]
+    d = reg.promote(v2)  # no way to score production on the new dataset
+    assert not d.accepted and "cannot compare" in d.reason
+    d = reg.promote(v2, rescore=lambda version, dataset: {"mae": 95.0} if version == v1 else None)
+    assert d.accepted and "90.000 < production mae 95.000" in d.reason
