@@ -34,7 +34,7 @@ import ray.train
 import torch
 from torch import nn
 
-from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.encoding import DEFAULT_CLIP_SD, FeatureEncoder
 from mbta_ray.models import ENCODER_FILE, METADATA_FILE, dnn, load_predictor, package
 from mbta_ray.models.resources import WorkerResources
 from mbta_ray.schema import EXAMPLE_COLUMNS, TARGET
@@ -193,10 +193,11 @@ def _latency_ms(fn, inputs, repeats: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def measure(name: str, model_dir: Path, test: pd.DataFrame, encoder: FeatureEncoder, repeats: int = 30) -> dict:
+def measure(name: str, model_dir: Path, test: pd.DataFrame, repeats: int = 30) -> dict:
     """Parameters, file size, model latency on encoded inputs at batch 1 and 256 (1 thread, CPU),
     end-to-end latency from example rows, and test MAE of a packaged model folder."""
     meta = json.loads((model_dir / METADATA_FILE).read_text())
+    encoder = FeatureEncoder.load(model_dir / ENCODER_FILE)
     family = meta["family"]
     files = [p for p in model_dir.iterdir() if p.suffix in (".ubj", ".pt", ".json") and p.name not in
              (ENCODER_FILE, METADATA_FILE, "eval.json")]
@@ -273,7 +274,10 @@ def run(teacher_dir: str | Path, root: str | Path, dataset: str, out_dir: str | 
     if resources is None:  # one worker with all CPUs but the one Ray Data needs to feed it
         resources = WorkerResources(1, max(0.5, ray.cluster_resources().get("CPU", 2.0) - 1.0))
     out_dir.mkdir(parents=True, exist_ok=True)
-    encoder = FeatureEncoder.load(teacher_dir / ENCODER_FILE)  # same vocabularies as the teacher
+    # The teacher's vocabularies and scalers, with today's outlier clipping (the student is new, and
+    # clipping is what keeps its int8 variant accurate, whatever encoder the teacher was saved with).
+    encoder = FeatureEncoder.load(teacher_dir / ENCODER_FILE)
+    encoder.clip_sd = DEFAULT_CLIP_SD
 
     t0 = time.perf_counter()
     train = load_split(root, ds_version, "train", ds_name, columns=list(EXAMPLE_COLUMNS))
@@ -338,12 +342,12 @@ def run(teacher_dir: str | Path, root: str | Path, dataset: str, out_dir: str | 
     chosen = "student_int8" if q_mae <= limit else ("student_pruned" if final is pruned else "student")
     final_mae = q_mae if chosen == "student_int8" else final_mae
 
-    rows = [measure("teacher", teacher_dir, test, encoder)]
+    rows = [measure("teacher", teacher_dir, test)]
     teacher_family = rows[0]["family"]
     if dnn_reference and teacher_family != "dnn":
-        rows.append(measure("dnn (tuned)", Path(dnn_reference).resolve(), test, FeatureEncoder.load(Path(dnn_reference) / ENCODER_FILE)))
+        rows.append(measure("dnn (tuned)", Path(dnn_reference).resolve(), test))
     for name, folder in variants.items():
-        rows.append({**measure(name, folder, test, encoder), "kept": name == chosen})
+        rows.append({**measure(name, folder, test), "kept": name == chosen})
 
     # The chosen student, packaged and evaluated like a tuned model (what the registry takes).
     student_dir = out_dir / STUDENT

@@ -362,9 +362,8 @@ def inspect_stops(stops_path: str | None) -> dict | None:
     path = os.path.abspath(stops_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: GTFS stops file not found")
-    from mbta_ray.sources import _sha256  # one checksum implementation
 
-    return {"path": path, "sha256": _sha256(path)}
+    return {"path": path, "sha256": versioning.sha256_file(path)}
 
 
 def _run(files: list[InputFile], stops_path: str | None, config: EtlConfig, out: Path) -> dict:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from mbta_ray.versioning import sha256_file
+
 logger = logging.getLogger(__name__)
 
 METADATA = "metadata.json"
@@ -59,14 +61,6 @@ def code_version() -> str:
         digest.update(path.relative_to(base).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _now() -> dt.datetime:
@@ -166,7 +160,7 @@ class Registry:
         packaged = model_dir / METADATA
         if not packaged.is_file():
             raise RegistryError(f"{model_dir}: not a packaged model folder (no {METADATA})")
-        files = {p.name: _sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != METADATA}
+        files = {p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != METADATA}
         unsafe = sorted(n for n in files if not n.endswith(SAFE_SUFFIXES))
         if unsafe:
             raise RegistryError(f"{model_dir}: refusing files that are not in a safe model format: {unsafe} "
@@ -232,7 +226,7 @@ class Registry:
             path = folder / name
             if not path.is_file():
                 raise CorruptModel(f"{self._path(version, name)}: model file missing")
-            if _sha256_file(path) != digest:
+            if sha256_file(path) != digest:
                 raise CorruptModel(f"{self._path(version, name)}: checksum mismatch (the file was altered or "
                                    "truncated); refusing to load it")
         return folder

@@ -40,7 +40,6 @@ the sample came from), whatever ``n_events`` is.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -54,6 +53,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mbta_ray.timeutil import service_day_origin, service_seconds_to_utc
+from mbta_ray.versioning import sha256_file
 
 #: Every synthetic trip id starts with this, so nobody mistakes a synthetic trip for a real one.
 SYNTH_PREFIX = "SYNTH-"
@@ -184,14 +184,6 @@ def _quantiles(values: np.ndarray) -> list[float]:
     return [float(x) for x in np.quantile(values, np.linspace(0, 1, _N_QUANTILES))]
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _mode(values: pd.Series):
     counts = values.dropna().value_counts()
     return None if counts.empty else counts.index[0]
@@ -319,7 +311,7 @@ def fit_profile(lamp_path: str | Path = DEFAULT_LAMP_SAMPLE) -> SynthProfile:
     predicted = [(trips_share * lengths * q).sum() / (trips_share * (1 - (1 - q) ** lengths)).sum() for q in grid]
     q = float(grid[int(np.argmin(np.abs(np.array(predicted) - observed)))])
     return SynthProfile(
-        source={"file": lamp_path.name, "sha256": _sha256(lamp_path), "rows": len(df),
+        source={"file": lamp_path.name, "sha256": sha256_file(lamp_path), "rows": len(df),
                 "service_dates": sorted(int(x) for x in df["service_date"].dropna().unique())},
         patterns=patterns,
         delay=delay_models,

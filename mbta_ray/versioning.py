@@ -26,6 +26,15 @@ class VersionNotFound(LookupError):
     """No dataset version matches."""
 
 
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes (streamed): the one checksum of inputs and model files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def compute_version(input_checksums: list[tuple[str, str]], config: dict,
                     code_version: str = FEATURE_CODE_VERSION) -> str:
     """Content hash of (role/format, sha256) of every input, the config and the feature code version.

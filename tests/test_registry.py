@@ -232,3 +232,30 @@ def test_production_on_another_dataset_is_rescored_or_refused(tmp_path):
     assert not d.accepted and "cannot compare" in d.reason
     d = reg.promote(v2, rescore=lambda version, dataset: {"mae": 95.0} if version == v1 else None)
     assert d.accepted and "90.000 < production mae 95.000" in d.reason
+
+
+def test_registry_cli_register_list_promote_audit(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    runner = CliRunner()
+    root = str(tmp_path / "root")
+    good, bad = make_model(tmp_path / "good", 100.0), make_model(tmp_path / "bad", 120.0)
+    versions = []
+    for folder in (good, bad):
+        res = runner.invoke(app, ["registry", "register", str(folder), "--root", root])
+        assert res.exit_code == 0, res.output
+        versions.append(res.output.split("registered travel-time/")[1].split()[0])
+    res = runner.invoke(app, ["promote", versions[0], "--root", root])
+    assert res.exit_code == 0 and "promoted" in res.output
+    res = runner.invoke(app, ["promote", versions[1], "--root", root])
+    assert res.exit_code == 1 and "refused" in res.output and "120.000 >= production mae 100.000" in res.output
+    res = runner.invoke(app, ["promote", versions[1], "--root", root, "--force"])
+    assert res.exit_code == 2 and "--force needs --reason" in res.output
+    res = runner.invoke(app, ["registry", "list", "--root", root])
+    assert res.exit_code == 0 and versions[0] in res.output and "yes" in res.output
+    res = runner.invoke(app, ["registry", "audit", "--root", root])
+    assert res.exit_code == 0 and "accepted" in res.output and "refused" in res.output
+    res = runner.invoke(app, ["registry", "register", str(tmp_path), "--root", root])
+    assert res.exit_code == 2 and "metadata.json: missing" in res.output

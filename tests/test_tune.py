@@ -191,3 +191,29 @@ def test_category_codes_do_not_depend_on_nulls_in_the_batch():
     j = list(enc.vocab).index("direction_id")
     assert enc.codes(train)[:, j].tolist() == [1, 2]
     assert enc.codes(batch)[:, j].tolist() == [2, 0]
+
+
+def test_standardized_numerics_are_clipped_and_old_encoders_are_not(tmp_path):
+    """Outliers are clipped at 5 sd (a quantized student's activation range); an encoder saved
+    without the setting keeps its old behaviour (no clipping) when loaded."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from mbta_ray.encoding import FeatureEncoder
+    from mbta_ray.schema import FEATURE_NAMES, NUMERIC_FEATURES
+
+    train = pd.DataFrame({c: np.r_[np.zeros(99), 1.0] for c in FEATURE_NAMES})
+    for c in ("mode", "route_id", "from_stop_id", "to_stop_id", "direction_id"):
+        train[c] = "a"
+    enc = FeatureEncoder.fit(train)
+    z = enc.numeric(train)[:, list(NUMERIC_FEATURES).index("delay_u")]
+    assert z.max() == pytest.approx(5.0) and z.min() > -1  # the outlier is 9.9 sd out
+    enc.save(tmp_path / "enc.json")
+    assert FeatureEncoder.load(tmp_path / "enc.json").clip_sd == 5.0
+    old = json.loads((tmp_path / "enc.json").read_text())
+    del old["clip_sd"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    z_old = FeatureEncoder.load(tmp_path / "old.json").numeric(train)[:, list(NUMERIC_FEATURES).index("delay_u")]
+    assert z_old.max() == pytest.approx(9.95, abs=0.01)

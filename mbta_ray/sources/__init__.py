@@ -8,7 +8,6 @@ carrying its file and 0-based row so a quarantined row can be found in the sourc
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mbta_ray.schema import QUARANTINE_SCHEMA, Reason, conform
+from mbta_ray.versioning import sha256_file
 from mbta_ray.sources import gtfsrt, lamp, massdot, tm
 from mbta_ray.sources.base import Reader
 
@@ -47,14 +47,6 @@ class InputFile:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _container(path: str) -> str:
@@ -113,7 +105,7 @@ def inspect_input(path: str, fmt: str | None = None) -> InputFile:
             raise InputError(f"{path}: not a valid {fmt!r} file: missing columns {missing}")
     if num_rows == 0:
         raise InputError(f"{path}: file has no rows")
-    return InputFile(path, reader.name, container, _sha256(path), os.path.getsize(path), num_rows)
+    return InputFile(path, reader.name, container, sha256_file(path), os.path.getsize(path), num_rows)
 
 
 def plan_pieces(inp: InputFile) -> list[dict]:
