@@ -52,7 +52,8 @@ def main() -> None:
     d, g = rep["decisions"], rep["goals"]
     lines += ["", f"Student valid MAE {d['student_valid_mae']:.1f} (limit for compression {d['limit']:.1f}); pruning "
               f"{d['pruned']['amount']:.0%}: valid {d['pruned']['valid_mae']:.1f} -> "
-              f"{'kept' if d['pruned']['kept'] else 'dropped'}; int8: valid {d['quantized']['valid_mae']:.1f} -> "
+              f"{'kept' if d['pruned']['kept'] else 'dropped'}; int8: valid {d['quantized']['valid_mae']:.1f}, "
+              f"{d['quantized']['ms_b256']:.3f} vs {d['quantized']['float_ms_b256']:.3f} ms float at batch 256 -> "
               f"{'kept' if d['quantized']['kept'] else 'dropped'}. Training rows {rep['training_rows']:,} "
               f"({rep['unlabeled_rows']:,} unlabeled, teacher-labeled); labeling {rep['label_s']:.0f} s, "
               f"student training {rep['train_s']:.0f} s."]

@@ -259,7 +259,8 @@ def _print_compression(report: dict) -> None:
     d = report["decisions"]
     console.print(f"pruning ({d['pruned']['amount']:.0%} of linear weights): valid MAE {d['pruned']['valid_mae']:.1f} vs "
                   f"limit {d['limit']:.1f} -> {'kept' if d['pruned']['kept'] else 'dropped'}; int8 quantization: valid MAE "
-                  f"{d['quantized']['valid_mae']:.1f} -> {'kept' if d['quantized']['kept'] else 'dropped'}")
+                  f"{d['quantized']['valid_mae']:.1f}, {d['quantized']['ms_b256']:.3f} vs {d['quantized']['float_ms_b256']:.3f} "
+                  f"ms float at batch 256 -> {'kept' if d['quantized']['kept'] else 'dropped'}")
     g = report.get("goals")
     if g:
         console.print(f"student vs {g['reference']}: {g['fewer_params_x']:.1f}x fewer parameters, "

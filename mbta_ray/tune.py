@@ -30,6 +30,7 @@ from mbta_ray.models.resources import WorkerResources
 logger = logging.getLogger(__name__)
 FAMILIES = {"xgboost": xgboost_model, "dnn": dnn}
 METRIC = "valid-mae"
+CHECKPOINT_PATH = "checkpoint_path"  # what TuneReportCallback adds to a report with a checkpoint
 
 
 #: CPUs left free while trials run: Ray Data's read tasks (1 CPU each) feed the Train workers from
@@ -173,13 +174,21 @@ def restore(path: str, settings: TuneSettings, datasets: dict[str, ray.data.Data
     return tune.Tuner.restore(str(Path(path).resolve()), trainable=trainable, resume_errored=True)
 
 
-def best_checkpoint_dir(result: tune.ResultGrid) -> tuple[str, dict]:
-    """Folder of the best trial's best checkpoint (written by its Trainer) and its metrics."""
-    best = result.get_best_result(metric=METRIC, mode="min")
-    path = best.metrics.get("checkpoint_path")
-    if not path:
+def best_checkpoint_dir(result: tune.ResultGrid) -> tuple[str, dict, tune.Result]:
+    """The best checkpoint of the search: trials ranked by their best report (scope "all": a DNN
+    trial's last epoch need not be its best), then that trial's best report that carries a
+    checkpoint still on disk (Train keeps the best by valid MAE). Returns its folder, that report's
+    metrics and the trial's result."""
+    best = result.get_best_result(metric=METRIC, mode="min", scope="all")
+    df = best.metrics_dataframe
+    if df is None or CHECKPOINT_PATH not in df:
         raise RuntimeError(f"best trial {best.path} reported no checkpoint")
-    return path, best.metrics
+    rows = df[df[CHECKPOINT_PATH].notna() & df[METRIC].notna()]
+    rows = rows[[os.path.isdir(p) for p in rows[CHECKPOINT_PATH]]]
+    if rows.empty:
+        raise RuntimeError(f"best trial {best.path}: none of its checkpoints is on disk")
+    row = rows.loc[rows[METRIC].idxmin()]
+    return str(row[CHECKPOINT_PATH]), {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}, best
 
 
 # --- the whole search: data, tuner, results, best model, evaluation --------------------------------
@@ -242,8 +251,7 @@ def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: s
     if trials.empty or METRIC not in trials:
         raise RuntimeError(f"no trial finished in {exp_dir}; errors: {errors[:3]}")
 
-    best_ckpt, best_metrics = best_checkpoint_dir(grid)
-    best = grid.get_best_result(metric=METRIC, mode="min")
+    best_ckpt, best_metrics, best = best_checkpoint_dir(grid)
     spec = search_space.load(settings.space_file)[settings.family]
     params = search_space.decode({k: v for k, v in best.config.items()}, spec)
     model_dir = package(settings.family, best_ckpt, encoder, exp_dir / "best", {

@@ -104,6 +104,10 @@ def test_tune_end_to_end(tiny_dataset, family):
     assert len(pred) == len(test)
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["family"] == family and meta["dataset"]["version"] == version
+    # The packaged checkpoint is the search's best report, not the best trial's last one.
+    import pandas as pd
+
+    assert meta["valid_mae"] <= pd.read_csv(exp / "results.csv")["valid-mae"].min() + 1e-9
     if family == "xgboost":
         assert (model_dir / "model.ubj").is_file() and isinstance(meta["params"]["max_depth"], int)
     else:
