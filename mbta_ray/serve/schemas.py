@@ -1,0 +1,118 @@
+"""Request and response models of the prediction API (pydantic v2).
+
+Field names follow ``mbta_ray.schema`` (stop, route, direction, arrival times) so a request maps
+onto the same pair columns the ETL builds. Validation errors name the field and the reason (FastAPI
+turns them into 422s); limits keep one request cheap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from mbta_ray.schema import Mode
+
+#: At most this many stops ahead per request (the models were trained on 1..K, K = 10 by default;
+#: further stops are allowed but extrapolate).
+MAX_STOPS_AHEAD = 20
+#: A batch request holds at most this many vehicle requests.
+MAX_BATCH = 256
+#: Times further than this from the arrival at u are refused (a typo'd date, not a prediction).
+MAX_SCHEDULE_GAP = dt.timedelta(hours=6)
+EARLIEST = dt.datetime(2015, 1, 1, tzinfo=dt.timezone.utc)
+
+StopId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+RouteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\- ]+$")]
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must include a UTC offset, e.g. 2024-08-11T14:05:00-04:00")
+    if value < EARLIEST:
+        raise ValueError(f"is before {EARLIEST:%Y-%m-%d}: not a plausible observation time")
+    return value.astimezone(dt.timezone.utc)
+
+
+AwareTime = Annotated[dt.datetime, AfterValidator(_aware)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class StopAhead(_Strict):
+    """A stop the vehicle has not reached yet."""
+
+    stop_id: StopId
+    scheduled_arrival: AwareTime | None = Field(None, description="scheduled arrival at this stop, if known")
+
+
+class PreviousStop(_Strict):
+    """The stop observed before u on this trip (gives the delay trend)."""
+
+    stop_id: StopId
+    actual_arrival: AwareTime
+    scheduled_arrival: AwareTime | None = None
+
+
+class PredictRequest(_Strict):
+    """A vehicle's latest observation at stop u and the stops ahead to predict."""
+
+    route_id: RouteId
+    direction_id: Literal[0, 1]
+    stop_id: StopId = Field(description="stop u, where the vehicle was just observed")
+    actual_arrival: AwareTime = Field(description="when the vehicle arrived at u")
+    scheduled_arrival: AwareTime | None = Field(None, description="scheduled arrival at u, if known")
+    trip_id: Annotated[str, Field(max_length=128)] | None = None
+    mode: Mode | None = Field(None, description="default: from the route id (CR-*, subway lines, else bus)")
+    service_date: dt.date | None = Field(None, description="default: the GTFS service day of actual_arrival")
+    previous_stop: PreviousStop | None = None
+    headway_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    scheduled_headway_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = None
+    stops_ahead: Annotated[list[StopAhead], Field(min_length=1, max_length=MAX_STOPS_AHEAD)]
+
+    @model_validator(mode="after")
+    def _times_are_consistent(self) -> "PredictRequest":
+        now = dt.datetime.now(dt.timezone.utc)
+        if self.actual_arrival > now + dt.timedelta(days=1):
+            raise ValueError(f"actual_arrival {self.actual_arrival.isoformat()} is more than a day in the future")
+        for name, t in [("scheduled_arrival", self.scheduled_arrival)] + [
+                (f"stops_ahead[{i}].scheduled_arrival", s.scheduled_arrival) for i, s in enumerate(self.stops_ahead)]:
+            if t is not None and abs(t - self.actual_arrival) > MAX_SCHEDULE_GAP:
+                raise ValueError(f"{name} is more than {MAX_SCHEDULE_GAP} from actual_arrival")
+        if self.previous_stop is not None and self.previous_stop.actual_arrival > self.actual_arrival:
+            raise ValueError("previous_stop.actual_arrival is after actual_arrival at u")
+        ids = [s.stop_id for s in self.stops_ahead]
+        if self.stop_id in ids:
+            raise ValueError(f"stops_ahead contains stop u ({self.stop_id}) itself")
+        if len(set(ids)) != len(ids):
+            raise ValueError("stops_ahead lists a stop more than once")
+        return self
+
+
+class BatchRequest(_Strict):
+    requests: Annotated[list[PredictRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class StopPrediction(BaseModel):
+    stop_id: str
+    stops_ahead: int = Field(description="position after u (1 = the next stop)")
+    predicted_travel_seconds: float = Field(description="from the arrival at u to the arrival here")
+    predicted_arrival: dt.datetime
+    scheduled_arrival: dt.datetime | None = None
+    predicted_delay_seconds: float | None = Field(None, description="predicted - scheduled arrival, if scheduled")
+
+
+class PredictResponse(BaseModel):
+    route_id: str
+    trip_id: str | None
+    stop_id: str
+    model_version: str
+    predictions: list[StopPrediction]
+
+
+class BatchResponse(BaseModel):
+    model_version: str
+    responses: list[PredictResponse]

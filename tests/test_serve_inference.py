@@ -1,0 +1,112 @@
+"""Serving's request -> features -> prediction path, without Ray: parity with the ETL's features and
+offline predictions, and request validation that names the field."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from mbta_ray.features import compute_features, pair_events, segment_medians
+from mbta_ray.schema import FEATURE_NAMES, TARGET
+from mbta_ray.serve.inference import ModelRunner, service_date_of
+from mbta_ray.serve.schemas import MAX_STOPS_AHEAD, PredictRequest
+from tests.test_features import STOPS, events
+from tests.test_registry import make_model
+
+TRIP = [("A", 10, "2024-03-12T12:01:00Z", "2024-03-12T12:00:00Z"),
+        ("B", 20, "2024-03-12T12:06:30Z", "2024-03-12T12:05:00Z"),
+        ("C", 30, "2024-03-12T12:12:00Z", "2024-03-12T12:10:00Z"),
+        ("D", 40, "2024-03-12T12:20:00Z", None)]
+
+
+def request_at_b(**overrides) -> PredictRequest:
+    body = {
+        "route_id": "Red", "direction_id": 0, "trip_id": "T1", "stop_id": "B",
+        "actual_arrival": "2024-03-12T12:06:30Z", "scheduled_arrival": "2024-03-12T08:05:00-04:00",
+        "service_date": "2024-03-12", "headway_seconds": 300, "scheduled_headway_seconds": 360,
+        "previous_stop": {"stop_id": "A", "actual_arrival": "2024-03-12T12:01:00Z",
+                          "scheduled_arrival": "2024-03-12T12:00:00Z"},
+        "stops_ahead": [{"stop_id": "C", "scheduled_arrival": "2024-03-12T12:10:00Z"}, {"stop_id": "D"}],
+    }
+    body.update(overrides)
+    return PredictRequest.model_validate(body)
+
+
+@pytest.fixture()
+def offline(tmp_path):
+    """The ETL's example rows for this trip, and a model folder with those stops and medians."""
+    ev = events(TRIP, service_date="2024-03-12")
+    stops = pd.concat([STOPS.coords, pd.DataFrame({"lat": [42.02], "lon": [-71.0]},
+                                                  index=pd.Index(["D"], dtype="string"))])
+    from mbta_ray.gtfs import Stops
+
+    stops = Stops(stops)
+    pairs = pair_events(ev, k=3)
+    medians = segment_medians(compute_features(pairs, stops))
+    rows = compute_features(pairs, stops, medians)
+    stops_file = tmp_path / "stops.parquet"
+    stops.coords.rename(columns={"lat": "stop_lat", "lon": "stop_lon"}).rename_axis("stop_id").reset_index() \
+        .to_parquet(stops_file)
+    model_dir = make_model(tmp_path / "model", 100.0)
+    medians.to_parquet(model_dir / "segment_medians.parquet")
+    return rows, ModelRunner(model_dir, version="v-test", stops_path=str(stops_file))
+
+
+def test_request_features_equal_the_etl_features(offline):
+    rows, runner = offline
+    expected = rows[rows["from_stop_id"] == "B"].sort_values("stops_ahead").reset_index(drop=True)
+    got = runner.features([request_at_b()]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[list(FEATURE_NAMES)], expected[list(FEATURE_NAMES)], check_dtype=False)
+    assert got["mode"].tolist() == ["subway", "subway"]  # from the route id
+    # Without a service date the GTFS day is derived from the arrival (local time, 03:00 rollover).
+    derived = runner.features([request_at_b(service_date=None)]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(derived[list(FEATURE_NAMES)], got[list(FEATURE_NAMES)])
+
+
+def test_predictions_equal_offline_predictions(offline):
+    rows, runner = offline
+    expected = rows[rows["from_stop_id"] == "B"].sort_values("stops_ahead")
+    offline_pred = runner.predict_rows(expected)
+    (resp,) = runner.predict([request_at_b()])
+    assert resp.model_version == "v-test" and [p.stop_id for p in resp.predictions] == ["C", "D"]
+    np.testing.assert_allclose([p.predicted_travel_seconds for p in resp.predictions], offline_pred, atol=0.05)
+    c, d = resp.predictions
+    assert c.predicted_arrival == dt.datetime(2024, 3, 12, 12, 6, 30, tzinfo=dt.timezone.utc) + \
+        dt.timedelta(seconds=float(offline_pred[0]))
+    assert c.predicted_delay_seconds == pytest.approx(
+        (c.predicted_arrival - c.scheduled_arrival).total_seconds(), abs=0.05)
+    assert d.scheduled_arrival is None and d.predicted_delay_seconds is None
+    assert np.isfinite(expected[TARGET]).all()
+
+
+def test_service_day_rolls_over_at_3am_local():
+    assert service_date_of(dt.datetime(2024, 8, 12, 5, 30, tzinfo=dt.timezone.utc)) == dt.date(2024, 8, 11)  # 01:30 EDT
+    assert service_date_of(dt.datetime(2024, 8, 12, 7, 30, tzinfo=dt.timezone.utc)) == dt.date(2024, 8, 12)  # 03:30 EDT
+
+
+@pytest.mark.parametrize("override, where, why", [
+    ({"actual_arrival": "2024-03-12T12:06:30"}, "actual_arrival", "must include a UTC offset"),
+    ({"direction_id": 2}, "direction_id", "Input should be 0 or 1"),
+    ({"stops_ahead": []}, "stops_ahead", "at least 1 item"),
+    ({"stops_ahead": [{"stop_id": f"S{i}"} for i in range(MAX_STOPS_AHEAD + 1)]}, "stops_ahead", "at most 20 items"),
+    ({"stops_ahead": [{"stop_id": "C"}, {"stop_id": "C"}]}, "", "lists a stop more than once"),
+    ({"stops_ahead": [{"stop_id": "B"}]}, "", "contains stop u (B) itself"),
+    ({"stops_ahead": [{"stop_id": "C", "scheduled_arrival": "2024-03-14T12:10:00Z"}]}, "",
+     r"stops_ahead[0].scheduled_arrival is more than 6:00:00 from actual_arrival"),
+    ({"actual_arrival": "2099-01-01T00:00:00Z", "scheduled_arrival": None, "previous_stop": None,
+      "stops_ahead": [{"stop_id": "C"}]}, "", "more than a day in the future"),
+    ({"actual_arrival": "1999-01-01T00:00:00Z"}, "actual_arrival", "not a plausible observation time"),
+    ({"stop_id": "B; DROP TABLE"}, "stop_id", "String should match pattern"),
+    ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+    ({"headway_seconds": -5}, "headway_seconds", "greater than or equal to 0"),
+])
+def test_bad_requests_name_the_field_and_the_reason(override, where, why):
+    with pytest.raises(ValidationError) as err:
+        request_at_b(**override)
+    errors = err.value.errors()
+    assert any(where == ".".join(str(p) for p in e["loc"][:1]) or not where for e in errors), errors
+    assert any(why in e["msg"] for e in errors), errors
