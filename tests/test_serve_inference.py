@@ -90,7 +90,7 @@ def test_service_day_rolls_over_at_3am_local():
 
 @pytest.mark.parametrize("override, where, why", [
     ({"actual_arrival": "2024-03-12T12:06:30"}, "actual_arrival", "must include a UTC offset"),
-    ({"direction_id": 2}, "direction_id", "Input should be 0 or 1"),
+    ({"direction_id": 12}, "direction_id", "less than or equal to 9"),
     ({"stops_ahead": []}, "stops_ahead", "at least 1 item"),
     ({"stops_ahead": [{"stop_id": f"S{i}"} for i in range(MAX_STOPS_AHEAD + 1)]}, "stops_ahead", "at most 20 items"),
     ({"stops_ahead": [{"stop_id": "C"}, {"stop_id": "C"}]}, "", "lists a stop more than once"),

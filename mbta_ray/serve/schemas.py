@@ -8,7 +8,7 @@ turns them into 422s); limits keep one request cheap.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -61,7 +61,7 @@ class PredictRequest(_Strict):
     """A vehicle's latest observation at stop u and the stops ahead to predict."""
 
     route_id: RouteId
-    direction_id: Literal[0, 1]
+    direction_id: Annotated[int, Field(ge=0, le=9, description="GTFS direction 0/1 (TransitMaster data: its own 3/4)")]
     stop_id: StopId = Field(description="stop u, where the vehicle was just observed")
     actual_arrival: AwareTime = Field(description="when the vehicle arrived at u")
     scheduled_arrival: AwareTime | None = Field(None, description="scheduled arrival at u, if known")
