@@ -103,3 +103,26 @@ def test_bad_payloads_get_4xx_naming_the_problem(served, payload, status, needle
     bad["actual_arrival"] = "2024-03-12T12:06:30"  # no offset
     r = requests.post(f"{URL}/predict", json=bad, timeout=10)
     assert r.status_code == 422 and "actual_arrival" in r.text and "UTC offset" in r.text
+
+
+def test_serve_config_matches_the_code(tmp_path):
+    """serve_config.yaml is `serve build`'s output for the app, except the app name and the host."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "built.yaml"
+    subprocess.run([str(Path(sys.executable).parent / "serve"), "build", "mbta_ray.serve.app:app", "-o", str(out)],
+                   cwd=repo, check=True, capture_output=True, timeout=120)
+    built, ours = yaml.safe_load(out.read_text()), yaml.safe_load((repo / "serve_config.yaml").read_text())
+    assert ours["http_options"]["host"] == "127.0.0.1"
+    (b_app,), (o_app,) = built["applications"], ours["applications"]
+    assert o_app["name"] == "mbta"
+    for key in ("route_prefix", "import_path", "deployments"):
+        assert o_app[key] == b_app[key], key
+    for key in ("proxy_location", "grpc_options", "logging_config"):
+        assert ours[key] == built[key], key
+    assert ours["http_options"]["port"] == built["http_options"]["port"]

@@ -152,7 +152,8 @@ def build(args: dict[str, str] | None = None) -> serve.Application:
     """The application; ``args`` (from ``serve run ... key=value`` or a config) go to the model's
     user_config: registry, model_name, version."""
     args = dict(args or {})
-    config = {"registry": args.get("registry") or os.environ.get("MBTA_RAY_REGISTRY", os.path.abspath("artifacts")),
+    # Relative paths resolve in the replica's working directory (the repo root under `serve run`).
+    config = {"registry": args.get("registry") or os.environ.get("MBTA_RAY_REGISTRY", "artifacts"),
               "model_name": args.get("model_name", "travel-time"), "version": args.get("version", "production")}
     return Api.bind(Predictor.options(user_config=config).bind())
 
