@@ -335,6 +335,37 @@ def pipeline_cmd(
                   f"registry {out['registry']}; deploy record {out['registry']}/production.json")
 
 
+# --- serving --------------------------------------------------------------------------------------
+
+serve_app = typer.Typer(help="The Ray Serve application.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("reload")
+def serve_reload_cmd(
+    version: Annotated[str, typer.Option(help="Registry version, or 'production' (the pointer now).")] = "production",
+    registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
+    name: Annotated[str, typer.Option(help="Serve application name (serve_config.yaml: mbta).")] = "mbta",
+) -> None:
+    """Switch the running app to a model version in place (after `mbta-ray promote`)."""
+    import os
+
+    import ray
+
+    from mbta_ray.registry import RegistryError
+    from mbta_ray.serve.app import deploy
+
+    target = registry or str(root)
+    if "://" not in target:  # the replicas resolve paths in their own working directory
+        target = str(Path(target).resolve())
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="ERROR")
+    try:
+        v = deploy(target, version, model_name, name)
+    except RegistryError as exc:
+        _fail(str(exc))
+    console.print(f"[bold green]serving[/] {model_name}/{v} in app {name!r} (replicas reconfigured in place)")
+
+
 # --- registry and promotion ------------------------------------------------------------------------
 
 registry_app = typer.Typer(help="Model registry: versions, production pointer, audit log.", no_args_is_help=True)

@@ -126,3 +126,46 @@ def test_serve_config_matches_the_code(tmp_path):
     for key in ("proxy_location", "grpc_options", "logging_config"):
         assert ours[key] == built[key], key
     assert ours["http_options"]["port"] == built["http_options"]["port"]
+
+
+def test_hot_reload_while_requests_flow(served, tmp_path):
+    """Promote a new model and redeploy: every request in flight gets a 200, and the answers switch
+    from the old version to the new one without a restart."""
+    import threading
+
+    from mbta_ray.serve.app import deploy
+
+    reg = Registry(served)
+    if reg.production() is None:  # when run on its own
+        first = make_model(tmp_path / "m1", 100.0)
+        reg.promote(reg.register(first, evaluation=evaluation_of(first))["version"])
+    old = deploy(str(served))
+    model_dir = make_model(tmp_path / "m2", 50.0, rounds=12)
+    new = reg.register(model_dir, evaluation=evaluation_of(model_dir))["version"]
+    assert reg.promote(new).accepted and new != old
+
+    seen, failures, stop = [], [], threading.Event()
+
+    def load() -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                r = s.post(f"{URL}/predict", json=body(), timeout=30)
+                (seen.append(r.json()["model_version"]) if r.status_code == 200 else failures.append(r.text))
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        assert deploy(str(served)) == new
+        deadline = time.time() + 60
+        while time.time() < deadline and (not seen or seen[-1] != new):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not failures, failures[:3]
+    assert old in seen and seen[-1] == new
+    assert requests.get(f"{URL}/healthz", timeout=10).json()["model_version"] == new

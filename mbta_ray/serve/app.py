@@ -158,4 +158,24 @@ def build(args: dict[str, str] | None = None) -> serve.Application:
     return Api.bind(Predictor.options(user_config=config).bind())
 
 
+def deploy(registry: str, version: str = "production", model_name: str = "travel-time", name: str = "mbta",
+           route_prefix: str = "/") -> str:
+    """Deploy (or hot-reload) the app on the connected Ray cluster with a concrete model version.
+
+    "production" is resolved to the version the pointer names now, so after a promotion the
+    user_config changes and Serve calls ``Predictor.reconfigure`` on the running replicas: the
+    model is swapped in place, with no restart and no failed requests. Returns the version.
+    """
+    from mbta_ray.registry import Registry, RegistryError
+
+    if version == "production":
+        prod = Registry(registry, model_name).production()
+        if prod is None:
+            raise RegistryError(f"no production model in {registry} for {model_name!r}: promote one first")
+        version = prod["version"]
+    serve.run(build({"registry": registry, "model_name": model_name, "version": version}),
+              name=name, route_prefix=route_prefix, blocking=False)
+    return version
+
+
 app = build()
