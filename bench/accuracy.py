@@ -12,9 +12,7 @@ Appends a section to bench/RESULTS.md (``--no-record`` to skip).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -54,19 +52,14 @@ def main() -> None:
     lines = table(results)
     print("\n".join(lines))
     if not args.no_record:
-        cmd = "python bench/accuracy.py " + " ".join(sys.argv[1:])
-        head = [
-            "", f"### {dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}+00:00 -- `{cmd}`", "",
-            f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
-            f"{platform.python_version()}. Dataset {version} (embedded real data, time-ordered splits per "
-            f"source: test = the last 15 % of each source's trips). Each family: {args.samples} BayesOpt "
-            "trials (configs/tune.yaml), one at a time, 1 Ray Train worker; the best trial's model is "
-            "scored on the test split. MAE in seconds of travel time u -> s, on the test rows that every "
-            "model and baseline covers (persistence needs a schedule at u and s, the historical median a "
-            "segment seen in training).", "",
-        ]
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-            f.write("\n".join(head + lines) + "\n")
+        from results_md import append
+
+        append(f"Dataset {version} (embedded real data, time-ordered splits per source: test = the last "
+               f"15 % of each source's trips). Each family: {args.samples} BayesOpt trials "
+               "(configs/tune.yaml), one at a time, 1 Ray Train worker; the best trial's model is scored "
+               "on the test split. MAE in seconds of travel time u -> s, on the test rows that every model "
+               "and baseline covers (persistence needs a schedule at u and s, the historical median a "
+               "segment seen in training).", lines)
 
 
 def table(results: list[dict]) -> list[str]:

@@ -12,10 +12,8 @@ Appends a section to bench/RESULTS.md (``--no-record`` to skip).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -64,13 +62,10 @@ def main() -> None:
                      f"the teacher's (<= 1.05): {'met' if ok else 'NOT met'}.")
     print("\n".join(lines))
     if not args.no_record:
-        cmd = "python bench/compression.py " + " ".join(sys.argv[1:])
-        head = ["", f"### {dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}+00:00 -- `{cmd}`", "",
-                f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
-                f"{platform.python_version()}. Teacher {teacher} (lowest valid MAE of the given), dataset "
-                f"{version}; student: MLP, 4-wide embeddings, one hidden layer of 48, {args.epochs} epochs.", ""]
-        with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-            f.write("\n".join(head + lines) + "\n")
+        from results_md import append
+
+        append(f"Teacher {teacher} (lowest valid MAE of the given), dataset {version}; student: MLP, 4-wide "
+               f"embeddings, one hidden layer of 48, {args.epochs} epochs.", lines)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ Appends a section to bench/RESULTS.md (``--no-record`` to skip).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -144,14 +142,12 @@ def main() -> None:
 
 
 def record(args, version: str, rows: list[dict], s: dict, n_train: int) -> None:
-    cmd = "python bench/search_efficiency.py " + " ".join(sys.argv[1:])
+    from results_md import append
+
+    description = (f"Dataset {version} ({n_train:,} train rows, embedded real data). {args.trials} trials per "
+                   f"searcher and seed, {args.concurrent} at a time, rounds capped at {args.rounds} with early "
+                   f"stopping; BayesOpt starts with {args.random_steps} random trials. Wall {s['wall_s']:.0f} s.")
     lines = [
-        "", f"### {dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%S}+00:00 -- `{cmd}`", "",
-        f"Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
-        f"{platform.python_version()}. Dataset {version} ({n_train:,} train rows, embedded real data). "
-        f"{args.trials} trials per searcher and seed, {args.concurrent} at a time, rounds capped at "
-        f"{args.rounds} with early stopping; BayesOpt starts with {args.random_steps} random trials. "
-        f"Wall {s['wall_s']:.0f} s.", "",
         "| seed | random: final best valid MAE | reached at trial | BayesOpt: best valid MAE | reaches random's best at trial | within 0.5 %: random at | BayesOpt at |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -164,9 +160,8 @@ def record(args, version: str, rows: list[dict], s: dict, n_train: int) -> None:
     verdict = "met" if s["bayes_reached"] == s["seeds"] and s["ratio"] <= 0.6 else "NOT met"
     lines += ["", f"BayesOpt reached random search's final best in {s['bayes_reached']} of {s['seeds']} seeds; "
               f"mean trial {mb} vs random's {s['mean_random_at']:.1f} (sum ratio {s['ratio']:.2f} over the "
-              f"seeds it reached). Goal (<= 0.60 of random's trials, every seed): {verdict}.", ""]
-    with open(ROOT / "bench" / "RESULTS.md", "a") as f:
-        f.write("\n".join(lines))
+              f"seeds it reached). Goal (<= 0.60 of random's trials, every seed): {verdict}."]
+    append(description, lines)
 
 
 if __name__ == "__main__":
