@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -194,19 +195,26 @@ def _latency_ms(fn, inputs, repeats: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def _forward_ms(model: nn.Module, inputs, repeats: int = 50) -> float:
+@contextlib.contextmanager
+def _one_thread():
+    """Torch on one thread (a serving replica's share; also what makes runs comparable)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.no_grad():
-            return _latency_ms(lambda x: model(*x), inputs, repeats)
+        yield
     finally:
         torch.set_num_threads(threads)
 
 
-def measure(name: str, model_dir: Path, test: pd.DataFrame, repeats: int = 30) -> dict:
+def _forward_ms(model: nn.Module, inputs, repeats: int = 50) -> float:
+    with _one_thread(), torch.no_grad():
+        return _latency_ms(lambda x: model(*x), inputs, repeats)
+
+
+def measure(name: str, model_dir: Path, test: pd.DataFrame, repeats: int = 30) -> tuple[dict, np.ndarray]:
     """Parameters, file size, model latency on encoded inputs at batch 1 and 256 (1 thread, CPU),
-    end-to-end latency from example rows, and test MAE of a packaged model folder."""
+    end-to-end latency from example rows, and test MAE of a packaged model folder; returns the
+    row and the test predictions."""
     meta = json.loads((model_dir / METADATA_FILE).read_text())
     encoder = FeatureEncoder.load(model_dir / ENCODER_FILE)
     family = meta["family"]
@@ -216,35 +224,31 @@ def measure(name: str, model_dir: Path, test: pd.DataFrame, repeats: int = 30) -
     predictor = load_predictor(model_dir)
     pred = predictor(test)
     row["test_mae"] = float(np.nanmean(np.abs(pred - test[TARGET].to_numpy(dtype="float64"))))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a serving replica's share; also what makes runs comparable
-    try:
+    if family == "xgboost":
+        from mbta_ray.models import xgboost_model
+
+        booster = xgboost_model.load_booster(model_dir)
+        booster.set_param({"nthread": 1})
+        residual = booster.attr(xgboost_model.PRIOR_ATTR) == "1"
+        row["params"] = row["nonzero_params"] = _xgb_params(booster)
+
+        def model_ms(part: pd.DataFrame) -> float:
+            # inplace_predict on arrays: Booster.predict would serve a repeated DMatrix from its cache
+            margin = encoder.prior(part) if residual else None
+            return _latency_ms(lambda a: booster.inplace_predict(a, base_margin=margin),
+                               encoder.tree_matrix(part), repeats)
+    else:
+        model = dnn.load(model_dir)
+        row["params"], row["nonzero_params"] = parameter_counts(dnn.load(model_dir, as_float=True))
+
+        def model_ms(part: pd.DataFrame) -> float:
+            return _forward_ms(model, dnn.encode_inputs(part, encoder), repeats)
+    with _one_thread():
         for batch in (1, 256):
             part = test.iloc[:batch]
-            if family == "xgboost":
-                from mbta_ray.models import xgboost_model
-
-                booster = xgboost_model.load_booster(model_dir)
-                booster.set_param({"nthread": 1})
-                # inplace_predict on arrays: Booster.predict would serve a repeated DMatrix from its cache
-                x = encoder.tree_matrix(part)
-                margin = encoder.prior(part) if booster.attr(xgboost_model.PRIOR_ATTR) == "1" else None
-                row[f"model_ms_b{batch}"] = _latency_ms(
-                    lambda a: booster.inplace_predict(a, base_margin=margin), x, repeats)
-                if batch == 1:
-                    row["params"] = row["nonzero_params"] = _xgb_params(booster)
-            else:
-                model = dnn.load(model_dir)
-                inputs = dnn.encode_inputs(part, encoder)
-                with torch.no_grad():
-                    row[f"model_ms_b{batch}"] = _latency_ms(lambda x: model(*x), inputs, repeats)
-                if batch == 1:
-                    float_model = dnn.load(model_dir, as_float=True)
-                    row["params"], row["nonzero_params"] = parameter_counts(float_model)
+            row[f"model_ms_b{batch}"] = model_ms(part)
             row[f"end_to_end_ms_b{batch}"] = _latency_ms(predictor, part, max(5, repeats // 3))
-    finally:
-        torch.set_num_threads(threads)
-    return row
+    return row, pred
 
 
 def _xgb_params(booster) -> int:
@@ -359,12 +363,15 @@ def run(teacher_dir: str | Path, root: str | Path, dataset: str, out_dir: str | 
     chosen = "student_int8" if q_kept else ("student_pruned" if final is pruned else "student")
     final_mae = q_mae if chosen == "student_int8" else final_mae
 
-    rows = [measure("teacher", teacher_dir, test)]
-    teacher_family = rows[0]["family"]
-    if dnn_reference and teacher_family != "dnn":
-        rows.append(measure("dnn (tuned)", Path(dnn_reference).resolve(), test))
+    teacher_row, teacher_pred = measure("teacher", teacher_dir, test)
+    rows = [teacher_row]
+    if dnn_reference and teacher_row["family"] != "dnn":
+        rows.append(measure("dnn (tuned)", Path(dnn_reference).resolve(), test)[0])
     for name, folder in variants.items():
-        rows.append({**measure(name, folder, test), "kept": name == chosen})
+        row, variant_pred = measure(name, folder, test)
+        rows.append({**row, "kept": name == chosen})
+        if name == chosen:
+            pred = variant_pred  # the packaged student below is a copy of this variant
 
     # The chosen student, packaged and evaluated like a tuned model (what the registry takes).
     student_dir = out_dir / STUDENT
@@ -379,8 +386,6 @@ def run(teacher_dir: str | Path, root: str | Path, dataset: str, out_dir: str | 
                   "params": _student_config(cfg), "experiment": str(out_dir),
                   "gtfs_stops": versioning.load_manifest(root, ds_name, ds_version).get("gtfs_stops")})
     (student_dir / METADATA_FILE).write_text(json.dumps(mjson, indent=2, default=str))
-    pred = load_predictor(student_dir)(test)
-    teacher_pred = load_predictor(teacher_dir)(test)
     rep = evaluate.report(test, {STUDENT: pred, "teacher": teacher_pred, **evaluate.baseline_predictions(test)})
     (student_dir / "eval.json").write_text(json.dumps({"split": "test", "dataset": ds_version, "model_name": STUDENT,
                                                        "report": rep}, indent=1))
