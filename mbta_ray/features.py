@@ -120,7 +120,7 @@ def expected_pair_count(trip_sizes: np.ndarray, k: int) -> int:
 
 
 def compute_features(pairs: pd.DataFrame, stops: Stops | None = None,
-                     segment_medians: pd.DataFrame | None = None) -> pd.DataFrame:
+                     segment_medians: pd.DataFrame | pd.Series | None = None) -> pd.DataFrame:
     """Add the model features (``schema.FEATURES``) and, where s was observed, the target.
 
     Needs per row: mode, route_id, direction_id, from/to_stop_id, stops_ahead, service_date,
@@ -147,11 +147,27 @@ def compute_features(pairs: pd.DataFrame, stops: Stops | None = None,
     return out
 
 
-def add_segment_medians(df: pd.DataFrame, medians: pd.DataFrame | None) -> pd.DataFrame:
-    """Join the training split's median travel time per segment (NaN for unseen segments)."""
+def median_lookup(medians: pd.DataFrame) -> pd.Series:
+    """The segment medians as a Series keyed by ``SEGMENT_KEY``, for repeated lookups (serving)."""
+    keyed = medians.set_index(SEGMENT_KEY)[HIST_MEDIAN].astype("float64")
+    if not keyed.index.is_unique:
+        raise ValueError(f"segment medians repeat a segment ({', '.join(SEGMENT_KEY)})")
+    return keyed
+
+
+def add_segment_medians(df: pd.DataFrame, medians: pd.DataFrame | pd.Series | None) -> pd.DataFrame:
+    """Join the training split's median travel time per segment (NaN for unseen segments).
+
+    ``medians`` is the medians table or its ``median_lookup`` (built once, for many small calls).
+    """
     df = df.drop(columns=[HIST_MEDIAN], errors="ignore")
     if medians is None or medians.empty:
         df[HIST_MEDIAN] = np.nan
+        return df
+    if isinstance(medians, pd.Series):
+        keys = pd.MultiIndex.from_arrays([df[c].astype(medians.index.levels[i].dtype)
+                                          for i, c in enumerate(SEGMENT_KEY)], names=SEGMENT_KEY)
+        df[HIST_MEDIAN] = medians.reindex(keys).to_numpy(dtype="float64")
         return df
     keyed = medians[SEGMENT_KEY + [HIST_MEDIAN]]
     merged = df.merge(keyed, on=SEGMENT_KEY, how="left", validate="many_to_one")
@@ -186,4 +202,4 @@ def example_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 __all__ = ["FEATURE_NAMES", "pair_events", "travel_prior", "pair_positions", "compute_features", "segment_medians",
-           "expected_pair_count", "add_segment_medians", "example_frame"]
+           "expected_pair_count", "add_segment_medians", "median_lookup", "example_frame"]

@@ -26,9 +26,10 @@ DATASET = {"name": "mbta", "version": "d" * 16}
 def example_rows(n: int = 300, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     df = pd.DataFrame({c: rng.normal(size=n) for c in NUMERIC_FEATURES})
+    # Ids like the serving tests' trip (route Red, stops A-D), so a model built here can serve it.
+    values = {"route_id": ["Red", "Orange", "1"], "direction_id": [0, 1], "mode": ["bus", "subway"]}
     for c in CATEGORICAL_FEATURES:
-        df[c] = rng.choice(["a", "b", "c"], size=n)
-    df["mode"] = rng.choice(["bus", "subway"], size=n)
+        df[c] = rng.choice(values.get(c, ["A", "B", "C", "D"]), size=n)
     df["scheduled_seconds_ahead"] = rng.uniform(60, 900, size=n)
     df[TARGET] = df["scheduled_seconds_ahead"] + 30 * df["delay_u"] + rng.normal(0, 20, size=n)
     return df

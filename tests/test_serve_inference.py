@@ -75,8 +75,9 @@ def test_predictions_equal_offline_predictions(offline):
     assert resp.model_version == "v-test" and [p.stop_id for p in resp.predictions] == ["C", "D"]
     np.testing.assert_allclose([p.predicted_travel_seconds for p in resp.predictions], offline_pred, atol=0.05)
     c, d = resp.predictions
+    # The arrival is u's arrival plus the travel time shown (0.1 s), so a client can recompute it.
     assert c.predicted_arrival == dt.datetime(2024, 3, 12, 12, 6, 30, tzinfo=dt.timezone.utc) + \
-        dt.timedelta(seconds=float(offline_pred[0]))
+        dt.timedelta(seconds=c.predicted_travel_seconds)
     assert c.predicted_delay_seconds == pytest.approx(
         (c.predicted_arrival - c.scheduled_arrival).total_seconds(), abs=0.05)
     assert d.scheduled_arrival is None and d.predicted_delay_seconds is None
@@ -110,3 +111,29 @@ def test_bad_requests_name_the_field_and_the_reason(override, where, why):
     errors = err.value.errors()
     assert any(where == ".".join(str(p) for p in e["loc"][:1]) or not where for e in errors), errors
     assert any(why in e["msg"] for e in errors), errors
+
+
+def test_batched_predictions_equal_one_at_a_time(offline):
+    _, runner = offline
+    reqs = [request_at_b(), request_at_b(stop_id="A", previous_stop=None, actual_arrival="2024-03-12T12:01:00Z",
+                                         scheduled_arrival="2024-03-12T12:00:00Z",
+                                         stops_ahead=[{"stop_id": "B"}, {"stop_id": "C"}, {"stop_id": "D"}])]
+    together = runner.predict(reqs + reqs[:1])
+    alone = [runner.predict([r])[0] for r in reqs]
+    assert [r.model_dump() for r in together] == [r.model_dump() for r in alone + alone[:1]]
+    assert [p.stops_ahead for p in together[1].predictions] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("override, loc, kind", [
+    ({"route_id": "Purple"}, ["body", "route_id"], "unknown_route"),
+    ({"direction_id": 7}, ["body", "direction_id"], "unknown_direction"),
+    ({"stops_ahead": [{"stop_id": "C"}, {"stop_id": "nowhere"}]}, ["body", "stops_ahead", 1, "stop_id"], "unknown_stop"),
+    ({"stop_id": "Z9", "previous_stop": None}, ["body", "stop_id"], "unknown_stop"),
+])
+def test_inputs_the_model_cannot_handle_are_refused_by_name(offline, override, loc, kind):
+    _, runner = offline
+    assert runner.refusal(request_at_b()) is None
+    refusal = runner.refusal(request_at_b(**override))
+    assert refusal is not None and refusal.status == 422 and refusal.reason == kind
+    (error,) = refusal.detail
+    assert error["loc"] == loc and error["type"] == kind and "v-test" in error["msg"], error

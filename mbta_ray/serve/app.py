@@ -9,6 +9,10 @@
   the pointer); a redeploy with a new config reloads the model in place (``reconfigure``).
 - ``Api`` is the HTTP ingress: pydantic validation (422 naming the field), a body-size limit
   (413), 503 with a message while no model is loaded, and never a 5xx for anything a client sent.
+  Inputs the model cannot handle (a route it never saw, a stop without embedding or coordinates)
+  are refused by the Predictor with a 422 in the same format.
+- Custom metrics (``mbta_ray.serve.metrics``): predictions served, rejections by reason, the loaded
+  model version, batch sizes.
 """
 
 
@@ -17,18 +21,18 @@ import os
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from mbta_ray.serve import metrics
+from mbta_ray.serve.inference import Refusal
 from mbta_ray.serve.schemas import BatchRequest, BatchResponse, PredictRequest, PredictResponse
 
 logger = logging.getLogger("ray.serve")
 MAX_BODY_BYTES = 256 * 1024  # a full batch of 256 requests x 20 stops is ~200 KiB
-
-
-class NoModel(RuntimeError):
-    """No production model is loaded (yet)."""
 
 
 @serve.deployment(
@@ -60,7 +64,11 @@ class Predictor:
                     return
                 version = prod["version"]
             folder = reg.fetch(version)
+            previous = self.runner
             self.runner, self.error = ModelRunner(folder, version=version), None
+            if previous is not None and previous.version != version:
+                metrics.model_loaded().set(0, tags={"model_version": previous.version})
+            metrics.model_loaded().set(1, tags={"model_version": version})
             logger.info("loaded model %s from %s", version, reg.base)
         except RegistryError as exc:  # keep serving the model we had; report why the new one failed
             self.error = str(exc)
@@ -75,16 +83,30 @@ class Predictor:
                 "created_at": meta.get("created_at"), "error": self.error}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def predict(self, batches: list[list[PredictRequest]]) -> list[list[PredictResponse] | str]:
-        """One feature computation and model call for a batch; a str per item means no model."""
-        if self.runner is None:
-            return [self.error or "no model loaded" for _ in batches]
-        flat = [r for b in batches for r in b]
-        responses = self.runner.predict(flat)
-        out, i = [], 0
-        for b in batches:
-            out.append(responses[i:i + len(b)])
-            i += len(b)
+    async def predict(self, batches: list[list[PredictRequest]],
+                      locs: list[tuple]) -> list[list[PredictResponse] | Refusal]:
+        """One feature computation and model call for all callers' requests in the batch.
+
+        ``locs`` is where each caller's requests sit in its HTTP body (for error locations). A
+        caller whose input the model cannot handle gets a ``Refusal`` (returned, not raised: an
+        exception would fail every caller in the batch).
+        """
+        runner = self.runner  # one model for the whole batch, even if a reload lands meanwhile
+        if runner is None:
+            return [Refusal(503, self.error or "no model loaded", "no_model") for _ in batches]
+        out: list[list[PredictResponse] | Refusal | None] = []
+        for b, loc in zip(batches, locs):
+            refusals = [x for i, r in enumerate(b) if (x := runner.refusal(r, (*loc, i) if len(loc) > 1 else loc))]
+            out.append(Refusal(422, [e for x in refusals for e in x.detail], refusals[0].reason) if refusals else None)
+        accepted = [b for b, o in zip(batches, out) if o is None]
+        if accepted:
+            flat = [r for b in accepted for r in b]
+            metrics.batch_size().observe(len(flat))
+            responses = iter(runner.predict(flat))
+            out = [o if o is not None else [next(responses) for _ in b] for b, o in zip(batches, out)]
+            tags = {"model_version": runner.version}
+            metrics.requests_served().inc(len(flat), tags=tags)
+            metrics.predictions().inc(sum(len(r.stops_ahead) for r in flat), tags=tags)
         return out
 
 
@@ -96,13 +118,21 @@ api = FastAPI(title="mbta_ray predictions",
 async def _limit_body(request: Request, call_next):
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+        metrics.reject("body_too_large")
         return JSONResponse(status_code=413, content={"detail": f"body of {size} bytes is over the "
                                                                 f"{MAX_BODY_BYTES}-byte limit"})
     return await call_next(request)
 
 
-def _unavailable(exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"detail": str(exc)})
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    metrics.reject("validation")
+    return await request_validation_exception_handler(request, exc)
+
+
+def _refused(refusal: Refusal) -> JSONResponse:
+    metrics.reject(refusal.reason)
+    return JSONResponse(status_code=refusal.status, content={"detail": refusal.detail})
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25},
@@ -112,26 +142,21 @@ class Api:
     def __init__(self, predictor: DeploymentHandle) -> None:
         self.predictor = predictor
 
-    async def _predict(self, requests: list[PredictRequest]) -> list[PredictResponse]:
-        result = await self.predictor.predict.remote(requests)
-        if isinstance(result, str):
-            raise NoModel(result)
-        return result
-
-    @api.post("/predict", response_model=PredictResponse)
+    @api.post("/predict", response_model=PredictResponse,
+              responses={422: {"description": "invalid input, or a route/stop the model cannot handle"},
+                         503: {"description": "no model loaded yet"}})
     async def predict(self, body: PredictRequest):
-        try:
-            return (await self._predict([body]))[0]
-        except NoModel as exc:
-            return _unavailable(exc)
+        result = await self.predictor.predict.remote([body], ("body",))
+        return _refused(result) if isinstance(result, Refusal) else result[0]
 
-    @api.post("/predict/batch", response_model=BatchResponse)
+    @api.post("/predict/batch", response_model=BatchResponse,
+              responses={422: {"description": "invalid input, or a route/stop the model cannot handle"},
+                         503: {"description": "no model loaded yet"}})
     async def predict_batch(self, body: BatchRequest):
-        try:
-            responses = await self._predict(body.requests)
-        except NoModel as exc:
-            return _unavailable(exc)
-        return BatchResponse(model_version=responses[0].model_version, responses=responses)
+        result = await self.predictor.predict.remote(body.requests, ("body", "requests"))
+        if isinstance(result, Refusal):
+            return _refused(result)
+        return BatchResponse(model_version=result[0].model_version, responses=result)
 
     @api.get("/healthz")
     async def healthz(self):

@@ -10,16 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from mbta_ray.features import compute_features
+from mbta_ray.features import compute_features, median_lookup
 from mbta_ray.gtfs import Stops
-from mbta_ray.models import METADATA_FILE, load_predictor
-from mbta_ray.schema import TARGET
+from mbta_ray.models import ENCODER_FILE, METADATA_FILE, load_predictor
 from mbta_ray.serve.schemas import PredictRequest, PredictResponse, StopPrediction
 from mbta_ray.sources.base import mode_for_route
 from mbta_ray.timeutil import TIMEZONE
@@ -64,18 +64,34 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
     return df
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request cannot be answered: an HTTP status, a detail for the client, a metrics reason.
+
+    ``detail`` for a 422 is FastAPI's own list of {loc, msg, type}, so a client parses one format
+    whether pydantic or the model refused the input.
+    """
+
+    status: int
+    detail: str | list[dict]
+    reason: str
+
+
 class ModelRunner:
     """A packaged model folder with what its features need at serving time."""
 
     def __init__(self, model_dir: str | Path, version: str | None = None, stops_path: str | None = None) -> None:
+        from mbta_ray.encoding import FeatureEncoder
         from mbta_ray.etl import DEFAULT_STOPS
 
         self.model_dir = Path(model_dir)
         self.metadata = json.loads((self.model_dir / METADATA_FILE).read_text())
         self.version = version or self.metadata.get("version") or self.model_dir.name
         self.predict_rows = load_predictor(self.model_dir)
+        self.encoder = FeatureEncoder.load(self.model_dir / ENCODER_FILE)
         medians = self.model_dir / SEGMENT_MEDIANS_FILE
-        self.segment_medians = pd.read_parquet(medians) if medians.is_file() else None
+        # Looked up per batch: indexed once here instead of a merge (and its uniqueness check) per call.
+        self.segment_medians = median_lookup(pd.read_parquet(medians)) if medians.is_file() else None
         if self.segment_medians is None:
             logger.warning("%s has no %s: historical medians are missing features", model_dir, SEGMENT_MEDIANS_FILE)
         path = stops_path or (self.metadata.get("gtfs_stops") or {}).get("path")
@@ -83,28 +99,58 @@ class ModelRunner:
             path = DEFAULT_STOPS  # the embedded GTFS stops the default dataset was built with
         self.stops = Stops.load(path)
 
+    def refusal(self, request: PredictRequest, loc: tuple = ("body",)) -> Refusal | None:
+        """A 422 when the model cannot give a meaningful answer: a route or direction it never saw,
+        or a stop that is neither in its vocabulary nor in GTFS (no embedding and no distance)."""
+        errors = []
+
+        def check(column: str, value, field: tuple, what: str) -> None:
+            if not self.encoder.known(column, pd.Series([value]))[0]:
+                errors.append({"loc": [*loc, *field], "type": f"unknown_{what}", "input": value,
+                               "msg": f"{what} {value!r} is unknown to model {self.version} "
+                                      f"({len(self.encoder.vocab[column])} {what}s known)"})
+
+        check("route_id", request.route_id, ("route_id",), "route")
+        if not errors:
+            check("direction_id", request.direction_id, ("direction_id",), "direction")
+        known = lambda ids: self.encoder.known("from_stop_id", ids) | self.encoder.known("to_stop_id", ids) | \
+            self.stops.known(ids.astype("string")).to_numpy()  # noqa: E731
+        stops = [(("stop_id",), request.stop_id)] + [
+            (("stops_ahead", i, "stop_id"), s.stop_id) for i, s in enumerate(request.stops_ahead)]
+        ok = known(pd.Series([sid for _, sid in stops], dtype=object))
+        for (field, sid), good in zip(stops, ok):
+            if not good:
+                errors.append({"loc": [*loc, *field], "type": "unknown_stop", "input": sid,
+                               "msg": f"stop {sid!r} is neither in model {self.version}'s stops nor in GTFS"})
+        if not errors:
+            return None
+        return Refusal(422, errors, errors[0]["type"])
+
     def features(self, requests: list[PredictRequest]) -> pd.DataFrame:
         return compute_features(request_pairs(requests), self.stops, self.segment_medians)
 
     def predict(self, requests: list[PredictRequest]) -> list[PredictResponse]:
         """Predicted travel time, arrival and delay for every stop ahead of every request."""
         rows = self.features(requests)
-        travel = np.asarray(self.predict_rows(rows), dtype="float64")
+        travel = np.round(np.asarray(self.predict_rows(rows), dtype="float64"), 1)
         if not np.isfinite(travel).all():  # a model bug, never the client's: fail loudly
             raise RuntimeError(f"model {self.version} returned non-finite predictions")
-        rows[TARGET] = travel
-        out = []
-        for i, r in enumerate(requests):
-            part = rows[rows["request"] == i]
+        # Rows come out in request order, stops in order (request_pairs builds them so and the
+        # feature code keeps the order): slice per request instead of filtering per request.
+        arrival = pd.to_datetime(rows["actual_arrival_u"], utc=True) + pd.to_timedelta(travel, unit="s")
+        delay = np.round((arrival - pd.to_datetime(rows["scheduled_arrival_s"], utc=True)).dt.total_seconds()
+                         .to_numpy(dtype="float64"), 1)
+        arrivals = list(arrival.dt.to_pydatetime())
+        out, start = [], 0
+        for r in requests:
             preds = []
-            for _, p in part.iterrows():
-                arrival = r.actual_arrival + dt.timedelta(seconds=float(p[TARGET]))
-                sched = r.stops_ahead[int(p["stops_ahead"]) - 1].scheduled_arrival
-                preds.append(StopPrediction(
-                    stop_id=p["to_stop_id"], stops_ahead=int(p["stops_ahead"]),
-                    predicted_travel_seconds=round(float(p[TARGET]), 1), predicted_arrival=arrival,
-                    scheduled_arrival=sched,
-                    predicted_delay_seconds=round((arrival - sched).total_seconds(), 1) if sched else None))
-            out.append(PredictResponse(route_id=r.route_id, trip_id=r.trip_id, stop_id=r.stop_id,
-                                       model_version=self.version, predictions=preds))
+            for j, stop in enumerate(r.stops_ahead):
+                k = start + j
+                preds.append(StopPrediction.model_construct(
+                    stop_id=stop.stop_id, stops_ahead=j + 1, predicted_travel_seconds=float(travel[k]),
+                    predicted_arrival=arrivals[k], scheduled_arrival=stop.scheduled_arrival,
+                    predicted_delay_seconds=float(delay[k]) if stop.scheduled_arrival is not None else None))
+            start += len(r.stops_ahead)
+            out.append(PredictResponse.model_construct(route_id=r.route_id, trip_id=r.trip_id, stop_id=r.stop_id,
+                                                       model_version=self.version, predictions=preds))
         return out

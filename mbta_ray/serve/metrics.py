@@ -1,0 +1,54 @@
+"""The serving app's own Prometheus metrics, beside Serve's built-in ones.
+
+Exported by every Ray node's metrics agent (``ray_`` prefix, counters with ``_total``) and shown on
+the Ray dashboard's Metrics page when Prometheus/Grafana are set up:
+
+- ``ray_mbta_predictions_total{model_version}``: stop predictions served (a request for 10 stops
+  ahead counts 10), and ``ray_mbta_requests_served_total{model_version}``: vehicle requests answered.
+- ``ray_mbta_rejected_requests_total{reason}``: HTTP requests refused, by reason: ``validation``
+  (422 from the schema), ``unknown_route`` / ``unknown_direction`` / ``unknown_stop`` (422 from the
+  model), ``body_too_large`` (413), ``no_model`` (503).
+- ``ray_mbta_model_loaded{model_version}``: 1 for the version a model replica serves, 0 after it
+  was replaced.
+- ``ray_mbta_batch_size``: vehicle requests per model call (what ``@serve.batch`` achieved).
+
+Each replica process creates its metrics once, on first use (Serve adds deployment/replica tags).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ray.serve import metrics
+
+BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
+
+
+@cache
+def predictions() -> metrics.Counter:
+    return metrics.Counter("mbta_predictions", "Stop predictions served.", tag_keys=("model_version",))
+
+
+@cache
+def requests_served() -> metrics.Counter:
+    return metrics.Counter("mbta_requests_served", "Vehicle requests answered.", tag_keys=("model_version",))
+
+
+@cache
+def rejected() -> metrics.Counter:
+    return metrics.Counter("mbta_rejected_requests", "HTTP requests refused, by reason.", tag_keys=("reason",))
+
+
+@cache
+def model_loaded() -> metrics.Gauge:
+    return metrics.Gauge("mbta_model_loaded", "1 for the model version this replica serves.",
+                         tag_keys=("model_version",))
+
+
+@cache
+def batch_size() -> metrics.Histogram:
+    return metrics.Histogram("mbta_batch_size", "Vehicle requests per model call.", boundaries=BATCH_BOUNDARIES)
+
+
+def reject(reason: str) -> None:
+    rejected().inc(tags={"reason": reason})
