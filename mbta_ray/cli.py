@@ -366,6 +366,60 @@ def serve_reload_cmd(
     console.print(f"[bold green]serving[/] {model_name}/{v} in app {name!r} (replicas reconfigured in place)")
 
 
+@app.command("smoke")
+def smoke_cmd(
+    url: Annotated[str, typer.Option(help="Base URL of the deployed app.")] = "http://127.0.0.1:8000",
+    root: RootOpt = Path("artifacts"),
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Dataset version whose test split the requests come from; default: the served model's.")] = None,
+    requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Vehicle requests to send.")] = 200,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight.")] = 8,
+    seed: Annotated[int, typer.Option(help="Which (trip, stop) pairs are sampled.")] = 0,
+) -> None:
+    """Post-deployment test: real-looking requests from the test split, every answer checked, MAE reported.
+
+    Exits 1 when any answer is wrong (status, schema, non-finite values, model version).
+    """
+    import pandas as pd
+    import requests as http
+
+    from mbta_ray.serve import smoke
+
+    try:
+        model = http.get(f"{url.rstrip('/')}/model", timeout=30)
+    except http.RequestException as exc:
+        _fail(f"{url}: {exc}")
+    if model.status_code != 200:
+        _fail(f"GET {url}/model -> {model.status_code}: {model.text[:300]}")
+    info = model.json()
+    ds = info.get("dataset") or {}
+    if not (dataset or ds.get("version")):
+        _fail(f"the served model {info.get('version')} names no dataset: pass --dataset")
+    try:
+        name, version = versioning.resolve(root, dataset or ds.get("version", ""), None if dataset else ds.get("name"))
+    except versioning.VersionNotFound as exc:
+        _fail(f"{exc} (the served model {info.get('version')} was trained on {ds}; pass --root or --dataset)")
+    test_dir = versioning.version_dir(root, name, version) / "test"
+    examples = smoke.examples_from_split(pd.read_parquet(test_dir), requests, seed)
+    report = smoke.run(url, examples, concurrency=concurrency)
+    t = Table(title=f"smoke test of {url}: model {report.model_version}, {len(examples)} requests from "
+                    f"{name}/{version} test split")
+    for col in ("mode", "stops", "served MAE s", "persistence MAE s (scheduled stops)"):
+        t.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, m in report.mae().items():
+        pers = f"{m['persistence_mae']:.1f} (n={m['persistence_n']:,})" if m["persistence_mae"] is not None else "-"
+        t.add_row(mode, f"{m['n']:,}", f"{m['mae']:.1f}", pers)
+    console.print(t)
+    for failure in report.failures[:20]:
+        console.print(f"[red]FAIL[/] {failure}")
+    if len(report.failures) > 20:
+        console.print(f"... and {len(report.failures) - 20} more failures")
+    verdict = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
+    console.print(f"{verdict}: {report.ok}/{report.sent} calls answered correctly, {report.predictions:,} predictions")
+    if not report.passed:
+        raise typer.Exit(code=1)
+
+
 # --- registry and promotion ------------------------------------------------------------------------
 
 registry_app = typer.Typer(help="Model registry: versions, production pointer, audit log.", no_args_is_help=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -169,3 +170,179 @@ def test_hot_reload_while_requests_flow(served, tmp_path):
     assert not failures, failures[:3]
     assert old in seen and seen[-1] == new
     assert requests.get(f"{URL}/healthz", timeout=10).json()["model_version"] == new
+
+
+def _ensure_model(served, tmp_path) -> str:
+    """The production model of the served registry (registered here when a test runs on its own)."""
+    from mbta_ray.serve.app import deploy
+
+    reg = Registry(served)
+    if reg.production() is None:
+        model_dir = make_model(tmp_path / "m-own", 100.0)
+        reg.promote(reg.register(model_dir, evaluation=evaluation_of(model_dir))["version"])
+    version = deploy(str(served))
+    deadline = time.time() + 60
+    while requests.get(f"{URL}/healthz", timeout=10).json().get("model_version") != version:
+        assert time.time() < deadline, "the model did not load"
+        time.sleep(0.3)
+    return version
+
+
+def test_inputs_the_model_cannot_handle_get_422_over_http(served, tmp_path):
+    version = _ensure_model(served, tmp_path)
+    r = requests.post(f"{URL}/predict", json=body(route_id="Purple"), timeout=10)
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["body", "route_id"] and err["type"] == "unknown_route" and version in err["msg"]
+    bad = body(stops_ahead=[{"stop_id": "C"}, {"stop_id": "nowhere"}])
+    r = requests.post(f"{URL}/predict/batch", json={"requests": [body(), bad]}, timeout=10)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "requests", 1, "stops_ahead", 1, "stop_id"]
+
+
+def test_openapi_docs_list_the_endpoints(served):
+    assert requests.get(f"{URL}/docs", timeout=10).status_code == 200
+    spec = requests.get(f"{URL}/openapi.json", timeout=10).json()
+    assert {"/predict", "/predict/batch", "/healthz", "/model"} <= set(spec["paths"])
+    assert "PredictRequest" in spec["components"]["schemas"]
+    assert "422" in spec["paths"]["/predict"]["post"]["responses"]
+
+
+def test_custom_metrics_reach_the_metrics_endpoint(served, ray_local, tmp_path):
+    """The node's metrics agent (what the dashboard and Prometheus scrape) exports our metrics."""
+    import re
+
+    version = _ensure_model(served, tmp_path)
+    assert requests.post(f"{URL}/predict", json=body(), timeout=30).status_code == 200
+    assert requests.post(f"{URL}/predict", json={"route_id": "Red"}, timeout=30).status_code == 422
+    port = ray_local.nodes()[0]["MetricsExportPort"]
+    wanted = {
+        "predictions": re.compile(r'^ray_mbta_predictions_total\{[^}]*model_version="' + re.escape(version)),
+        "rejected": re.compile(r'^ray_mbta_rejected_requests_total\{[^}]*reason="validation"'),
+        "model": re.compile(r'^ray_mbta_model_loaded\{[^}]*model_version="' + re.escape(version) + r'"[^}]*\} 1\.0'),
+        "batch": re.compile(r"^ray_mbta_batch_size_count\{"),
+    }
+    deadline, missing = time.time() + 90, set(wanted)
+    while missing and time.time() < deadline:  # exported every few seconds
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines()
+        missing = {k for k, rx in wanted.items() if not any(rx.search(line) for line in text)}
+        time.sleep(2)
+    assert not missing, f"not exported: {missing}"
+
+
+def _fuzz_bodies():
+    """Arbitrary JSON, and valid bodies with fields replaced, dropped or added."""
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False) | \
+        st.text(max_size=40) | st.sampled_from(["2024-03-12T12:06:30Z", "2024-03-12T12:06:30", "nan", "-1",
+                                                "1e309", "B", "tm-8316", "Red", "2099-01-01T00:00:00Z"])
+    anything = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) |
+                            st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+    base = body()
+    fields = sorted(base) + ["stops_ahead.0.stop_id", "stops_ahead.0.scheduled_arrival", "previous_stop.stop_id"]
+
+    @st.composite
+    def mutated(draw):
+        b = body()
+        for _ in range(draw(st.integers(1, 3))):
+            path = draw(st.sampled_from(fields)).split(".")
+            parent = b
+            for p in path[:-1]:
+                parent = parent[int(p)] if isinstance(parent, list) else parent.get(p)
+                if not isinstance(parent, (dict, list)):
+                    break
+            else:
+                key = int(path[-1]) if isinstance(parent, list) else path[-1]
+                if draw(st.booleans()) and isinstance(parent, dict):
+                    parent.pop(key, None)
+                else:
+                    parent[key] = draw(anything)
+        if draw(st.booleans()):
+            b[draw(st.text(min_size=1, max_size=8))] = draw(anything)
+        return b
+
+    return mutated() | anything | st.builds(lambda rs: {"requests": rs}, st.lists(mutated(), max_size=3))
+
+
+def test_fuzzed_bodies_never_get_a_5xx(served, tmp_path):
+    from hypothesis import HealthCheck, given, settings
+
+    _ensure_model(served, tmp_path)
+    session = requests.Session()
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=300, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(_fuzz_bodies())
+    def check(payload):
+        path = "/predict/batch" if isinstance(payload, dict) and "requests" in payload else "/predict"
+        # Python's encoder writes NaN/Infinity, which the server's JSON parser accepts: fuzz those too.
+        r = session.post(f"{URL}{path}", data=json.dumps(payload), timeout=30,
+                         headers={"content-type": "application/json"})
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (payload, r.status_code, r.text[:500])
+        if r.status_code == 422:
+            assert r.json()["detail"], r.text
+
+    check()
+    assert seen.get(422, 0) > 50 and sum(seen.values()) >= 300, seen
+
+
+def test_a_killed_model_replica_costs_no_requests_and_comes_back(served, tmp_path):
+    """ray.kill one of two model replicas while a bounded load runs: every request gets a 200 (the
+    ingress retries on the other replica) and Serve starts a replacement."""
+    import threading
+
+    import ray
+    from ray import serve
+
+    from mbta_ray.serve.app import build
+
+    version = _ensure_model(served, tmp_path)
+    two = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
+    serve.run(build({"registry": str(served), "version": version}, predictor_options=two),
+              name="mbta", route_prefix="/", blocking=False)
+
+    def replicas() -> list[str]:
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if "Predictor" in a["name"] and a["namespace"] == "serve")
+
+    def running() -> int:
+        app = serve.status().applications["mbta"]
+        return app.deployments["Predictor"].replica_states.get("RUNNING", 0)
+
+    deadline = time.time() + 90
+    while running() != 2 or len(replicas()) != 2:
+        assert time.time() < deadline, serve.status()
+        time.sleep(0.5)
+    before = replicas()
+
+    ok, failures, stop = [0], [], threading.Event()
+
+    def load() -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                r = s.post(f"{URL}/predict", json=body(), timeout=30)
+                if r.status_code == 200:
+                    ok[0] += 1
+                else:
+                    failures.append((r.status_code, r.text[:300]))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+        deadline = time.time() + 90
+        while time.time() < deadline and not (running() == 2 and len(replicas()) == 2 and replicas() != before):
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    after = replicas()
+    assert not failures, failures[:3]
+    assert ok[0] > 20 and len(after) == 2 and before[0] not in after and running() == 2, (ok, before, after)
+    _deploy(served, version=version)  # back to the default autoscaling for any later test

@@ -137,3 +137,11 @@ def test_inputs_the_model_cannot_handle_are_refused_by_name(offline, override, l
     assert refusal is not None and refusal.status == 422 and refusal.reason == kind
     (error,) = refusal.detail
     assert error["loc"] == loc and error["type"] == kind and "v-test" in error["msg"], error
+
+
+def test_transitmaster_stops_unseen_in_training_are_answered_as_the_etl_accepts_them(offline):
+    _, runner = offline
+    req = request_at_b(stops_ahead=[{"stop_id": "C"}, {"stop_id": "tm-8316"}])
+    assert runner.refusal(req) is None
+    (resp,) = runner.predict([req])
+    assert np.isfinite([p.predicted_travel_seconds for p in resp.predictions]).all()

@@ -16,12 +16,16 @@
 """
 
 
+import asyncio
 import logging
+import math
 import os
 from typing import Any
 
+import ray
+
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -33,6 +37,10 @@ from mbta_ray.serve.schemas import BatchRequest, BatchResponse, PredictRequest, 
 
 logger = logging.getLogger("ray.serve")
 MAX_BODY_BYTES = 256 * 1024  # a full batch of 256 requests x 20 stops is ~200 KiB
+#: A request whose model replica died under it is sent again (predictions are idempotent), so a
+#: replica crash costs latency, not failed requests, while other replicas (or its replacement) run.
+REPLICA_RETRIES = 3
+_REPLICA_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 @serve.deployment(
@@ -124,10 +132,22 @@ async def _limit_body(request: Request, call_next):
     return await call_next(request)
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN/Infinity as strings: a body may carry them (Python's JSON parser accepts them), and the
+    error that echoes them back must still be valid JSON (else the 422 itself fails with a 500)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     metrics.reject("validation")
-    return await request_validation_exception_handler(request, exc)
+    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
 
 
 def _refused(refusal: Refusal) -> JSONResponse:
@@ -142,18 +162,29 @@ class Api:
     def __init__(self, predictor: DeploymentHandle) -> None:
         self.predictor = predictor
 
+    async def _call(self, requests: list[PredictRequest], loc: tuple) -> list[PredictResponse] | Refusal:
+        for attempt in range(REPLICA_RETRIES + 1):
+            try:
+                return await self.predictor.predict.remote(requests, loc)
+            except _REPLICA_GONE as exc:
+                if attempt == REPLICA_RETRIES:
+                    return Refusal(503, f"no model replica answered after {attempt + 1} tries ({type(exc).__name__}); "
+                                        "retry shortly", "replica_unavailable")
+                logger.warning("model replica lost (%s); retrying the request", type(exc).__name__)
+                await asyncio.sleep(0.1 * 2 ** attempt)
+
     @api.post("/predict", response_model=PredictResponse,
               responses={422: {"description": "invalid input, or a route/stop the model cannot handle"},
                          503: {"description": "no model loaded yet"}})
     async def predict(self, body: PredictRequest):
-        result = await self.predictor.predict.remote([body], ("body",))
+        result = await self._call([body], ("body",))
         return _refused(result) if isinstance(result, Refusal) else result[0]
 
     @api.post("/predict/batch", response_model=BatchResponse,
               responses={422: {"description": "invalid input, or a route/stop the model cannot handle"},
                          503: {"description": "no model loaded yet"}})
     async def predict_batch(self, body: BatchRequest):
-        result = await self.predictor.predict.remote(body.requests, ("body", "requests"))
+        result = await self._call(body.requests, ("body", "requests"))
         if isinstance(result, Refusal):
             return _refused(result)
         return BatchResponse(model_version=result[0].model_version, responses=result)
@@ -173,14 +204,15 @@ class Api:
         return info
 
 
-def build(args: dict[str, str] | None = None) -> serve.Application:
+def build(args: dict[str, str] | None = None, predictor_options: dict | None = None) -> serve.Application:
     """The application; ``args`` (from ``serve run ... key=value`` or a config) go to the model's
-    user_config: registry, model_name, version."""
+    user_config: registry, model_name, version. ``predictor_options`` override the model
+    deployment's options (e.g. its autoscaling_config) when built from code."""
     args = dict(args or {})
     # Relative paths resolve in the replica's working directory (the repo root under `serve run`).
     config = {"registry": args.get("registry") or os.environ.get("MBTA_RAY_REGISTRY", "artifacts"),
               "model_name": args.get("model_name", "travel-time"), "version": args.get("version", "production")}
-    return Api.bind(Predictor.options(user_config=config).bind())
+    return Api.bind(Predictor.options(user_config=config, **(predictor_options or {})).bind())
 
 
 def deploy(registry: str, version: str = "production", model_name: str = "travel-time", name: str = "mbta",

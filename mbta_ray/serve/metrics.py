@@ -7,7 +7,7 @@ the Ray dashboard's Metrics page when Prometheus/Grafana are set up:
   ahead counts 10), and ``ray_mbta_requests_served_total{model_version}``: vehicle requests answered.
 - ``ray_mbta_rejected_requests_total{reason}``: HTTP requests refused, by reason: ``validation``
   (422 from the schema), ``unknown_route`` / ``unknown_direction`` / ``unknown_stop`` (422 from the
-  model), ``body_too_large`` (413), ``no_model`` (503).
+  model), ``body_too_large`` (413), ``no_model`` (503), ``replica_unavailable`` (503 after retries).
 - ``ray_mbta_model_loaded{model_version}``: 1 for the version a model replica serves, 0 after it
   was replaced.
 - ``ray_mbta_batch_size``: vehicle requests per model call (what ``@serve.batch`` achieved).

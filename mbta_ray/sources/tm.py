@@ -15,6 +15,8 @@ from mbta_ray.schema import Mode, Reason
 from mbta_ray.sources.base import Reader, RowIssues, int_text, numeric, text
 from mbta_ray.timeutil import parse_service_date, service_seconds_to_utc
 
+#: TransitMaster route and stop ids get this prefix: not GTFS ids, so never checked against GTFS stops.
+ID_PREFIX = "tm-"
 TRIP_START_CROSSING = 2
 
 
@@ -42,11 +44,11 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     out["mode"] = Mode.BUS.value
     out["service_date"] = service_date
-    out["route_id"] = "tm-" + int_text(numeric(df, "ROUTE_ID", issues))
+    out["route_id"] = ID_PREFIX + int_text(numeric(df, "ROUTE_ID", issues))
     out["direction_id"] = numeric(df, "ROUTE_DIRECTION_ID", issues)  # TM code, a category only
     out["trip_id"] = int_text(numeric(df, "TRIP_ID", issues))
     out["vehicle_id"] = int_text(numeric(df, "VEHICLE_ID", issues)) if "VEHICLE_ID" in df else pd.NA
-    out["stop_id"] = "tm-" + int_text(numeric(df, "GEO_NODE_ID", issues))
+    out["stop_id"] = ID_PREFIX + int_text(numeric(df, "GEO_NODE_ID", issues))
     out["stop_sequence"] = sequence
     out["actual_arrival"] = service_seconds_to_utc(service_date, arrival)
     out["scheduled_arrival"] = service_seconds_to_utc(service_date, numeric(df, "SCHEDULED_TIME", issues))
