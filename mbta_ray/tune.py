@@ -204,8 +204,6 @@ def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: s
     import json
     import shutil
 
-    import pandas as pd
-
     from mbta_ray import evaluate, plots, versioning
     from mbta_ray.etl import ensure_ray
     from mbta_ray.models import load_predictor, package

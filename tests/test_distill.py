@@ -13,7 +13,6 @@ import yaml
 
 from mbta_ray import distill, pipeline
 from mbta_ray.distill import DistillConfig, reobserve
-from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.models import dnn
 from mbta_ray.registry import Registry
 from mbta_ray.schema import TARGET

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SAMPLES, lamp_rows, write_lamp
+from conftest import lamp_rows, write_lamp
 from mbta_ray import etl, sources, versioning
 from mbta_ray.etl import EtlConfig, ingest
 from mbta_ray.schema import EXAMPLE_SCHEMA, QUARANTINE_SCHEMA, SPLITS

@@ -84,6 +84,12 @@ def test_predictions_equal_offline_predictions(offline):
     assert np.isfinite(expected[TARGET]).all()
 
 
+def test_real_ids_with_spaces_are_valid():
+    # LAMP subway stop ids such as "Oak Grove-02" (a platform) are real GTFS ids.
+    req = request_at_b(stop_id="Oak Grove-02", previous_stop=None, stops_ahead=[{"stop_id": "Malden Center-01"}])
+    assert req.stop_id == "Oak Grove-02"
+
+
 def test_service_day_rolls_over_at_3am_local():
     assert service_date_of(dt.datetime(2024, 8, 12, 5, 30, tzinfo=dt.timezone.utc)) == dt.date(2024, 8, 11)  # 01:30 EDT
     assert service_date_of(dt.datetime(2024, 8, 12, 7, 30, tzinfo=dt.timezone.utc)) == dt.date(2024, 8, 12)  # 03:30 EDT

@@ -23,7 +23,7 @@ MAX_BATCH = 256
 MAX_SCHEDULE_GAP = dt.timedelta(hours=6)
 EARLIEST = dt.datetime(2015, 1, 1, tzinfo=dt.timezone.utc)
 
-StopId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+StopId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\- ]+$")]  # "Oak Grove-02" is real
 RouteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\- ]+$")]
 
 

@@ -31,6 +31,8 @@ class Example:
     mode: str
     actual_travel: list[float]
     persistence: list[float]  # scheduled travel u -> s (NaN where unscheduled)
+    trip_key: str = ""
+    stop_sequence: int = 0  # u's on the trip
 
 
 @dataclass
@@ -100,7 +102,8 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
                                      "scheduled_arrival": _time(p["scheduled_arrival_u"])}
         sched = pd.to_numeric(rows["scheduled_seconds_ahead"], errors="coerce").to_numpy(dtype="float64")
         out.append(Example({k: v for k, v in body.items() if v is not None}, str(first["mode"]),
-                           rows[TARGET].astype("float64").tolist(), sched.tolist()))
+                           rows[TARGET].astype("float64").tolist(), sched.tolist(),
+                           str(first["trip_key"]), int(first["from_stop_sequence"])))
     return out
 
 
