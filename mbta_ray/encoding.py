@@ -77,10 +77,6 @@ class FeatureEncoder:
             out[:, j] = self._index(c).get_indexer(keys.where(keys.notna(), None)) + 1  # -1 (unknown/missing) -> 0
         return out
 
-    def known(self, column: str, values: pd.Series) -> np.ndarray:
-        """True where a categorical value is in the model's vocabulary."""
-        return self._index(column).get_indexer(category_keys(values).astype(object)) >= 0
-
     def _index(self, column: str) -> pd.Index:
         # Built once per column: a Categorical per call re-hashed the ~1,200-stop vocabularies
         # on every serving batch (half of a one-request prediction's encoding time).

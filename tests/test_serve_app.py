@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 import requests
 
 from mbta_ray.registry import Registry, evaluation_of
+from mbta_ray.serve.schemas import PredictResponse
 from tests.test_registry import make_model
 from tests.test_serve_inference import request_at_b
 
@@ -346,3 +348,29 @@ def test_a_killed_model_replica_costs_no_requests_and_comes_back(served, tmp_pat
     assert not failures, failures[:3]
     assert ok[0] > 20 and len(after) == 2 and before[0] not in after and running() == 2, (ok, before, after)
     _deploy(served, version=version)  # back to the default autoscaling for any later test
+
+
+def test_smoke_checks_every_answer_and_scores_them(served, tmp_path):
+    """`mbta-ray smoke`'s core over real HTTP: requests rebuilt from example rows as the ETL made them
+    (previous stop included), every answer checked, MAE reported; a wrong version is caught."""
+    from mbta_ray.features import compute_features, pair_events
+    from mbta_ray.serve import smoke
+    from tests.test_features import STOPS, events
+    from tests.test_serve_inference import TRIP
+
+    version = _ensure_model(served, tmp_path)
+    rows = compute_features(pair_events(events(TRIP, service_date="2024-03-12"), k=3), STOPS)
+    examples = smoke.examples_from_split(rows, 10)
+    assert len(examples) == 3  # u = A, B, C
+    at_b = next(e for e in examples if e.body["stop_id"] == "B")
+    assert at_b.body["previous_stop"]["stop_id"] == "A" and [s["stop_id"] for s in at_b.body["stops_ahead"]] == ["C", "D"]
+    assert at_b.actual_travel == [330.0, 810.0]
+
+    report = smoke.run(URL, examples, concurrency=2)
+    assert report.passed, report.failures
+    assert report.model_version == version and report.sent == 4 and report.predictions == 6  # 3 + 2 + 1 stops
+    assert report.mae()["all"]["n"] == 6 and np.isfinite(report.mae()["all"]["mae"])
+
+    answer = PredictResponse.model_validate(requests.post(f"{URL}/predict", json=at_b.body, timeout=30).json())
+    assert smoke.check(at_b, answer, version) == []
+    assert "expected 'v-other'" in smoke.check(at_b, answer, "v-other")[0]

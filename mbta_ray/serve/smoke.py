@@ -88,7 +88,8 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
         body = {
             "route_id": first["route_id"], "direction_id": int(first["direction_id"]),
             "trip_id": None if pd.isna(first["trip_id"]) else str(first["trip_id"]),
-            "stop_id": first["from_stop_id"], "mode": first["mode"], "service_date": str(first["service_date"]),
+            "stop_id": first["from_stop_id"], "mode": first["mode"],
+            "service_date": pd.Timestamp(first["service_date"]).date().isoformat(),
             "actual_arrival": _time(first["actual_arrival_u"]), "scheduled_arrival": _time(first["scheduled_arrival_u"]),
             "headway_seconds": _number(first["headway_u"]),
             "scheduled_headway_seconds": _number(first["scheduled_headway_u"]),
