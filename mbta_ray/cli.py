@@ -308,15 +308,28 @@ def pipeline_cmd(
     metric: Annotated[str, typer.Option(help="Promotion metric.")] = "mae",
     seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
     registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
+    inputs: Annotated[Optional[list[str]], typer.Option(
+        "--input", help="Input file (repeat); default: the embedded real MBTA samples.")] = None,
+    space_file: Annotated[Optional[str], typer.Option(help="Search spaces (default: configs/tune.yaml).")] = None,
+    distill_hidden: Annotated[Optional[list[int]], typer.Option(
+        "--distill-hidden", help="Student hidden layer width (repeat per layer).")] = None,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="Trials at once (lowered to what the cluster fits).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(min=0, help="GPUs per Train worker (0: CPU).")] = 0.0,
 ) -> None:
     """The main job: ingest -> tune -> distill -> evaluate -> register -> promote, then a summary."""
     from mbta_ray import pipeline
     from mbta_ray.distill import DistillConfig
     from mbta_ray.registry import RegistryError
+    from mbta_ray.tune import TrialResources
 
     settings = pipeline.PipelineSettings(root=str(root), registry=registry, model_name=model_name,
                                          samples={"xgboost": xgboost_samples, "dnn": dnn_samples}, seed=seed,
-                                         metric=metric, distill=DistillConfig(epochs=distill_epochs))
+                                         metric=metric, inputs=inputs, space_file=space_file,
+                                         max_concurrent=max_concurrent,
+                                         resources=TrialResources(num_workers=workers, gpus_per_worker=gpus_per_worker),
+                                         distill=DistillConfig(epochs=distill_epochs,
+                                                               **({"hidden": distill_hidden} if distill_hidden else {})))
     try:
         out = pipeline.run(settings, progress=lambda m: console.print(f"[bold cyan]{m}[/]"))
     except (ValueError, FileNotFoundError, RegistryError, versioning.VersionNotFound) as exc:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mbta_ray.distill import DistillConfig
+from mbta_ray.tune import TrialResources
 
 
 @dataclass
@@ -22,6 +23,8 @@ class PipelineSettings:
     inputs: list[str] | None = None  # default: the embedded real samples
     samples: dict[str, int] = field(default_factory=lambda: {"xgboost": 4, "dnn": 3})
     max_concurrent: int = 1
+    #: Each trial's Ray Train workers (more workers or GPUs on a bigger cluster).
+    resources: TrialResources = field(default_factory=TrialResources)
     seed: int = 0
     metric: str = "mae"
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -60,6 +63,7 @@ def run(settings: PipelineSettings, progress: Callable[[str], None] = print) -> 
             continue
         progress(f"[2/5] tune {family}: {n} BayesOpt trials, each a Ray Train run")
         ts = TuneSettings(family=family, num_samples=n, max_concurrent=settings.max_concurrent, seed=settings.seed,
+                          resources=settings.resources,
                           storage=str(root / "experiments"), space_file=settings.space_file, wandb=settings.wandb,
                           early_stopping=settings.early_stopping)
         results.append(run_search(ts, root, ds.version))

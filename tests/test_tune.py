@@ -141,7 +141,14 @@ def test_resume_after_an_interrupted_search(tiny_dataset):
     cmd = [exe, "tune", "--model", "xgboost", "--num-samples", "4", "--max-concurrent", "1",
            "--random-steps", "1", "--cpus-per-worker", "0.5", "--no-wandb", "--space", space,
            "--dataset", version, "--root", str(root), "--name", name]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # The process joins the session's cluster, as a driver on a real cluster would: a second local
+    # Ray instance on the machine confuses Ray Train's placement-group cleaner (see README), and
+    # killing it leaves orphaned workers behind.
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
     exp = root / "experiments" / name
     deadline = time.time() + 240
     try:
@@ -151,7 +158,7 @@ def test_resume_after_an_interrupted_search(tiny_dataset):
         finished_before = _finished_trials(exp)
         assert finished_before, "no trial finished within 4 minutes"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: driver, and its Ray
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies; Ray ends its job and frees its trials
         proc.wait()
     assert len(finished_before) < 4
     results_before = {t: (next(exp.glob(f"*{t}*")) / "result.json").read_text() for t in finished_before}

@@ -1,0 +1,101 @@
+"""The stages as Ray jobs: a real head node (`ray start --head`), `ray job submit` of the tiny pipeline
+with the repo as working directory, SUCCEEDED, a production model in the registry; then the head
+node is stopped (only it: the test session's own cluster keeps running)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mbta_ray.registry import Registry
+from mbta_ray.synth import write_synthetic
+from tests.test_tune import TINY_SPACE
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def head_node(tmp_path):
+    """A separate real Ray head node with the dashboard (the job server), in its own process group
+    so that stopping it cannot touch any other Ray instance on the machine."""
+    gcs, dash = _free_port(), _free_port()
+    # The venv first on PATH, as after `source .venv/bin/activate`: the job's `python` is the
+    # interpreter with the packages. Token auth (Ray 2.60's default) for the job CLI.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(tmp_path / "head.log", "w")
+    temp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # unix socket paths must stay under 108 bytes
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
+         "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+         f"--temp-dir={temp}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while True:
+        ok = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
+                            capture_output=True, text=True, timeout=60)
+        if ok.returncode == 0:
+            break
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(f"head node did not come up: {(tmp_path / 'head.log').read_text()[-2000:]}")
+        time.sleep(1)
+    yield address, env
+    os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the node's processes on SIGTERM
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_pipeline_runs_as_a_ray_job_and_promotes_a_model(head_node, tmp_path):
+    address, env = head_node
+    data = write_synthetic(tmp_path / "synth", 3000, seed=5, files=1)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE))
+    root = tmp_path / "shared"  # what a PVC or bucket is on a real cluster
+    submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+              "--runtime-env", "jobs/runtime_env.yaml", "--no-wait", "--",
+              "python", "jobs/pipeline.py", "--root", str(root), "--input", str(data.paths[0]),
+              "--space-file", str(space), "--xgboost-samples", "1", "--dnn-samples", "1",
+              "--distill-epochs", "1", "--distill-hidden", "8"]
+    out = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
+
+    status, deadline = "", time.time() + 480
+    while time.time() < deadline:
+        s = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job], env=env,
+                           capture_output=True, text=True, timeout=60)
+        done = re.search(rf"Job '{job}' (succeeded|failed|was stopped|stopped)", s.stdout + s.stderr)
+        if done:
+            status = done.group(1)
+            break
+        time.sleep(3)
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job], env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert status == "succeeded", logs[-4000:]
+    assert "PROMOTED" in logs
+    prod = Registry(root).production()
+    assert prod is not None and prod["version"] in logs
