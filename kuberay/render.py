@@ -82,7 +82,11 @@ def rayservice() -> dict:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (serveConfigV2, runtimeEnvYAML) as readable literal blocks."""
+    """Lists indented under their key (yamllint's default), multi-line strings (serveConfigV2,
+    runtimeEnvYAML) as readable literal blocks."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False):
+        return super().increase_indent(flow, False)
 
 
 _Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None))
