@@ -374,3 +374,21 @@ def test_smoke_checks_every_answer_and_scores_them(served, tmp_path):
     answer = PredictResponse.model_validate(requests.post(f"{URL}/predict", json=at_b.body, timeout=30).json())
     assert smoke.check(at_b, answer, version) == []
     assert "expected 'v-other'" in smoke.check(at_b, answer, "v-other")[0]
+
+
+def test_following_production_picks_up_a_promotion_without_a_redeploy(served, tmp_path):
+    """version "production" (serve_config.yaml's, and the RayService's) re-reads the pointer: a model
+    promoted by a pipeline run reaches the running replicas by itself."""
+    reg = Registry(served)
+    _ensure_model(served, tmp_path)
+    _deploy(served, poll_s="1")
+    before = requests.get(f"{URL}/healthz", timeout=10).json()["model_version"]
+    model_dir = make_model(tmp_path / "m-follow", 10.0, rounds=7)
+    new = reg.register(model_dir, evaluation=evaluation_of(model_dir))["version"]
+    assert reg.promote(new).accepted and new != before
+    deadline = time.time() + 60
+    while requests.get(f"{URL}/healthz", timeout=10).json()["model_version"] != new:
+        assert time.time() < deadline, "the promoted model was not picked up"
+        time.sleep(0.5)
+    r = requests.post(f"{URL}/predict", json=body(), timeout=30)
+    assert r.status_code == 200 and r.json()["model_version"] == new

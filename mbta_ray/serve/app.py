@@ -20,6 +20,8 @@ import asyncio
 import logging
 import math
 import os
+import threading
+import time
 from typing import Any
 
 import ray
@@ -42,6 +44,8 @@ MAX_BODY_BYTES = 256 * 1024  # a full batch of 256 requests x 20 stops is ~200 K
 #: A request whose model replica died under it is sent again (predictions are idempotent), so a
 #: replica crash costs latency, not failed requests, while other replicas (or its replacement) run.
 REPLICA_RETRIES = 3
+#: How often a replica following "production" re-reads the registry's pointer (seconds).
+PRODUCTION_POLL_S = 30.0
 _REPLICA_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
@@ -59,23 +63,53 @@ class Predictor:
         self.error: str | None = None
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Load the model named by ``config`` = {registry, model_name, version}."""
-        from mbta_ray.registry import Registry, RegistryError
-        from mbta_ray.serve.inference import ModelRunner
+        """Load the model named by ``config`` = {registry, model_name, version, poll_s}.
+
+        version "production" follows the registry's pointer: loaded now, and re-read every
+        ``poll_s`` seconds (default 30) by a watcher thread that swaps in a newly promoted model
+        in place, so a RayJob's promotion reaches a running RayService without a redeploy. A
+        concrete version pins the model (what ``mbta-ray serve reload`` deploys).
+        """
+        from mbta_ray.registry import Registry
 
         registry = config.get("registry") or os.environ.get("MBTA_RAY_REGISTRY", "artifacts")
-        reg = Registry(registry, config.get("model_name", "travel-time"))
+        self.registry = Registry(registry, config.get("model_name", "travel-time"))
         version = config.get("version", "production")
+        self.follow = version == "production"
+        self.poll_s = float(config.get("poll_s", PRODUCTION_POLL_S))
+        self._load(version)
+        if self.follow and getattr(self, "_watcher", None) is None:
+            self._watcher = threading.Thread(target=self._watch, name="production-watcher", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.poll_s)
+            if self.follow:
+                try:
+                    self._load("production", quiet=True)
+                except Exception:  # noqa: BLE001 -- a watcher that dies would silently stop following
+                    logger.exception("production watcher: reload failed; keeping %s",
+                                     self.runner.version if self.runner else "no model")
+
+    def _load(self, version: str, quiet: bool = False) -> None:
+        from mbta_ray.registry import RegistryError
+        from mbta_ray.serve.inference import ModelRunner
+
+        reg = self.registry
         try:
             if version == "production":
                 prod = reg.production()
                 if prod is None:
-                    self.runner, self.error = None, f"no production model in {reg.base} yet: run `make run`"
+                    if self.runner is None:
+                        self.error = f"no production model in {reg.base} yet: run `make run`"
                     return
                 version = prod["version"]
-            folder = reg.fetch(version)
             previous = self.runner
-            self.runner, self.error = ModelRunner(folder, version=version), None
+            if quiet and previous is not None and previous.version == version:
+                return  # the watcher's common case: nothing promoted since
+            runner = ModelRunner(reg.fetch(version), version=version)
+            self.runner, self.error = runner, None  # one assignment: a batch sees the old or the new model
             if previous is not None and previous.version != version:
                 metrics.model_loaded().set(0, tags={"model_version": previous.version})
             metrics.model_loaded().set(1, tags={"model_version": version})
@@ -210,12 +244,14 @@ class Api:
 
 def build(args: dict[str, str] | None = None, predictor_options: dict | None = None) -> serve.Application:
     """The application; ``args`` (from ``serve run ... key=value`` or a config) go to the model's
-    user_config: registry, model_name, version. ``predictor_options`` override the model
+    user_config: registry, model_name, version (and poll_s). ``predictor_options`` override the model
     deployment's options (e.g. its autoscaling_config) when built from code."""
     args = dict(args or {})
     # Relative paths resolve in the replica's working directory (the repo root under `serve run`).
     config = {"registry": args.get("registry") or os.environ.get("MBTA_RAY_REGISTRY", "artifacts"),
               "model_name": args.get("model_name", "travel-time"), "version": args.get("version", "production")}
+    if "poll_s" in args:
+        config["poll_s"] = float(args["poll_s"])
     return Api.bind(Predictor.options(user_config=config, **(predictor_options or {})).bind())
 
 
