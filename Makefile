@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ROOT ?= artifacts
 
-.PHONY: run test install bench-etl clean
+.PHONY: run test install check-manifests image image-gpu bench-etl clean
 
 # torch goes in first, pinned: an unpinned torch (or one pulled in by another package) is a
 # multi-GB CUDA build. For a CUDA build, install it into .venv before `make install` (README).
@@ -26,6 +26,17 @@ run: $(STAMP)
 ## make test: the whole test suite on a real local Ray cluster (tiny data).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+## make check-manifests: the KubeRay manifest checks alone (they also run inside make test).
+check-manifests: $(STAMP)
+	$(BIN)/python kuberay/check.py
+
+## make image / image-gpu: the cluster images (needs docker; the tag is the pinned Ray version).
+image:
+	docker build -f kuberay/Dockerfile -t mbta-ray:2.60.0 .
+
+image-gpu:
+	docker build -f kuberay/Dockerfile.gpu -t mbta-ray:2.60.0-gpu .
 
 bench-etl: $(STAMP)
 	$(BIN)/python bench/etl.py

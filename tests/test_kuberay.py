@@ -134,3 +134,19 @@ def test_kustomize_fails_on_a_broken_overlay(tmp_path):
     assert isinstance(out, str) and "missing-patch.yaml" in out, out
     good = check.kustomize("minikube")
     assert isinstance(good, list) and {d["kind"] for d in good} >= {"RayJob", "RayService", "PersistentVolumeClaim"}
+
+
+def test_ci_workflow_is_valid_and_consistent_with_the_makefile():
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    assert set(workflow["jobs"]) == {"test", "manifests", "image"}
+    assert check.check_yamllint([REPO / ".github" / "workflows" / "ci.yml"]) == []
+    makefile = (REPO / "Makefile").read_text()
+    runs = [step["run"] for job in workflow["jobs"].values() for step in job["steps"] if "run" in step]
+    for target in (r.split()[1] for r in runs if r.startswith("make ")):
+        assert f"\n{target}:" in makefile, f"ci.yml runs `make {target}`, which the Makefile lacks"
+    assert "make test" in runs and "make test" in (REPO / ".ci" / "run").read_text()
+    ray = check.pinned_ray_version()
+    for entry in workflow["jobs"]["image"]["strategy"]["matrix"]["include"]:
+        assert (REPO / entry["dockerfile"]).is_file() and entry["tag"].startswith(ray)
+    for target in ("image", "image-gpu"):
+        assert f"mbta-ray:{ray}" in makefile.split(f"\n{target}:")[1].split("\n\n")[0]
