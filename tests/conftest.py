@@ -14,16 +14,23 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
+def start_local_ray() -> None:
+    """The test session's local cluster (2 CPUs, like CI)."""
+    import ray
+
+    # The dashboard serves the State API, which Ray Train's placement-group cleaner needs to
+    # free a Tune trial's workers when the trial is stopped (ASHA): without it they leak and
+    # the next trial waits forever.
+    ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray cluster (2 CPUs, like CI), started once."""
+    """A real local Ray cluster, started once (test_jobs stops it while its own head node runs)."""
     import ray
 
     if not ray.is_initialized():
-        # The dashboard serves the State API, which Ray Train's placement-group cleaner needs to
-        # free a Tune trial's workers when the trial is stopped (ASHA): without it they leak and
-        # the next trial waits forever.
-        ray.init(num_cpus=2, include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+        start_local_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

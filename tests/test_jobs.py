@@ -35,7 +35,18 @@ def _free_port() -> int:
 @pytest.fixture()
 def head_node(tmp_path):
     """A separate real Ray head node with the dashboard (the job server), in its own process group
-    so that stopping it cannot touch any other Ray instance on the machine."""
+    so that stopping it cannot touch any other Ray instance on the machine.
+
+    The session's own cluster is stopped meanwhile and started again after: with two Ray instances
+    on one machine Ray Train's placement-group cleaner cannot tell which to query, and the job's
+    trials hang (README, Ray notes)."""
+    import ray
+
+    from conftest import start_local_ray
+
+    session_cluster = ray.is_initialized()
+    if session_cluster:
+        ray.shutdown()
     gcs, dash = _free_port(), _free_port()
     # The venv first on PATH, as after `source .venv/bin/activate`: the job's `python` is the
     # interpreter with the packages. Token auth (Ray 2.60's default) for the job CLI.
@@ -46,6 +57,11 @@ def head_node(tmp_path):
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
          "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
+         # Ports of its own: the session's cluster holds the defaults (a second dashboard agent on
+         # 52365 cannot bind, and the job server then has "no available agent").
+         *(f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                   "metrics-export-port", "runtime-env-agent-port",
+                                                   "ray-client-server-port")),
          f"--temp-dir={temp}"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
@@ -67,6 +83,8 @@ def head_node(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
     shutil.rmtree(temp, ignore_errors=True)
+    if session_cluster:
+        start_local_ray()
 
 
 def test_pipeline_runs_as_a_ray_job_and_promotes_a_model(head_node, tmp_path):
@@ -80,7 +98,12 @@ def test_pipeline_runs_as_a_ray_job_and_promotes_a_model(head_node, tmp_path):
               "python", "jobs/pipeline.py", "--root", str(root), "--input", str(data.paths[0]),
               "--space-file", str(space), "--xgboost-samples", "1", "--dnn-samples", "1",
               "--distill-epochs", "1", "--distill-hidden", "8"]
-    out = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    deadline = time.time() + 120
+    while True:  # the job server answers before its agent is up: "No available agent ... try again later"
+        out = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        if out.returncode == 0 or "No available agent" not in out.stderr or time.time() > deadline:
+            break
+        time.sleep(2)
     assert out.returncode == 0, out.stdout + out.stderr
     job = re.search(r"raysubmit_\w+", out.stdout + out.stderr).group(0)
 
