@@ -9,8 +9,9 @@ KUBERAY_VERSION=1.7.0                          # = the CRDs vendored in kuberay/
 RAY_VERSION=$(python3 -c "import re;print(re.search(r'ray\[[^]]*\]==([0-9.]+)', open('pyproject.toml').read()).group(1))")
 IMAGE="mbta-ray:${RAY_VERSION}"
 
-# 1. A cluster big enough for a head, two 2-CPU workers and the operator.
-minikube status >/dev/null 2>&1 || minikube start --cpus 6 --memory 14g --disk-size 40g
+# 1. A cluster big enough for two Ray clusters (the pipeline's and the service's: a head and a
+#    2-CPU worker each, autoscaler sidecars), the operator and Minikube's own pods.
+minikube status >/dev/null 2>&1 || minikube start --cpus 8 --memory 16g --disk-size 40g
 
 # 2. The KubeRay operator.
 helm repo add kuberay https://ray-project.github.io/kuberay-helm/ >/dev/null 2>&1 || true
@@ -23,7 +24,8 @@ minikube image build -t "${IMAGE}" -f kuberay/Dockerfile .
 # 4. Storage, the training pipeline and the service (the overlay's PVC holds the artifacts).
 kubectl apply -k kuberay/overlays/minikube
 echo "waiting for the pipeline RayJob (ingest -> tune -> distill -> promote) ..."
-until [[ "$(kubectl get rayjob mbta-ray-pipeline -o jsonpath='{.status.jobStatus}')" =~ ^(SUCCEEDED|FAILED|STOPPED)$ ]]; do
+for _ in $(seq 180); do  # at most an hour
+  [[ "$(kubectl get rayjob mbta-ray-pipeline -o jsonpath='{.status.jobStatus}')" =~ ^(SUCCEEDED|FAILED|STOPPED)$ ]] && break
   sleep 20
 done
 kubectl get rayjob mbta-ray-pipeline -o jsonpath='{.status.jobStatus}{"\n"}'

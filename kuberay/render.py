@@ -71,10 +71,10 @@ def rayservice() -> dict:
             "upgradeStrategy": {"type": "NewCluster"},
             # The head runs no replicas (num-cpus 0): send traffic to the workers' proxies only.
             "excludeHeadPodFromServeSvc": True,
-            # Health: an app that stays unhealthy this long makes KubeRay rebuild the cluster; the
-            # first model load (registry fetch + checksums) takes seconds, so be patient.
-            "serviceUnhealthySecondThreshold": 300,
-            "deploymentUnhealthySecondThreshold": 300,
+            # Health and readiness: KubeRay gives every Serve pod readiness/liveness probes on the
+            # raylet and the proxy (/-/healthz), and a pod leaves the Serve Service while its proxy
+            # is unhealthy. The app's own GET /healthz is 503 until a model is loaded (the
+            # unhealthy-threshold fields are no-ops since KubeRay 1.1, so none are set).
             "serveConfigV2": yaml.safe_dump(serve_config_for_kubernetes(), sort_keys=False),
             "rayClusterConfig": spec,
         },

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from mbta_ray.registry import Registry, evaluation_of
-from mbta_ray.serve.schemas import PredictResponse
+from mbta_ray.serve.schemas import PredictRequest, PredictResponse
 from tests.test_registry import make_model
 from tests.test_serve_inference import request_at_b
 
@@ -91,7 +91,7 @@ def test_predictions_over_http_match_offline_predictions(served, tmp_path):
 @pytest.mark.parametrize("payload, status, needle", [
     ({"route_id": "Red"}, 422, "stops_ahead"),
     ("not json", 422, "JSON"),
-    ({"__body__": "x" * 300_000}, 413, "limit"),
+    ({"__body__": "x" * 1_100_000}, 413, "limit"),
 ])
 def test_bad_payloads_get_4xx_naming_the_problem(served, payload, status, needle):
     if isinstance(payload, dict) and "__body__" in payload:
@@ -392,3 +392,33 @@ def test_following_production_picks_up_a_promotion_without_a_redeploy(served, tm
         time.sleep(0.5)
     r = requests.post(f"{URL}/predict", json=body(), timeout=30)
     assert r.status_code == 200 and r.json()["model_version"] == new
+
+
+def test_concurrent_callers_each_get_their_own_answer(served, tmp_path):
+    """Distinct requests (different stops, lengths, and one the model refuses) sent at once share
+    Predictor batches: each caller gets the answer to its own request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mbta_ray.serve.inference import ModelRunner
+
+    version = _ensure_model(served, tmp_path)
+    runner = ModelRunner(Registry(served).fetch(version), version=version)
+    variants = [body(), body(stops_ahead=[{"stop_id": "C"}]),
+                body(stop_id="A", previous_stop=None, actual_arrival="2024-03-12T12:01:00Z",
+                     scheduled_arrival="2024-03-12T12:00:00Z",
+                     stops_ahead=[{"stop_id": "B"}, {"stop_id": "C"}, {"stop_id": "D"}]),
+                body(route_id="Purple")]
+    payloads = [variants[i % len(variants)] for i in range(48)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda p: requests.post(f"{URL}/predict", json=p, timeout=60), payloads))
+    for payload, r in zip(payloads, answers):
+        if payload["route_id"] == "Purple":
+            assert r.status_code == 422 and r.json()["detail"][0]["type"] == "unknown_route", r.text
+            continue
+        assert r.status_code == 200, r.text
+        (expected,) = runner.predict([PredictRequest.model_validate(payload)])
+        got = r.json()
+        assert got["stop_id"] == payload["stop_id"]
+        assert [p["stop_id"] for p in got["predictions"]] == [s["stop_id"] for s in payload["stops_ahead"]]
+        assert [p["predicted_travel_seconds"] for p in got["predictions"]] == \
+            [p.predicted_travel_seconds for p in expected.predictions]

@@ -110,6 +110,7 @@ def test_service_day_rolls_over_at_3am_local():
     ({"stop_id": "B; DROP TABLE"}, "stop_id", "String should match pattern"),
     ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
     ({"headway_seconds": -5}, "headway_seconds", "greater than or equal to 0"),
+    ({"service_date": "9999-01-01"}, "", "more than a day from actual_arrival"),
 ])
 def test_bad_requests_name_the_field_and_the_reason(override, where, why):
     with pytest.raises(ValidationError) as err:

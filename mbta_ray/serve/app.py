@@ -40,7 +40,7 @@ from mbta_ray.serve.schemas import BatchRequest, BatchResponse, PredictRequest, 
 JSON = "application/json"
 
 logger = logging.getLogger("ray.serve")
-MAX_BODY_BYTES = 256 * 1024  # a full batch of 256 requests x 20 stops is ~200 KiB
+MAX_BODY_BYTES = 1024 * 1024  # a full batch (256 requests x 20 stops with schedules) is ~480 KB
 #: A request whose model replica died under it is sent again (predictions are idempotent), so a
 #: replica crash costs latency, not failed requests, while other replicas (or its replacement) run.
 REPLICA_RETRIES = 3
@@ -61,6 +61,10 @@ class Predictor:
     def __init__(self) -> None:
         self.runner = None
         self.error: str | None = None
+        # reconfigure and the watcher thread both load models: one at a time, and a config change
+        # (generation) makes a watcher load that started before it stand down.
+        self._lock = threading.Lock()
+        self._generation = 0
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Load the model named by ``config`` = {registry, model_name, version, poll_s}.
@@ -72,12 +76,20 @@ class Predictor:
         """
         from mbta_ray.registry import Registry
 
+        from mbta_ray.registry import RegistryError
+
         registry = config.get("registry") or os.environ.get("MBTA_RAY_REGISTRY", "artifacts")
-        self.registry = Registry(registry, config.get("model_name", "travel-time"))
         version = config.get("version", "production")
-        self.follow = version == "production"
-        self.poll_s = float(config.get("poll_s", PRODUCTION_POLL_S))
-        self._load(version)
+        with self._lock:
+            self._generation += 1
+            self.registry = Registry(registry, config.get("model_name", "travel-time"))
+            self.follow = version == "production"
+            self.poll_s = float(config.get("poll_s", PRODUCTION_POLL_S))
+            error = self._load(version, self._generation)
+        if error is not None and not self.follow:
+            # A pinned version that cannot load fails the deploy (serve reload reports it) instead
+            # of silently serving the previous model.
+            raise RegistryError(error)
         if self.follow and getattr(self, "_watcher", None) is None:
             self._watcher = threading.Thread(target=self._watch, name="production-watcher", daemon=True)
             self._watcher.start()
@@ -85,14 +97,17 @@ class Predictor:
     def _watch(self) -> None:
         while True:
             time.sleep(self.poll_s)
-            if self.follow:
+            with self._lock:
+                if not self.follow:
+                    continue
                 try:
-                    self._load("production", quiet=True)
+                    self._load("production", self._generation, quiet=True)
                 except Exception:  # noqa: BLE001 -- a watcher that dies would silently stop following
                     logger.exception("production watcher: reload failed; keeping %s",
                                      self.runner.version if self.runner else "no model")
 
-    def _load(self, version: str, quiet: bool = False) -> None:
+    def _load(self, version: str, generation: int, quiet: bool = False) -> str | None:
+        """Load ``version`` (under ``self._lock``); returns why it failed, or None."""
         from mbta_ray.registry import RegistryError
         from mbta_ray.serve.inference import ModelRunner
 
@@ -103,20 +118,24 @@ class Predictor:
                 if prod is None:
                     if self.runner is None:
                         self.error = f"no production model in {reg.base} yet: run `make run`"
-                    return
+                    return None
                 version = prod["version"]
             previous = self.runner
             if quiet and previous is not None and previous.version == version:
-                return  # the watcher's common case: nothing promoted since
+                return None  # the watcher's common case: nothing promoted since
             runner = ModelRunner(reg.fetch(version), version=version)
+            if generation != self._generation:
+                return None  # the config changed while this loaded: it no longer applies
             self.runner, self.error = runner, None  # one assignment: a batch sees the old or the new model
             if previous is not None and previous.version != version:
                 metrics.model_loaded().set(0, tags={"model_version": previous.version})
             metrics.model_loaded().set(1, tags={"model_version": version})
             logger.info("loaded model %s from %s", version, reg.base)
+            return None
         except RegistryError as exc:  # keep serving the model we had; report why the new one failed
             self.error = str(exc)
             logger.error("cannot load %s from %s: %s", version, reg.base, exc)
+            return str(exc)
 
     def info(self) -> dict:
         if self.runner is None:

@@ -82,6 +82,8 @@ class PredictRequest(_Strict):
                 (f"stops_ahead[{i}].scheduled_arrival", s.scheduled_arrival) for i, s in enumerate(self.stops_ahead)]:
             if t is not None and abs(t - self.actual_arrival) > MAX_SCHEDULE_GAP:
                 raise ValueError(f"{name} is more than {MAX_SCHEDULE_GAP} from actual_arrival")
+        if self.service_date is not None and abs((self.service_date - self.actual_arrival.date()).days) > 1:
+            raise ValueError(f"service_date {self.service_date} is more than a day from actual_arrival")
         if self.previous_stop is not None and self.previous_stop.actual_arrival > self.actual_arrival:
             raise ValueError("previous_stop.actual_arrival is after actual_arrival at u")
         ids = [s.stop_id for s in self.stops_ahead]
