@@ -222,15 +222,24 @@ class Api:
         self.predictor = predictor
 
     async def _call(self, requests: list[PredictRequest], loc: tuple) -> Answer | Refusal:
+        return await self._retrying(lambda: self.predictor.predict.remote(requests, loc))
+
+    async def _retrying(self, call):
+        """``call()``'s answer, sent again if its model replica died under it; a Refusal(503) after
+        REPLICA_RETRIES more tries."""
         for attempt in range(REPLICA_RETRIES + 1):
             try:
-                return await self.predictor.predict.remote(requests, loc)
+                return await call()
             except _REPLICA_GONE as exc:
                 if attempt == REPLICA_RETRIES:
                     return Refusal(503, f"no model replica answered after {attempt + 1} tries ({type(exc).__name__}); "
                                         "retry shortly", "replica_unavailable")
                 logger.warning("model replica lost (%s); retrying the request", type(exc).__name__)
                 await asyncio.sleep(0.1 * 2 ** attempt)
+
+    async def _info(self) -> dict:
+        info = await self._retrying(lambda: self.predictor.info.remote())
+        return {"ready": False, "error": info.detail} if isinstance(info, Refusal) else info
 
     @api.post("/predict", response_model=PredictResponse,
               responses={422: {"description": "invalid input, or a route/stop the model cannot handle"},
@@ -248,14 +257,14 @@ class Api:
 
     @api.get("/healthz")
     async def healthz(self):
-        info = await self.predictor.info.remote()
+        info = await self._info()
         if not info["ready"]:
             return JSONResponse(status_code=503, content={"ready": False, "detail": info["error"]})
         return {"ready": True, "model_version": info["version"]}
 
     @api.get("/model")
     async def model(self):
-        info = await self.predictor.info.remote()
+        info = await self._info()
         if not info["ready"]:
             return JSONResponse(status_code=503, content={"detail": info["error"]})
         return info
