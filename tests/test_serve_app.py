@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -49,6 +52,30 @@ def served(ray_local, tmp_path_factory):
 
 def body(**overrides) -> dict:
     return request_at_b(**overrides).model_dump(mode="json")
+
+
+@contextmanager
+def requests_flowing(threads: int, on_response: Callable[[requests.Response], None]):
+    """``threads`` clients posting /predict back to back (each answer to ``on_response``) for the
+    body of the with-block, plus a second before and after it."""
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                on_response(s.post(f"{URL}/predict", json=body(), timeout=30))
+
+    workers = [threading.Thread(target=load) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    try:
+        time.sleep(1.0)
+        yield
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(timeout=60)
 
 
 def test_without_a_model_the_api_says_503_with_a_reason(served):
@@ -134,8 +161,6 @@ def test_serve_config_matches_the_code(tmp_path):
 def test_hot_reload_while_requests_flow(served, tmp_path):
     """Promote a new model and redeploy: every request in flight gets a 200, and the answers switch
     from the old version to the new one without a restart."""
-    import threading
-
     from mbta_ray.serve.app import deploy
 
     reg = Registry(served)
@@ -147,28 +172,16 @@ def test_hot_reload_while_requests_flow(served, tmp_path):
     new = reg.register(model_dir, evaluation=evaluation_of(model_dir))["version"]
     assert reg.promote(new).accepted and new != old
 
-    seen, failures, stop = [], [], threading.Event()
+    seen, failures = [], []
 
-    def load() -> None:
-        with requests.Session() as s:
-            while not stop.is_set():
-                r = s.post(f"{URL}/predict", json=body(), timeout=30)
-                (seen.append(r.json()["model_version"]) if r.status_code == 200 else failures.append(r.text))
+    def record(r: requests.Response) -> None:
+        (seen.append(r.json()["model_version"]) if r.status_code == 200 else failures.append(r.text))
 
-    threads = [threading.Thread(target=load) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(1.0)
+    with requests_flowing(3, record):
         assert deploy(str(served)) == new
         deadline = time.time() + 60
         while time.time() < deadline and (not seen or seen[-1] != new):
             time.sleep(0.2)
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
     assert not failures, failures[:3]
     assert old in seen and seen[-1] == new
     assert requests.get(f"{URL}/healthz", timeout=10).json()["model_version"] == new
@@ -293,8 +306,6 @@ def test_fuzzed_bodies_never_get_a_5xx(served, tmp_path):
 def test_a_killed_model_replica_costs_no_requests_and_comes_back(served, tmp_path):
     """ray.kill one of two model replicas while a bounded load runs: every request gets a 200 (the
     ingress retries on the other replica) and Serve starts a replacement."""
-    import threading
-
     import ray
     from ray import serve
 
@@ -319,31 +330,19 @@ def test_a_killed_model_replica_costs_no_requests_and_comes_back(served, tmp_pat
         time.sleep(0.5)
     before = replicas()
 
-    ok, failures, stop = [0], [], threading.Event()
+    ok, failures = [0], []
 
-    def load() -> None:
-        with requests.Session() as s:
-            while not stop.is_set():
-                r = s.post(f"{URL}/predict", json=body(), timeout=30)
-                if r.status_code == 200:
-                    ok[0] += 1
-                else:
-                    failures.append((r.status_code, r.text[:300]))
+    def record(r: requests.Response) -> None:
+        if r.status_code == 200:
+            ok[0] += 1
+        else:
+            failures.append((r.status_code, r.text[:300]))
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(1.0)
+    with requests_flowing(4, record):
         ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
         deadline = time.time() + 90
         while time.time() < deadline and not (running() == 2 and len(replicas()) == 2 and replicas() != before):
             time.sleep(0.5)
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
     after = replicas()
     assert not failures, failures[:3]
     assert ok[0] > 20 and len(after) == 2 and before[0] not in after and running() == 2, (ok, before, after)
