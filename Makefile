@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ROOT ?= artifacts
 
-.PHONY: run test install check-manifests image image-gpu bench-etl clean
+.PHONY: run test test-fast lint format install check-manifests image image-gpu bench-etl clean
 
 # torch goes in first, pinned: an unpinned torch (or one pulled in by another package) is a
 # multi-GB CUDA build. For a CUDA build, install it into .venv before `make install` (README).
@@ -23,9 +23,22 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/mbta-ray pipeline --root $(ROOT)
 
-## make test: the whole test suite on a real local Ray cluster (tiny data).
-test: $(STAMP)
+## make test: lint, then the whole test suite on a real local Ray cluster (tiny data).
+test: lint
 	$(BIN)/python -m pytest -q tests
+
+## make test-fast: the tests that need no Ray cluster (under a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not ray" tests
+
+## make lint: ruff's lint rules and format check (pyproject.toml); `make format` fixes what it can.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 ## make check-manifests: the KubeRay manifest checks alone (they also run inside make test).
 check-manifests: $(STAMP)

@@ -33,12 +33,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
+    from mbta_ray.runtime import ensure_ray
 
     from mbta_ray import versioning
     from mbta_ray.tune import TuneSettings, run_search
 
     version = args.dataset or versioning.list_versions(args.root)[0]["version"]
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+    ensure_ray(num_cpus=os.cpu_count(), dashboard=True, quiet=True)
     results = []
     for family in args.families:
         t0 = time.perf_counter()
@@ -56,7 +57,7 @@ def main() -> None:
 
         append(f"Dataset {version} (embedded real data, time-ordered splits per source: test = the last "
                f"15 % of each source's trips). Each family: {args.samples} BayesOpt trials "
-               "(configs/tune.yaml), one at a time, 1 Ray Train worker; the best trial's model is scored "
+               "(mbta_ray/configs/tune.yaml), one at a time, 1 Ray Train worker; the best trial's model is scored "
                "on the test split. MAE in seconds of travel time u -> s, on the test rows that every model "
                "and baseline covers (persistence needs a schedule at u and s, the historical median a "
                "segment seen in training).", lines)

@@ -31,10 +31,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
+    from mbta_ray.runtime import ensure_ray
 
     from mbta_ray import distill
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+    ensure_ray(num_cpus=os.cpu_count(), dashboard=True, quiet=True)
     teacher = distill.pick_teacher(args.teacher)
     version = json.loads((teacher / "metadata.json").read_text())["dataset"]["version"]
     rep = distill.run(teacher, args.root, version, ROOT / "bench" / "out" / "compression",

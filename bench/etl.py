@@ -99,10 +99,11 @@ def worker(args: argparse.Namespace) -> None:
         result.update(counts=run["counts"], stages=run["timings_s"], pair_chunks=run["pair_chunks"])
     else:
         import ray
+        from mbta_ray.runtime import ensure_ray
 
         from mbta_ray.etl import ingest
 
-        ray.init(num_cpus=args.cpus, include_dashboard=args.dashboard, logging_level="ERROR", log_to_driver=False)
+        ensure_ray(num_cpus=args.cpus, dashboard=args.dashboard, quiet=True)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -441,7 +442,7 @@ def main() -> None:
     for size in sizes:
         files = args.files or max(4, -(-size // 500_000))
         data, gen_s = ensure_data(size, files, args.seed)
-        print(f"[{size:,} events] synthetic data in {data} ({'generated in %.1f s' % gen_s if gen_s else 'cached'})",
+        print(f"[{size:,} events] synthetic data in {data} ({f'generated in {gen_s:.1f} s' if gen_s else 'cached'})",
               flush=True)
         _warm_cache(data)
         run = {"size": size, "files": files, "generate_s": gen_s}

@@ -66,6 +66,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
+    from mbta_ray.runtime import ensure_ray
     import torch
     import yaml
 
@@ -83,7 +84,7 @@ def main() -> None:
     info["xgboost"] = xgboost.__version__
     print(json.dumps(info), flush=True)
     # No dashboard here (its extra packages are not on the GPU image), so no ASHA (see TuneSettings).
-    ray.init(num_cpus=os.cpu_count(), num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    ensure_ray(num_cpus=os.cpu_count(), num_gpus=gpus, dashboard=False, quiet=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     work = out / "work"

@@ -3,7 +3,7 @@
     python bench/search_efficiency.py [--root artifacts] [--dataset VERSION] [--trials 24]
                                       [--seeds 0 1 2 3 4] [--rounds 300]
 
-Both searchers explore ``configs/tune.yaml``'s xgboost space (the same float domains, decoded by
+Both searchers explore ``mbta_ray/configs/tune.yaml``'s xgboost space (the same float domains, decoded by
 ``search_space.decode``) for the same number of trials and seeds. A trial is a real XGBoost fit on
 the dataset's train split, scored by valid MAE, in-process inside a Tune function trainable (no Ray
 Train: the search, not the trainer, is what is compared, and this keeps 2 x seeds x trials cheap).
@@ -31,11 +31,12 @@ def _trial(config: dict, *, spec: dict, data: dict, encoder: dict, rounds: int) 
     from mbta_ray import search_space
     from mbta_ray.encoding import FeatureEncoder
     from mbta_ray.models import xgboost_model
+    from mbta_ray.models.params import round_ints
 
-    p = xgboost_model.round_ints(search_space.decode(config, spec))
+    p = round_ints(search_space.decode(config, spec), xgboost_model.INT_PARAMS)
     enc = FeatureEncoder(**encoder)
-    dtrain = xgboost_model._dmatrix(data["train"], enc, residual=bool(p.get("residual", True)))
-    dvalid = xgboost_model._dmatrix(data["valid"], enc, residual=bool(p.get("residual", True)))
+    dtrain = xgboost_model.dmatrix(data["train"], enc, residual=bool(p.get("residual", True)))
+    dvalid = xgboost_model.dmatrix(data["valid"], enc, residual=bool(p.get("residual", True)))
     params = {"objective": p["objective"], "eval_metric": "mae", "tree_method": "hist", "nthread": 1,
               "eta": p["eta"], "max_depth": p["max_depth"], "min_child_weight": p["min_child_weight"],
               "subsample": p["subsample"], "colsample_bytree": p["colsample_bytree"], "lambda": p["lambda"],
@@ -96,13 +97,14 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
+    from mbta_ray.runtime import ensure_ray
 
     from mbta_ray import search_space, versioning
     from mbta_ray.encoding import FeatureEncoder
     from mbta_ray.models.data import load_split_pandas
 
     version = args.dataset or versioning.list_versions(args.root)[0]["version"]
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ensure_ray(num_cpus=os.cpu_count(), dashboard=False, quiet=True)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     train = load_split_pandas(args.root, version, "train")
     valid = load_split_pandas(args.root, version, "valid")

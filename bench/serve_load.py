@@ -158,12 +158,13 @@ def serve_direct(args, bodies: list[dict], version: str) -> list[dict]:
     """The app with throughput-optimized Serve, loaded on its ingress replica's own HTTP port."""
     import psutil
     import ray
+    from mbta_ray.runtime import ensure_ray
     from ray import serve
     from ray.util.state import list_actors
 
     from mbta_ray.serve.app import build
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+    ensure_ray(num_cpus=os.cpu_count(), dashboard=True, quiet=True)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     serve.run(build({"registry": str(Path(args.registry).resolve()), "version": version}), name="serve",
               route_prefix="/", blocking=False)
@@ -202,11 +203,12 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     if {"serve", "naive"} & set(args.targets):
         import ray
+        from mbta_ray.runtime import ensure_ray
         from ray import serve
 
         from mbta_ray.serve.app import build
 
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, logging_level="ERROR", log_to_driver=False)
+        ensure_ray(num_cpus=os.cpu_count(), dashboard=True, quiet=True)
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         for target in [t for t in args.targets if t in ("serve", "naive")]:
             app = build({"registry": str(Path(args.registry).resolve()), "version": version}) if target == "serve" \
@@ -261,9 +263,11 @@ def main() -> None:
 
 def report(results: dict[str, list[dict]], args) -> list[str]:
     lines = ["| target | concurrency | req/s | p50 ms | p95 ms | p99 ms | non-200 |", "|---|---:|---:|---:|---:|---:|---|"]
+    def f(x: float | None) -> str:
+        return f"{x:.1f}" if x is not None else "-"
+
     for target, rows in results.items():
         for r in rows:
-            f = (lambda x: f"{x:.1f}" if x is not None else "-")
             lines.append(f"| {target} | {r['concurrency']} | {r['rps']:.1f} | {f(r['p50_ms'])} | {f(r['p95_ms'])} | "
                          f"{f(r['p99_ms'])} | {r['errors'] or 0} |")
     top = max(args.concurrency)

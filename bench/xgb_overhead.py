@@ -35,16 +35,17 @@ def main() -> None:
 
     import numpy as np
     import ray
+    from mbta_ray.runtime import ensure_ray
     import xgboost as xgb
 
     from mbta_ray import versioning
     from mbta_ray.encoding import FeatureEncoder
     from mbta_ray.models import xgboost_model
     from mbta_ray.models.data import load_split, load_split_pandas
-    from mbta_ray.models.resources import WorkerResources
+    from mbta_ray.config import WorkerResources
     from mbta_ray.schema import TARGET
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ensure_ray(num_cpus=args.cpus, dashboard=False, quiet=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     if args.synthetic_events:
         from mbta_ray.etl import ingest
@@ -63,8 +64,8 @@ def main() -> None:
     # Plain xgboost.train in this process, all cores.
     t0 = time.perf_counter()
     # The same matrices as the trainer's workers build (residual on the persistence prior).
-    dtrain = xgboost_model._dmatrix(train_df, enc, residual=True)
-    dvalid = xgboost_model._dmatrix(valid_df, enc, residual=True)
+    dtrain = xgboost_model.dmatrix(train_df, enc, residual=True)
+    dvalid = xgboost_model.dmatrix(valid_df, enc, residual=True)
     booster = xgb.train({"objective": "reg:absoluteerror", "eval_metric": "mae", "tree_method": "hist",
                          "eta": 0.1, "max_depth": 8, "nthread": args.cpus, "base_score": 0.0}, dtrain,
                         num_boost_round=args.rounds, evals=[(dvalid, "valid")], verbose_eval=False)

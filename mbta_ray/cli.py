@@ -1,31 +1,124 @@
-"""``mbta-ray``: one Typer app, a subcommand group per stage."""
+"""``mbta-ray``: one Typer app, a subcommand group per stage.
+
+Heavy stage modules (etl, tune, distill, pipeline, serve) are imported inside the commands that
+use them: importing them all costs several seconds (Ray Tune, Ray Train, torch), which ``--help``
+and the registry commands should not pay (measured in ARCHITECTURE.md).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
 import json
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mbta_ray import versioning
+from mbta_ray import runtime, versioning
+from mbta_ray.config import DistillConfig, EtlConfig, PipelineSettings, TrialResources, TuneSettings
+from mbta_ray.defaults import DATASET_NAME, MODEL_NAME, REGISTRY_ENV, SERVE_APP_NAME
+from mbta_ray.errors import MbtaRayError
+from mbta_ray.paths import DEFAULT_ROOT
+from mbta_ray.registry import Registry, dataset_rescorer, evaluation_of
 
-app = typer.Typer(help="MBTA arrival and delay prediction on Ray.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Ingest MBTA data into versioned feature datasets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+if TYPE_CHECKING:
+    from mbta_ray.tune import TuneProgress
+
 console = Console()
 if not console.is_terminal:  # piped or in CI: rich would squeeze tables into 80 columns
     console = Console(width=140)
 
-RootOpt = Annotated[Path, typer.Option("--root", help="Artifact root (datasets go in <root>/datasets).")]
-
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+class _App(typer.Typer):
+    """A Typer app whose commands turn the project's errors into one line and exit code 2: the one
+    place a user's mistake is reported (never a traceback)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable:
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable) -> Callable:
+            @functools.wraps(fn)
+            def reported(*a: Any, **k: Any) -> Any:
+                try:
+                    return fn(*a, **k)
+                except (MbtaRayError, FileNotFoundError) as exc:
+                    _fail(str(exc))
+
+            register(reported)
+            return fn
+
+        return decorator
+
+
+def default_of(cls: type, name: str) -> Any:
+    """A dataclass field's default: the options below take their defaults from the dataclasses."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+app = _App(help="MBTA arrival and delay prediction on Ray.", no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = _App(help="Ingest MBTA data into versioned feature datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+RootOpt = Annotated[Path, typer.Option("--root", help="Artifact root (datasets go in <root>/datasets).")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Show Ray's own logs here as they come (default: a log file under <root>/logs).")]
+
+
+@contextlib.contextmanager
+def _ray_output(root: Path, command: str, verbose: bool) -> Iterator[None]:
+    """Ray's logs to ``<root>/logs/<command>-<time>.log`` (said on screen), or live with --verbose."""
+    if verbose:
+        yield
+        return
+    path = Path(root) / "logs" / f"{command}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.log"
+    console.print(f"[dim]Ray's logs go to {path} (--verbose shows them here)[/]", soft_wrap=True)
+    with runtime.ray_logs_to(path):
+        yield
+
+
+class _TrialsDisplay:
+    """Trials done / total, best valid MAE so far and elapsed time of each search: a live bar on a
+    terminal, one line per finished trial otherwise (CI logs, pipes)."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("      {task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                            TextColumn("trials  {task.fields[best]}"), TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, TaskID] = {}
+        self.shown: dict[str, int] = {}
+
+    def __call__(self, p: TuneProgress) -> None:
+        best = f"best valid MAE {p.best:.1f} s" if p.best is not None else "no result yet"
+        if p.errors:
+            best += f", {p.errors} failed"
+        if console.is_terminal:
+            if not self.tasks:
+                self.bar.start()
+            if p.family not in self.tasks:
+                self.tasks[p.family] = self.bar.add_task(f"tune {p.family}", total=p.total, best="")
+            self.bar.update(self.tasks[p.family], completed=p.done, best=best)
+        elif self.shown.get(p.family) != p.done:
+            self.shown[p.family] = p.done
+            console.print(f"      tune {p.family}: {p.done}/{p.total} trials, {best}, "
+                          f"{dt.timedelta(seconds=round(p.elapsed_s))}")
+
+    def close(self) -> None:
+        if self.tasks:
+            self.bar.stop()
 
 
 def _counts_table(manifest: dict) -> Table:
@@ -57,25 +150,24 @@ def ingest_cmd(
     inputs: Annotated[Optional[list[str]], typer.Argument(
         help="Input files (parquet/CSV), format detected from the columns; 'path::format' names it "
              "(lamp, tm, massdot, gtfsrt). Default: the embedded real MBTA samples.")] = None,
-    name: Annotated[str, typer.Option(help="Dataset name.")] = "mbta",
-    k: Annotated[int, typer.Option("--k", "-k", help="Predict 1..K observed stops ahead.")] = 10,
-    max_abs_delay: Annotated[float, typer.Option(help="Quarantine events with |delay| above this (s).")] = 7200.0,
+    name: Annotated[str, typer.Option(help="Dataset name.")] = DATASET_NAME,
+    k: Annotated[int, typer.Option("--k", "-k", help="Predict 1..K observed stops ahead.")] = EtlConfig.k,
+    max_abs_delay: Annotated[float, typer.Option(
+        help="Quarantine events with |delay| above this (s).")] = EtlConfig.max_abs_delay_s,
     stops: Annotated[Optional[str], typer.Option(help="GTFS stops file (default: embedded 2023-04).")] = None,
     no_stops: Annotated[bool, typer.Option("--no-stops", help="Skip GTFS stop checks and distances.")] = False,
-    root: RootOpt = Path("artifacts"),
+    root: RootOpt = Path(DEFAULT_ROOT),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Read, check and turn MBTA data into a versioned train/valid/test feature dataset."""
-    from mbta_ray.etl import DEFAULT_STOPS, EtlConfig, ingest
-    from mbta_ray.sources import InputError
+    from mbta_ray.etl import ingest
+    from mbta_ray.paths import DEFAULT_STOPS
 
-    try:
-        config = EtlConfig(k=k, max_abs_delay_s=max_abs_delay)
-        console.print(f"[bold]ingest[/] {len(inputs or [])} input file(s) (none: the embedded samples), "
-                      f"K={k}; Ray Data shows each stage's progress")
+    config = EtlConfig(k=k, max_abs_delay_s=max_abs_delay)
+    console.print(f"[bold]ingest[/] {len(inputs or [])} input file(s) (none: the embedded samples), K={k}")
+    with _ray_output(root, "ingest", verbose), console.status("reading, checking and building examples..."):
         result = ingest(inputs, root=root, name=name, config=config,
                         stops_path=None if no_stops else (stops or DEFAULT_STOPS))
-    except (InputError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
     verb = "created" if result.created else "already exists (inputs, config and code unchanged: nothing to do)"
     console.print(f"[bold green]dataset {result.name}/{result.version} {verb}[/] at {result.path}")
     console.print(_counts_table(result.manifest))
@@ -84,7 +176,7 @@ def ingest_cmd(
 
 @data_app.command("list")
 def list_cmd(name: Annotated[Optional[str], typer.Option(help="Only this dataset.")] = None,
-             root: RootOpt = Path("artifacts")) -> None:
+             root: RootOpt = Path(DEFAULT_ROOT)) -> None:
     """List dataset versions with their counts, newest first."""
     manifests = versioning.list_versions(root, name)
     t = Table(title=f"datasets under {root}")
@@ -107,14 +199,11 @@ def show_cmd(version: Annotated[str, typer.Argument(help="Version (or a unique p
              name: Annotated[Optional[str], typer.Option(help="Dataset name.")] = None,
              rows: Annotated[int, typer.Option(help="Sample rows to show.")] = 5,
              split: Annotated[str, typer.Option(help="Split to sample.")] = "train",
-             root: RootOpt = Path("artifacts")) -> None:
+             root: RootOpt = Path(DEFAULT_ROOT)) -> None:
     """Show a version's manifest and a sample of its rows."""
     import pyarrow.dataset as pads
 
-    try:
-        ds_name, ds_version = versioning.resolve(root, version, name)
-    except versioning.VersionNotFound as exc:
-        _fail(str(exc))
+    ds_name, ds_version = versioning.resolve(root, version, name)
     manifest = versioning.load_manifest(root, ds_name, ds_version)
     console.print_json(json.dumps({k: v for k, v in manifest.items() if k != "schema"}, default=str))
     console.print(_counts_table(manifest))
@@ -138,12 +227,9 @@ def synth_cmd(
     """Write SYNTHETIC LAMP-layout events fitted to real data, for scale benchmarks (never real data)."""
     from mbta_ray import synth
 
-    try:
-        with console.status(f"fitting the profile and writing {events:,} synthetic events..."):
-            result = synth.write_synthetic(out, events, seed=seed, files=files, events_per_day=events_per_day,
-                                           lamp_path=lamp or synth.DEFAULT_LAMP_SAMPLE)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    with console.status(f"fitting the profile and writing {events:,} synthetic events..."):
+        result = synth.write_synthetic(out, events, seed=seed, files=files, events_per_day=events_per_day,
+                                       lamp_path=lamp or synth.DEFAULT_LAMP_SAMPLE)
     t = Table(title=f"SYNTHETIC LAMP events (seed {seed}) -- not real MBTA data")
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -163,20 +249,25 @@ def synth_cmd(
 def tune_cmd(
     model: Annotated[str, typer.Option(help="xgboost, dnn or both.")] = "both",
     dataset: Annotated[Optional[str], typer.Option(help="Dataset version (prefix ok); default: the newest.")] = None,
-    num_samples: Annotated[int, typer.Option(min=1, help="Trials per model family.")] = 8,
-    max_concurrent: Annotated[int, typer.Option(min=1, help="Trials running at once.")] = 1,
-    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = 1,
+    num_samples: Annotated[int, typer.Option(min=1, help="Trials per model family.")] = TuneSettings.num_samples,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="Trials running at once.")] = TuneSettings.max_concurrent,
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = TrialResources.num_workers,
     cpus_per_worker: Annotated[Optional[float], typer.Option(
-        help="CPUs per Train worker; default: fit the cluster, keeping 1 CPU free for Ray Data.")] = None,
-    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Train worker (fractions share a GPU).")] = 0.0,
-    trial_cpu: Annotated[float, typer.Option(help="CPU share of the trial process itself.")] = 0.1,
-    random_steps: Annotated[int, typer.Option(help="Random trials before BayesOpt's model kicks in.")] = 3,
-    seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
-    space: Annotated[Optional[str], typer.Option(help="Search-space YAML (default configs/tune.yaml).")] = None,
+        help="CPUs per Train worker; default: fit the cluster, keeping 1 CPU free for Ray Data.")
+    ] = TrialResources.cpus_per_worker,
+    gpus_per_worker: Annotated[float, typer.Option(
+        help="GPUs per Train worker (fractions share a GPU).")] = TrialResources.gpus_per_worker,
+    trial_cpu: Annotated[float, typer.Option(help="CPU share of the trial process itself.")] = TrialResources.trial_cpu,
+    random_steps: Annotated[int, typer.Option(
+        help="Random trials before BayesOpt's model kicks in.")] = TuneSettings.random_steps,
+    seed: Annotated[int, typer.Option(help="Searcher seed.")] = TuneSettings.seed,
+    space: Annotated[Optional[str], typer.Option(
+        help="Search-space YAML (default: the packaged mbta_ray/configs/tune.yaml).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Experiment folder to continue (Tuner.restore).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Experiment name (default: family-dataset-time).")] = None,
     wandb: Annotated[bool, typer.Option("--wandb/--no-wandb", help="Log trials to W&B (offline without a key).")] = True,
-    root: RootOpt = Path("artifacts"),
+    root: RootOpt = Path(DEFAULT_ROOT),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Bayesian search (BayesOptSearch) over distributed XGBoost and/or DNN trials, then evaluation."""
     from mbta_ray import tune as tuning
@@ -192,16 +283,15 @@ def tune_cmd(
             _fail(f"no dataset under {root}: run `mbta-ray data ingest` first")
         dataset = versions[0]["version"]
     results = []
-    for family in families:
-        settings = tuning.TuneSettings(
-            family=family, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
-            random_steps=random_steps, storage=str(root / "experiments"), space_file=space, wandb=wandb,
-            resources=tuning.TrialResources(workers, cpus_per_worker, gpus_per_worker, trial_cpu),
-            name=name if len(families) == 1 else (f"{name}-{family}" if name else None))
-        try:
-            results.append(tuning.run_search(settings, root, dataset, resume=resume))
-        except (ValueError, FileNotFoundError, versioning.VersionNotFound) as exc:  # ResourceError too
-            _fail(str(exc))
+    display = _TrialsDisplay()
+    with _ray_output(root, "tune", verbose), contextlib.closing(display):
+        for family in families:
+            settings = TuneSettings(
+                family=family, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
+                random_steps=random_steps, storage=str(root / "experiments"), space_file=space, wandb=wandb,
+                resources=TrialResources(workers, cpus_per_worker, gpus_per_worker, trial_cpu),
+                name=name if len(families) == 1 else (f"{name}-{family}" if name else None))
+            results.append(tuning.run_search(settings, root, dataset, resume=resume, progress=display))
     console.print(metrics_table(results))
     for r in results:
         best = r["best_valid_mae"]
@@ -273,67 +363,76 @@ def distill_cmd(
     dnn_reference: Annotated[Optional[Path], typer.Option(help="Tuned DNN to compare size/speed with.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset version (default: the teacher's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: beside the teacher's experiment).")] = None,
-    blend: Annotated[float, typer.Option(help="Weight of the true target vs the teacher (0..1).")] = 0.5,
-    softening: Annotated[float, typer.Option(help="Teacher term's Huber zone multiplier (temperature-like).")] = 2.0,
-    unlabeled_copies: Annotated[int, typer.Option(help="Unlabeled re-observed pairs per training pair.")] = 1,
-    epochs: Annotated[int, typer.Option(min=1)] = 6,
-    prune_amount: Annotated[float, typer.Option(help="Share of linear weights to prune.")] = 0.3,
-    tolerance: Annotated[float, typer.Option(help="Max valid-MAE loss (share) to keep pruning/int8.")] = 0.02,
-    root: RootOpt = Path("artifacts"),
+    blend: Annotated[float, typer.Option(
+        help="Weight of the true target vs the teacher (0..1).")] = DistillConfig.blend,
+    softening: Annotated[float, typer.Option(
+        help="Teacher term's Huber zone multiplier (temperature-like).")] = DistillConfig.softening,
+    unlabeled_copies: Annotated[int, typer.Option(
+        help="Unlabeled re-observed pairs per training pair.")] = DistillConfig.unlabeled_copies,
+    epochs: Annotated[int, typer.Option(min=1)] = DistillConfig.epochs,
+    prune_amount: Annotated[float, typer.Option(help="Share of linear weights to prune.")] = DistillConfig.prune_amount,
+    tolerance: Annotated[float, typer.Option(
+        help="Max valid-MAE loss (share) to keep pruning/int8.")] = DistillConfig.tolerance,
+    root: RootOpt = Path(DEFAULT_ROOT),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Distill the best tuned model into a small MLP, prune and quantize it, report the compression."""
     from mbta_ray import distill
+    from mbta_ray.models import bundle
 
-    try:
-        cfg = distill.DistillConfig(blend=blend, softening=softening, unlabeled_copies=unlabeled_copies, epochs=epochs,
-                                    prune_amount=prune_amount, tolerance=tolerance)
-        teacher_dir = distill.pick_teacher(teacher)
-        meta = json.loads((teacher_dir / "metadata.json").read_text())
-        version = dataset or (meta.get("dataset") or {}).get("version")
-        if not version:
-            raise ValueError(f"{teacher_dir / 'metadata.json'}: names no dataset; pass --dataset")
-        out_dir = out or teacher_dir.parent.parent / f"distill-{version[:8]}"
+    cfg = DistillConfig(blend=blend, softening=softening, unlabeled_copies=unlabeled_copies, epochs=epochs,
+                        prune_amount=prune_amount, tolerance=tolerance)
+    teacher_dir = distill.pick_teacher(teacher)
+    version = dataset or (bundle.read_metadata(teacher_dir).get("dataset") or {}).get("version")
+    if not version:
+        _fail(f"{teacher_dir / bundle.METADATA_FILE}: names no dataset; pass --dataset")
+    out_dir = out or teacher_dir.parent.parent / f"distill-{version[:8]}"
+    with _ray_output(root, "distill", verbose), console.status("labeling, training and compressing the student..."):
         report = distill.run(teacher_dir, root, version, out_dir, cfg, dnn_reference=dnn_reference)
-    except (ValueError, FileNotFoundError, versioning.VersionNotFound) as exc:
-        _fail(str(exc))
     _print_compression(report)
     console.print(f"student -> {report['student_dir']} (register it with `mbta-ray registry register`)")
 
 
 @app.command("pipeline")
 def pipeline_cmd(
-    xgboost_samples: Annotated[int, typer.Option(min=0, help="XGBoost trials.")] = 4,
-    dnn_samples: Annotated[int, typer.Option(min=0, help="DNN trials.")] = 3,
-    distill_epochs: Annotated[int, typer.Option(min=1, help="Student epochs.")] = 6,
-    metric: Annotated[str, typer.Option(help="Promotion metric.")] = "mae",
-    seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
-    registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
+    xgboost_samples: Annotated[int, typer.Option(
+        min=0, help="XGBoost trials.")] = default_of(PipelineSettings, "samples")["xgboost"],
+    dnn_samples: Annotated[int, typer.Option(min=0, help="DNN trials.")] = default_of(PipelineSettings, "samples")["dnn"],
+    distill_epochs: Annotated[int, typer.Option(min=1, help="Student epochs.")] = DistillConfig.epochs,
+    metric: Annotated[str, typer.Option(help="Promotion metric.")] = PipelineSettings.metric,
+    seed: Annotated[int, typer.Option(help="Searcher seed.")] = PipelineSettings.seed,
+    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT),
     inputs: Annotated[Optional[list[str]], typer.Option(
         "--input", help="Input file (repeat); default: the embedded real MBTA samples.")] = None,
     space_file: Annotated[Optional[str], typer.Option(help="Search spaces (default: configs/tune.yaml).")] = None,
     distill_hidden: Annotated[Optional[list[int]], typer.Option(
         "--distill-hidden", help="Student hidden layer width (repeat per layer).")] = None,
-    max_concurrent: Annotated[int, typer.Option(min=1, help="Trials at once (lowered to what the cluster fits).")] = 1,
-    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = 1,
-    gpus_per_worker: Annotated[float, typer.Option(min=0, help="GPUs per Train worker (0: CPU).")] = 0.0,
+    max_concurrent: Annotated[int, typer.Option(
+        min=1, help="Trials at once (lowered to what the cluster fits).")] = PipelineSettings.max_concurrent,
+    workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = TrialResources.num_workers,
+    gpus_per_worker: Annotated[float, typer.Option(
+        min=0, help="GPUs per Train worker (0: CPU).")] = TrialResources.gpus_per_worker,
+    verbose: VerboseOpt = False,
 ) -> None:
     """The main job: ingest -> tune -> distill -> evaluate -> register -> promote, then a summary."""
     from mbta_ray import pipeline
-    from mbta_ray.distill import DistillConfig
-    from mbta_ray.registry import RegistryError
-    from mbta_ray.tune import TrialResources
 
-    settings = pipeline.PipelineSettings(root=str(root), registry=registry, model_name=model_name,
+    settings = PipelineSettings(root=str(root), registry=registry, model_name=model_name,
                                          samples={"xgboost": xgboost_samples, "dnn": dnn_samples}, seed=seed,
                                          metric=metric, inputs=inputs, space_file=space_file,
                                          max_concurrent=max_concurrent,
                                          resources=TrialResources(num_workers=workers, gpus_per_worker=gpus_per_worker),
                                          distill=DistillConfig(epochs=distill_epochs,
                                                                **({"hidden": distill_hidden} if distill_hidden else {})))
-    try:
-        out = pipeline.run(settings, progress=lambda m: console.print(f"[bold cyan]{m}[/]"))
-    except (ValueError, FileNotFoundError, RegistryError, versioning.VersionNotFound) as exc:
-        _fail(str(exc))
+    t0 = time.monotonic()
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{dt.timedelta(seconds=round(time.monotonic() - t0))}[/] [bold cyan]{message}[/]",
+                      soft_wrap=True)
+
+    display = _TrialsDisplay()
+    with _ray_output(root, "pipeline", verbose), contextlib.closing(display):
+        out = pipeline.run(settings, progress=progress, tune_progress=display)
     ds = out["dataset"]
     console.rule("summary")
     console.print(f"dataset {ds['name']}/{ds['version']}: {ds['counts']['examples']:,} examples "
@@ -350,39 +449,31 @@ def pipeline_cmd(
 
 # --- serving --------------------------------------------------------------------------------------
 
-serve_app = typer.Typer(help="The Ray Serve application.", no_args_is_help=True)
+serve_app = _App(help="The Ray Serve application.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 
 
 @serve_app.command("reload")
 def serve_reload_cmd(
     version: Annotated[str, typer.Option(help="Registry version, or 'production' (the pointer now).")] = "production",
-    registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
-    name: Annotated[str, typer.Option(help="Serve application name (serve_config.yaml: mbta).")] = "mbta",
+    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT),
+    name: Annotated[str, typer.Option(help="Serve application name (serve_config.yaml).")] = SERVE_APP_NAME,
 ) -> None:
     """Switch the running app to a model version in place (after `mbta-ray promote`)."""
-    import os
-
-    import ray
-
-    from mbta_ray.registry import RegistryError
     from mbta_ray.serve.app import deploy
 
     target = registry or str(root)
     if "://" not in target:  # the replicas resolve paths in their own working directory
         target = str(Path(target).resolve())
-    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="ERROR")
-    try:
-        v = deploy(target, version, model_name, name)
-    except RegistryError as exc:
-        _fail(str(exc))
+    runtime.ensure_ray(address=os.environ.get("RAY_ADDRESS", "auto"))
+    v = deploy(target, version, model_name, name)
     console.print(f"[bold green]serving[/] {model_name}/{v} in app {name!r} (replicas reconfigured in place)")
 
 
 @app.command("smoke")
 def smoke_cmd(
     url: Annotated[str, typer.Option(help="Base URL of the deployed app.")] = "http://127.0.0.1:8000",
-    root: RootOpt = Path("artifacts"),
+    root: RootOpt = Path(DEFAULT_ROOT),
     dataset: Annotated[Optional[str], typer.Option(
         help="Dataset version whose test split the requests come from; default: the served model's.")] = None,
     requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Vehicle requests to send.")] = 200,
@@ -435,40 +526,33 @@ def smoke_cmd(
 
 # --- registry and promotion ------------------------------------------------------------------------
 
-registry_app = typer.Typer(help="Model registry: versions, production pointer, audit log.", no_args_is_help=True)
+registry_app = _App(help="Model registry: versions, production pointer, audit log.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 RegistryOpt = Annotated[Optional[str], typer.Option(
-    "--registry", envvar="MBTA_RAY_REGISTRY",
+    "--registry", envvar=REGISTRY_ENV,
     help="Registry root: a folder or a URI (gs://, s3://, file://); default: --root.")]
 ModelNameOpt = Annotated[str, typer.Option("--model-name", help="Registered model name.")]
 
 
-def _registry(registry: str | None, root: Path, model_name: str):
-    from mbta_ray.registry import Registry
-
+def _registry(registry: str | None, root: Path, model_name: str) -> Registry:
     return Registry(registry or root, model_name)
 
 
 @registry_app.command("register")
 def register_cmd(
     model_dir: Annotated[Path, typer.Argument(help="A packaged model folder (e.g. <experiment>/best).")],
-    registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
+    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT),
 ) -> None:
     """Add a packaged, evaluated model as a new registry version."""
-    from mbta_ray.registry import RegistryError, evaluation_of
-
     reg = _registry(registry, root, model_name)
-    try:
-        meta = reg.register(model_dir, evaluation=evaluation_of(model_dir))
-    except RegistryError as exc:
-        _fail(str(exc))
+    meta = reg.register(model_dir, evaluation=evaluation_of(model_dir))
     m = meta["evaluation"]["metrics"]
     console.print(f"registered {model_name}/{meta['version']} ({meta['family']}, test MAE {m['mae']:.1f} s) in {reg.base}")
 
 
 @registry_app.command("list")
-def registry_list_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time",
-                      root: RootOpt = Path("artifacts")) -> None:
+def registry_list_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME,
+                      root: RootOpt = Path(DEFAULT_ROOT)) -> None:
     """Versions, their test metrics, and which one is production."""
     reg = _registry(registry, root, model_name)
     prod = (reg.production() or {}).get("version")
@@ -485,8 +569,8 @@ def registry_list_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = "
 
 
 @registry_app.command("audit")
-def registry_audit_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time",
-                       root: RootOpt = Path("artifacts")) -> None:
+def registry_audit_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME,
+                       root: RootOpt = Path(DEFAULT_ROOT)) -> None:
     """Every promotion decision, oldest first."""
     reg = _registry(registry, root, model_name)
     t = Table(title=f"promotion decisions: {reg.base}")
@@ -504,17 +588,11 @@ def promote_cmd(
     metric: Annotated[str, typer.Option(help="Decide on this test metric: mae, rmse, bias_abs, r2, accurate.")] = "mae",
     force: Annotated[bool, typer.Option("--force", help="Promote even if it does not beat production.")] = False,
     reason: Annotated[Optional[str], typer.Option(help="Why (required with --force; logged).")] = None,
-    registry: RegistryOpt = None, model_name: ModelNameOpt = "travel-time", root: RootOpt = Path("artifacts"),
+    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT),
 ) -> None:
     """Promote a version to production only if it beats production on the same test split."""
-    from mbta_ray.registry import RegistryError, dataset_rescorer
-
     reg = _registry(registry, root, model_name)
-    try:
-        decision = reg.promote(version, metric=metric, force=force, reason=reason,
-                               rescore=dataset_rescorer(reg, root))
-    except RegistryError as exc:
-        _fail(str(exc))
+    decision = reg.promote(version, metric=metric, force=force, reason=reason, rescore=dataset_rescorer(reg, root))
     if decision.accepted:
         console.print(f"[bold green]promoted[/] {model_name}/{version}: {decision.reason}")
     else:

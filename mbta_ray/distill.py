@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,45 +35,24 @@ import ray.train
 import torch
 from torch import nn
 
+from mbta_ray import evaluate, versioning
+from mbta_ray.config import DistillConfig
+from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import DEFAULT_CLIP_SD, FeatureEncoder
-from mbta_ray.models import ENCODER_FILE, METADATA_FILE, dnn, load_predictor, package
-from mbta_ray.models.resources import WorkerResources
+from mbta_ray.errors import MbtaRayError
+from mbta_ray.features import HIST_MEDIAN, compute_features
+from mbta_ray.models import bundle, dnn, xgboost_model
+from mbta_ray.models.data import load_split, load_split_pandas
+from mbta_ray.config import WorkerResources
+from mbta_ray.runtime import ensure_ray
 from mbta_ray.schema import EXAMPLE_COLUMNS, TARGET
 
 TEACHER_COL = "teacher_s"
 STUDENT = "student"
 
 
-@dataclass
-class DistillConfig:
-    """Knobs of the distillation job (defaults sized for the embedded data on 2 CPUs)."""
-
-    blend: float = 0.5  # weight of the true target against the teacher on labeled rows
-    softening: float = 2.0  # teacher term's Huber zone = huber_delta_s * softening
-    huber_delta_s: float = 120.0
-    unlabeled_copies: int = 1  # unlabeled re-observed pairs per training pair
-    shift_sd_s: float = 180.0  # spread of the observation-time shift of unlabeled pairs
-    hidden: list[int] = field(default_factory=lambda: [48])
-    max_embedding_dim: int = 4
-    dropout: float = 0.0
-    epochs: int = 6
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    batch_size: int = 1024
-    prune_amount: float = 0.3  # share of linear weights zeroed by magnitude
-    tolerance: float = 0.02  # pruning / quantization kept if valid MAE <= (1 + tolerance) x student's
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name, lo, hi in (("blend", 0.0, 1.0), ("prune_amount", 0.0, 0.95), ("tolerance", 0.0, 1.0)):
-            v = getattr(self, name)
-            if not lo <= v <= hi:
-                raise ValueError(f"distill option {name}={v!r} must be within [{lo}, {hi}]")
-        for name in ("softening", "huber_delta_s", "lr", "batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"distill option {name}={getattr(self, name)!r} must be > 0")
-        if self.unlabeled_copies < 0:
-            raise ValueError(f"distill option unlabeled_copies={self.unlabeled_copies!r} must be >= 0")
+class DistillError(MbtaRayError, RuntimeError):
+    """The distillation job cannot go on (no teacher, the student's training failed)."""
 
 
 # --- data: teacher labels and unlabeled pairs --------------------------------------------------------
@@ -84,7 +62,7 @@ class TeacherLabels:
     """Ray Data callable class: loads the teacher once per actor, adds its predictions."""
 
     def __init__(self, teacher_dir: str) -> None:
-        self.predict = load_predictor(teacher_dir)
+        self.predict = bundle.load_predictor(teacher_dir)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch.copy()
@@ -96,8 +74,6 @@ def reobserve(batch: pd.DataFrame, copies: int, shift_sd_s: float, seed: int) ->
     """Unlabeled pairs from the same events: the vehicle observed at u ``shift`` seconds later (or
     earlier) than it was. Features are recomputed by ``compute_features`` (one source of truth);
     the segment's distance and history do not depend on time and are kept. The target is unknown."""
-    from mbta_ray.features import HIST_MEDIAN, compute_features
-
     if copies == 0 or batch.empty:
         return batch.iloc[0:0].assign(**{TARGET: np.nan})
     rng = np.random.default_rng([seed, len(batch), int(batch["stops_ahead"].sum())])
@@ -129,7 +105,7 @@ def build_training_set(train: ray.data.Dataset, teacher_dir: str, cfg: DistillCo
 
     return (train.map_batches(add_unlabeled, batch_format="pandas")
             .map_batches(TeacherLabels, fn_constructor_args=(teacher_dir,), batch_format="pandas",
-                         concurrency=1, batch_size=8192))
+                         compute=ray.data.ActorPoolStrategy(size=1), batch_size=8192))
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -215,18 +191,13 @@ def measure(name: str, model_dir: Path, test: pd.DataFrame, repeats: int = 30) -
     """Parameters, file size, model latency on encoded inputs at batch 1 and 256 (1 thread, CPU),
     end-to-end latency from example rows, and test MAE of a packaged model folder; returns the
     row and the test predictions."""
-    meta = json.loads((model_dir / METADATA_FILE).read_text())
-    encoder = FeatureEncoder.load(model_dir / ENCODER_FILE)
-    family = meta["family"]
-    files = [p for p in model_dir.iterdir() if p.suffix in (".ubj", ".pt", ".json") and p.name not in
-             (ENCODER_FILE, METADATA_FILE, "eval.json")]
-    row: dict = {"model": name, "family": family, "file_bytes": sum(p.stat().st_size for p in files)}
-    predictor = load_predictor(model_dir)
+    b = bundle.read_bundle(model_dir)
+    encoder, family = b.encoder, b.family
+    row: dict = {"model": name, "family": family, "file_bytes": sum(p.stat().st_size for p in b.model_files())}
+    predictor = b.predictor()
     pred = predictor(test)
     row["test_mae"] = float(np.nanmean(np.abs(pred - test[TARGET].to_numpy(dtype="float64"))))
     if family == "xgboost":
-        from mbta_ray.models import xgboost_model
-
         booster = xgboost_model.load_booster(model_dir)
         booster.set_param({"nthread": 1})
         residual = booster.attr(xgboost_model.PRIOR_ATTR) == "1"
@@ -263,143 +234,201 @@ def pick_teacher(candidates: list[str | Path]) -> Path:
     """The packaged model with the lowest validation MAE (never chosen on test)."""
     scored = []
     for c in candidates:
-        meta = json.loads((Path(c) / METADATA_FILE).read_text())
-        v = meta.get("valid_mae")
+        v = bundle.read_metadata(c).get("valid_mae")
         if v is not None and np.isfinite(v):
             scored.append((float(v), Path(c)))
     if not scored:
-        raise ValueError(f"no teacher with a validation MAE among {[str(c) for c in candidates]}")
+        raise DistillError(f"no teacher with a validation MAE among {[str(c) for c in candidates]}")
     return min(scored, key=lambda t: t[0])[1]
+
+
+@dataclass
+class _Job:
+    """What every step of one distillation run shares."""
+
+    teacher_dir: Path
+    out_dir: Path
+    root: str | Path
+    ds_name: str
+    ds_version: str
+    cfg: DistillConfig
+    #: The teacher's vocabularies and scalers, with today's outlier clipping (the student is new, and
+    #: clipping is what keeps its int8 variant accurate, whatever encoder the teacher was saved with).
+    encoder: FeatureEncoder
+
+    def split(self, name: str) -> pd.DataFrame:
+        return load_split_pandas(self.root, self.ds_version, name, self.ds_name)
+
+    def metadata(self, **extra) -> dict:
+        return {"dataset": {"name": self.ds_name, "version": self.ds_version}, "teacher": str(self.teacher_dir),
+                "distill_config": asdict(self.cfg), **extra}
+
+
+@dataclass
+class _Labeled:
+    data: ray.data.Dataset
+    rows: int
+    unlabeled: int
+    seconds: float
+
+
+@dataclass
+class _Compressed:
+    """The student variants (packaged under ``variants/``), the one chosen and why."""
+
+    variants: dict[str, Path]
+    chosen: str
+    valid_mae: float
+    decisions: dict
 
 
 def run(teacher_dir: str | Path, root: str | Path, dataset: str, out_dir: str | Path,
         cfg: DistillConfig | None = None, resources: WorkerResources | None = None,
         dnn_reference: str | Path | None = None, storage: str | None = None) -> dict:
-    """The distillation job. Writes ``out_dir/student`` (packaged, with eval.json) and
-    ``out_dir/compression.json``; returns the report. ``dnn_reference``: the tuned DNN to compare
-    the student's size and speed with when the teacher is XGBoost."""
-    from mbta_ray import evaluate, versioning
-    from mbta_ray.etl import ensure_ray
-    from mbta_ray.models.data import load_split, load_split_pandas
-
-    cfg = cfg or DistillConfig()
+    """The distillation job: label -> train -> compress -> measure -> package. Writes
+    ``out_dir/student`` (a model bundle with eval.json) and ``out_dir/compression.json``; returns
+    the report. ``dnn_reference``: the tuned DNN to compare the student's size and speed with when
+    the teacher is XGBoost."""
     teacher_dir, out_dir = Path(teacher_dir).resolve(), Path(out_dir).resolve()
     ds_name, ds_version = versioning.resolve(root, dataset)
     ensure_ray()
     if resources is None:  # one worker with all CPUs but the one Ray Data needs to feed it
         resources = WorkerResources(1, max(0.5, ray.cluster_resources().get("CPU", 2.0) - 1.0))
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The teacher's vocabularies and scalers, with today's outlier clipping (the student is new, and
-    # clipping is what keeps its int8 variant accurate, whatever encoder the teacher was saved with).
-    encoder = FeatureEncoder.load(teacher_dir / ENCODER_FILE)
+    encoder = FeatureEncoder.load(teacher_dir / bundle.ENCODER_FILE)
     encoder.clip_sd = DEFAULT_CLIP_SD
+    job = _Job(teacher_dir, out_dir, root, ds_name, ds_version, cfg or DistillConfig(), encoder)
 
+    labeled = label(job)
+    student, train_s = train_student(job, labeled, resources, storage)
+    comp = compress(job, student)
+    rows, test, pred = measure_all(job, comp, dnn_reference)
+    student_dir, rep = package_student(job, comp, test, pred)
+    report = {"rows": rows, "chosen": comp.chosen, "decisions": comp.decisions, "goals": _goals(rows, comp.chosen),
+              "training_rows": labeled.rows, "unlabeled_rows": labeled.unlabeled, "label_s": labeled.seconds,
+              "train_s": train_s, "student_dir": str(student_dir), "teacher": str(teacher_dir),
+              "dataset": ds_version, "eval": rep, "config": asdict(job.cfg)}
+    (out_dir / "compression.json").write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def label(job: _Job) -> _Labeled:
+    """The training split plus its unlabeled re-observed pairs, labeled by the teacher (Ray Data)."""
     t0 = time.perf_counter()
-    train = load_split(root, ds_version, "train", ds_name, columns=list(EXAMPLE_COLUMNS))
-    labeled = build_training_set(train, str(teacher_dir), cfg).materialize()
-    n_rows = labeled.count()
+    train = load_split(job.root, job.ds_version, "train", job.ds_name, columns=list(EXAMPLE_COLUMNS))
+    labeled = build_training_set(train, str(job.teacher_dir), job.cfg).materialize()
     n_unlabeled = int(labeled.select_columns([TARGET]).to_pandas()[TARGET].isna().sum())
-    label_s = time.perf_counter() - t0
+    return _Labeled(labeled, labeled.count(), n_unlabeled, time.perf_counter() - t0)
 
-    config = {**_student_config(cfg), "encoder": encoder.__dict__}
+
+def train_student(job: _Job, labeled: _Labeled, resources: WorkerResources,
+                  storage: str | None) -> tuple[dnn.DelayMLP, float]:
+    """Fit the student with Ray Train on the distillation loss; returns its best epoch and the time."""
     trainer = ray.train.torch.TorchTrainer(
-        train_loop_per_worker=train_loop_per_worker, train_loop_config=config,
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config={**_student_config(job.cfg), "encoder": job.encoder.__dict__},
         scaling_config=resources.scaling_config(),
-        datasets={"train": labeled, "valid": load_split(root, ds_version, "valid", ds_name)},
+        datasets={"train": labeled.data, "valid": load_split(job.root, job.ds_version, "valid", job.ds_name)},
         run_config=ray.train.RunConfig(
-            name=f"distill-{ds_version[:8]}-{int(time.time())}", storage_path=storage or str(out_dir / "runs"),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=dnn.VALID_METRIC,
+            name=f"distill-{job.ds_version[:8]}-{int(time.time())}", storage_path=storage or str(job.out_dir / "runs"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=VALID_METRIC,
                                                          checkpoint_score_order="min")))
-    t1 = time.perf_counter()
+    t0 = time.perf_counter()
     result = trainer.fit()
-    train_s = time.perf_counter() - t1
-    best = result.get_best_checkpoint(dnn.VALID_METRIC, "min") or result.checkpoint
+    seconds = time.perf_counter() - t0
+    best = result.get_best_checkpoint(VALID_METRIC, "min") or result.checkpoint
     if best is None:
-        raise RuntimeError(f"the student's training reported no checkpoint ({result.error})")
+        raise DistillError(f"the student's training reported no checkpoint ({result.error})")
+    with best.as_directory() as ckpt:
+        return dnn.load(ckpt), seconds
 
-    valid = load_split_pandas(root, ds_version, "valid", ds_name)
-    test = load_split_pandas(root, ds_version, "test", ds_name)
+
+def compress(job: _Job, student: dnn.DelayMLP) -> _Compressed:
+    """Pruning, then int8, each kept only within ``tolerance`` of the student's valid MAE (int8 also
+    only if not slower); every variant is packaged under ``variants/`` for the measurements."""
+    cfg = job.cfg
+    valid = job.split("valid")
     y_valid = valid[TARGET].to_numpy(dtype="float64")
 
     def valid_mae(model: nn.Module) -> float:
-        return float(np.mean(np.abs(dnn.predict(model, encoder, valid) - y_valid)))
+        return float(np.mean(np.abs(dnn.predict(model, job.encoder, valid) - y_valid)))
 
-    meta = {"dataset": {"name": ds_name, "version": ds_version}, "teacher": str(teacher_dir),
-            "distill_config": asdict(cfg)}
-    variants: dict[str, Path] = {}
-    with best.as_directory() as ckpt:
-        student = dnn.load(ckpt)
+    def write_variant(name: str, model: dnn.DelayMLP, mae: float) -> Path:
+        with tempfile.TemporaryDirectory() as tmp:
+            dnn.save(model, Path(tmp))
+            return bundle.write_bundle(job.out_dir / "variants" / name, family="dnn", model_dir=tmp,
+                                       encoder=job.encoder,
+                                       metadata=job.metadata(valid_mae=mae, variant=name))
+
     student_mae = valid_mae(student)
     limit = student_mae * (1 + cfg.tolerance)
     decisions = {"student_valid_mae": student_mae, "limit": limit}
-
-    def write_variant(name: str, model: dnn.DelayMLP, extra: dict) -> Path:
-        with tempfile.TemporaryDirectory() as tmp:
-            dnn.save(model, Path(tmp))
-            folder = out_dir / "variants" / name
-            shutil.rmtree(folder, ignore_errors=True)
-            return package("dnn", tmp, encoder, folder, {**meta, **extra, "variant": name})
-
-    variants["student"] = write_variant("student", student, {"valid_mae": student_mae})
+    variants = {"student": write_variant("student", student, student_mae)}
     final, final_mae = student, student_mae
     pruned = prune(student, cfg.prune_amount)
     pruned_mae = valid_mae(pruned)
     decisions["pruned"] = {"valid_mae": pruned_mae, "kept": pruned_mae <= limit, "amount": cfg.prune_amount}
-    variants["student_pruned"] = write_variant("student_pruned", pruned, {"valid_mae": pruned_mae})
+    variants["student_pruned"] = write_variant("student_pruned", pruned, pruned_mae)
     if pruned_mae <= limit:
         final, final_mae = pruned, pruned_mae
-    q_arch = dnn.Architecture(**{**asdict(final.arch), "quantized": True})
     q_float = copy.deepcopy(final)
-    q_float.arch = q_arch
+    q_float.arch = dnn.Architecture(**{**asdict(final.arch), "quantized": True})
     q_model = dnn.quantize(q_float)
     q_mae = valid_mae(q_model)
     # int8 must also pay for itself: on a model this small, dynamic quantization's per-batch
     # activation scaling can cost more time than the int8 matmuls save.
-    sample = dnn.encode_inputs(valid.iloc[:256], encoder)
+    sample = dnn.encode_inputs(valid.iloc[:256], job.encoder)
     q_ms, f_ms = _forward_ms(q_model, sample), _forward_ms(final, sample)
     q_kept = q_mae <= limit and q_ms <= f_ms
     decisions["quantized"] = {"valid_mae": q_mae, "kept": q_kept, "ms_b256": q_ms, "float_ms_b256": f_ms}
-    variants["student_int8"] = write_variant("student_int8", q_float, {"valid_mae": q_mae})
+    variants["student_int8"] = write_variant("student_int8", q_float, q_mae)
     chosen = "student_int8" if q_kept else ("student_pruned" if final is pruned else "student")
-    final_mae = q_mae if chosen == "student_int8" else final_mae
+    return _Compressed(variants, chosen, q_mae if q_kept else final_mae, decisions)
 
-    teacher_row, teacher_pred = measure("teacher", teacher_dir, test)
-    rows = [teacher_row]
+
+def measure_all(job: _Job, comp: _Compressed,
+                dnn_reference: str | Path | None) -> tuple[list[dict], pd.DataFrame, dict[str, np.ndarray]]:
+    """A compression-report row per model (teacher, tuned DNN reference, each variant); returns the
+    rows, the test split and the test predictions of the teacher and the chosen student."""
+    test = job.split("test")
+    teacher_row, teacher_pred = measure("teacher", job.teacher_dir, test)
+    rows, pred = [teacher_row], {"teacher": teacher_pred}
     if dnn_reference and teacher_row["family"] != "dnn":
         rows.append(measure("dnn (tuned)", Path(dnn_reference).resolve(), test)[0])
-    for name, folder in variants.items():
+    for name, folder in comp.variants.items():
         row, variant_pred = measure(name, folder, test)
-        rows.append({**row, "kept": name == chosen})
-        if name == chosen:
-            pred = variant_pred  # the packaged student below is a copy of this variant
+        rows.append({**row, "kept": name == comp.chosen})
+        if name == comp.chosen:
+            pred[STUDENT] = variant_pred  # the packaged student is this variant
+    return rows, test, pred
 
-    # The chosen student, packaged and evaluated like a tuned model (what the registry takes).
-    student_dir = out_dir / STUDENT
-    shutil.rmtree(student_dir, ignore_errors=True)
-    shutil.copytree(variants[chosen], student_dir)
-    # What the features need at serving time travels with the model, as with a tuned one.
-    ds_dir = versioning.version_dir(root, ds_name, ds_version)
-    if (ds_dir / "segment_medians.parquet").is_file():
-        shutil.copy2(ds_dir / "segment_medians.parquet", student_dir / "segment_medians.parquet")
-    mjson = json.loads((student_dir / METADATA_FILE).read_text())
-    mjson.update({"valid_mae": final_mae, "variant": chosen, "family": "dnn",
-                  "params": _student_config(cfg), "experiment": str(out_dir),
-                  "gtfs_stops": versioning.load_manifest(root, ds_name, ds_version).get("gtfs_stops")})
-    (student_dir / METADATA_FILE).write_text(json.dumps(mjson, indent=2, default=str))
-    rep = evaluate.report(test, {STUDENT: pred, "teacher": teacher_pred, **evaluate.baseline_predictions(test)})
-    (student_dir / "eval.json").write_text(json.dumps({"split": "test", "dataset": ds_version, "model_name": STUDENT,
-                                                       "report": rep}, indent=1))
+
+def package_student(job: _Job, comp: _Compressed, test: pd.DataFrame,
+                    pred: dict[str, np.ndarray]) -> tuple[Path, dict]:
+    """The chosen variant as the student bundle, packaged and evaluated like a tuned model (what the
+    registry takes), with the dataset's segment medians (a feature at serving time)."""
+    ds_dir = versioning.version_dir(job.root, job.ds_name, job.ds_version)
+    chosen = bundle.read_bundle(comp.variants[comp.chosen])
+    student_dir = bundle.write_bundle(
+        job.out_dir / STUDENT, family="dnn", model_dir=chosen.path, encoder=chosen.encoder,
+        segment_medians=ds_dir / bundle.SEGMENT_MEDIANS_FILE,
+        metadata={**chosen.metadata, "valid_mae": comp.valid_mae, "variant": comp.chosen,
+                  "params": _student_config(job.cfg), "experiment": str(job.out_dir),
+                  "gtfs_stops": versioning.load_manifest(job.root, job.ds_name, job.ds_version).get("gtfs_stops")})
+    rep = evaluate.report(test, {STUDENT: pred[STUDENT], "teacher": pred["teacher"],
+                                 **evaluate.baseline_predictions(test)})
+    bundle.write_evaluation(student_dir, {"split": "test", "dataset": job.ds_version, "model_name": STUDENT,
+                                          "report": rep})
+    return student_dir, rep
+
+
+def _goals(rows: list[dict], chosen: str) -> dict | None:
+    """The chosen student against the tuned DNN (teacher or reference): size, speed, accuracy."""
     ref = next((r for r in rows if r["family"] == "dnn" and r["model"] in ("teacher", "dnn (tuned)")), None)
+    if ref is None:
+        return None
     final_row = next(r for r in rows if r["model"] == chosen)
-    goals = None
-    if ref is not None:
-        goals = {"reference": ref["model"],
-                 "fewer_params_x": ref["params"] / max(1, final_row["nonzero_params"]),
-                 "faster_b256_x": ref["model_ms_b256"] / final_row["model_ms_b256"],
-                 "mae_vs_teacher_x": final_row["test_mae"] / rows[0]["test_mae"]}
-    report = {"rows": rows, "chosen": chosen, "decisions": decisions, "goals": goals,
-              "training_rows": n_rows, "unlabeled_rows": n_unlabeled, "label_s": label_s, "train_s": train_s,
-              "student_dir": str(student_dir), "teacher": str(teacher_dir), "dataset": ds_version,
-              "eval": rep, "config": asdict(cfg)}
-    (out_dir / "compression.json").write_text(json.dumps(report, indent=1, default=str))
-    return report
+    return {"reference": ref["model"],
+            "fewer_params_x": ref["params"] / max(1, final_row["nonzero_params"]),
+            "faster_b256_x": ref["model_ms_b256"] / final_row["model_ms_b256"],
+            "mae_vs_teacher_x": final_row["test_mae"] / rows[0]["test_mae"]}

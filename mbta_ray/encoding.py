@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mbta_ray.errors import DataError
 from mbta_ray.features import HIST_MEDIAN, travel_prior
 from mbta_ray.schema import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 
@@ -130,7 +131,7 @@ class FeatureEncoder:
         d = json.loads(Path(path).read_text())
         missing = [c for c in CATEGORICAL_FEATURES if c not in d.get("vocab", {})]
         if missing:
-            raise ValueError(f"{path}: encoder lacks vocabularies for {missing}")
+            raise DataError(f"{path}: encoder lacks vocabularies for {missing}")
         return cls(d["vocab"], d["mean"], d["std"], d.get("clip_sd"))
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,10 @@ from ray.data.aggregate import Count, Quantile
 from ray.data.context import ShuffleStrategy
 from ray.data.expressions import col
 
-from mbta_ray import versioning
+from mbta_ray import paths, versioning
+from mbta_ray.config import EtlConfig
+from mbta_ray.defaults import DATASET_NAME
+from mbta_ray.errors import ConfigError, MbtaRayError, MissingFileError
 from mbta_ray.features import (
     HIST_MEDIAN,
     SEGMENT_KEY,
@@ -45,8 +47,12 @@ from mbta_ray.features import (
     expected_pair_count,
     pair_events,
     pair_positions,
+    trip_starts,
 )
 from mbta_ray.gtfs import Stops
+from mbta_ray.models.bundle import SEGMENT_MEDIANS_FILE
+from mbta_ray.paths import DEFAULT_INPUTS, DEFAULT_STOPS
+from mbta_ray.runtime import ensure_ray
 from mbta_ray.schema import (
     EXAMPLE_SCHEMA,
     FEATURE_CODE_VERSION,
@@ -54,21 +60,12 @@ from mbta_ray.schema import (
     QUARANTINE_SCHEMA,
     SPLITS,
     TARGET,
+    TRIP_KEY,
     conform,
 )
 from mbta_ray.sources import InputFile, inspect_input, plan_pieces, read_piece
-from mbta_ray.validate import TRIP_KEY, ValidationConfig, check_rows, check_trips, trip_keys
+from mbta_ray.validate import ValidationConfig, check_rows, check_trips, trip_keys
 
-log = logging.getLogger(__name__)
-
-SAMPLES_DIR = Path(__file__).parent / "data" / "samples"
-#: The embedded real data that ``make run`` ingests.
-DEFAULT_INPUTS = (
-    str(SAMPLES_DIR / "lamp_subway_2024-02-07_10k.parquet"),
-    str(SAMPLES_DIR / "tm_stop_crossing_2024-08-11_arrivals.parquet"),
-    str(SAMPLES_DIR / "gtfsrt_vehicle_positions_2023-05-08T12.parquet"),
-)
-DEFAULT_STOPS = str(SAMPLES_DIR / "gtfs_stops_2023-04.parquet")
 
 #: Events after the trip checks carry these besides the quarantine schema's columns.
 _WORK_SCHEMA = QUARANTINE_SCHEMA.append(pa.field(TRIP_KEY, pa.string())).append(
@@ -85,42 +82,8 @@ _GOOD = col("reason").is_null()
 _BAD = col("reason").is_not_null()
 
 
-class EtlIntegrityError(RuntimeError):
+class EtlIntegrityError(MbtaRayError, RuntimeError):
     """An internal count check failed: the dataset would be wrong, so nothing is written."""
-
-
-@dataclass(frozen=True)
-class EtlConfig:
-    """Everything that shapes a dataset version (it is part of the version hash)."""
-
-    k: int = 10  # predict 1..k observed stops ahead
-    max_abs_delay_s: float = 7200.0
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    #: Events per trip bucket (one map_groups call): large enough that the per-call cost is small,
-    #: small enough that a worker's pandas working set stays well under a GiB.
-    events_per_bucket: int = 50_000
-    #: A segment's median travel time is a feature only when at least this many training pairs
-    #: back it: with one or two, a training row would mostly see its own target.
-    min_segment_pairs: int = 5
-    #: Ray Data shuffle used by the groupbys. Measured here (2 cores): the task-based sort shuffle
-    #: runs a small ingest in ~1-4 s where the actor-based hash shuffles take 14-38 s.
-    shuffle: str = "sort_shuffle_pull_based"
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.max_abs_delay_s <= 0:
-            raise ValueError(f"max_abs_delay_s must be > 0, got {self.max_abs_delay_s}")
-        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9 or min(self.split_fractions) < 0:
-            raise ValueError(f"split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
-
-    def version_dict(self) -> dict:
-        """The parts of the config that change the output (not performance knobs)."""
-        d = asdict(self)
-        d.pop("events_per_bucket")
-        d.pop("shuffle")
-        d["split_fractions"] = list(self.split_fractions)
-        return d
 
 
 @dataclass
@@ -193,8 +156,7 @@ def _train_segments(df: pd.DataFrame, k: int, cutoffs: dict) -> pa.Table:
     events = _sorted_trips(df)
     u, s, _ = pair_positions(events, k)
     arrival = events["actual_arrival"].astype("datetime64[us, UTC]")
-    trip = events[TRIP_KEY].to_numpy()
-    first = np.r_[True, trip[1:] != trip[:-1]] if len(trip) else np.array([], bool)
+    first = trip_starts(events[TRIP_KEY].to_numpy())
     trip_start = arrival.where(pd.Series(first, index=events.index)).ffill()  # as pair_events sets it
     split = assign_splits(pd.DataFrame({"source": events["source"].to_numpy()[u],
                                         "trip_start": trip_start.to_numpy(dtype="datetime64[us]")[u]}), cutoffs)
@@ -217,7 +179,7 @@ def _trip_ranges(trip: np.ndarray, size: int) -> list[tuple[int, int]]:
     n = len(trip)
     if n <= size:
         return [(0, n)]
-    starts = np.flatnonzero(np.r_[True, trip[1:] != trip[:-1]])
+    starts = np.flatnonzero(trip_starts(trip))
     idx = np.searchsorted(starts, np.arange(size, n, size))
     bounds = sorted({0, n, *(int(c) for c in starts[idx[idx < len(starts)]])})
     return list(zip(bounds[:-1], bounds[1:]))
@@ -269,15 +231,8 @@ def parse_input_spec(spec: str) -> tuple[str, str | None]:
 def plan_inputs(specs: list[str]) -> list[InputFile]:
     """Inspect every input before any work starts (fail fast, naming the file)."""
     if not specs:
-        raise ValueError("no inputs given")
+        raise ConfigError("no inputs given")
     return [inspect_input(*parse_input_spec(s)) for s in specs]
-
-
-def ensure_ray() -> None:
-    """Connect to the cluster in RAY_ADDRESS if set, else start (or reuse) a local one."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
-                 logging_level=logging.WARNING, log_to_driver=True)
 
 
 def _count_rows(folder: Path) -> int:
@@ -300,8 +255,8 @@ def _publish_splits(examples_dir: Path, out: Path) -> None:
 def ingest(
     inputs: list[str] | None = None,
     *,
-    root: str | Path = "artifacts",
-    name: str = "mbta",
+    root: str | Path = paths.DEFAULT_ROOT,
+    name: str = DATASET_NAME,
     config: EtlConfig | None = None,
     stops_path: str | None = DEFAULT_STOPS,
 ) -> IngestResult:
@@ -345,15 +300,7 @@ _DATASET_CODE = ("schema.py", "timeutil.py", "gtfs.py", "validate.py", "features
 def code_version() -> str:
     """FEATURE_CODE_VERSION plus a digest of the readers', checks' and features' source code, so a
     fixed reader never silently reuses a dataset built by the broken one."""
-    import hashlib
-
-    base = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for name in _DATASET_CODE:
-        for path in sorted((base / name).rglob("*.py")) if (base / name).is_dir() else [base / name]:
-            digest.update(path.relative_to(base).as_posix().encode())
-            digest.update(path.read_bytes())
-    return f"{FEATURE_CODE_VERSION}+{digest.hexdigest()[:12]}"
+    return f"{FEATURE_CODE_VERSION}+{paths.code_version(_DATASET_CODE)}"
 
 
 def inspect_stops(stops_path: str | None) -> dict | None:
@@ -361,9 +308,8 @@ def inspect_stops(stops_path: str | None) -> dict | None:
         return None
     path = os.path.abspath(stops_path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: GTFS stops file not found")
-
-    return {"path": path, "sha256": versioning.sha256_file(path)}
+        raise MissingFileError(f"{path}: GTFS stops file not found")
+    return {"path": path, "sha256": paths.sha256_file(path)}
 
 
 def _run(files: list[InputFile], stops_path: str | None, config: EtlConfig, out: Path) -> dict:
@@ -378,12 +324,40 @@ def _run(files: list[InputFile], stops_path: str | None, config: EtlConfig, out:
         ctx.shuffle_strategy = previous
 
 
+@dataclass
+class _Checked:
+    """Events after the row and trip checks, still in the cluster."""
+
+    checked: ray.data.Dataset  # every source row: clean ones and quarantined ones (with a reason)
+    clean: ray.data.Dataset
+    quarantine: ray.data.Dataset
+    rows_in: int
+    buckets: int
+
+
+@dataclass
+class _Splits:
+    """The trip table on the driver and where valid and test begin per source."""
+
+    trips: pd.DataFrame
+    cutoffs: dict[str, tuple[pd.Timestamp, pd.Timestamp]]
+    expected_pairs: int
+
+
 def _pipeline(files: list[InputFile], stops_path: str | None, config: EtlConfig, out: Path) -> dict:
     stops = Stops.load(stops_path) if stops_path else None
+    events = _read_and_check(files, stops, config)
+    splits = _split(events.clean, config)
+    medians = _segment_medians(events, splits, config)
+    _write_examples(events, splits, stops, medians, config, out)
+    return _accounting(events, splits, medians, out)
+
+
+def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConfig) -> _Checked:
+    """Read every piece of every file, run the row checks, then the trip checks per trip bucket."""
     rows_in = sum(f.num_rows for f in files)
     buckets = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-rows_in // config.events_per_bucket))
     vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s)
-
     pieces = [json.dumps(p) for f in files for p in plan_pieces(f)]
     events = (
         ray.data.from_items([{"piece": p} for p in pieces], override_num_blocks=len(pieces))
@@ -393,61 +367,75 @@ def _pipeline(files: list[InputFile], stops_path: str | None, config: EtlConfig,
     )
     # One read: rows flagged by the row checks ride through the trip checks to the quarantine.
     checked = _by_bucket(events, buckets).map_groups(_trip_checks, batch_format="pandas").materialize()
-    quarantine = checked.filter(expr=_BAD)
-    clean = checked.filter(expr=_GOOD)  # lazy: a cheap filter, not a second copy in the object store
+    # Lazy filters: cheap, not a second copy in the object store.
+    return _Checked(checked, checked.filter(expr=_GOOD), checked.filter(expr=_BAD), rows_in, buckets)
 
-    # Trip table on the driver: one row per trip, small next to the events; merged from per-block
-    # partials, so it needs no shuffle.
+
+def _split(clean: ray.data.Dataset, config: EtlConfig) -> _Splits:
+    """The trip table (one row per trip, small next to the events; merged from per-block partials,
+    so it needs no shuffle) and the split cutoffs from it."""
     trips = _combine_trips(clean.map_batches(_trip_table, batch_format="pandas", batch_size=None).to_pandas())
-    cutoffs = split_cutoffs(trips, config.split_fractions)
-    expected_pairs = expected_pair_count(trips["trip_size"].to_numpy(), config.k)
+    return _Splits(trips, split_cutoffs(trips, config.split_fractions),
+                   expected_pair_count(trips["trip_size"].to_numpy(), config.k))
 
+
+def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd.DataFrame:
+    """Median travel time per (route, u, s) over the training pairs, where enough pairs back it."""
     medians = (
-        _by_bucket(clean, buckets)
-        .map_groups(_train_segments, batch_format="pandas", fn_kwargs={"k": config.k, "cutoffs": cutoffs})
+        _by_bucket(events.clean, events.buckets)
+        .map_groups(_train_segments, batch_format="pandas", fn_kwargs={"k": config.k, "cutoffs": splits.cutoffs})
         .groupby(SEGMENT_KEY)
         .aggregate(Quantile(TARGET, q=0.5, alias_name=HIST_MEDIAN), Count(alias_name="n"))
         .to_pandas()
     )
-    medians = medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)
+    return medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)
+
+
+def _write_examples(events: _Checked, splits: _Splits, stops: Stops | None, medians: pd.DataFrame,
+                    config: EtlConfig, out: Path) -> None:
+    """Pairs and features per trip bucket -> train/valid/test parquet; the quarantine; the medians."""
     examples_dir = out / "_examples"
     (
-        _by_bucket(clean, buckets)
+        _by_bucket(events.clean, events.buckets)
         .map_groups(_examples, batch_format="pandas",
-                    fn_kwargs={"k": config.k, "cutoffs": cutoffs, "stops": stops, "medians": medians})
+                    fn_kwargs={"k": config.k, "cutoffs": splits.cutoffs, "stops": stops, "medians": medians})
         .write_parquet(str(examples_dir), partition_cols=["split"])
     )
-    quarantine.drop_columns([TRIP_KEY, "bucket"]).write_parquet(str(out / "quarantine"))
+    events.quarantine.drop_columns([TRIP_KEY, "bucket"]).write_parquet(str(out / "quarantine"))
     _publish_splits(examples_dir, out)
-    pq.write_table(pa.Table.from_pandas(medians, preserve_index=False), out / "segment_medians.parquet")
+    pq.write_table(pa.Table.from_pandas(medians, preserve_index=False), out / SEGMENT_MEDIANS_FILE)
 
+
+def _accounting(events: _Checked, splits: _Splits, medians: pd.DataFrame, out: Path) -> dict:
+    """Counts for the manifest, checked: every source row is out or quarantined, and the written
+    pairs equal an independent count from the trip sizes. Raises ``EtlIntegrityError`` if not."""
     # Reasons from the written quarantine (small), not a second run of the pipeline.
     written = sorted((out / "quarantine").rglob("*.parquet"))
     reasons = pa.concat_tables([pq.read_table(p, columns=["reason"]) for p in written])["reason"] if written else []
     quarantined = {str(r): int(c) for r, c in pd.Series(reasons, dtype="string").value_counts().items()}
-    rows_out = clean.count()
+    rows_in, rows_out = events.rows_in, events.clean.count()
     split_rows = {s: _count_rows(out / s) for s in SPLITS}
-    written_quarantine = checked.count() - rows_out  # what should have been written
+    written_quarantine = events.checked.count() - rows_out  # what should have been written
     if rows_in != rows_out + sum(quarantined.values()) or written_quarantine != sum(quarantined.values()):
         raise EtlIntegrityError(
             f"row accounting broken: in={rows_in} out={rows_out} quarantined={quarantined} "
             f"(written {written_quarantine})")
-    if sum(split_rows.values()) != expected_pairs:
+    if sum(split_rows.values()) != splits.expected_pairs:
         raise EtlIntegrityError(
-            f"pair count {sum(split_rows.values())} != {expected_pairs} expected from trip sizes")
-    split_trips = assign_splits(trips.rename(columns={}), cutoffs).value_counts().to_dict()
+            f"pair count {sum(split_rows.values())} != {splits.expected_pairs} expected from trip sizes")
+    split_trips = assign_splits(splits.trips, splits.cutoffs).value_counts().to_dict()
     return {
         "counts": {
             "rows_in": rows_in,
             "rows_out": rows_out,
             "quarantined": sum(quarantined.values()),
             "quarantined_by_reason": dict(sorted(quarantined.items())),
-            "trips": len(trips),
+            "trips": len(splits.trips),
             "trips_by_split": {s: int(split_trips.get(s, 0)) for s in SPLITS},
             "examples": sum(split_rows.values()),
-            "examples_expected": expected_pairs,
+            "examples_expected": splits.expected_pairs,
             "examples_by_split": split_rows,
             "segments_with_median": len(medians),
         },
-        "split_cutoffs": {s: [a.isoformat(), b.isoformat()] for s, (a, b) in cutoffs.items()},
+        "split_cutoffs": {s: [a.isoformat(), b.isoformat()] for s, (a, b) in splits.cutoffs.items()},
     }

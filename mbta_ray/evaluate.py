@@ -43,7 +43,7 @@ def horizon_bin(horizon_s: np.ndarray | pd.Series) -> np.ndarray:
     for label, lo, hi, _, _ in reversed(HORIZON_BINS):
         out[(h >= lo) & (h < hi)] = label
     # The first bin includes exactly 0 s and the edges belong to the lower bin, as in the standard.
-    for label, lo, hi, _, _ in HORIZON_BINS:
+    for label, _, hi, _, _ in HORIZON_BINS:
         out[h == hi] = label
     return out
 

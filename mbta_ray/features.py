@@ -10,14 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mbta_ray.errors import DataError
 from mbta_ray.gtfs import Stops
-from mbta_ray.schema import EXAMPLE_COLUMNS, FEATURE_NAMES, TARGET
-from mbta_ray.timeutil import seconds_into_service_day, tod_sin_cos
-from mbta_ray.validate import TRIP_KEY
+from mbta_ray.schema import EXAMPLE_COLUMNS, FEATURE_NAMES, TARGET, TRIP_KEY
+from mbta_ray.timeutil import day_of_week, seconds_into_service_day, tod_sin_cos
 
 #: Columns that identify a segment for the historical median.
 SEGMENT_KEY = ["route_id", "from_stop_id", "to_stop_id"]
 HIST_MEDIAN = "hist_median_travel_s"
+
+
+def trip_starts(trip: np.ndarray) -> np.ndarray:
+    """True at the first row of each trip, for rows sorted by trip (the one trip-boundary rule)."""
+    return np.r_[True, trip[1:] != trip[:-1]] if len(trip) else np.zeros(0, dtype=bool)
 
 
 def pair_events(events: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -28,9 +33,8 @@ def pair_events(events: pd.DataFrame, k: int) -> pd.DataFrame:
     """
     n = len(events)
     if n == 0:
-        return pd.DataFrame(columns=[c for c in _PAIR_COLUMNS])
-    trip = events[TRIP_KEY].to_numpy()
-    starts = np.r_[True, trip[1:] != trip[:-1]]
+        return pd.DataFrame(columns=list(_PAIR_COLUMNS))
+    starts = trip_starts(events[TRIP_KEY].to_numpy())
     trip_id_num = np.cumsum(starts) - 1
     first_index = np.flatnonzero(starts)
     pos = np.arange(n) - first_index[trip_id_num]
@@ -40,7 +44,7 @@ def pair_events(events: pd.DataFrame, k: int) -> pd.DataFrame:
 
     u, s, ahead = pair_positions(events, k)
     if len(u) == 0:
-        return pd.DataFrame(columns=[c for c in _PAIR_COLUMNS])
+        return pd.DataFrame(columns=list(_PAIR_COLUMNS))
 
     def take(col: str, idx: np.ndarray) -> np.ndarray:
         return events[col].to_numpy()[idx]
@@ -82,8 +86,7 @@ def pair_positions(events: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray
     n = len(events)
     if n == 0:
         return np.array([], "int64"), np.array([], "int64"), np.array([], "int16")
-    trip = events[TRIP_KEY].to_numpy()
-    starts = np.r_[True, trip[1:] != trip[:-1]]
+    starts = trip_starts(events[TRIP_KEY].to_numpy())
     trip_num = np.cumsum(starts) - 1
     first_index = np.flatnonzero(starts)
     sizes = np.diff(np.r_[first_index, n])
@@ -133,7 +136,7 @@ def compute_features(pairs: pd.DataFrame, stops: Stops | None = None,
     sched_s = pd.to_datetime(out["scheduled_arrival_s"], utc=True)
     service_seconds = seconds_into_service_day(out["service_date"], arrival_u)
     out["tod_sin"], out["tod_cos"] = tod_sin_cos(service_seconds)
-    out["day_of_week"] = pd.to_datetime(out["service_date"]).dt.dayofweek.astype("int8")
+    out["day_of_week"] = day_of_week(out["service_date"])
     out["scheduled_seconds_ahead"] = (sched_s - sched_u).dt.total_seconds()
     out["delay_u"] = (arrival_u - sched_u).dt.total_seconds()
     out["has_schedule"] = out["scheduled_seconds_ahead"].notna().astype("int8")
@@ -151,7 +154,7 @@ def median_lookup(medians: pd.DataFrame) -> pd.Series:
     """The segment medians as a Series keyed by ``SEGMENT_KEY``, for repeated lookups (serving)."""
     keyed = medians.set_index(SEGMENT_KEY)[HIST_MEDIAN].astype("float64")
     if not keyed.index.is_unique:
-        raise ValueError(f"segment medians repeat a segment ({', '.join(SEGMENT_KEY)})")
+        raise DataError(f"segment medians repeat a segment ({', '.join(SEGMENT_KEY)})")
     return keyed
 
 
@@ -201,5 +204,5 @@ def example_frame(df: pd.DataFrame) -> pd.DataFrame:
     return df[[c for c in EXAMPLE_COLUMNS if c in df.columns]]
 
 
-__all__ = ["FEATURE_NAMES", "pair_events", "travel_prior", "pair_positions", "compute_features", "segment_medians",
+__all__ = ["trip_starts", "pair_events", "travel_prior", "pair_positions", "compute_features", "segment_medians",
            "expected_pair_count", "add_segment_medians", "median_lookup", "example_frame"]

@@ -6,40 +6,17 @@ budget; every stage is the same code the stage's own command runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from mbta_ray.distill import DistillConfig
-from mbta_ray.tune import TrialResources
+from mbta_ray import distill, etl
+from mbta_ray.config import PipelineSettings, TuneSettings
+from mbta_ray.errors import ConfigError
+from mbta_ray.models import bundle
+from mbta_ray.registry import Registry, dataset_rescorer, evaluation_of
+from mbta_ray.tune import TuneProgress, run_search
 
-
-@dataclass
-class PipelineSettings:
-    root: str = "artifacts"
-    registry: str | None = None  # default: root
-    model_name: str = "travel-time"
-    inputs: list[str] | None = None  # default: the embedded real samples
-    samples: dict[str, int] = field(default_factory=lambda: {"xgboost": 4, "dnn": 3})
-    max_concurrent: int = 1
-    #: Each trial's Ray Train workers (more workers or GPUs on a bigger cluster).
-    resources: TrialResources = field(default_factory=TrialResources)
-    seed: int = 0
-    metric: str = "mae"
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    space_file: str | None = None
-    wandb: bool = False
-    early_stopping: bool = True
-    #: The student is the candidate when its valid MAE is within this share of the teacher's
-    #: (it is smaller and faster); otherwise the teacher is.
-    student_tolerance: float = 0.05
-
-    def __post_init__(self) -> None:  # fail before the long stages, not after them
-        from mbta_ray.registry import METRIC_MODES
-
-        if self.metric not in METRIC_MODES:
-            raise ValueError(f"--metric must be one of {sorted(METRIC_MODES)}, got {self.metric!r}")
+__all__ = ["PipelineSettings", "choose_candidate", "run"]
 
 
 def choose_candidate(teacher: dict, student: dict, tolerance: float) -> str:
@@ -47,11 +24,10 @@ def choose_candidate(teacher: dict, student: dict, tolerance: float) -> str:
     return "student" if student["valid_mae"] <= teacher["valid_mae"] * (1 + tolerance) else "teacher"
 
 
-def run(settings: PipelineSettings, progress: Callable[[str], None] = print) -> dict:
-    from mbta_ray import distill, etl
-    from mbta_ray.registry import Registry, dataset_rescorer, evaluation_of
-    from mbta_ray.tune import TuneSettings, run_search
-
+def run(settings: PipelineSettings, progress: Callable[[str], None] = print,
+        tune_progress: Callable[[TuneProgress], None] | None = None) -> dict:
+    """Every stage in order; ``progress`` gets a line per stage and result, ``tune_progress`` the
+    searches' trial counts and best scores as they run."""
     root = Path(settings.root)
     progress("[1/5] ingest: the embedded real MBTA data -> a versioned feature dataset")
     ds = etl.ingest(settings.inputs, root=root)
@@ -66,10 +42,10 @@ def run(settings: PipelineSettings, progress: Callable[[str], None] = print) -> 
                           resources=settings.resources,
                           storage=str(root / "experiments"), space_file=settings.space_file, wandb=settings.wandb,
                           early_stopping=settings.early_stopping)
-        results.append(run_search(ts, root, ds.version))
+        results.append(run_search(ts, root, ds.version, progress=tune_progress))
         progress(f"      best {family}: valid MAE {results[-1]['best_valid_mae']:.1f} s")
     if not results:
-        raise ValueError("pipeline: no model family has trials (samples are all 0)")
+        raise ConfigError("pipeline: no model family has trials (samples are all 0)")
 
     progress("[3/5] distill: the best model teaches a small MLP (Ray Data labels, Ray Train fits)")
     teacher_dir = distill.pick_teacher([r["model_dir"] for r in results])
@@ -84,9 +60,8 @@ def run(settings: PipelineSettings, progress: Callable[[str], None] = print) -> 
     versions = {}
     for label, folder in (("teacher", Path(teacher_dir)), ("student", Path(comp["student_dir"]))):
         versions[label] = reg.register(folder, evaluation=evaluation_of(folder), extra={"pipeline_role": label})
-    teacher_meta = json.loads((Path(teacher_dir) / "metadata.json").read_text())
-    student_meta = json.loads((Path(comp["student_dir"]) / "metadata.json").read_text())
-    pick = choose_candidate(teacher_meta, student_meta, settings.student_tolerance)
+    pick = choose_candidate(bundle.read_metadata(teacher_dir), bundle.read_metadata(comp["student_dir"]),
+                            settings.student_tolerance)
     candidate = versions[pick]["version"]
 
     progress(f"[5/5] promote: candidate {pick} {candidate} against production on {settings.metric}")

@@ -18,34 +18,38 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from mbta_ray.versioning import sha256_file
+from mbta_ray import evaluate, paths, versioning
+from mbta_ray.defaults import METRIC_MODES
+from mbta_ray.defaults import MODEL_NAME as DEFAULT_MODEL
+from mbta_ray.errors import MbtaRayError
+from mbta_ray.models import bundle
+from mbta_ray.models.bundle import METADATA_FILE as METADATA
+from mbta_ray.models.data import load_split_pandas
+from mbta_ray.paths import sha256_file
+from mbta_ray.schema import TARGET
 
 logger = logging.getLogger(__name__)
 
-METADATA = "metadata.json"
 PRODUCTION = "production.json"
 AUDIT_DIR = "audit"
-DEFAULT_MODEL = "travel-time"
 #: What a version may hold: XGBoost UBJSON, JSON, parquet, and torch state dicts of plain tensors
 #: (``.pt``, only ever loaded with ``torch.load(weights_only=True)``). Nothing that unpickles objects.
 SAFE_SUFFIXES = (".ubj", ".json", ".parquet", ".pt", ".safetensors")
-#: Metrics a promotion can be decided on, and which direction is better.
-METRIC_MODES = {"mae": "min", "rmse": "min", "bias_abs": "min", "r2": "max", "accurate": "max"}
 
 
-class RegistryError(RuntimeError):
+class RegistryError(MbtaRayError, RuntimeError):
     """A registry operation cannot go on; the message says what and where."""
 
 
@@ -53,27 +57,8 @@ class CorruptModel(RegistryError):
     """A model version's files are missing or do not match their recorded checksums."""
 
 
-def code_version() -> str:
-    """Digest of the package's source: which code built (and can rebuild) a model."""
-    base = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(base.rglob("*.py")):
-        digest.update(path.relative_to(base).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def _pause(point: str) -> None:
-    """Crash-test hook: ``MBTA_RAY_PAUSE_AT=<point>:<seconds>`` sleeps here so a test can kill -9
-    the process at a known step. Does nothing otherwise."""
-    spec = os.environ.get("MBTA_RAY_PAUSE_AT", "")
-    if spec.startswith(point + ":"):
-        print(f"paused at {point}", flush=True)
-        time.sleep(float(spec.split(":", 1)[1]))
 
 
 @dataclass
@@ -145,7 +130,6 @@ class Registry:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-        _pause("before_replace")
         os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a mix
 
     # --- versions ------------------------------------------------------------------------------
@@ -170,7 +154,7 @@ class Registry:
         version = f"{created:%Y%m%dT%H%M%S}-{content[:8]}"
         meta = {**json.loads(packaged.read_text()), **(extra or {})}
         meta.update({"model": self.model, "version": version, "created_at": created.isoformat(),
-                     "code_version": code_version(), "evaluation": evaluation, "files": files})
+                     "code_version": paths.code_version(), "evaluation": evaluation, "files": files})
         folder = self._path(version)
         if self._exists(f"{folder}/{METADATA}"):
             raise RegistryError(f"{folder}: this version is already registered")
@@ -231,13 +215,11 @@ class Registry:
                                    "truncated); refusing to load it")
         return folder
 
-    def load_predictor(self, version: str, cache: str | Path | None = None):
-        """``models.load_predictor`` on a verified copy of the version."""
-        from mbta_ray.models import load_predictor
-
+    def load_predictor(self, version: str, cache: str | Path | None = None) -> bundle.Predictor:
+        """The bundle's predictor, from a verified copy of the version."""
         folder = self.fetch(version, cache)
         try:
-            return load_predictor(folder)
+            return bundle.load_predictor(folder)
         except Exception as exc:  # a file that passes its checksum can still be the wrong kind
             raise CorruptModel(f"{self._path(version)}: cannot load the model: {exc}") from exc
 
@@ -342,8 +324,6 @@ class Registry:
         if not self.local:
             yield
             return
-        import fcntl
-
         os.makedirs(self.base, exist_ok=True)
         with open(self._path(".promote.lock"), "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -357,7 +337,7 @@ def evaluation_of(model_dir: str | Path) -> dict:
     """The evaluation record of a packaged model folder, from the ``eval.json`` that ``tune`` (or
     ``distill``) wrote beside it: the model's test metrics overall and by mode, and the split."""
     model_dir = Path(model_dir)
-    path, meta_path = model_dir / "eval.json", model_dir / METADATA
+    path, meta_path = model_dir / bundle.EVAL_FILE, model_dir / METADATA
     for p in (meta_path, path):
         if not p.is_file():
             raise RegistryError(f"{p}: missing; register a packaged, evaluated model folder "
@@ -365,7 +345,7 @@ def evaluation_of(model_dir: str | Path) -> dict:
     try:
         ev, meta = json.loads(path.read_text()), json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
-        raise RegistryError(f"{model_dir}: eval.json or metadata.json is not valid JSON ({exc})") from exc
+        raise RegistryError(f"{model_dir}: {path.name} or {meta_path.name} is not valid JSON ({exc})") from exc
     name = ev.get("model_name", meta.get("family"))
     entry = (ev.get("report") or {}).get(name)
     if not entry or "overall" not in entry:
@@ -379,10 +359,6 @@ def dataset_rescorer(reg: "Registry", root: str | Path):
     """A ``rescore`` for ``promote``: a registry version's test metrics on a dataset under ``root``
     (None when that dataset is not there)."""
     def rescore(version: str, dataset: dict) -> dict | None:
-        from mbta_ray import evaluate, versioning
-        from mbta_ray.models.data import load_split_pandas
-        from mbta_ray.schema import TARGET
-
         try:
             test = load_split_pandas(root, dataset["version"], "test", dataset.get("name"))
         except (versioning.VersionNotFound, FileNotFoundError, KeyError):

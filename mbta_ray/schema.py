@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+import pandas as pd
 import pyarrow as pa
 
 #: Bump when the feature code changes in a way that changes its output: it is part of a dataset
@@ -29,6 +30,28 @@ class Mode(str, Enum):
     SUBWAY = "subway"
     BUS = "bus"
     COMMUTER_RAIL = "commuter_rail"
+
+
+#: Subway and light-rail route ids (everything else that is not CR-* is a bus route).
+_SUBWAY_ROUTES = {"Red", "Orange", "Blue", "Mattapan", "Green"}
+
+
+def mode_for_route(route_ids: pd.Series) -> pd.Series:
+    """Infer the mode from GTFS route ids (CR-* commuter rail, Red/Orange/Blue/Green-*/Mattapan subway)."""
+    r = route_ids.astype("string")
+    mode = pd.Series(Mode.BUS.value, index=r.index, dtype="string")
+    mode[r.str.startswith("CR-").fillna(False)] = Mode.COMMUTER_RAIL.value
+    subway = r.isin(_SUBWAY_ROUTES) | r.str.startswith("Green-").fillna(False)
+    mode[subway.fillna(False)] = Mode.SUBWAY.value
+    return mode
+
+
+#: TransitMaster route and stop ids get this prefix: they are not GTFS ids and must never collide
+#: with one (serving accepts them as the ETL does, though they are not in GTFS stops).
+TM_ID_PREFIX = "tm-"
+
+#: The identity of a trip: trip ids are only unique within a source, service day and route.
+TRIP_KEY = "trip_key"
 
 
 # --- canonical stop event -----------------------------------------------------------------------
@@ -54,13 +77,11 @@ EVENT_SCHEMA = pa.schema(
         pa.field("scheduled_headway_seconds", pa.float64()),
     ]
 )
-EVENT_COLUMNS = EVENT_SCHEMA.names
 
 #: Quarantined rows keep their canonical columns (as far as they could be parsed) plus why.
 QUARANTINE_SCHEMA = EVENT_SCHEMA.append(pa.field("reason", pa.string(), nullable=False)).append(
     pa.field("detail", pa.string())
 )
-QUARANTINE_COLUMNS = QUARANTINE_SCHEMA.names
 
 
 class Reason(str, Enum):
@@ -142,7 +163,7 @@ TARGET = "travel_seconds"
 #: Columns kept beside features and target for splitting, baselines and evaluation (never inputs).
 META_FIELDS: tuple[pa.Field, ...] = (
     pa.field("source", pa.string()),
-    pa.field("trip_key", pa.string()),
+    pa.field(TRIP_KEY, pa.string()),
     pa.field("trip_id", pa.string()),
     pa.field("service_date", pa.date32()),
     pa.field("vehicle_id", pa.string()),

@@ -1,4 +1,4 @@
-"""Search spaces from ``configs/tune.yaml`` (configuration apart from code), for BayesOptSearch.
+"""Search spaces from ``mbta_ray/configs/tune.yaml`` (configuration apart from code), for BayesOptSearch.
 
 BayesOptSearch only takes uniform float domains, so log-scaled parameters are searched as
 ``log10_<name>`` and integers as floats; ``decode`` turns a proposed point back into parameters.
@@ -11,11 +11,13 @@ from pathlib import Path
 import yaml
 from ray import tune
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tune.yaml"
+from mbta_ray.errors import ConfigError
+from mbta_ray.paths import DEFAULT_TUNE_SPACE as DEFAULT_CONFIG
+
 _LOG = "log10_"
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(ConfigError):
     """The search-space file is wrong: the message names the file, family and parameter."""
 
 

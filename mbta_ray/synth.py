@@ -53,7 +53,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mbta_ray.timeutil import service_day_origin, service_seconds_to_utc
-from mbta_ray.versioning import sha256_file
+from mbta_ray.defaults import MAX_ABS_DELAY_S  # delays beyond it are outliers, fitted apart
+from mbta_ray.errors import ConfigError
+from mbta_ray.paths import LAMP_SAMPLE, sha256_file
 
 #: Every synthetic trip id starts with this, so nobody mistakes a synthetic trip for a real one.
 SYNTH_PREFIX = "SYNTH-"
@@ -61,10 +63,8 @@ SYNTH_PREFIX = "SYNTH-"
 METADATA_KEY = b"mbta_ray.synthetic"
 MARKER_FILE = "SYNTHETIC.md"
 PARAMS_FILE = "synthetic.json"
-DEFAULT_LAMP_SAMPLE = Path(__file__).parent / "data" / "samples" / "lamp_subway_2024-02-07_10k.parquet"
+DEFAULT_LAMP_SAMPLE = LAMP_SAMPLE
 
-#: Delays beyond this are outliers (the ETL's default quarantine bound): fitted apart from the rest.
-MAX_ABS_DELAY_S = 7200.0
 #: A route needs this many consecutive observed pairs for its own AR(1) fit (else the pooled one).
 MIN_AR_PAIRS = 30
 _N_QUANTILES = 101
@@ -586,7 +586,7 @@ def generate(profile: SynthProfile, n_events: int, seed: int = 0, *, params: Syn
     output does not depend on how it is chunked. ``overrides`` set fields of :class:`SynthParams`.
     """
     if n_events < 1:
-        raise ValueError(f"n_events must be >= 1, got {n_events}")
+        raise ConfigError(f"n_events must be >= 1, got {n_events}")
     params = params or SynthParams(**overrides)
     c = _Compiled(profile)
     for day, budget in enumerate(_day_budgets(n_events, _events_per_day(profile, params))):
@@ -660,13 +660,13 @@ def write_synthetic(out: str | Path, n_events: int, seed: int = 0, files: int = 
     with ``files=1``, a ``.parquet`` path (the marker goes beside it as ``<stem>.SYNTHETIC.md``).
     """
     if files < 1 or files > n_events:
-        raise ValueError(f"files must be between 1 and n_events ({n_events}), got {files}")
+        raise ConfigError(f"files must be between 1 and n_events ({n_events}), got {files}")
     params = params or SynthParams(**overrides)
     profile = profile or fit_profile(lamp_path)
     out = Path(out)
     if out.suffix == ".parquet":
         if files != 1:
-            raise ValueError("a .parquet output path takes files=1; give a folder for several files")
+            raise ConfigError("a .parquet output path takes files=1; give a folder for several files")
         out.parent.mkdir(parents=True, exist_ok=True)
         paths = [out]
         marker = out.with_name(out.stem + "." + MARKER_FILE)

@@ -8,7 +8,6 @@ DST-change days it keeps wall-clock times right (08:00 scheduled is 08:00 on the
 
 from __future__ import annotations
 
-import datetime as dt
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -63,8 +62,3 @@ def tod_sin_cos(service_seconds: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Cyclical encoding of the time of day (24 h period, so 25:00 encodes like 01:00)."""
     angle = 2 * np.pi * (service_seconds.to_numpy(dtype="float64") % _SECONDS_PER_DAY) / _SECONDS_PER_DAY
     return np.sin(angle), np.cos(angle)
-
-
-def to_date(values: pd.Series) -> list[dt.date | None]:
-    """datetime64 -> python dates (for Arrow date32)."""
-    return [None if pd.isna(v) else v.date() for v in pd.to_datetime(values)]

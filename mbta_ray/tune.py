@@ -8,12 +8,16 @@ Trainer's workers get the real resources.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import os
-from dataclasses import dataclass, field, replace
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import ray
 import ray.train
 from ray import tune
@@ -22,86 +26,26 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.bayesopt import BayesOptSearch
 
-from mbta_ray import search_space
+from mbta_ray import evaluate, plots, search_space, versioning
+from mbta_ray.config import DATA_CPUS, TrialResources, TuneSettings
+from mbta_ray.defaults import VALID_METRIC as METRIC
 from mbta_ray.encoding import FeatureEncoder
-from mbta_ray.models import dnn, xgboost_model
-from mbta_ray.models.resources import WorkerResources
+from mbta_ray.errors import ConfigError, MbtaRayError, MissingFileError
+from mbta_ray.models import bundle, dnn, xgboost_model
+from mbta_ray.models.data import load_split, load_split_pandas
+from mbta_ray import runtime
+from mbta_ray.runtime import ensure_ray
+from mbta_ray.schema import SPLITS, TARGET
 
 logger = logging.getLogger(__name__)
 FAMILIES = {"xgboost": xgboost_model, "dnn": dnn}
-METRIC = "valid-mae"
+
+
+class TuneError(MbtaRayError, RuntimeError):
+    """A search ended without a usable model (no trial finished, no checkpoint on disk)."""
+
+
 CHECKPOINT_PATH = "checkpoint_path"  # what TuneReportCallback adds to a report with a checkpoint
-
-
-#: CPUs left free while trials run: Ray Data's read tasks (1 CPU each) feed the Train workers from
-#: outside their placement groups. With no CPU free, every trial waits for data forever.
-DATA_CPUS = 1.0
-
-
-class ResourceError(ValueError):
-    """Trials asked for more than the cluster can give while still feeding them data."""
-
-
-@dataclass(frozen=True)
-class TrialResources:
-    """Per-trial resources: the trial's own small CPU share and its Trainer's workers.
-
-    ``cpus_per_worker=None`` means "fit the cluster" (see ``fit``).
-    """
-
-    num_workers: int = 1
-    cpus_per_worker: float | None = None
-    gpus_per_worker: float = 0.0  # fractional (e.g. 0.25) lets several trials share a GPU
-    trial_cpu: float = 0.1
-
-    def worker_resources(self, family: str) -> WorkerResources:
-        """The Train workers' resources (the same shape for every family today)."""
-        return WorkerResources(self.num_workers, self.cpus_per_worker or 1.0, self.gpus_per_worker)
-
-    def trial_request(self) -> dict:
-        return {"cpu": self.trial_cpu}
-
-    def per_trial_cpus(self) -> float:
-        return self.trial_cpu + self.num_workers * (self.cpus_per_worker or 1.0)
-
-    def fit(self, cluster_cpus: float, max_concurrent: int) -> tuple["TrialResources", int]:
-        """Resolve an automatic CPU share and check that trials leave ``DATA_CPUS`` free.
-
-        Auto: the CPUs not kept for data, split over ``max_concurrent`` trials' workers (in steps of
-        0.05, at least 0.25). Returns the resources and how many trials can run at once; raises
-        ``ResourceError`` naming the options when not even one trial fits.
-        """
-        usable = cluster_cpus - DATA_CPUS
-        res = self
-        if self.cpus_per_worker is None:
-            share = (usable / max(1, max_concurrent) - self.trial_cpu) / self.num_workers
-            res = replace(self, cpus_per_worker=max(0.25, math.floor(share * 20) / 20))
-        per_trial = res.per_trial_cpus()
-        fits = int((usable + 1e-9) // per_trial)
-        if fits < 1:
-            raise ResourceError(
-                f"one trial needs {per_trial:g} CPUs (--trial-cpu {res.trial_cpu:g} + --workers "
-                f"{res.num_workers} x --cpus-per-worker {res.cpus_per_worker:g}) and the cluster has "
-                f"{cluster_cpus:g}, of which {DATA_CPUS:g} must stay free for Ray Data to feed the "
-                f"workers: lower --cpus-per-worker or --workers (or leave --cpus-per-worker unset)")
-        return res, min(max_concurrent, fits)
-
-
-@dataclass
-class TuneSettings:
-    family: str
-    num_samples: int = 8
-    max_concurrent: int = 2
-    seed: int = 0
-    random_steps: int = 3  # BayesOpt explores randomly this many trials before fitting its GP
-    resources: TrialResources = field(default_factory=TrialResources)
-    storage: str = "artifacts/experiments"
-    name: str | None = None
-    space_file: str | None = None
-    wandb: bool = False
-    #: ASHA early stopping for DNN epochs. Stopping a trial needs Ray's State API (the dashboard)
-    #: to free its Train workers: turn it off on clusters started without the dashboard.
-    early_stopping: bool = True
 
 
 def _trial(config: dict, *, family: str, spec: dict, encoder: dict, datasets: dict,
@@ -131,9 +75,60 @@ def _trainable(settings: TuneSettings, spec: dict, encoder: FeatureEncoder, data
     )
 
 
-def build_tuner(settings: TuneSettings, datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder) -> tune.Tuner:
+@dataclass(frozen=True)
+class TuneProgress:
+    """Where a search stands, for a progress display."""
+
+    family: str
+    done: int
+    total: int
+    best: float | None  # lowest valid MAE reported so far (s)
+    elapsed_s: float
+    errors: int = 0
+
+
+def _no_report(progress: TuneProgress) -> None:
+    """The report of a progress callback that was pickled (see ``_ProgressCallback.__getstate__``)."""
+
+
+class _ProgressCallback(tune.Callback):
+    """Tune callback (runs on the driver) that reports trials done and the best valid MAE so far."""
+
+    def __init__(self, family: str, total: int, report: Callable[[TuneProgress], None]) -> None:
+        self.family, self.total, self.report = family, total, report
+        self.done = self.errors = 0
+        self.best: float | None = None
+        self.t0 = time.monotonic()
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks with the experiment state; the display (a live terminal bar)
+        # does not pickle and has no meaning in a restored experiment.
+        return {**self.__dict__, "report": _no_report}
+
+    def _emit(self) -> None:
+        self.report(TuneProgress(self.family, self.done, self.total, self.best, time.monotonic() - self.t0,
+                                 self.errors))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        value = result.get(METRIC)
+        if value is not None and math.isfinite(value) and (self.best is None or value < self.best):
+            self.best = float(value)
+            self._emit()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.done += 1
+        self._emit()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.done += 1
+        self.errors += 1
+        self._emit()
+
+
+def build_tuner(settings: TuneSettings, datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder,
+                progress: Callable[[TuneProgress], None] | None = None) -> tune.Tuner:
     if settings.family not in FAMILIES:
-        raise ValueError(f"--model must be one of {sorted(FAMILIES)}, got {settings.family!r}")
+        raise ConfigError(f"--model must be one of {sorted(FAMILIES)}, got {settings.family!r}")
     spec = search_space.load(settings.space_file)[settings.family]
     storage = os.path.abspath(settings.storage)
     trainable = _trainable(settings, spec, encoder, datasets)
@@ -151,19 +146,23 @@ def build_tuner(settings: TuneSettings, datasets: dict[str, ray.data.Dataset], e
         param_space=search_space.param_space(spec),
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
                                     metric=METRIC, mode="min"),
-        run_config=tune.RunConfig(name=settings.name, storage_path=storage,
-                                  callbacks=_callbacks(settings)),
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=storage, callbacks=_callbacks(settings, progress),
+            # Tune's own trial tables and config boxes: silent while Ray's output goes to a log file.
+            verbose=0 if runtime.quiet() else None),
     )
 
 
-def _callbacks(settings: TuneSettings) -> list:
+def _callbacks(settings: TuneSettings, progress: Callable[[TuneProgress], None] | None = None) -> list:
+    callbacks: list = [_ProgressCallback(settings.family, settings.num_samples, progress)] if progress else []
     if not settings.wandb:
-        return []
+        return callbacks
+    # Imported only when used: W&B's integration pulls in wandb itself (~1 s).
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     # Offline unless a key is configured: runs are kept locally and can be synced later.
     mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return [WandbLoggerCallback(project="mbta_ray", group=settings.family, mode=mode)]
+    return [*callbacks, WandbLoggerCallback(project="mbta_ray", group=settings.family, mode=mode)]
 
 
 def restore(path: str, settings: TuneSettings, datasets: dict[str, ray.data.Dataset],
@@ -182,64 +181,91 @@ def best_checkpoint_dir(result: tune.ResultGrid) -> tuple[str, dict, tune.Result
     best = result.get_best_result(metric=METRIC, mode="min", scope="all")
     df = best.metrics_dataframe
     if df is None or CHECKPOINT_PATH not in df:
-        raise RuntimeError(f"best trial {best.path} reported no checkpoint")
+        raise TuneError(f"best trial {best.path} reported no checkpoint")
     rows = df[df[CHECKPOINT_PATH].notna() & df[METRIC].notna()]
     rows = rows[[os.path.isdir(p) for p in rows[CHECKPOINT_PATH]]]
     if rows.empty:
-        raise RuntimeError(f"best trial {best.path}: none of its checkpoints is on disk")
+        raise TuneError(f"best trial {best.path}: none of its checkpoints is on disk")
     row = rows.loc[rows[METRIC].idxmin()]
     return str(row[CHECKPOINT_PATH]), {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}, best
 
 
-# --- the whole search: data, tuner, results, best model, evaluation --------------------------------
+# --- the whole search: resources, data, search, summary, best model ---------------------------------
 
 
-def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: str | None = None) -> dict:
+def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: str | None = None,
+               progress: Callable[[TuneProgress], None] | None = None) -> dict:
     """Tune one family on a dataset version, then package and evaluate the best model on test.
 
+    ``progress`` is called as trials finish (not when resuming: Tune restores its own callbacks).
     Writes under ``<storage>/<name>/``: Tune's own state (for --resume), encoder.json,
-    results.csv/json (every trial), best/ (the packaged model + eval.json) and PNG plots.
+    results.csv/json (every trial), best/ (the model bundle + eval.json) and PNG plots.
     """
-    import datetime as dt
-    import json
-    import shutil
+    ds_name, ds_version = _usable_dataset(root, dataset)
+    ensure_ray()
+    settings = resolve_resources(settings, ray.cluster_resources().get("CPU", 0.0))
+    settings, exp_dir = _experiment(settings, ds_version, resume)
+    datasets = {s: load_split(root, ds_version, s, ds_name) for s in ("train", "valid")}
+    encoder = _encoder(exp_dir, datasets["train"], resume=bool(resume))
+    tuner = (restore(str(exp_dir), settings, datasets, encoder) if resume
+             else build_tuner(settings, datasets, encoder, progress))
+    grid = tuner.fit()
+    trials, errors = summarize(grid, exp_dir)
+    model_dir, best_metrics, params = package_best(grid, settings, encoder, root, ds_name, ds_version, exp_dir)
+    report = evaluate_bundle(model_dir, settings.family, root, ds_name, ds_version, trials, exp_dir)
+    return {"experiment": str(exp_dir), "model_dir": str(model_dir), "trials": len(trials), "errors": errors,
+            "best_params": params, "best_valid_mae": best_metrics.get(METRIC), "report": report,
+            "dataset": ds_version, "family": settings.family}
 
-    from mbta_ray import evaluate, plots, versioning
-    from mbta_ray.etl import ensure_ray
-    from mbta_ray.models import load_predictor, package
-    from mbta_ray.models.data import load_split, load_split_pandas
 
+def _usable_dataset(root: str | Path, dataset: str) -> tuple[str, str]:
+    """(name, version) of a dataset with examples in every split."""
     ds_name, ds_version = versioning.resolve(root, dataset)
     counts = versioning.load_manifest(root, ds_name, ds_version)["counts"]["examples_by_split"]
-    empty = [s for s in ("train", "valid", "test") if not counts.get(s)]
+    empty = [s for s in SPLITS if not counts.get(s)]
     if empty:
-        raise ValueError(f"dataset {ds_name}/{ds_version} has no examples in {empty}: "
-                         "ingest more data (each source needs several trips for every split)")
-    ensure_ray()
-    cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
-    settings.resources, concurrent = settings.resources.fit(cluster_cpus, settings.max_concurrent)
+        raise ConfigError(f"dataset {ds_name}/{ds_version} has no examples in {empty}: "
+                          "ingest more data (each source needs several trips for every split)")
+    return ds_name, ds_version
+
+
+def resolve_resources(settings: TuneSettings, cluster_cpus: float) -> TuneSettings:
+    """Settings with the trial resources fitted to the cluster and ``max_concurrent`` lowered to
+    what fits (a new object; the caller's settings are not changed)."""
+    resources, concurrent = settings.resources.fit(cluster_cpus, settings.max_concurrent)
     if concurrent < settings.max_concurrent:
         logger.warning("--max-concurrent %d lowered to %d: %g CPUs fit %d trials of %g CPUs each and keep "
                        "%g free for Ray Data", settings.max_concurrent, concurrent, cluster_cpus, concurrent,
-                       settings.resources.per_trial_cpus(), DATA_CPUS)
-        settings.max_concurrent = concurrent
+                       resources.per_trial_cpus(), DATA_CPUS)
+    return replace(settings, resources=resources, max_concurrent=concurrent)
+
+
+def _experiment(settings: TuneSettings, ds_version: str, resume: str | None) -> tuple[TuneSettings, Path]:
+    """Settings naming the experiment folder (the one to resume, or a new one) and that folder."""
     if resume:
         exp_dir = Path(resume).resolve()
         if not exp_dir.is_dir():
-            raise FileNotFoundError(f"{exp_dir}: no such experiment to resume")
-        settings.name, settings.storage = exp_dir.name, str(exp_dir.parent)
+            raise MissingFileError(f"{exp_dir}: no such experiment to resume")
+        settings = replace(settings, name=exp_dir.name, storage=str(exp_dir.parent))
     else:
-        settings.name = settings.name or (
-            f"{settings.family}-{ds_version[:8]}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
-        exp_dir = Path(settings.storage).resolve() / settings.name
+        name = settings.name or f"{settings.family}-{ds_version[:8]}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
+        settings = replace(settings, name=name)
+        exp_dir = Path(settings.storage).resolve() / name
     exp_dir.mkdir(parents=True, exist_ok=True)
-    datasets = {s: load_split(root, ds_version, s, ds_name) for s in ("train", "valid")}
-    encoder_path = exp_dir / "encoder.json"
-    encoder = FeatureEncoder.load(encoder_path) if resume and encoder_path.is_file() else FeatureEncoder.fit(datasets["train"])
-    encoder.save(encoder_path)
+    return settings, exp_dir
 
-    tuner = restore(str(exp_dir), settings, datasets, encoder) if resume else build_tuner(settings, datasets, encoder)
-    grid = tuner.fit()
+
+def _encoder(exp_dir: Path, train: ray.data.Dataset, resume: bool) -> FeatureEncoder:
+    """The experiment's encoder: the saved one when resuming (trials must agree), else fitted on train."""
+    path = exp_dir / bundle.ENCODER_FILE
+    encoder = FeatureEncoder.load(path) if resume and path.is_file() else FeatureEncoder.fit(train)
+    encoder.save(path)
+    return encoder
+
+
+def summarize(grid: tune.ResultGrid, exp_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every trial's last report (results.csv/json, in start order) and the trials' errors; raises
+    ``TuneError`` when no trial reported the metric."""
     trials = grid.get_dataframe(filter_metric=METRIC, filter_mode="min")
     if "timestamp" in trials:
         trials = trials.sort_values("timestamp")
@@ -247,27 +273,36 @@ def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: s
     (exp_dir / "results.json").write_text(trials.to_json(orient="records", indent=1, default_handler=str))
     errors = [str(r.error) for r in grid if r.error]
     if trials.empty or METRIC not in trials:
-        raise RuntimeError(f"no trial finished in {exp_dir}; errors: {errors[:3]}")
+        raise TuneError(f"no trial finished in {exp_dir}; errors: {errors[:3]}")
+    return trials, errors
 
+
+def package_best(grid: tune.ResultGrid, settings: TuneSettings, encoder: FeatureEncoder, root: str | Path,
+                 ds_name: str, ds_version: str, exp_dir: Path) -> tuple[Path, dict, dict]:
+    """The search's best checkpoint as a model bundle in ``<experiment>/best``; returns the bundle
+    folder, the best report's metrics and the decoded hyperparameters."""
     best_ckpt, best_metrics, best = best_checkpoint_dir(grid)
     spec = search_space.load(settings.space_file)[settings.family]
-    params = search_space.decode({k: v for k, v in best.config.items()}, spec)
-    model_dir = package(settings.family, best_ckpt, encoder, exp_dir / "best", {
-        "params": params, "dataset": {"name": ds_name, "version": ds_version},
-        "valid_mae": best_metrics.get(METRIC), "experiment": str(exp_dir),
-        "gtfs_stops": versioning.load_manifest(root, ds_name, ds_version).get("gtfs_stops"),
-    })
-    # What the features need at serving time travels with the model.
+    params = search_space.decode(dict(best.config), spec)
     ds_dir = versioning.version_dir(root, ds_name, ds_version)
-    shutil.copy2(ds_dir / "segment_medians.parquet", model_dir / "segment_medians.parquet")
+    model_dir = bundle.write_bundle(
+        exp_dir / "best", family=settings.family, model_dir=best_ckpt, encoder=encoder,
+        # What the features need at serving time travels with the model.
+        segment_medians=ds_dir / bundle.SEGMENT_MEDIANS_FILE,
+        metadata={"params": params, "dataset": {"name": ds_name, "version": ds_version},
+                  "valid_mae": best_metrics.get(METRIC), "experiment": str(exp_dir),
+                  "gtfs_stops": versioning.load_manifest(root, ds_name, ds_version).get("gtfs_stops")})
+    return model_dir, best_metrics, params
+
+
+def evaluate_bundle(model_dir: Path, family: str, root: str | Path, ds_name: str, ds_version: str,
+                    trials: pd.DataFrame, exp_dir: Path) -> dict:
+    """Score the bundle on the test split next to the baselines (eval.json) and draw the plots."""
     test = load_split_pandas(root, ds_version, "test", ds_name)
-    predictions = load_predictor(model_dir)(test)
-    report = evaluate.report(test, {settings.family: predictions, **evaluate.baseline_predictions(test)})
-    (model_dir / "eval.json").write_text(json.dumps({"split": "test", "dataset": ds_version, "report": report},
-                                                   indent=1))
+    predictions = bundle.load_predictor(model_dir)(test)
+    report = evaluate.report(test, {family: predictions, **evaluate.baseline_predictions(test)})
+    bundle.write_evaluation(model_dir, {"split": "test", "dataset": ds_version, "report": report})
     plots.best_so_far(trials, METRIC, exp_dir / "best_so_far.png")
-    plots.predicted_vs_actual(test["travel_seconds"].to_numpy(), predictions, exp_dir / "predicted_vs_actual.png")
+    plots.predicted_vs_actual(test[TARGET].to_numpy(), predictions, exp_dir / "predicted_vs_actual.png")
     plots.error_by_horizon(report, exp_dir / "error_by_horizon.png")
-    return {"experiment": str(exp_dir), "model_dir": str(model_dir), "trials": len(trials), "errors": errors,
-            "best_params": params, "best_valid_mae": best_metrics.get(METRIC), "report": report,
-            "dataset": ds_version, "family": settings.family}
+    return report

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from mbta_ray.defaults import MAX_ABS_DELAY_S
 from mbta_ray.gtfs import Stops
-from mbta_ray.schema import Reason
+from mbta_ray.schema import TRIP_KEY, Reason
 from mbta_ray.sources import READERS
-
-TRIP_KEY = "trip_key"
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class ValidationConfig:
     """Bounds for what counts as a plausible event."""
 
     #: |actual - scheduled| beyond this is a schedule mismatch or a broken clock, not a delay.
-    max_abs_delay_s: float = 7200.0
+    max_abs_delay_s: float = MAX_ABS_DELAY_S
 
 
 def _flag(df: pd.DataFrame, mask: pd.Series, reason: Reason, detail: str | pd.Series) -> None:

@@ -16,23 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mbta_ray.errors import MbtaRayError
 from mbta_ray.schema import FEATURE_CODE_VERSION
 
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
 
 
-class VersionNotFound(LookupError):
+class VersionNotFound(MbtaRayError, LookupError):
     """No dataset version matches."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """sha256 of a file's bytes (streamed): the one checksum of inputs and model files."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def compute_version(input_checksums: list[tuple[str, str]], config: dict,
@@ -49,7 +41,9 @@ def compute_version(input_checksums: list[tuple[str, str]], config: dict,
 
 
 def datasets_dir(root: str | Path, name: str) -> Path:
-    return Path(root) / "datasets" / name
+    # Absolute: Ray workers read and write these folders from their own working directory, which
+    # is not the driver's when it joined a running cluster (RAY_ADDRESS).
+    return Path(root).resolve() / "datasets" / name
 
 
 def version_dir(root: str | Path, name: str, version: str) -> Path:

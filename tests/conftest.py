@@ -14,6 +14,17 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
+#: Test modules that start a Ray head node of their own (not through the ``ray_local`` fixture).
+_OWN_CLUSTER_MODULES = {"test_jobs"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a Ray cluster ``ray`` (``make test-fast`` runs the others)."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()) or item.module.__name__ in _OWN_CLUSTER_MODULES:
+            item.add_marker(pytest.mark.ray)
+
+
 def start_local_ray() -> None:
     """The test session's local cluster (2 CPUs, like CI)."""
     import ray

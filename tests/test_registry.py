@@ -15,7 +15,7 @@ import pytest
 import xgboost as xgb
 
 from mbta_ray.encoding import FeatureEncoder
-from mbta_ray.models import package
+from mbta_ray.models.bundle import write_bundle
 from mbta_ray.models import xgboost_model
 from mbta_ray.registry import CorruptModel, Registry, RegistryError, evaluation_of
 from mbta_ray.schema import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
@@ -40,12 +40,13 @@ def make_model(folder: Path, mae: float, rounds: int = 5) -> Path:
     df = example_rows()
     enc = FeatureEncoder.fit(df)
     booster = xgb.train({"objective": "reg:absoluteerror", "base_score": 0.0, "nthread": 1},
-                        xgboost_model._dmatrix(df, enc, residual=True), num_boost_round=rounds)
+                        xgboost_model.dmatrix(df, enc, residual=True), num_boost_round=rounds)
     booster.set_attr(**{xgboost_model.PRIOR_ATTR: "1"})
     ckpt = folder / "ckpt"
     ckpt.mkdir(parents=True)
     booster.save_model(str(ckpt / xgboost_model.MODEL_FILE))
-    out = package("xgboost", ckpt, enc, folder / "best", {"params": {"rounds": rounds}, "dataset": DATASET})
+    out = write_bundle(folder / "best", family="xgboost", model_dir=ckpt, encoder=enc,
+                       metadata={"params": {"rounds": rounds}, "dataset": DATASET})
     m = {"n": 100, "mae": mae, "rmse": mae * 1.5, "r2": 0.8, "bias": 1.0, "accurate": 0.8}
     (out / "eval.json").write_text(json.dumps({"split": "test", "dataset": DATASET["version"],
                                                "report": {"xgboost": {"overall": m, "by_mode": {"bus": m}},
@@ -121,6 +122,23 @@ def test_promotion_gate_accepts_refuses_and_logs_forced(tmp_path):
         reg.promote(v1, metric="speed")
 
 
+#: ``mbta-ray`` with a pause just before the production pointer's temp file is renamed into place,
+#: so the test can kill -9 the process at that step (the hook lives here, not in the registry).
+PAUSED_PROMOTE = """
+import os, sys, time
+real_replace = os.replace
+def paused_replace(src, dst, *args, **kwargs):
+    if str(dst).endswith("production.json"):
+        print("paused at before_replace", flush=True)
+        time.sleep(60)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = paused_replace
+from mbta_ray.cli import app
+sys.argv = ["mbta-ray", *sys.argv[1:]]
+app()
+"""
+
+
 def test_kill_9_mid_promotion_leaves_production_intact(tmp_path):
     """A real `mbta-ray promote` process is SIGKILLed after writing the new pointer's temp file and
     before the rename: the old production model is still the pointer and still loads."""
@@ -130,9 +148,8 @@ def test_kill_9_mid_promotion_leaves_production_intact(tmp_path):
     v2 = register(reg, tmp_path, "m2", 90.0)
     reg.promote(v1)
     before = (Path(reg.base) / "production.json").read_bytes()
-    env = {**os.environ, "MBTA_RAY_PAUSE_AT": "before_replace:60"}
-    proc = subprocess.Popen([sys.executable, "-m", "mbta_ray.cli", "promote", v2, "--root", str(root)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_PROMOTE, "promote", v2, "--root", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline()
         assert "paused at before_replace" in line, line

@@ -21,14 +21,15 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import FeatureEncoder
-from mbta_ray.models.resources import WorkerResources
+from mbta_ray.models.bundle import DNN_ARCH_FILE as ARCH_FILE
+from mbta_ray.models.bundle import DNN_WEIGHTS_FILE as WEIGHTS_FILE
+from mbta_ray.models.params import round_ints
+from mbta_ray.config import WorkerResources
 from mbta_ray.schema import TARGET
 
-WEIGHTS_FILE = "model.pt"
-ARCH_FILE = "architecture.json"
 INT_PARAMS = ("hidden_width", "hidden_layers", "batch_size", "epochs", "max_embedding_dim")
-VALID_METRIC = "valid-mae"
 
 
 @dataclass
@@ -73,12 +74,8 @@ class DelayMLP(nn.Module):
         return out + prior if self.arch.residual else out
 
 
-def round_ints(config: dict) -> dict:
-    return {k: (int(round(v)) if k in INT_PARAMS and v is not None else v) for k, v in config.items()}
-
-
 def architecture(config: dict, encoder: FeatureEncoder) -> Architecture:
-    config = round_ints(config)
+    config = round_ints(config, INT_PARAMS)
     return Architecture(
         cardinalities=encoder.cardinalities, numeric_width=encoder.numeric_width,
         hidden=[config.get("hidden_width", 256)] * config.get("hidden_layers", 2),
@@ -109,7 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
 def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, torch.Tensor], torch.Tensor]) -> None:
     """The DDP epoch loop shared by the DNN and the distilled student: train with ``loss_of(pred,
     batch, y)``, then report valid MAE on the true target and checkpoint (rank 0) every epoch."""
-    config = round_ints(config)
+    config = round_ints(config, INT_PARAMS)
     torch.manual_seed(config.get("seed", 0))
     encoder = FeatureEncoder(**config["encoder"])
     arch = architecture(config, encoder)

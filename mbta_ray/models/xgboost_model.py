@@ -18,24 +18,20 @@ import ray.train
 import xgboost as xgb
 from ray.train.xgboost import XGBoostTrainer
 
+from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import FeatureEncoder
-from mbta_ray.models.resources import WorkerResources
+from mbta_ray.models.bundle import XGB_MODEL_FILE as MODEL_FILE  # XGBoost's own binary JSON: no pickle
+from mbta_ray.models.params import round_ints
+from mbta_ray.config import WorkerResources
 from mbta_ray.schema import TARGET
 
-MODEL_FILE = "model.ubj"  # XGBoost's own binary JSON format: no pickle
 #: Hyperparameters that XGBoost needs as integers (BayesOpt proposes floats: round them).
 INT_PARAMS = ("max_depth", "num_boost_round", "min_child_weight", "early_stopping_rounds")
-VALID_METRIC = "valid-mae"
 #: Booster attribute saying the trees learned a correction to ``encoder.prior`` (base_margin).
 PRIOR_ATTR = "travel_prior"
 
 
-def round_ints(config: dict, names: tuple[str, ...] = INT_PARAMS) -> dict:
-    """Round the integer hyperparameters that a float-only searcher proposed."""
-    return {k: (int(round(v)) if k in names and v is not None else v) for k, v in config.items()}
-
-
-def _dmatrix(df: pd.DataFrame, encoder: FeatureEncoder, residual: bool, label: bool = True) -> xgb.DMatrix:
+def dmatrix(df: pd.DataFrame, encoder: FeatureEncoder, residual: bool, label: bool = True) -> xgb.DMatrix:
     """Features (and label) of example rows; with ``residual`` the prior is the base margin, so the
     trees learn the correction to it while labels and metrics stay in travel seconds."""
     return xgb.DMatrix(encoder.tree_matrix(df), label=df[TARGET].to_numpy(dtype="float32") if label else None,
@@ -44,12 +40,12 @@ def _dmatrix(df: pd.DataFrame, encoder: FeatureEncoder, residual: bool, label: b
 
 
 def _matrix(shard, encoder: FeatureEncoder, residual: bool) -> xgb.DMatrix:
-    return _dmatrix(shard.materialize().to_pandas(), encoder, residual)
+    return dmatrix(shard.materialize().to_pandas(), encoder, residual)
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker; rank 0 saves the model in the final checkpoint."""
-    config = round_ints(config)
+    config = round_ints(config, INT_PARAMS)
     encoder = FeatureEncoder(**config["encoder"])
     residual = bool(config.get("residual", True))
     dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder, residual)
@@ -137,4 +133,4 @@ def load_booster(checkpoint_dir: str | Path) -> xgb.Booster:
 def predict(booster: xgb.Booster, encoder: FeatureEncoder, df: pd.DataFrame) -> np.ndarray:
     """Travel-seconds predictions for example rows (adds the prior back when the model learned a
     correction to it)."""
-    return booster.predict(_dmatrix(df, encoder, booster.attr(PRIOR_ATTR) == "1", label=False))
+    return booster.predict(dmatrix(df, encoder, booster.attr(PRIOR_ATTR) == "1", label=False))

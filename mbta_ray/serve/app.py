@@ -33,8 +33,11 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from mbta_ray.defaults import MODEL_NAME, REGISTRY_ENV, SERVE_APP_NAME
+from mbta_ray.paths import DEFAULT_ROOT
+from mbta_ray.registry import Registry, RegistryError
 from mbta_ray.serve import metrics
-from mbta_ray.serve.inference import Answer, Refusal
+from mbta_ray.serve.inference import Answer, ModelRunner, Refusal
 from mbta_ray.serve.schemas import BatchRequest, BatchResponse, PredictRequest, PredictResponse
 
 JSON = "application/json"
@@ -74,15 +77,11 @@ class Predictor:
         in place, so a RayJob's promotion reaches a running RayService without a redeploy. A
         concrete version pins the model (what ``mbta-ray serve reload`` deploys).
         """
-        from mbta_ray.registry import Registry
-
-        from mbta_ray.registry import RegistryError
-
-        registry = config.get("registry") or os.environ.get("MBTA_RAY_REGISTRY", "artifacts")
+        registry = config.get("registry") or os.environ.get(REGISTRY_ENV, DEFAULT_ROOT)
         version = config.get("version", "production")
         with self._lock:
             self._generation += 1
-            self.registry = Registry(registry, config.get("model_name", "travel-time"))
+            self.registry = Registry(registry, config.get("model_name", MODEL_NAME))
             self.follow = version == "production"
             self.poll_s = float(config.get("poll_s", PRODUCTION_POLL_S))
             error = self._load(version, self._generation)
@@ -108,9 +107,6 @@ class Predictor:
 
     def _load(self, version: str, generation: int, quiet: bool = False) -> str | None:
         """Load ``version`` (under ``self._lock``); returns why it failed, or None."""
-        from mbta_ray.registry import RegistryError
-        from mbta_ray.serve.inference import ModelRunner
-
         reg = self.registry
         try:
             if version == "production":
@@ -276,14 +272,14 @@ def build(args: dict[str, str] | None = None, predictor_options: dict | None = N
     deployment's options (e.g. its autoscaling_config) when built from code."""
     args = dict(args or {})
     # Relative paths resolve in the replica's working directory (the repo root under `serve run`).
-    config = {"registry": args.get("registry") or os.environ.get("MBTA_RAY_REGISTRY", "artifacts"),
-              "model_name": args.get("model_name", "travel-time"), "version": args.get("version", "production")}
+    config = {"registry": args.get("registry") or os.environ.get(REGISTRY_ENV, DEFAULT_ROOT),
+              "model_name": args.get("model_name", MODEL_NAME), "version": args.get("version", "production")}
     if "poll_s" in args:
         config["poll_s"] = float(args["poll_s"])
     return Api.bind(Predictor.options(user_config=config, **(predictor_options or {})).bind())
 
 
-def deploy(registry: str, version: str = "production", model_name: str = "travel-time", name: str = "mbta",
+def deploy(registry: str, version: str = "production", model_name: str = MODEL_NAME, name: str = SERVE_APP_NAME,
            route_prefix: str = "/") -> str:
     """Deploy (or hot-reload) the app on the connected Ray cluster with a concrete model version.
 
@@ -291,8 +287,6 @@ def deploy(registry: str, version: str = "production", model_name: str = "travel
     user_config changes and Serve calls ``Predictor.reconfigure`` on the running replicas: the
     model is swapped in place, with no restart and no failed requests. Returns the version.
     """
-    from mbta_ray.registry import Registry, RegistryError
-
     if version == "production":
         prod = Registry(registry, model_name).production()
         if prod is None:

@@ -19,18 +19,16 @@ import pandas as pd
 
 from mbta_ray.features import compute_features, median_lookup
 from mbta_ray.gtfs import Stops
-from mbta_ray.models import ENCODER_FILE, METADATA_FILE, load_predictor
+from mbta_ray.models import bundle
+from mbta_ray.paths import DEFAULT_STOPS
+from mbta_ray.schema import TIMEZONE, TM_ID_PREFIX, mode_for_route
 from mbta_ray.serve.schemas import PredictRequest, PredictResponse, StopPrediction
-from mbta_ray.sources.base import mode_for_route
-from mbta_ray.sources.tm import ID_PREFIX as TM_ID_PREFIX
-from mbta_ray.timeutil import TIMEZONE
 
 logger = logging.getLogger(__name__)
 _TZ = ZoneInfo(TIMEZONE)
 #: A service day runs past midnight (GTFS times up to ~27:00): before 03:00 local belongs to the
 #: previous day's service when the request does not say.
 SERVICE_DAY_ROLLOVER = dt.timedelta(hours=3)
-SEGMENT_MEDIANS_FILE = "segment_medians.parquet"
 
 
 def service_date_of(when: dt.datetime) -> dt.date:
@@ -100,19 +98,18 @@ class ModelRunner:
     """A packaged model folder with what its features need at serving time."""
 
     def __init__(self, model_dir: str | Path, version: str | None = None, stops_path: str | None = None) -> None:
-        from mbta_ray.encoding import FeatureEncoder
-        from mbta_ray.etl import DEFAULT_STOPS
-
-        self.model_dir = Path(model_dir)
-        self.metadata = json.loads((self.model_dir / METADATA_FILE).read_text())
+        b = bundle.read_bundle(model_dir)
+        self.model_dir = b.path
+        self.metadata = b.metadata
         self.version = version or self.metadata.get("version") or self.model_dir.name
-        self.predict_rows = load_predictor(self.model_dir)
-        self.encoder = FeatureEncoder.load(self.model_dir / ENCODER_FILE)
-        medians = self.model_dir / SEGMENT_MEDIANS_FILE
+        self.predict_rows = b.predictor()
+        self.encoder = b.encoder
+        medians = b.segment_medians()
         # Looked up per batch: indexed once here instead of a merge (and its uniqueness check) per call.
-        self.segment_medians = median_lookup(pd.read_parquet(medians)) if medians.is_file() else None
+        self.segment_medians = median_lookup(medians) if medians is not None else None
         if self.segment_medians is None:
-            logger.warning("%s has no %s: historical medians are missing features", model_dir, SEGMENT_MEDIANS_FILE)
+            logger.warning("%s has no %s: historical medians are missing features", model_dir,
+                           bundle.SEGMENT_MEDIANS_FILE)
         path = stops_path or (self.metadata.get("gtfs_stops") or {}).get("path")
         if not path or not Path(path).is_file():
             path = DEFAULT_STOPS  # the embedded GTFS stops the default dataset was built with

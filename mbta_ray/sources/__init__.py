@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mbta_ray.errors import MbtaRayError
 from mbta_ray.schema import QUARANTINE_SCHEMA, Reason, conform
-from mbta_ray.versioning import sha256_file
+from mbta_ray.paths import sha256_file
 from mbta_ray.sources import gtfsrt, lamp, massdot, tm
 from mbta_ray.sources.base import Reader
 
@@ -30,7 +31,7 @@ PIECE_ROWS = 1_000_000
 _CSV_BLOCK_BYTES = 16 << 20
 
 
-class InputError(ValueError):
+class InputError(MbtaRayError, ValueError):
     """An input file cannot be read: the message names the file and what is wrong."""
 
 

@@ -8,20 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mbta_ray.schema import Mode, Reason
-
-#: Subway and light-rail route ids (everything else that is not CR-* is a bus route).
-_SUBWAY_ROUTES = {"Red", "Orange", "Blue", "Mattapan", "Green"}
-
-
-def mode_for_route(route_ids: pd.Series) -> pd.Series:
-    """Infer the mode from GTFS route ids (CR-* commuter rail, Red/Orange/Blue/Green-*/Mattapan subway)."""
-    r = route_ids.astype("string")
-    mode = pd.Series(Mode.BUS.value, index=r.index, dtype="string")
-    mode[r.str.startswith("CR-").fillna(False)] = Mode.COMMUTER_RAIL.value
-    subway = r.isin(_SUBWAY_ROUTES) | r.str.startswith("Green-").fillna(False)
-    mode[subway.fillna(False)] = Mode.SUBWAY.value
-    return mode
+from mbta_ray.schema import Reason
 
 
 class RowIssues:
@@ -63,10 +50,6 @@ def int_text(values: pd.Series) -> pd.Series:
     return values.round().astype("Int64").astype("string")
 
 
-def has(df: pd.DataFrame, column: str) -> bool:
-    return column in df.columns
-
-
 def first_present(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:
     """First of ``names`` that is a column of ``df``."""
     return next((n for n in names if n in df.columns), None)
@@ -83,7 +66,6 @@ class Reader:
     """
 
     name: str
-    description: str
     required: tuple[tuple[str, ...], ...]
     canonicalize: Callable[[pd.DataFrame], pd.DataFrame]
     #: True when stop ids are GTFS stop ids (so they can be checked against GTFS stops).

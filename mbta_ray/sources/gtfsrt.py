@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mbta_ray.schema import Reason
-from mbta_ray.sources.base import Reader, RowIssues, mode_for_route, numeric, text
+from mbta_ray.schema import Reason, mode_for_route
+from mbta_ray.sources.base import Reader, RowIssues, numeric, text
 from mbta_ray.timeutil import parse_service_date
 
 STATUS = "vehicle.current_status"
@@ -47,7 +47,6 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
 
 READER = Reader(
     name="gtfsrt",
-    description="GTFS-realtime VehiclePositions (flattened parquet)",
     required=((STATUS,), ("vehicle.timestamp",), ("vehicle.trip.trip_id",),
               ("vehicle.trip.route_id",), ("vehicle.trip.direction_id",),
               ("vehicle.trip.start_date",), ("vehicle.stop_id",),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mbta_ray.schema import Reason
-from mbta_ray.sources.base import Reader, RowIssues, first_present, mode_for_route, numeric, text
+from mbta_ray.schema import Reason, mode_for_route
+from mbta_ray.sources.base import Reader, RowIssues, first_present, numeric, text
 from mbta_ray.timeutil import parse_service_date, service_seconds_to_utc
 
 ACTUAL = ("stop_timestamp", "vp_stop_timestamp")
@@ -69,7 +69,6 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
 
 READER = Reader(
     name="lamp",
-    description="LAMP subway performance events (2023 and 2024 layouts)",
     required=(("service_date",), ("route_id",), ("direction_id",), TRIP, ("stop_id",),
               ("stop_sequence",), ACTUAL),
     canonicalize=canonicalize,

@@ -81,7 +81,6 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
 _REVERSE = {v: k for k, v in ALIASES.items()}
 READER = Reader(
     name="massdot",
-    description='MassDOT "Bus Arrival Departure Times" CSV',
     required=tuple((name, _REVERSE[name]) for name in _CANONICAL),
     canonicalize=canonicalize,
     optional=("headway", "scheduled_headway", "Headway", "ScheduledHeadway"),

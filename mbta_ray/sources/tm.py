@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mbta_ray.schema import TM_ID_PREFIX as ID_PREFIX
 from mbta_ray.schema import Mode, Reason
 from mbta_ray.sources.base import Reader, RowIssues, int_text, numeric, text
 from mbta_ray.timeutil import parse_service_date, service_seconds_to_utc
 
-#: TransitMaster route and stop ids get this prefix: not GTFS ids, so never checked against GTFS stops.
-ID_PREFIX = "tm-"
+#: CROSSING_TYPE_ID of a trip's first point.
 TRIP_START_CROSSING = 2
 
 
@@ -61,7 +61,6 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
 
 READER = Reader(
     name="tm",
-    description="TransitMaster bus stop crossings",
     required=(("CALENDAR_ID",), ("ROUTE_ID",), ("ROUTE_DIRECTION_ID",), ("TRIP_ID",),
               ("GEO_NODE_ID",), ("PATTERN_GEO_NODE_SEQ",), ("SCHEDULED_TIME",),
               ("ACT_ARRIVAL_TIME",), ("ACT_DEPARTURE_TIME",)),

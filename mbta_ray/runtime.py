@@ -1,0 +1,107 @@
+"""How mbta_ray runs on Ray: one ``ensure_ray`` for the CLI, the stages, jobs and benchmarks, and
+where Ray's own logs go.
+
+By default a command's screen shows mbta_ray's progress and results only: ``ray_logs_to(file)``
+sends Ray's Python loggers (ray, ray.data, ray.tune, ray.train, ray.serve), Python warnings and
+Ray Data's progress bars to a log file instead, and the workers' output stays in Ray's session logs
+(``/tmp/ray/session_latest/logs``) instead of being forwarded to the terminal. ``--verbose`` (no
+``ray_logs_to``) shows all of it live, as plain Ray does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+#: Ray's loggers that print to the terminal by default.
+_RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve", "ray.air", "py.warnings")
+
+
+@dataclass
+class _Output:
+    quiet: bool = False
+    handler: logging.Handler | None = None
+
+
+_output = _Output()
+
+
+def quiet() -> bool:
+    """True while Ray's output goes to a log file (stages pass it on, e.g. Tune's verbosity)."""
+    return _output.quiet
+
+
+def ensure_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+               dashboard: bool | None = None, quiet: bool | None = None) -> None:
+    """Connect to the cluster at ``address`` (default: RAY_ADDRESS), else start (or reuse) a local one.
+
+    ``num_cpus``/``num_gpus``/``dashboard`` size a new local instance (benchmarks, tests); they are
+    ignored when joining a cluster. ``quiet``: keep the workers' output and Ray's info logs off the
+    terminal (default: while ``ray_logs_to`` is active).
+    """
+    if ray.is_initialized():
+        return
+    quiet = _output.quiet if quiet is None else quiet
+    address = address or os.environ.get("RAY_ADDRESS")
+    options: dict = {}
+    if not address:
+        options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        if dashboard is not None:
+            options["include_dashboard"] = dashboard
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=not quiet,
+             logging_level=logging.ERROR if quiet else logging.WARNING, **options)
+    if _output.handler is not None:  # ray.init may (re)install its console handlers
+        _redirect(_output.handler)
+
+
+def _redirect(handler: logging.Handler) -> dict[str, tuple]:
+    """Point Ray's loggers at ``handler`` only; returns what they had, for ``_restore``."""
+    saved = {}
+    for name in _RAY_LOGGERS:
+        lg = logging.getLogger(name)
+        saved.setdefault(name, (list(lg.handlers), lg.propagate, lg.level))
+        lg.handlers = [handler]
+        lg.propagate = False
+        if name == "py.warnings" or lg.level in (logging.NOTSET, logging.ERROR):
+            lg.setLevel(logging.INFO)
+    return saved
+
+
+def _restore(saved: dict[str, tuple]) -> None:
+    for name, (handlers, propagate, level) in saved.items():
+        lg = logging.getLogger(name)
+        lg.handlers, lg.propagate = handlers, propagate
+        lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def ray_logs_to(log_file: Path) -> Iterator[Path]:
+    """Within the block, Ray's logs, Python warnings and Ray Data's progress bars go to
+    ``log_file`` (appended), not the terminal. Restores everything afterwards."""
+    import ray.data  # its logging is configured on import: import it before redirecting
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ctx = ray.data.DataContext.get_current()
+    previous = (ctx.enable_progress_bars, ctx.print_on_execution_start, _output.quiet, _output.handler)
+    saved = _redirect(handler)
+    logging.captureWarnings(True)
+    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    _output.quiet, _output.handler = True, handler
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")  # shown once each, in the log file (captureWarnings)
+            yield log_file
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start, _output.quiet, _output.handler = previous
+        logging.captureWarnings(False)
+        _restore(saved)
+        handler.close()
