@@ -33,9 +33,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-    from mbta_ray.runtime import ensure_ray
 
     from mbta_ray import versioning
+    from mbta_ray.runtime import ensure_ray
     from mbta_ray.tune import TuneSettings, run_search
 
     version = args.dataset or versioning.list_versions(args.root)[0]["version"]
@@ -47,20 +47,25 @@ def main() -> None:
         r = run_search(settings, args.root, version)
         r["wall_s"] = time.perf_counter() - t0
         results.append(r)
-        print(f"{family}: {r['trials']} trials, best valid MAE {r['best_valid_mae']:.1f} in {r['wall_s']:.0f} s",
-              flush=True)
+        print(
+            f"{family}: {r['trials']} trials, best valid MAE {r['best_valid_mae']:.1f} in {r['wall_s']:.0f} s",
+            flush=True,
+        )
     ray.shutdown()
     lines = table(results)
     print("\n".join(lines))
     if not args.no_record:
         from results_md import append
 
-        append(f"Dataset {version} (embedded real data, time-ordered splits per source: test = the last "
-               f"15 % of each source's trips). Each family: {args.samples} BayesOpt trials "
-               "(mbta_ray/configs/tune.yaml), one at a time, 1 Ray Train worker; the best trial's model is scored "
-               "on the test split. MAE in seconds of travel time u -> s, on the test rows that every model "
-               "and baseline covers (persistence needs a schedule at u and s, the historical median a "
-               "segment seen in training).", lines)
+        append(
+            f"Dataset {version} (embedded real data, time-ordered splits per source: test = the last "
+            f"15 % of each source's trips). Each family: {args.samples} BayesOpt trials "
+            "(mbta_ray/configs/tune.yaml), one at a time, 1 Ray Train worker; the best trial's model is scored "
+            "on the test split. MAE in seconds of travel time u -> s, on the test rows that every model "
+            "and baseline covers (persistence needs a schedule at u and s, the historical median a "
+            "segment seen in training).",
+            lines,
+        )
 
 
 def table(results: list[dict]) -> list[str]:
@@ -70,8 +75,10 @@ def table(results: list[dict]) -> list[str]:
         report.update(r["report"])
     modes = sorted({m for e in report.values() for m, v in e["common"]["by_mode"].items() if v["n"]})
     pers = report["persistence"]["common"]["by_mode"]
-    lines = ["| model | " + " | ".join(f"{m} MAE (x persistence)" for m in modes) + " | all modes MAE | rows |",
-             "|---|" + "---:|" * (len(modes) + 2)]
+    lines = [
+        "| model | " + " | ".join(f"{m} MAE (x persistence)" for m in modes) + " | all modes MAE | rows |",
+        "|---|" + "---:|" * (len(modes) + 2),
+    ]
     for name, e in report.items():
         cells = []
         for m in modes:
@@ -88,8 +95,10 @@ def table(results: list[dict]) -> list[str]:
             if v and v["n"] and p:
                 ratio = v["mae"] / p["mae"]
                 verdicts.append(f"{mode} {ratio:.2f}x (goal <= {goal}: {'met' if ratio <= goal else 'NOT met'})")
-        lines.append(f"- {fam}: {r['trials']} trials in {r['wall_s']:.0f} s, best valid MAE "
-                     f"{r['best_valid_mae']:.1f}; " + "; ".join(verdicts))
+        lines.append(
+            f"- {fam}: {r['trials']} trials in {r['wall_s']:.0f} s, best valid MAE "
+            f"{r['best_valid_mae']:.1f}; " + "; ".join(verdicts)
+        )
     return lines
 
 

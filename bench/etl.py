@@ -99,9 +99,9 @@ def worker(args: argparse.Namespace) -> None:
         result.update(counts=run["counts"], stages=run["timings_s"], pair_chunks=run["pair_chunks"])
     else:
         import ray
-        from mbta_ray.runtime import ensure_ray
 
         from mbta_ray.etl import ingest
+        from mbta_ray.runtime import ensure_ray
 
         ensure_ray(num_cpus=args.cpus, dashboard=args.dashboard, quiet=True)
         ctx = ray.data.DataContext.get_current()
@@ -116,9 +116,20 @@ def worker(args: argparse.Namespace) -> None:
         res = ingest(inputs, root=out, name="bench", config=config, stops_path=DEFAULT_STOPS)
         result["etl_s"] = time.perf_counter() - t1
         counts = res.manifest["counts"]
-        result["counts"] = {k: counts[k] for k in ("rows_in", "rows_out", "quarantined", "quarantined_by_reason",
-                                                   "trips", "examples", "examples_expected", "examples_by_split",
-                                                   "segments_with_median")}
+        result["counts"] = {
+            k: counts[k]
+            for k in (
+                "rows_in",
+                "rows_out",
+                "quarantined",
+                "quarantined_by_reason",
+                "trips",
+                "examples",
+                "examples_expected",
+                "examples_by_split",
+                "segments_with_median",
+            )
+        }
         result["ray_calls"] = calls
         t2 = time.perf_counter()
         ray.shutdown()
@@ -175,7 +186,7 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.t0 = time.perf_counter()
 
-    def start(self) -> "TreeSampler":
+    def start(self) -> TreeSampler:
         self._thread.start()
         return self
 
@@ -204,8 +215,15 @@ class TreeSampler:
                 names.append(f"{name}:{m.pss // (1 << 20)}M")
                 if name == "raylet":
                     store += _object_store_bytes(p.pid)
-            sample = {"t": round(time.perf_counter() - self.t0, 2), "rss": rss, "pss": pss, "uss": uss,
-                      "shm_delta": max(0, _shm_used() - self.shm0), "object_store": store, "procs": len(names)}
+            sample = {
+                "t": round(time.perf_counter() - self.t0, 2),
+                "rss": rss,
+                "pss": pss,
+                "uss": uss,
+                "shm_delta": max(0, _shm_used() - self.shm0),
+                "object_store": store,
+                "procs": len(names),
+            }
             self.samples.append(sample)
             if pss > self.peak["pss"]:
                 self.peak_procs = names
@@ -221,10 +239,26 @@ def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> d
     result_path = OUT / f"result_{impl}_{size}.json"
     result_path.unlink(missing_ok=True)
     log_path = OUT / f"log_{impl}_{size}.txt"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--inputs", str(data_dir),
-           "--work", str(work), "--result", str(result_path), "--cpus", str(args.cpus),
-           "--pandas-chunk-events", str(args.pandas_chunk_events)] + (["--dashboard"] if args.dashboard else []) \
+    cmd = (
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            impl,
+            "--inputs",
+            str(data_dir),
+            "--work",
+            str(work),
+            "--result",
+            str(result_path),
+            "--cpus",
+            str(args.cpus),
+            "--pandas-chunk-events",
+            str(args.pandas_chunk_events),
+        ]
+        + (["--dashboard"] if args.dashboard else [])
         + (["--shuffle", args.shuffle] if args.shuffle else [])
+    )
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -244,14 +278,18 @@ def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> d
     if impl == "ray":
         stats = "\n\n".join(f"### {c['call']} ({c['seconds']} s)\n{c['stats']}" for c in result["ray_calls"])
         (OUT / f"ray_stats_{size}.txt").write_text(stats)
-        result["ray_calls"] = [{"call": c["call"], "seconds": c["seconds"], "operators": ops}
-                               for c, ops in zip(result["ray_calls"], _operators(result["ray_calls"]))]
+        result["ray_calls"] = [
+            {"call": c["call"], "seconds": c["seconds"], "operators": ops}
+            for c, ops in zip(result["ray_calls"], _operators(result["ray_calls"]))
+        ]
     shutil.rmtree(work, ignore_errors=True)
     return result
 
 
-_OP_HEADER = re.compile(r"^Operator \d+ (?P<name>.+?): (?:(?P<tasks>\d+) tasks executed, \d+ blocks produced in "
-                        r"(?P<secs>[\d.]+)s|executed in (?P<secs2>[\d.]+)s)?\s*$")
+_OP_HEADER = re.compile(
+    r"^Operator \d+ (?P<name>.+?): (?:(?P<tasks>\d+) tasks executed, \d+ blocks produced in "
+    r"(?P<secs>[\d.]+)s|executed in (?P<secs2>[\d.]+)s)?\s*$"
+)
 
 
 def _operators(calls: list[dict]) -> list[list[str]]:
@@ -318,9 +356,16 @@ def machine() -> dict:
     import pyarrow
     import ray
 
-    return {"nproc": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / GiB, 1), "cpu": cpu,
-            "python": platform.python_version(), "ray": ray.__version__, "pandas": pandas.__version__,
-            "pyarrow": pyarrow.__version__, "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "nproc": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / GiB, 1),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _gib(b: int) -> str:
@@ -353,10 +398,14 @@ def report(runs: list[dict], info: dict, command: str) -> str:
                 f"| {run['size']:,} | {run['files']} | {impl} | {r['etl_s']:.1f} | {r['process_wall_s']:.1f} | {r['cpu_s']:.0f} | "
                 f"{run['size'] / r['etl_s']:,.0f} | {_gib(p['pss'])} | {_gib(p['rss'])} | {_gib(p['uss'])} | "
                 f"{_gib(p['object_store'])} | {_gib(p['shm_delta'])} | {p['procs']} | "
-                f"{r['counts']['examples']:,} | {r['counts']['quarantined']:,} |")
-    lines += ["", "| events | throughput pandas/Ray (ETL s) | same, whole process | CPU s pandas/Ray | "
-              "memory Ray/pandas (peak PSS) | same, RSS-sum | goal at 10M (>= 1.5x, <= 0.25) |",
-              "|---:|---:|---:|---:|---:|---:|---|"]
+                f"{r['counts']['examples']:,} | {r['counts']['quarantined']:,} |"
+            )
+    lines += [
+        "",
+        "| events | throughput pandas/Ray (ETL s) | same, whole process | CPU s pandas/Ray | "
+        "memory Ray/pandas (peak PSS) | same, RSS-sum | goal at 10M (>= 1.5x, <= 0.25) |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for run in runs:
         pd_, ry = run["pandas"], run["ray"]
         thr = pd_["etl_s"] / ry["etl_s"]
@@ -364,20 +413,25 @@ def report(runs: list[dict], info: dict, command: str) -> str:
         mem = ry["peak"]["pss"] / pd_["peak"]["pss"]
         mem_r = ry["peak"]["rss"] / pd_["peak"]["rss"]
         met = ("met" if thr >= GOAL_THROUGHPUT and mem <= GOAL_MEMORY else "NOT met") + (
-            "" if run["size"] >= 10_000_000 else " (size below 10M: indicative)")
+            "" if run["size"] >= 10_000_000 else " (size below 10M: indicative)"
+        )
         cpu = pd_["cpu_s"] / ry["cpu_s"]
         lines.append(f"| {run['size']:,} | {thr:.2f}x | {thr_p:.2f}x | {cpu:.2f} | {mem:.2f} | {mem_r:.2f} | {met} |")
     lines.append("")
     for run in runs:
         ry, pd_ = run["ray"], run["pandas"]
-        lines.append(f"Where the time goes at {run['size']:,} events -- Ray (ray.init {ry['ray_init_s']:.1f} s, "
-                     f"shutdown {ry['ray_shutdown_s']:.1f} s; each Dataset call that executes, in order, with the "
-                     "operators it ran and their wall time from `Dataset.stats()`; operators overlap, and a call's "
-                     "time beyond its operators' is scheduling, actor start-up and driver-side collection):")
+        lines.append(
+            f"Where the time goes at {run['size']:,} events -- Ray (ray.init {ry['ray_init_s']:.1f} s, "
+            f"shutdown {ry['ray_shutdown_s']:.1f} s; each Dataset call that executes, in order, with the "
+            "operators it ran and their wall time from `Dataset.stats()`; operators overlap, and a call's "
+            "time beyond its operators' is scheduling, actor start-up and driver-side collection):"
+        )
         lines.append("")
         for c in ry["ray_calls"]:
-            lines.append(f"- `{c['call']}` {c['seconds']:.1f} s: " + ("; ".join(f"`{o}`" for o in c["operators"])
-                                                                     or "(nothing new executed)"))
+            lines.append(
+                f"- `{c['call']}` {c['seconds']:.1f} s: "
+                + ("; ".join(f"`{o}`" for o in c["operators"]) or "(nothing new executed)")
+            )
         driver = ry["etl_s"] - sum(c["seconds"] for c in ry["ray_calls"])
         lines.append(f"- driver work outside Dataset calls (inspect/sha256, plan, splits): {driver:.1f} s")
         lines.append("")
@@ -389,9 +443,11 @@ def report(runs: list[dict], info: dict, command: str) -> str:
 def append_results(text: str) -> None:
     existing = RESULTS.read_text() if RESULTS.is_file() else "# Benchmarks\n"
     if HEADING not in existing:
-        existing = existing.rstrip() + f"\n\n{HEADING}\n\nRay Data ETL (`mbta_ray.etl.ingest`) against the same " \
-            "transform in plain pandas (`bench/pandas_etl.py`), on synthetic LAMP events. Runs are appended " \
+        existing = (
+            existing.rstrip() + f"\n\n{HEADING}\n\nRay Data ETL (`mbta_ray.etl.ingest`) against the same "
+            "transform in plain pandas (`bench/pandas_etl.py`), on synthetic LAMP events. Runs are appended "
             "newest last; `bench/etl.py` writes them.\n"
+        )
     RESULTS.write_text(existing.rstrip() + "\n\n" + text.rstrip() + "\n")
 
 
@@ -409,7 +465,9 @@ def _compare(size: int, pandas_res: dict, ray_res: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="1000000,10000000", help="comma-separated event counts")
     ap.add_argument("--quick", action="store_true", help="100k events only (smoke test)")
     ap.add_argument("--files", type=int, default=0, help="input files per size (0: max(4, events / 500k))")
@@ -417,10 +475,17 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2, help="ray.init(num_cpus=...)")
     ap.add_argument("--dashboard", action="store_true", help="start Ray's dashboard too (off: not part of the ETL)")
     ap.add_argument("--interval", type=float, default=0.2, help="memory sampling interval, s")
-    ap.add_argument("--pandas-chunk-events", type=int, default=200_000,
-                    help="pandas pairs/features per chunk of this many events (0: all at once)")
-    ap.add_argument("--shuffle", default=None,
-                    help="Ray Data shuffle strategy for the ETL (EtlConfig.shuffle; default: EtlConfig's)")
+    ap.add_argument(
+        "--pandas-chunk-events",
+        type=int,
+        default=200_000,
+        help="pandas pairs/features per chunk of this many events (0: all at once)",
+    )
+    ap.add_argument(
+        "--shuffle",
+        default=None,
+        help="Ray Data shuffle strategy for the ETL (EtlConfig.shuffle; default: EtlConfig's)",
+    )
     ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     # internal: the measured subprocess
     ap.add_argument("--worker", choices=["pandas", "ray"], help=argparse.SUPPRESS)
@@ -435,21 +500,33 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     sizes = [100_000] if args.quick else [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
     command = "python bench/etl.py " + " ".join(sys.argv[1:])
-    info = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
-            "cpus": args.cpus, "dashboard": args.dashboard, "interval": args.interval, "seed": args.seed,
-            "pandas_chunk_events": args.pandas_chunk_events, "shuffle": args.shuffle or _default_shuffle()}
+    info = {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "cpus": args.cpus,
+        "dashboard": args.dashboard,
+        "interval": args.interval,
+        "seed": args.seed,
+        "pandas_chunk_events": args.pandas_chunk_events,
+        "shuffle": args.shuffle or _default_shuffle(),
+    }
     runs = []
     for size in sizes:
         files = args.files or max(4, -(-size // 500_000))
         data, gen_s = ensure_data(size, files, args.seed)
-        print(f"[{size:,} events] synthetic data in {data} ({f'generated in {gen_s:.1f} s' if gen_s else 'cached'})",
-              flush=True)
+        print(
+            f"[{size:,} events] synthetic data in {data} ({f'generated in {gen_s:.1f} s' if gen_s else 'cached'})",
+            flush=True,
+        )
         _warm_cache(data)
         run = {"size": size, "files": files, "generate_s": gen_s}
         for impl in ("pandas", "ray"):
             r = measure(impl, data, size, args)
-            print(f"[{size:,} events] {impl}: ETL {r['etl_s']:.1f} s, process {r['process_wall_s']:.1f} s, "
-                  f"peak PSS {_gib(r['peak']['pss'])} GiB (RSS-sum {_gib(r['peak']['rss'])} GiB)", flush=True)
+            print(
+                f"[{size:,} events] {impl}: ETL {r['etl_s']:.1f} s, process {r['process_wall_s']:.1f} s, "
+                f"peak PSS {_gib(r['peak']['pss'])} GiB (RSS-sum {_gib(r['peak']['rss'])} GiB)",
+                flush=True,
+            )
             run[impl] = r
         _compare(size, run["pandas"], run["ray"])
         runs.append(run)

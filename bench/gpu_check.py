@@ -25,10 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SPACE = {
-    "xgboost": {"search": {"eta": {"log_uniform": [0.05, 0.3]}, "max_depth": {"int": [6, 10]}},
-                "fixed": {"num_boost_round": 300, "early_stopping_rounds": 20}},
-    "dnn": {"search": {"lr": {"log_uniform": [0.001, 0.005]}, "hidden_width": {"int": [128, 384]}},
-            "fixed": {"epochs": 3, "batch_size": 4096, "hidden_layers": 2}},
+    "xgboost": {
+        "search": {"eta": {"log_uniform": [0.05, 0.3]}, "max_depth": {"int": [6, 10]}},
+        "fixed": {"num_boost_round": 300, "early_stopping_rounds": 20},
+    },
+    "dnn": {
+        "search": {"lr": {"log_uniform": [0.001, 0.005]}, "hidden_width": {"int": [128, 384]}},
+        "fixed": {"epochs": 3, "batch_size": 4096, "hidden_layers": 2},
+    },
 }
 
 
@@ -43,8 +47,12 @@ class GpuSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
                 for line in out.stdout.strip().splitlines():
                     u, m = (float(x) for x in line.split(","))
                     self.util, self.mem = max(self.util, u), max(self.mem, m)
@@ -66,19 +74,24 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-    from mbta_ray.runtime import ensure_ray
     import torch
     import yaml
 
     from mbta_ray.etl import EtlConfig, ingest
+    from mbta_ray.runtime import ensure_ray
     from mbta_ray.synth import write_synthetic
     from mbta_ray.tune import TrialResources, TuneSettings, run_search
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     gpus = torch.cuda.device_count()
-    info = {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "gpus": [torch.cuda.get_device_name(i) for i in range(gpus)], "cpus": os.cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(gpus)],
+        "cpus": os.cpu_count(),
+    }
     import xgboost
 
     info["xgboost"] = xgboost.__version__
@@ -104,10 +117,18 @@ def main() -> None:
     for family in args.families.split(","):
         for label, res in plans:
             concurrent = 1 if label.startswith("gpu-") else args.concurrent
-            settings = TuneSettings(family=family, num_samples=args.samples, max_concurrent=concurrent,
-                                    random_steps=args.samples, seed=0, resources=res,
-                                    storage=str(work / "experiments"), space_file=str(space),
-                                    name=f"{family}-{label}", early_stopping=False)
+            settings = TuneSettings(
+                family=family,
+                num_samples=args.samples,
+                max_concurrent=concurrent,
+                random_steps=args.samples,
+                seed=0,
+                resources=res,
+                storage=str(work / "experiments"),
+                space_file=str(space),
+                name=f"{family}-{label}",
+                early_stopping=False,
+            )
             sampler = GpuSampler()
             sampler.start()
             t0 = time.perf_counter()
@@ -119,28 +140,42 @@ def main() -> None:
             wall = time.perf_counter() - t0
             sampler.stop.set()
             sampler.join()
-            row = {"family": family, "run": label, "wall_s": round(wall, 1), "error": err,
-                   "gpu_peak_util_pct": sampler.util, "gpu_peak_mem_mib": sampler.mem,
-                   "gpus_per_worker": res.gpus_per_worker, "workers": res.num_workers,
-                   "concurrent": concurrent}
+            row = {
+                "family": family,
+                "run": label,
+                "wall_s": round(wall, 1),
+                "error": err,
+                "gpu_peak_util_pct": sampler.util,
+                "gpu_peak_mem_mib": sampler.mem,
+                "gpus_per_worker": res.gpus_per_worker,
+                "workers": res.num_workers,
+                "concurrent": concurrent,
+            }
             if r:
                 import pandas as pd
 
                 trials = pd.read_csv(Path(r["experiment"]) / "results.csv")
-                row.update(trials=r["trials"], best_valid_mae=round(r["best_valid_mae"], 2),
-                           test_mae=round(r["report"][family]["overall"]["mae"], 2),
-                           persistence_test_mae=round(r["report"]["persistence"]["overall"]["mae"], 2),
-                           devices=sorted(set(trials["device"].astype(str))) if "device" in trials else None)
+                row.update(
+                    trials=r["trials"],
+                    best_valid_mae=round(r["best_valid_mae"], 2),
+                    test_mae=round(r["report"][family]["overall"]["mae"], 2),
+                    persistence_test_mae=round(r["report"]["persistence"]["overall"]["mae"], 2),
+                    devices=sorted(set(trials["device"].astype(str))) if "device" in trials else None,
+                )
             print(json.dumps(row), flush=True)
             runs.append(row)
     result = {"info": info, "runs": runs}
     (out / "gpu_check.json").write_text(json.dumps(result, indent=1))
-    lines = ["| family | run | trials | wall s | best valid MAE | test MAE | persistence MAE | GPU peak util % | GPU peak MiB | devices | error |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        "| family | run | trials | wall s | best valid MAE | test MAE | persistence MAE | GPU peak util % | GPU peak MiB | devices | error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in runs:
-        lines.append(f"| {r['family']} | {r['run']} | {r.get('trials', '')} | {r['wall_s']} | {r.get('best_valid_mae', '')} | "
-                     f"{r.get('test_mae', '')} | {r.get('persistence_test_mae', '')} | {r['gpu_peak_util_pct']:.0f} | "
-                     f"{r['gpu_peak_mem_mib']:.0f} | {r.get('devices') or ''} | {r['error'] or ''} |")
+        lines.append(
+            f"| {r['family']} | {r['run']} | {r.get('trials', '')} | {r['wall_s']} | {r.get('best_valid_mae', '')} | "
+            f"{r.get('test_mae', '')} | {r.get('persistence_test_mae', '')} | {r['gpu_peak_util_pct']:.0f} | "
+            f"{r['gpu_peak_mem_mib']:.0f} | {r.get('devices') or ''} | {r['error'] or ''} |"
+        )
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -27,7 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mbta_ray.etl import DEFAULT_STOPS, EtlConfig, assign_splits, plan_inputs, split_cutoffs
-from mbta_ray.features import SEGMENT_KEY, compute_features, example_frame, expected_pair_count, pair_events, segment_medians
+from mbta_ray.features import (
+    SEGMENT_KEY,
+    compute_features,
+    example_frame,
+    expected_pair_count,
+    pair_events,
+    segment_medians,
+)
 from mbta_ray.gtfs import Stops
 from mbta_ray.schema import EXAMPLE_SCHEMA, QUARANTINE_SCHEMA, SPLITS, TARGET, conform
 from mbta_ray.sources import plan_pieces, read_piece
@@ -48,12 +55,18 @@ def _trip_chunks(trip_key: np.ndarray, size: int) -> list[tuple[int, int]]:
 
 
 def _travel_seconds(pairs: pd.DataFrame) -> pd.Series:
-    return (pd.to_datetime(pairs["actual_arrival_s"], utc=True)
-            - pd.to_datetime(pairs["actual_arrival_u"], utc=True)).dt.total_seconds()
+    return (
+        pd.to_datetime(pairs["actual_arrival_s"], utc=True) - pd.to_datetime(pairs["actual_arrival_u"], utc=True)
+    ).dt.total_seconds()
 
 
-def run(inputs: list[str], out: str | Path, config: EtlConfig | None = None,
-        stops_path: str | None = DEFAULT_STOPS, pair_chunk_events: int = 200_000) -> dict:
+def run(
+    inputs: list[str],
+    out: str | Path,
+    config: EtlConfig | None = None,
+    stops_path: str | None = DEFAULT_STOPS,
+    pair_chunk_events: int = 200_000,
+) -> dict:
     """Run the transform; write ``out``/{train,valid,test,quarantine}; return counts and timings."""
     config = config or EtlConfig()
     out = Path(out)
@@ -72,8 +85,12 @@ def run(inputs: list[str], out: str | Path, config: EtlConfig | None = None,
     vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s)
     rows_in = sum(f.num_rows for f in files)
 
-    frames = [check_rows(table.to_pandas(), vconf, stops)
-              for f in files for piece in plan_pieces(f) for table in read_piece(piece)]
+    frames = [
+        check_rows(table.to_pandas(), vconf, stops)
+        for f in files
+        for piece in plan_pieces(f)
+        for table in read_piece(piece)
+    ]
     events = pd.concat(frames, ignore_index=True)
     del frames
     events[TRIP_KEY] = trip_keys(events)
@@ -89,9 +106,11 @@ def run(inputs: list[str], out: str | Path, config: EtlConfig | None = None,
     del checked, bad
     lap("trip checks")
 
-    trips = clean.groupby(TRIP_KEY, sort=False).agg(
-        source=("source", "first"), trip_start=("actual_arrival", "min"),
-        trip_size=("actual_arrival", "size")).reset_index()
+    trips = (
+        clean.groupby(TRIP_KEY, sort=False)
+        .agg(source=("source", "first"), trip_start=("actual_arrival", "min"), trip_size=("actual_arrival", "size"))
+        .reset_index()
+    )
     cutoffs = split_cutoffs(trips, config.split_fractions)
     expected_pairs = expected_pair_count(trips["trip_size"].to_numpy(), config.k)
     lap("trip table + split cutoffs")
@@ -107,14 +126,21 @@ def run(inputs: list[str], out: str | Path, config: EtlConfig | None = None,
         if len(chunks) == 1:
             whole_pairs = pairs
         train = pairs[(assign_splits(pairs, cutoffs) == "train").to_numpy()]
-        segments.append(pd.DataFrame({
-            "route_id": train["route_id"].astype(route_cat),
-            "from_stop_id": train["from_stop_id"].astype(stop_cat),
-            "to_stop_id": train["to_stop_id"].astype(stop_cat),
-            TARGET: _travel_seconds(train).to_numpy(),
-        }))
-    medians = segment_medians(pd.concat(segments, ignore_index=True)) if segments else pd.DataFrame(
-        columns=SEGMENT_KEY + ["hist_median_travel_s", "n"])
+        segments.append(
+            pd.DataFrame(
+                {
+                    "route_id": train["route_id"].astype(route_cat),
+                    "from_stop_id": train["from_stop_id"].astype(stop_cat),
+                    "to_stop_id": train["to_stop_id"].astype(stop_cat),
+                    TARGET: _travel_seconds(train).to_numpy(),
+                }
+            )
+        )
+    medians = (
+        segment_medians(pd.concat(segments, ignore_index=True))
+        if segments
+        else pd.DataFrame(columns=SEGMENT_KEY + ["hist_median_travel_s", "n"])
+    )
     del segments
     medians = medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)  # as the ETL does
     for key in SEGMENT_KEY:
@@ -145,8 +171,10 @@ def run(inputs: list[str], out: str | Path, config: EtlConfig | None = None,
 
     q = pd.concat(quarantine, ignore_index=True)
     (out / "quarantine").mkdir(exist_ok=True)
-    pq.write_table(conform(pa.Table.from_pandas(q, preserve_index=False), QUARANTINE_SCHEMA),
-                   out / "quarantine" / "part-000.parquet")
+    pq.write_table(
+        conform(pa.Table.from_pandas(q, preserve_index=False), QUARANTINE_SCHEMA),
+        out / "quarantine" / "part-000.parquet",
+    )
     pq.write_table(pa.Table.from_pandas(medians, preserve_index=False), out / "segment_medians.parquet")
     by_reason = {str(r): int(n) for r, n in q["reason"].value_counts().sort_index().items()}
     lap("write quarantine")
@@ -158,10 +186,15 @@ def run(inputs: list[str], out: str | Path, config: EtlConfig | None = None,
         raise AssertionError(f"pair count {sum(split_rows.values())} != {expected_pairs} expected")
     return {
         "counts": {
-            "rows_in": rows_in, "rows_out": rows_out, "quarantined": len(q),
-            "quarantined_by_reason": by_reason, "trips": len(trips),
-            "examples": sum(split_rows.values()), "examples_expected": expected_pairs,
-            "examples_by_split": split_rows, "segments_with_median": len(medians),
+            "rows_in": rows_in,
+            "rows_out": rows_out,
+            "quarantined": len(q),
+            "quarantined_by_reason": by_reason,
+            "trips": len(trips),
+            "examples": sum(split_rows.values()),
+            "examples_expected": expected_pairs,
+            "examples_by_split": split_rows,
+            "segments_with_median": len(medians),
         },
         "timings_s": timings,
         "pair_chunks": len(chunks),

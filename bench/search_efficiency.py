@@ -37,18 +37,42 @@ def _trial(config: dict, *, spec: dict, data: dict, encoder: dict, rounds: int) 
     enc = FeatureEncoder(**encoder)
     dtrain = xgboost_model.dmatrix(data["train"], enc, residual=bool(p.get("residual", True)))
     dvalid = xgboost_model.dmatrix(data["valid"], enc, residual=bool(p.get("residual", True)))
-    params = {"objective": p["objective"], "eval_metric": "mae", "tree_method": "hist", "nthread": 1,
-              "eta": p["eta"], "max_depth": p["max_depth"], "min_child_weight": p["min_child_weight"],
-              "subsample": p["subsample"], "colsample_bytree": p["colsample_bytree"], "lambda": p["lambda"],
-              "seed": 0, "base_score": 0.0}
-    booster = xgb.train(params, dtrain, num_boost_round=min(rounds, p["num_boost_round"]),
-                        evals=[(dvalid, "valid")], early_stopping_rounds=p["early_stopping_rounds"],
-                        verbose_eval=False)
+    params = {
+        "objective": p["objective"],
+        "eval_metric": "mae",
+        "tree_method": "hist",
+        "nthread": 1,
+        "eta": p["eta"],
+        "max_depth": p["max_depth"],
+        "min_child_weight": p["min_child_weight"],
+        "subsample": p["subsample"],
+        "colsample_bytree": p["colsample_bytree"],
+        "lambda": p["lambda"],
+        "seed": 0,
+        "base_score": 0.0,
+    }
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=min(rounds, p["num_boost_round"]),
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=p["early_stopping_rounds"],
+        verbose_eval=False,
+    )
     return {"valid-mae": float(booster.best_score), "rounds": booster.best_iteration + 1}
 
 
-def run_searcher(kind: str, seed: int, trials: int, spec: dict, data_ref, encoder: dict, rounds: int,
-                 random_steps: int, concurrent: int) -> list[float]:
+def run_searcher(
+    kind: str,
+    seed: int,
+    trials: int,
+    spec: dict,
+    data_ref,
+    encoder: dict,
+    rounds: int,
+    random_steps: int,
+    concurrent: int,
+) -> list[float]:
     """Valid MAE of each trial, in the order the searcher proposed them."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
@@ -57,17 +81,22 @@ def run_searcher(kind: str, seed: int, trials: int, spec: dict, data_ref, encode
     from mbta_ray import search_space
 
     if kind == "bayesopt":
-        alg = ConcurrencyLimiter(BayesOptSearch(metric="valid-mae", mode="min", random_state=seed,
-                                                random_search_steps=random_steps), max_concurrent=concurrent)
+        alg = ConcurrencyLimiter(
+            BayesOptSearch(metric="valid-mae", mode="min", random_state=seed, random_search_steps=random_steps),
+            max_concurrent=concurrent,
+        )
     else:
         alg = BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, spec=spec, data=data_ref, encoder=encoder, rounds=rounds), {"cpu": 1})
+        tune.with_parameters(_trial, spec=spec, data=data_ref, encoder=encoder, rounds=rounds), {"cpu": 1}
+    )
     tuner = tune.Tuner(
-        trainable, param_space=search_space.param_space(spec),
+        trainable,
+        param_space=search_space.param_space(spec),
         tune_config=tune.TuneConfig(search_alg=alg, num_samples=trials, metric="valid-mae", mode="min"),
-        run_config=tune.RunConfig(name=f"{kind}-{seed}", storage_path=str(Path("/tmp/mbta_ray_search_bench").resolve()),
-                                  verbose=0),
+        run_config=tune.RunConfig(
+            name=f"{kind}-{seed}", storage_path=str(Path("/tmp/mbta_ray_search_bench").resolve()), verbose=0
+        ),
     )
     df = tuner.fit().get_dataframe().sort_values("trial_id")
     # trial ids are assigned in proposal order (a zero-padded counter after the run prefix)
@@ -97,11 +126,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-    from mbta_ray.runtime import ensure_ray
 
     from mbta_ray import search_space, versioning
     from mbta_ray.encoding import FeatureEncoder
     from mbta_ray.models.data import load_split_pandas
+    from mbta_ray.runtime import ensure_ray
 
     version = args.dataset or versioning.list_versions(args.root)[0]["version"]
     ensure_ray(num_cpus=os.cpu_count(), dashboard=False, quiet=True)
@@ -116,10 +145,13 @@ def main() -> None:
     runs: dict[str, dict[int, list[float]]] = {"random": {}, "bayesopt": {}}
     for seed in args.seeds:
         for kind in ("random", "bayesopt"):
-            runs[kind][seed] = run_searcher(kind, seed, args.trials, spec, data_ref, encoder, args.rounds,
-                                            args.random_steps, args.concurrent)
-            print(f"seed {seed} {kind}: best {min(runs[kind][seed]):.2f} "
-                  f"({time.perf_counter() - t0:.0f} s so far)", flush=True)
+            runs[kind][seed] = run_searcher(
+                kind, seed, args.trials, spec, data_ref, encoder, args.rounds, args.random_steps, args.concurrent
+            )
+            print(
+                f"seed {seed} {kind}: best {min(runs[kind][seed]):.2f} ({time.perf_counter() - t0:.0f} s so far)",
+                flush=True,
+            )
     ray.shutdown()
 
     rows = []
@@ -129,15 +161,29 @@ def main() -> None:
         at_r, at_b = first_reaching(r, target), first_reaching(b, target)
         # The valid-MAE surface is flat near its best, so also: within 0.5 % of random's final best.
         near = target * 1.005
-        rows.append({"seed": seed, "random_best": target, "bayes_best": min(b), "random_at": at_r, "bayes_at": at_b,
-                     "random_near_at": first_reaching(r, near), "bayes_near_at": first_reaching(b, near),
-                     "random_trials": r, "bayes_trials": b})
+        rows.append(
+            {
+                "seed": seed,
+                "random_best": target,
+                "bayes_best": min(b),
+                "random_at": at_r,
+                "bayes_at": at_b,
+                "random_near_at": first_reaching(r, near),
+                "bayes_near_at": first_reaching(b, near),
+                "random_trials": r,
+                "bayes_trials": b,
+            }
+        )
     reached = [x for x in rows if x["bayes_at"] is not None]
     ratio_sum = sum(x["bayes_at"] for x in reached) / max(1, sum(x["random_at"] for x in reached))
-    summary = {"seeds": len(rows), "bayes_reached": len(reached),
-               "mean_random_at": sum(x["random_at"] for x in rows) / len(rows),
-               "mean_bayes_at": (sum(x["bayes_at"] for x in reached) / len(reached)) if reached else None,
-               "ratio": ratio_sum, "wall_s": time.perf_counter() - t0}
+    summary = {
+        "seeds": len(rows),
+        "bayes_reached": len(reached),
+        "mean_random_at": sum(x["random_at"] for x in rows) / len(rows),
+        "mean_bayes_at": (sum(x["bayes_at"] for x in reached) / len(reached)) if reached else None,
+        "ratio": ratio_sum,
+        "wall_s": time.perf_counter() - t0,
+    }
     print(json.dumps({"rows": rows, "summary": summary}, indent=1))
     if not args.no_record:
         record(args, version, rows, summary, len(train))
@@ -146,23 +192,32 @@ def main() -> None:
 def record(args, version: str, rows: list[dict], s: dict, n_train: int) -> None:
     from results_md import append
 
-    description = (f"Dataset {version} ({n_train:,} train rows, embedded real data). {args.trials} trials per "
-                   f"searcher and seed, {args.concurrent} at a time, rounds capped at {args.rounds} with early "
-                   f"stopping; BayesOpt starts with {args.random_steps} random trials. Wall {s['wall_s']:.0f} s.")
+    description = (
+        f"Dataset {version} ({n_train:,} train rows, embedded real data). {args.trials} trials per "
+        f"searcher and seed, {args.concurrent} at a time, rounds capped at {args.rounds} with early "
+        f"stopping; BayesOpt starts with {args.random_steps} random trials. Wall {s['wall_s']:.0f} s."
+    )
     lines = [
         "| seed | random: final best valid MAE | reached at trial | BayesOpt: best valid MAE | reaches random's best at trial | within 0.5 %: random at | BayesOpt at |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
     def at(x):
         return x if x is not None else "never"
+
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['random_best']:.2f} | {r['random_at']} | {r['bayes_best']:.2f} | "
-                     f"{at(r['bayes_at'])} | {at(r['random_near_at'])} | {at(r['bayes_near_at'])} |")
+        lines.append(
+            f"| {r['seed']} | {r['random_best']:.2f} | {r['random_at']} | {r['bayes_best']:.2f} | "
+            f"{at(r['bayes_at'])} | {at(r['random_near_at'])} | {at(r['bayes_near_at'])} |"
+        )
     mb = f"{s['mean_bayes_at']:.1f}" if s["mean_bayes_at"] is not None else "-"
     verdict = "met" if s["bayes_reached"] == s["seeds"] and s["ratio"] <= 0.6 else "NOT met"
-    lines += ["", f"BayesOpt reached random search's final best in {s['bayes_reached']} of {s['seeds']} seeds; "
-              f"mean trial {mb} vs random's {s['mean_random_at']:.1f} (sum ratio {s['ratio']:.2f} over the "
-              f"seeds it reached). Goal (<= 0.60 of random's trials, every seed): {verdict}."]
+    lines += [
+        "",
+        f"BayesOpt reached random search's final best in {s['bayes_reached']} of {s['seeds']} seeds; "
+        f"mean trial {mb} vs random's {s['mean_random_at']:.1f} (sum ratio {s['ratio']:.2f} over the "
+        f"seeds it reached). Goal (<= 0.60 of random's trials, every seed): {verdict}.",
+    ]
     append(description, lines)
 
 

@@ -29,20 +29,24 @@ def main() -> None:
     ap.add_argument("--dataset", default=None)
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
-    ap.add_argument("--synthetic-events", type=int, default=0,
-                    help="ingest this many SYNTHETIC LAMP events (mbta_ray.synth) into bench/out/overhead and use that")
+    ap.add_argument(
+        "--synthetic-events",
+        type=int,
+        default=0,
+        help="ingest this many SYNTHETIC LAMP events (mbta_ray.synth) into bench/out/overhead and use that",
+    )
     args = ap.parse_args()
 
     import numpy as np
     import ray
-    from mbta_ray.runtime import ensure_ray
     import xgboost as xgb
 
     from mbta_ray import versioning
+    from mbta_ray.config import WorkerResources
     from mbta_ray.encoding import FeatureEncoder
     from mbta_ray.models import xgboost_model
     from mbta_ray.models.data import load_split, load_split_pandas
-    from mbta_ray.config import WorkerResources
+    from mbta_ray.runtime import ensure_ray
     from mbta_ray.schema import TARGET
 
     ensure_ray(num_cpus=args.cpus, dashboard=False, quiet=True)
@@ -66,9 +70,21 @@ def main() -> None:
     # The same matrices as the trainer's workers build (residual on the persistence prior).
     dtrain = xgboost_model.dmatrix(train_df, enc, residual=True)
     dvalid = xgboost_model.dmatrix(valid_df, enc, residual=True)
-    booster = xgb.train({"objective": "reg:absoluteerror", "eval_metric": "mae", "tree_method": "hist",
-                         "eta": 0.1, "max_depth": 8, "nthread": args.cpus, "base_score": 0.0}, dtrain,
-                        num_boost_round=args.rounds, evals=[(dvalid, "valid")], verbose_eval=False)
+    booster = xgb.train(
+        {
+            "objective": "reg:absoluteerror",
+            "eval_metric": "mae",
+            "tree_method": "hist",
+            "eta": 0.1,
+            "max_depth": 8,
+            "nthread": args.cpus,
+            "base_score": 0.0,
+        },
+        dtrain,
+        num_boost_round=args.rounds,
+        evals=[(dvalid, "valid")],
+        verbose_eval=False,
+    )
     plain_s = time.perf_counter() - t0
     mae = float(np.abs(booster.predict(dvalid) - valid_df[TARGET].to_numpy()).mean())
     rows.append({"run": f"xgboost.train, nthread={args.cpus}", "wall_s": plain_s, "valid_mae": mae})
@@ -78,16 +94,29 @@ def main() -> None:
         # Leave one CPU for Ray Data to feed the workers.
         cpus = max(0.5, (args.cpus - 1) / workers)
         t0 = time.perf_counter()
-        trainer = xgboost_model.make_trainer(params, enc, datasets, WorkerResources(workers, cpus),
-                                             ray.train.RunConfig(name=f"overhead-{workers}",
-                                                                 storage_path=str(ROOT / "bench" / "out" / "ray")))
+        trainer = xgboost_model.make_trainer(
+            params,
+            enc,
+            datasets,
+            WorkerResources(workers, cpus),
+            ray.train.RunConfig(name=f"overhead-{workers}", storage_path=str(ROOT / "bench" / "out" / "ray")),
+        )
         result = trainer.fit()
         wall = time.perf_counter() - t0
-        rows.append({"run": f"XGBoostTrainer, {workers} worker(s) x {cpus:g} CPU", "wall_s": wall,
-                     "valid_mae": float(result.metrics["valid-mae"])})
+        rows.append(
+            {
+                "run": f"XGBoostTrainer, {workers} worker(s) x {cpus:g} CPU",
+                "wall_s": wall,
+                "valid_mae": float(result.metrics["valid-mae"]),
+            }
+        )
     ray.shutdown()
-    info = {"machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}", "dataset": version,
-            "train_rows": len(train_df), "rounds": args.rounds}
+    info = {
+        "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+        "dataset": version,
+        "train_rows": len(train_df),
+        "rounds": args.rounds,
+    }
     print(json.dumps(info))
     print("| run | wall s | x plain | valid MAE |\n|---|---:|---:|---:|")
     for r in rows:

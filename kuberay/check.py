@@ -24,8 +24,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -38,6 +39,7 @@ RAY_KINDS = ("RayCluster", "RayJob", "RayService")
 
 
 # --- sources -------------------------------------------------------------------------------------
+
 
 def pinned_ray_version() -> str:
     m = re.search(r'"ray\[[^\]]*\]==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
@@ -64,12 +66,20 @@ def kustomize(overlay: str | Path) -> list[dict] | str:
 
 def manifests() -> dict[str, list[dict]]:
     """Name -> resources: the base files, and each overlay's kustomize output where kubectl exists."""
-    out = {f"base/{p.name}": load_documents(p) for p in sorted((HERE / "base").glob("*.yaml"))
-           if p.name != "kustomization.yaml"}
+    out = {
+        f"base/{p.name}": load_documents(p)
+        for p in sorted((HERE / "base").glob("*.yaml"))
+        if p.name != "kustomization.yaml"
+    }
     for overlay in OVERLAYS:
         for p in sorted((HERE / "overlays" / overlay).glob("*.yaml")):
             docs = load_documents(p)
-            if docs and isinstance(docs[0], dict) and "apiVersion" in docs[0] and docs[0].get("kind") != "Kustomization":
+            if (
+                docs
+                and isinstance(docs[0], dict)
+                and "apiVersion" in docs[0]
+                and docs[0].get("kind") != "Kustomization"
+            ):
                 out[f"overlays/{overlay}/{p.name}"] = docs
         if shutil.which("kubectl"):
             built = kustomize(overlay)
@@ -79,6 +89,7 @@ def manifests() -> dict[str, list[dict]]:
 
 
 # --- CRD schemas ---------------------------------------------------------------------------------
+
 
 @functools.cache
 def crd_schema(kind: str) -> dict:
@@ -120,8 +131,10 @@ def validate_ray_resource(doc: dict, where: str) -> list[str]:
         return [f"{where}: {kind} apiVersion {doc.get('apiVersion')!r}, expected 'ray.io/v1'"]
     validator = jsonschema.Draft7Validator(crd_schema(kind))
     name = (doc.get("metadata") or {}).get("name")
-    return [f"{where}: {kind}/{name}: {_path(e)}: {e.message}"
-            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{where}: {kind}/{name}: {_path(e)}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 def validate_builtin(doc: dict, where: str) -> list[str]:
@@ -130,14 +143,17 @@ def validate_builtin(doc: dict, where: str) -> list[str]:
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as exc:
-        return [f"{where}: {doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}: "
-                f"{'.'.join(map(str, exc.path)) or '(root)'}: {exc.message}"]
+        return [
+            f"{where}: {doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}: "
+            f"{'.'.join(map(str, exc.path)) or '(root)'}: {exc.message}"
+        ]
     except kubernetes_validate.utils.SchemaNotFoundError as exc:
         return [f"{where}: {doc.get('kind')}: no schema in kubernetes {KUBERNETES_VERSION}: {exc}"]
     return []
 
 
 # --- checks ------------------------------------------------------------------------------------
+
 
 def check_yamllint(paths: Iterable[Path] | None = None) -> list[str]:
     from yamllint import linter
@@ -149,8 +165,10 @@ def check_yamllint(paths: Iterable[Path] | None = None) -> list[str]:
     for p in paths:
         for problem in linter.run(p.read_text(), config, str(p)):
             if problem.level == "error":
-                errors.append(f"{p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}:{problem.line}:{problem.column}: "
-                              f"{problem.desc} ({problem.rule})")
+                errors.append(
+                    f"{p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}:{problem.line}:{problem.column}: "
+                    f"{problem.desc} ({problem.rule})"
+                )
     return errors
 
 
@@ -222,7 +240,9 @@ def check_versions(resources: dict[str, list[dict]]) -> list[str]:
 
 
 def check_rendered() -> list[str]:
-    out = subprocess.run([sys.executable, str(HERE / "render.py"), "--check"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(HERE / "render.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
     return [] if out.returncode == 0 else [out.stderr.strip() or out.stdout.strip()]
 
 
@@ -250,7 +270,7 @@ def main() -> None:
         skipped = errors and errors[0].startswith("(")
         ok = not errors or skipped
         print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + errors[0] if skipped else ''}")
-        for e in ([] if ok else errors):
+        for e in [] if ok else errors:
             print(f"     {e}")
         failed |= not ok
     sys.exit(1 if failed else 0)

@@ -75,8 +75,12 @@ data_app = _App(help="Ingest MBTA data into versioned feature datasets.", no_arg
 app.add_typer(data_app, name="data")
 
 RootOpt = Annotated[Path, typer.Option("--root", help="Artifact root (datasets go in <root>/datasets).")]
-VerboseOpt = Annotated[bool, typer.Option(
-    "--verbose", "-v", help="Show Ray's own logs here as they come (default: a log file under <root>/logs).")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Show Ray's own logs here as they come (default: a log file under <root>/logs)."
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -85,7 +89,7 @@ def _ray_output(root: Path, command: str, verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
-    path = Path(root) / "logs" / f"{command}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.log"
+    path = Path(root) / "logs" / f"{command}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.log"
     console.print(f"[dim]Ray's logs go to {path} (--verbose shows them here)[/]", soft_wrap=True)
     with runtime.ray_logs_to(path):
         yield
@@ -96,8 +100,14 @@ class _TrialsDisplay:
     terminal, one line per finished trial otherwise (CI logs, pipes)."""
 
     def __init__(self) -> None:
-        self.bar = Progress(TextColumn("      {task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                            TextColumn("trials  {task.fields[best]}"), TimeElapsedColumn(), console=console)
+        self.bar = Progress(
+            TextColumn("      {task.description}"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            TextColumn("trials  {task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
         self.tasks: dict[str, TaskID] = {}
         self.shown: dict[str, int] = {}
 
@@ -113,8 +123,9 @@ class _TrialsDisplay:
             self.bar.update(self.tasks[p.family], completed=p.done, best=best)
         elif self.shown.get(p.family) != p.done:
             self.shown[p.family] = p.done
-            console.print(f"      tune {p.family}: {p.done}/{p.total} trials, {best}, "
-                          f"{dt.timedelta(seconds=round(p.elapsed_s))}")
+            console.print(
+                f"      tune {p.family}: {p.done}/{p.total} trials, {best}, {dt.timedelta(seconds=round(p.elapsed_s))}"
+            )
 
     def close(self) -> None:
         if self.tasks:
@@ -147,13 +158,18 @@ def _quarantine_table(manifest: dict) -> Table:
 
 @data_app.command("ingest")
 def ingest_cmd(
-    inputs: Annotated[Optional[list[str]], typer.Argument(
-        help="Input files (parquet/CSV), format detected from the columns; 'path::format' names it "
-             "(lamp, tm, massdot, gtfsrt). Default: the embedded real MBTA samples.")] = None,
+    inputs: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Input files (parquet/CSV), format detected from the columns; 'path::format' names it "
+            "(lamp, tm, massdot, gtfsrt). Default: the embedded real MBTA samples."
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="Dataset name.")] = DATASET_NAME,
     k: Annotated[int, typer.Option("--k", "-k", help="Predict 1..K observed stops ahead.")] = EtlConfig.k,
-    max_abs_delay: Annotated[float, typer.Option(
-        help="Quarantine events with |delay| above this (s).")] = EtlConfig.max_abs_delay_s,
+    max_abs_delay: Annotated[
+        float, typer.Option(help="Quarantine events with |delay| above this (s).")
+    ] = EtlConfig.max_abs_delay_s,
     stops: Annotated[Optional[str], typer.Option(help="GTFS stops file (default: embedded 2023-04).")] = None,
     no_stops: Annotated[bool, typer.Option("--no-stops", help="Skip GTFS stop checks and distances.")] = False,
     root: RootOpt = Path(DEFAULT_ROOT),
@@ -166,8 +182,9 @@ def ingest_cmd(
     config = EtlConfig(k=k, max_abs_delay_s=max_abs_delay)
     console.print(f"[bold]ingest[/] {len(inputs or [])} input file(s) (none: the embedded samples), K={k}")
     with _ray_output(root, "ingest", verbose), console.status("reading, checking and building examples..."):
-        result = ingest(inputs, root=root, name=name, config=config,
-                        stops_path=None if no_stops else (stops or DEFAULT_STOPS))
+        result = ingest(
+            inputs, root=root, name=name, config=config, stops_path=None if no_stops else (stops or DEFAULT_STOPS)
+        )
     verb = "created" if result.created else "already exists (inputs, config and code unchanged: nothing to do)"
     console.print(f"[bold green]dataset {result.name}/{result.version} {verb}[/] at {result.path}")
     console.print(_counts_table(result.manifest))
@@ -175,31 +192,44 @@ def ingest_cmd(
 
 
 @data_app.command("list")
-def list_cmd(name: Annotated[Optional[str], typer.Option(help="Only this dataset.")] = None,
-             root: RootOpt = Path(DEFAULT_ROOT)) -> None:
+def list_cmd(
+    name: Annotated[Optional[str], typer.Option(help="Only this dataset.")] = None, root: RootOpt = Path(DEFAULT_ROOT)
+) -> None:
     """List dataset versions with their counts, newest first."""
     manifests = versioning.list_versions(root, name)
     t = Table(title=f"datasets under {root}")
     for col in ("name", "version", "created", "inputs", "rows in", "quarantined", "train", "valid", "test"):
         left = col in ("name", "version", "created", "inputs")
-        t.add_column(col, justify="left" if left else "right", no_wrap=col in ("name", "version"),
-                     min_width=16 if col == "version" else None)
+        t.add_column(
+            col,
+            justify="left" if left else "right",
+            no_wrap=col in ("name", "version"),
+            min_width=16 if col == "version" else None,
+        )
     for m in manifests:
         c = m["counts"]
-        t.add_row(m["name"], m["version"], m["created_at"][:19], ", ".join(sorted({i["format"] for i in m["inputs"]})),
-                  f"{c['rows_in']:,}", f"{c['quarantined']:,}",
-                  *(f"{c['examples_by_split'][s]:,}" for s in ("train", "valid", "test")))
+        t.add_row(
+            m["name"],
+            m["version"],
+            m["created_at"][:19],
+            ", ".join(sorted({i["format"] for i in m["inputs"]})),
+            f"{c['rows_in']:,}",
+            f"{c['quarantined']:,}",
+            *(f"{c['examples_by_split'][s]:,}" for s in ("train", "valid", "test")),
+        )
     console.print(t)
     if not manifests:
         console.print("no datasets yet: run `mbta-ray data ingest`")
 
 
 @data_app.command("show")
-def show_cmd(version: Annotated[str, typer.Argument(help="Version (or a unique prefix).")],
-             name: Annotated[Optional[str], typer.Option(help="Dataset name.")] = None,
-             rows: Annotated[int, typer.Option(help="Sample rows to show.")] = 5,
-             split: Annotated[str, typer.Option(help="Split to sample.")] = "train",
-             root: RootOpt = Path(DEFAULT_ROOT)) -> None:
+def show_cmd(
+    version: Annotated[str, typer.Argument(help="Version (or a unique prefix).")],
+    name: Annotated[Optional[str], typer.Option(help="Dataset name.")] = None,
+    rows: Annotated[int, typer.Option(help="Sample rows to show.")] = 5,
+    split: Annotated[str, typer.Option(help="Split to sample.")] = "train",
+    root: RootOpt = Path(DEFAULT_ROOT),
+) -> None:
     """Show a version's manifest and a sample of its rows."""
     import pyarrow.dataset as pads
 
@@ -216,20 +246,32 @@ def show_cmd(version: Annotated[str, typer.Argument(help="Version (or a unique p
 @data_app.command("synth")
 def synth_cmd(
     events: Annotated[int, typer.Option("--events", "-n", min=1, help="Events (rows) to generate.")] = 1_000_000,
-    out: Annotated[Path, typer.Option("--out", help="Output folder (or a .parquet file with --files 1).")] = Path("artifacts/synthetic"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder (or a .parquet file with --files 1).")] = Path(
+        "artifacts/synthetic"
+    ),
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
     files: Annotated[int, typer.Option(min=1, help="Parquet files to split the events into.")] = 4,
-    events_per_day: Annotated[Optional[int], typer.Option(
-        help="Events per service day (default: the real day's size estimated from the sample).")] = None,
-    lamp: Annotated[Optional[Path], typer.Option(
-        help="Real LAMP file to fit the profile to (default: the embedded 2024-02-07 sample).")] = None,
+    events_per_day: Annotated[
+        Optional[int],
+        typer.Option(help="Events per service day (default: the real day's size estimated from the sample)."),
+    ] = None,
+    lamp: Annotated[
+        Optional[Path],
+        typer.Option(help="Real LAMP file to fit the profile to (default: the embedded 2024-02-07 sample)."),
+    ] = None,
 ) -> None:
     """Write SYNTHETIC LAMP-layout events fitted to real data, for scale benchmarks (never real data)."""
     from mbta_ray import synth
 
     with console.status(f"fitting the profile and writing {events:,} synthetic events..."):
-        result = synth.write_synthetic(out, events, seed=seed, files=files, events_per_day=events_per_day,
-                                       lamp_path=lamp or synth.DEFAULT_LAMP_SAMPLE)
+        result = synth.write_synthetic(
+            out,
+            events,
+            seed=seed,
+            files=files,
+            events_per_day=events_per_day,
+            lamp_path=lamp or synth.DEFAULT_LAMP_SAMPLE,
+        )
     t = Table(title=f"SYNTHETIC LAMP events (seed {seed}) -- not real MBTA data")
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -238,11 +280,16 @@ def synth_cmd(
     t.add_row("service days", f"{result.service_days:,}")
     t.add_row("trips", f"{result.trips:,}")
     t.add_row("trips continuing into the next file", f"{result.trips_split_across_files:,}")
-    t.add_row("fitted to", f"{result.profile_summary['source']} ({result.profile_summary['patterns']} route patterns, "
-                           f"{result.profile_summary['stops']} stops)")
+    t.add_row(
+        "fitted to",
+        f"{result.profile_summary['source']} ({result.profile_summary['patterns']} route patterns, "
+        f"{result.profile_summary['stops']} stops)",
+    )
     console.print(t)
-    console.print(f"[bold yellow]synthetic[/] data in {Path(result.paths[0]).parent} (see {result.marker}); "
-                  f"ingest it with: mbta-ray data ingest {Path(result.paths[0]).parent}/*.parquet")
+    console.print(
+        f"[bold yellow]synthetic[/] data in {Path(result.paths[0]).parent} (see {result.marker}); "
+        f"ingest it with: mbta-ray data ingest {Path(result.paths[0]).parent}/*.parquet"
+    )
 
 
 @app.command("tune")
@@ -252,20 +299,26 @@ def tune_cmd(
     num_samples: Annotated[int, typer.Option(min=1, help="Trials per model family.")] = TuneSettings.num_samples,
     max_concurrent: Annotated[int, typer.Option(min=1, help="Trials running at once.")] = TuneSettings.max_concurrent,
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = TrialResources.num_workers,
-    cpus_per_worker: Annotated[Optional[float], typer.Option(
-        help="CPUs per Train worker; default: fit the cluster, keeping 1 CPU free for Ray Data.")
+    cpus_per_worker: Annotated[
+        Optional[float],
+        typer.Option(help="CPUs per Train worker; default: fit the cluster, keeping 1 CPU free for Ray Data."),
     ] = TrialResources.cpus_per_worker,
-    gpus_per_worker: Annotated[float, typer.Option(
-        help="GPUs per Train worker (fractions share a GPU).")] = TrialResources.gpus_per_worker,
+    gpus_per_worker: Annotated[
+        float, typer.Option(help="GPUs per Train worker (fractions share a GPU).")
+    ] = TrialResources.gpus_per_worker,
     trial_cpu: Annotated[float, typer.Option(help="CPU share of the trial process itself.")] = TrialResources.trial_cpu,
-    random_steps: Annotated[int, typer.Option(
-        help="Random trials before BayesOpt's model kicks in.")] = TuneSettings.random_steps,
+    random_steps: Annotated[
+        int, typer.Option(help="Random trials before BayesOpt's model kicks in.")
+    ] = TuneSettings.random_steps,
     seed: Annotated[int, typer.Option(help="Searcher seed.")] = TuneSettings.seed,
-    space: Annotated[Optional[str], typer.Option(
-        help="Search-space YAML (default: the packaged mbta_ray/configs/tune.yaml).")] = None,
+    space: Annotated[
+        Optional[str], typer.Option(help="Search-space YAML (default: the packaged mbta_ray/configs/tune.yaml).")
+    ] = None,
     resume: Annotated[Optional[str], typer.Option(help="Experiment folder to continue (Tuner.restore).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Experiment name (default: family-dataset-time).")] = None,
-    wandb: Annotated[bool, typer.Option("--wandb/--no-wandb", help="Log trials to W&B (offline without a key).")] = True,
+    wandb: Annotated[
+        bool, typer.Option("--wandb/--no-wandb", help="Log trials to W&B (offline without a key).")
+    ] = True,
     root: RootOpt = Path(DEFAULT_ROOT),
     verbose: VerboseOpt = False,
 ) -> None:
@@ -287,17 +340,26 @@ def tune_cmd(
     with _ray_output(root, "tune", verbose), contextlib.closing(display):
         for family in families:
             settings = TuneSettings(
-                family=family, num_samples=num_samples, max_concurrent=max_concurrent, seed=seed,
-                random_steps=random_steps, storage=str(root / "experiments"), space_file=space, wandb=wandb,
+                family=family,
+                num_samples=num_samples,
+                max_concurrent=max_concurrent,
+                seed=seed,
+                random_steps=random_steps,
+                storage=str(root / "experiments"),
+                space_file=space,
+                wandb=wandb,
                 resources=TrialResources(workers, cpus_per_worker, gpus_per_worker, trial_cpu),
-                name=name if len(families) == 1 else (f"{name}-{family}" if name else None))
+                name=name if len(families) == 1 else (f"{name}-{family}" if name else None),
+            )
             results.append(tuning.run_search(settings, root, dataset, resume=resume, progress=display))
     console.print(metrics_table(results))
     for r in results:
         best = r["best_valid_mae"]
         best_text = f"best valid MAE {best:.1f} s" if best is not None else "no valid MAE"
-        console.print(f"{r['family']}: {r['trials']} trials, {best_text} -> {r['model_dir']} "
-                      f"(results.csv and plots in {r['experiment']})")
+        console.print(
+            f"{r['family']}: {r['trials']} trials, {best_text} -> {r['model_dir']} "
+            f"(results.csv and plots in {r['experiment']})"
+        )
 
 
 def metrics_table(results: list[dict]) -> Table:
@@ -322,8 +384,16 @@ def metrics_table(results: list[dict]) -> Table:
                 ref = pers.get(mode, {}).get("mae")
                 ratio = f" ({v['mae'] / ref:.2f}x)" if ref and name != "persistence" else ""
                 parts.append(f"{mode} {v['mae']:.0f}{ratio}")
-            t.add_row(name, f"{o['n']:,}", f"{o['mae']:.1f}", f"{o['rmse']:.1f}", f"{o['r2']:.3f}",
-                      f"{o['bias']:+.1f}", f"{o['accurate']:.1%}", ", ".join(parts))
+            t.add_row(
+                name,
+                f"{o['n']:,}",
+                f"{o['mae']:.1f}",
+                f"{o['rmse']:.1f}",
+                f"{o['r2']:.3f}",
+                f"{o['bias']:+.1f}",
+                f"{o['accurate']:.1%}",
+                ", ".join(parts),
+            )
     return t
 
 
@@ -333,28 +403,49 @@ def metrics_table(results: list[dict]) -> Table:
 def compression_table(report: dict) -> Table:
     """Teacher vs student variants: size, speed and accuracy (from ``distill.run``)."""
     t = Table(title="compression report (CPU, 1 thread; model = on encoded inputs, e2e = from example rows)")
-    for col in ("model", "family", "params (non-zero)", "file KiB", "model ms b1", "model ms b256",
-                "e2e ms b256", "test MAE", "kept"):
+    for col in (
+        "model",
+        "family",
+        "params (non-zero)",
+        "file KiB",
+        "model ms b1",
+        "model ms b256",
+        "e2e ms b256",
+        "test MAE",
+        "kept",
+    ):
         t.add_column(col, justify="left" if col in ("model", "family") else "right")
     for r in report["rows"]:
         kept = "" if "kept" not in r else ("[green]chosen[/]" if r["kept"] else "")
-        t.add_row(r["model"], r["family"], f"{r['params']:,} ({r['nonzero_params']:,})", f"{r['file_bytes'] / 1024:.0f}",
-                  f"{r['model_ms_b1']:.3f}", f"{r['model_ms_b256']:.3f}", f"{r['end_to_end_ms_b256']:.1f}",
-                  f"{r['test_mae']:.1f}", kept)
+        t.add_row(
+            r["model"],
+            r["family"],
+            f"{r['params']:,} ({r['nonzero_params']:,})",
+            f"{r['file_bytes'] / 1024:.0f}",
+            f"{r['model_ms_b1']:.3f}",
+            f"{r['model_ms_b256']:.3f}",
+            f"{r['end_to_end_ms_b256']:.1f}",
+            f"{r['test_mae']:.1f}",
+            kept,
+        )
     return t
 
 
 def _print_compression(report: dict) -> None:
     console.print(compression_table(report))
     d = report["decisions"]
-    console.print(f"pruning ({d['pruned']['amount']:.0%} of linear weights): valid MAE {d['pruned']['valid_mae']:.1f} vs "
-                  f"limit {d['limit']:.1f} -> {'kept' if d['pruned']['kept'] else 'dropped'}; int8 quantization: valid MAE "
-                  f"{d['quantized']['valid_mae']:.1f}, {d['quantized']['ms_b256']:.3f} vs {d['quantized']['float_ms_b256']:.3f} "
-                  f"ms float at batch 256 -> {'kept' if d['quantized']['kept'] else 'dropped'}")
+    console.print(
+        f"pruning ({d['pruned']['amount']:.0%} of linear weights): valid MAE {d['pruned']['valid_mae']:.1f} vs "
+        f"limit {d['limit']:.1f} -> {'kept' if d['pruned']['kept'] else 'dropped'}; int8 quantization: valid MAE "
+        f"{d['quantized']['valid_mae']:.1f}, {d['quantized']['ms_b256']:.3f} vs {d['quantized']['float_ms_b256']:.3f} "
+        f"ms float at batch 256 -> {'kept' if d['quantized']['kept'] else 'dropped'}"
+    )
     g = report.get("goals")
     if g:
-        console.print(f"student vs {g['reference']}: {g['fewer_params_x']:.1f}x fewer parameters, "
-                      f"{g['faster_b256_x']:.1f}x faster at batch 256; test MAE {g['mae_vs_teacher_x']:.2f}x the teacher's")
+        console.print(
+            f"student vs {g['reference']}: {g['fewer_params_x']:.1f}x fewer parameters, "
+            f"{g['faster_b256_x']:.1f}x faster at batch 256; test MAE {g['mae_vs_teacher_x']:.2f}x the teacher's"
+        )
 
 
 @app.command("distill")
@@ -362,17 +453,23 @@ def distill_cmd(
     teacher: Annotated[list[Path], typer.Option(help="Packaged model folder(s); the lowest valid MAE teaches.")],
     dnn_reference: Annotated[Optional[Path], typer.Option(help="Tuned DNN to compare size/speed with.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset version (default: the teacher's).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: beside the teacher's experiment).")] = None,
-    blend: Annotated[float, typer.Option(
-        help="Weight of the true target vs the teacher (0..1).")] = DistillConfig.blend,
-    softening: Annotated[float, typer.Option(
-        help="Teacher term's Huber zone multiplier (temperature-like).")] = DistillConfig.softening,
-    unlabeled_copies: Annotated[int, typer.Option(
-        help="Unlabeled re-observed pairs per training pair.")] = DistillConfig.unlabeled_copies,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output folder (default: beside the teacher's experiment).")
+    ] = None,
+    blend: Annotated[
+        float, typer.Option(help="Weight of the true target vs the teacher (0..1).")
+    ] = DistillConfig.blend,
+    softening: Annotated[
+        float, typer.Option(help="Teacher term's Huber zone multiplier (temperature-like).")
+    ] = DistillConfig.softening,
+    unlabeled_copies: Annotated[
+        int, typer.Option(help="Unlabeled re-observed pairs per training pair.")
+    ] = DistillConfig.unlabeled_copies,
     epochs: Annotated[int, typer.Option(min=1)] = DistillConfig.epochs,
     prune_amount: Annotated[float, typer.Option(help="Share of linear weights to prune.")] = DistillConfig.prune_amount,
-    tolerance: Annotated[float, typer.Option(
-        help="Max valid-MAE loss (share) to keep pruning/int8.")] = DistillConfig.tolerance,
+    tolerance: Annotated[
+        float, typer.Option(help="Max valid-MAE loss (share) to keep pruning/int8.")
+    ] = DistillConfig.tolerance,
     root: RootOpt = Path(DEFAULT_ROOT),
     verbose: VerboseOpt = False,
 ) -> None:
@@ -380,8 +477,14 @@ def distill_cmd(
     from mbta_ray import distill
     from mbta_ray.models import bundle
 
-    cfg = DistillConfig(blend=blend, softening=softening, unlabeled_copies=unlabeled_copies, epochs=epochs,
-                        prune_amount=prune_amount, tolerance=tolerance)
+    cfg = DistillConfig(
+        blend=blend,
+        softening=softening,
+        unlabeled_copies=unlabeled_copies,
+        epochs=epochs,
+        prune_amount=prune_amount,
+        tolerance=tolerance,
+    )
     teacher_dir = distill.pick_teacher(teacher)
     version = dataset or (bundle.read_metadata(teacher_dir).get("dataset") or {}).get("version")
     if not version:
@@ -395,56 +498,77 @@ def distill_cmd(
 
 @app.command("pipeline")
 def pipeline_cmd(
-    xgboost_samples: Annotated[int, typer.Option(
-        min=0, help="XGBoost trials.")] = default_of(PipelineSettings, "samples")["xgboost"],
-    dnn_samples: Annotated[int, typer.Option(min=0, help="DNN trials.")] = default_of(PipelineSettings, "samples")["dnn"],
+    xgboost_samples: Annotated[int, typer.Option(min=0, help="XGBoost trials.")] = default_of(
+        PipelineSettings, "samples"
+    )["xgboost"],
+    dnn_samples: Annotated[int, typer.Option(min=0, help="DNN trials.")] = default_of(PipelineSettings, "samples")[
+        "dnn"
+    ],
     distill_epochs: Annotated[int, typer.Option(min=1, help="Student epochs.")] = DistillConfig.epochs,
     metric: Annotated[str, typer.Option(help="Promotion metric.")] = PipelineSettings.metric,
     seed: Annotated[int, typer.Option(help="Searcher seed.")] = PipelineSettings.seed,
-    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT),
-    inputs: Annotated[Optional[list[str]], typer.Option(
-        "--input", help="Input file (repeat); default: the embedded real MBTA samples.")] = None,
+    registry: RegistryOpt = None,
+    model_name: ModelNameOpt = MODEL_NAME,
+    root: RootOpt = Path(DEFAULT_ROOT),
+    inputs: Annotated[
+        Optional[list[str]],
+        typer.Option("--input", help="Input file (repeat); default: the embedded real MBTA samples."),
+    ] = None,
     space_file: Annotated[Optional[str], typer.Option(help="Search spaces (default: configs/tune.yaml).")] = None,
-    distill_hidden: Annotated[Optional[list[int]], typer.Option(
-        "--distill-hidden", help="Student hidden layer width (repeat per layer).")] = None,
-    max_concurrent: Annotated[int, typer.Option(
-        min=1, help="Trials at once (lowered to what the cluster fits).")] = PipelineSettings.max_concurrent,
+    distill_hidden: Annotated[
+        Optional[list[int]], typer.Option("--distill-hidden", help="Student hidden layer width (repeat per layer).")
+    ] = None,
+    max_concurrent: Annotated[
+        int, typer.Option(min=1, help="Trials at once (lowered to what the cluster fits).")
+    ] = PipelineSettings.max_concurrent,
     workers: Annotated[int, typer.Option(min=1, help="Ray Train workers per trial.")] = TrialResources.num_workers,
-    gpus_per_worker: Annotated[float, typer.Option(
-        min=0, help="GPUs per Train worker (0: CPU).")] = TrialResources.gpus_per_worker,
+    gpus_per_worker: Annotated[
+        float, typer.Option(min=0, help="GPUs per Train worker (0: CPU).")
+    ] = TrialResources.gpus_per_worker,
     verbose: VerboseOpt = False,
 ) -> None:
     """The main job: ingest -> tune -> distill -> evaluate -> register -> promote, then a summary."""
     from mbta_ray import pipeline
 
-    settings = PipelineSettings(root=str(root), registry=registry, model_name=model_name,
-                                         samples={"xgboost": xgboost_samples, "dnn": dnn_samples}, seed=seed,
-                                         metric=metric, inputs=inputs, space_file=space_file,
-                                         max_concurrent=max_concurrent,
-                                         resources=TrialResources(num_workers=workers, gpus_per_worker=gpus_per_worker),
-                                         distill=DistillConfig(epochs=distill_epochs,
-                                                               **({"hidden": distill_hidden} if distill_hidden else {})))
+    settings = PipelineSettings(
+        root=str(root),
+        registry=registry,
+        model_name=model_name,
+        samples={"xgboost": xgboost_samples, "dnn": dnn_samples},
+        seed=seed,
+        metric=metric,
+        inputs=inputs,
+        space_file=space_file,
+        max_concurrent=max_concurrent,
+        resources=TrialResources(num_workers=workers, gpus_per_worker=gpus_per_worker),
+        distill=DistillConfig(epochs=distill_epochs, **({"hidden": distill_hidden} if distill_hidden else {})),
+    )
     t0 = time.monotonic()
 
     def progress(message: str) -> None:
-        console.print(f"[dim]{dt.timedelta(seconds=round(time.monotonic() - t0))}[/] [bold cyan]{message}[/]",
-                      soft_wrap=True)
+        console.print(
+            f"[dim]{dt.timedelta(seconds=round(time.monotonic() - t0))}[/] [bold cyan]{message}[/]", soft_wrap=True
+        )
 
     display = _TrialsDisplay()
     with _ray_output(root, "pipeline", verbose), contextlib.closing(display):
         out = pipeline.run(settings, progress=progress, tune_progress=display)
     ds = out["dataset"]
     console.rule("summary")
-    console.print(f"dataset {ds['name']}/{ds['version']}: {ds['counts']['examples']:,} examples "
-                  f"({ds['counts']['quarantined']:,} rows quarantined, by reason in `mbta-ray data show`)")
+    console.print(
+        f"dataset {ds['name']}/{ds['version']}: {ds['counts']['examples']:,} examples "
+        f"({ds['counts']['quarantined']:,} rows quarantined, by reason in `mbta-ray data show`)"
+    )
     console.print(metrics_table(out["tune"] + [{"report": out["compression"]["eval"]}]))
     _print_compression(out["compression"])
     d = out["decision"]
     verdict = "[bold green]PROMOTED[/]" if d["accepted"] else "[bold yellow]NOT promoted[/]"
     console.print(f"{verdict} {model_name}/{d['candidate']} ({out['candidate']['role']}): {d['reason']}")
     prod = out["production"] or {}
-    console.print(f"production is now {prod.get('version', 'none')} ({prod.get('family', '-')}); "
-                  f"registry {out['registry']}; deploy record {out['registry']}/production.json")
+    console.print(
+        f"production is now {prod.get('version', 'none')} ({prod.get('family', '-')}); "
+        f"registry {out['registry']}; deploy record {out['registry']}/production.json"
+    )
 
 
 # --- serving --------------------------------------------------------------------------------------
@@ -456,7 +580,9 @@ app.add_typer(serve_app, name="serve")
 @serve_app.command("reload")
 def serve_reload_cmd(
     version: Annotated[str, typer.Option(help="Registry version, or 'production' (the pointer now).")] = "production",
-    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT),
+    registry: RegistryOpt = None,
+    model_name: ModelNameOpt = MODEL_NAME,
+    root: RootOpt = Path(DEFAULT_ROOT),
     name: Annotated[str, typer.Option(help="Serve application name (serve_config.yaml).")] = SERVE_APP_NAME,
 ) -> None:
     """Switch the running app to a model version in place (after `mbta-ray promote`)."""
@@ -474,8 +600,10 @@ def serve_reload_cmd(
 def smoke_cmd(
     url: Annotated[str, typer.Option(help="Base URL of the deployed app.")] = "http://127.0.0.1:8000",
     root: RootOpt = Path(DEFAULT_ROOT),
-    dataset: Annotated[Optional[str], typer.Option(
-        help="Dataset version whose test split the requests come from; default: the served model's.")] = None,
+    dataset: Annotated[
+        Optional[str],
+        typer.Option(help="Dataset version whose test split the requests come from; default: the served model's."),
+    ] = None,
     requests: Annotated[int, typer.Option("--requests", "-n", min=1, help="Vehicle requests to send.")] = 200,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight.")] = 8,
     seed: Annotated[int, typer.Option(help="Which (trip, stop) pairs are sampled.")] = 0,
@@ -506,8 +634,10 @@ def smoke_cmd(
     test_dir = versioning.version_dir(root, name, version) / "test"
     examples = smoke.examples_from_split(pd.read_parquet(test_dir), requests, seed)
     report = smoke.run(url, examples, concurrency=concurrency)
-    t = Table(title=f"smoke test of {url}: model {report.model_version}, {len(examples)} requests from "
-                    f"{name}/{version} test split")
+    t = Table(
+        title=f"smoke test of {url}: model {report.model_version}, {len(examples)} requests from "
+        f"{name}/{version} test split"
+    )
     for col in ("mode", "stops", "served MAE s", "persistence MAE s (scheduled stops)"):
         t.add_column(col, justify="left" if col == "mode" else "right")
     for mode, m in report.mae().items():
@@ -528,9 +658,14 @@ def smoke_cmd(
 
 registry_app = _App(help="Model registry: versions, production pointer, audit log.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
-RegistryOpt = Annotated[Optional[str], typer.Option(
-    "--registry", envvar=REGISTRY_ENV,
-    help="Registry root: a folder or a URI (gs://, s3://, file://); default: --root.")]
+RegistryOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--registry",
+        envvar=REGISTRY_ENV,
+        help="Registry root: a folder or a URI (gs://, s3://, file://); default: --root.",
+    ),
+]
 ModelNameOpt = Annotated[str, typer.Option("--model-name", help="Registered model name.")]
 
 
@@ -541,18 +676,23 @@ def _registry(registry: str | None, root: Path, model_name: str) -> Registry:
 @registry_app.command("register")
 def register_cmd(
     model_dir: Annotated[Path, typer.Argument(help="A packaged model folder (e.g. <experiment>/best).")],
-    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT),
+    registry: RegistryOpt = None,
+    model_name: ModelNameOpt = MODEL_NAME,
+    root: RootOpt = Path(DEFAULT_ROOT),
 ) -> None:
     """Add a packaged, evaluated model as a new registry version."""
     reg = _registry(registry, root, model_name)
     meta = reg.register(model_dir, evaluation=evaluation_of(model_dir))
     m = meta["evaluation"]["metrics"]
-    console.print(f"registered {model_name}/{meta['version']} ({meta['family']}, test MAE {m['mae']:.1f} s) in {reg.base}")
+    console.print(
+        f"registered {model_name}/{meta['version']} ({meta['family']}, test MAE {m['mae']:.1f} s) in {reg.base}"
+    )
 
 
 @registry_app.command("list")
-def registry_list_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME,
-                      root: RootOpt = Path(DEFAULT_ROOT)) -> None:
+def registry_list_cmd(
+    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT)
+) -> None:
     """Versions, their test metrics, and which one is production."""
     reg = _registry(registry, root, model_name)
     prod = (reg.production() or {}).get("version")
@@ -562,15 +702,22 @@ def registry_list_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = M
     for m in reg.versions():
         ev = m.get("evaluation", {})
         met = ev.get("metrics", {})
-        t.add_row(m["version"], m.get("family", "?"), str((ev.get("dataset") or {}).get("version", "?"))[:8],
-                  f"{met.get('mae', float('nan')):.1f}", f"{met.get('accurate', float('nan')):.1%}",
-                  m["created_at"][:19], "yes" if m["version"] == prod else "")
+        t.add_row(
+            m["version"],
+            m.get("family", "?"),
+            str((ev.get("dataset") or {}).get("version", "?"))[:8],
+            f"{met.get('mae', float('nan')):.1f}",
+            f"{met.get('accurate', float('nan')):.1%}",
+            m["created_at"][:19],
+            "yes" if m["version"] == prod else "",
+        )
     console.print(t)
 
 
 @registry_app.command("audit")
-def registry_audit_cmd(registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME,
-                       root: RootOpt = Path(DEFAULT_ROOT)) -> None:
+def registry_audit_cmd(
+    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT)
+) -> None:
     """Every promotion decision, oldest first."""
     reg = _registry(registry, root, model_name)
     t = Table(title=f"promotion decisions: {reg.base}")
@@ -588,7 +735,9 @@ def promote_cmd(
     metric: Annotated[str, typer.Option(help="Decide on this test metric: mae, rmse, bias_abs, r2, accurate.")] = "mae",
     force: Annotated[bool, typer.Option("--force", help="Promote even if it does not beat production.")] = False,
     reason: Annotated[Optional[str], typer.Option(help="Why (required with --force; logged).")] = None,
-    registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT),
+    registry: RegistryOpt = None,
+    model_name: ModelNameOpt = MODEL_NAME,
+    root: RootOpt = Path(DEFAULT_ROOT),
 ) -> None:
     """Promote a version to production only if it beats production on the same test split."""
     reg = _registry(registry, root, model_name)

@@ -45,7 +45,9 @@ class EtlConfig:
         if self.max_abs_delay_s <= 0:
             raise ConfigError(f"max_abs_delay_s must be > 0, got {self.max_abs_delay_s}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9 or min(self.split_fractions) < 0:
-            raise ConfigError(f"split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
+            raise ConfigError(
+                f"split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}"
+            )
 
     def version_dict(self) -> dict:
         """The parts of the config that change the output (not performance knobs)."""
@@ -54,7 +56,6 @@ class EtlConfig:
         d.pop("shuffle")
         d["split_fractions"] = list(self.split_fractions)
         return d
-
 
 
 # --- training and tuning ----------------------------------------------------------------------------
@@ -76,10 +77,11 @@ class WorkerResources:
         return ScalingConfig(
             num_workers=self.num_workers,
             use_gpu=self.gpus_per_worker > 0,
-            resources_per_worker={"CPU": self.cpus_per_worker,
-                                  **({"GPU": self.gpus_per_worker} if self.gpus_per_worker > 0 else {})},
+            resources_per_worker={
+                "CPU": self.cpus_per_worker,
+                **({"GPU": self.gpus_per_worker} if self.gpus_per_worker > 0 else {}),
+            },
         )
-
 
 
 #: CPUs left free while trials run: Ray Data's read tasks (1 CPU each) feed the Train workers from
@@ -113,7 +115,7 @@ class TrialResources:
     def per_trial_cpus(self) -> float:
         return self.trial_cpu + self.num_workers * (self.cpus_per_worker or 1.0)
 
-    def fit(self, cluster_cpus: float, max_concurrent: int) -> tuple["TrialResources", int]:
+    def fit(self, cluster_cpus: float, max_concurrent: int) -> tuple[TrialResources, int]:
         """Resolve an automatic CPU share and check that trials leave ``DATA_CPUS`` free.
 
         Auto: the CPUs not kept for data, split over ``max_concurrent`` trials' workers (in steps of
@@ -132,7 +134,8 @@ class TrialResources:
                 f"one trial needs {per_trial:g} CPUs (--trial-cpu {res.trial_cpu:g} + --workers "
                 f"{res.num_workers} x --cpus-per-worker {res.cpus_per_worker:g}) and the cluster has "
                 f"{cluster_cpus:g}, of which {DATA_CPUS:g} must stay free for Ray Data to feed the "
-                f"workers: lower --cpus-per-worker or --workers (or leave --cpus-per-worker unset)")
+                f"workers: lower --cpus-per-worker or --workers (or leave --cpus-per-worker unset)"
+            )
         return res, min(max_concurrent, fits)
 
 
@@ -151,7 +154,6 @@ class TuneSettings:
     #: ASHA early stopping for DNN epochs. Stopping a trial needs Ray's State API (the dashboard)
     #: to free its Train workers: turn it off on clusters started without the dashboard.
     early_stopping: bool = True
-
 
 
 # --- distillation ---------------------------------------------------------------------------------
@@ -189,7 +191,6 @@ class DistillConfig:
             raise ConfigError(f"distill option unlabeled_copies={self.unlabeled_copies!r} must be >= 0")
 
 
-
 # --- the whole pipeline -----------------------------------------------------------------------------
 
 
@@ -216,5 +217,3 @@ class PipelineSettings:
     def __post_init__(self) -> None:  # fail before the long stages, not after them
         if self.metric not in METRIC_MODES:
             raise ConfigError(f"--metric must be one of {sorted(METRIC_MODES)}, got {self.metric!r}")
-
-

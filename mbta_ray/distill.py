@@ -25,7 +25,7 @@ import copy
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +36,13 @@ import torch
 from torch import nn
 
 from mbta_ray import evaluate, versioning
-from mbta_ray.config import DistillConfig
+from mbta_ray.config import DistillConfig, WorkerResources
 from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import DEFAULT_CLIP_SD, FeatureEncoder
 from mbta_ray.errors import MbtaRayError
 from mbta_ray.features import HIST_MEDIAN, compute_features
 from mbta_ray.models import bundle, dnn, xgboost_model
 from mbta_ray.models.data import load_split, load_split_pandas
-from mbta_ray.config import WorkerResources
 from mbta_ray.runtime import ensure_ray
 from mbta_ray.schema import EXAMPLE_COLUMNS, TARGET
 
@@ -84,8 +83,9 @@ def reobserve(batch: pd.DataFrame, copies: int, shift_sd_s: float, seed: int) ->
         # Seen earlier than it was, but never before the previous vehicle left u (headway > 0).
         headway = pd.to_numeric(batch["headway_u"], errors="coerce").to_numpy(dtype="float64")
         shift_s = np.where(np.isfinite(headway), np.maximum(shift_s, 30.0 - headway), shift_s)
-        shifted["actual_arrival_u"] = (pd.to_datetime(shifted["actual_arrival_u"], utc=True)
-                                       + pd.to_timedelta(shift_s, unit="s"))
+        shifted["actual_arrival_u"] = pd.to_datetime(shifted["actual_arrival_u"], utc=True) + pd.to_timedelta(
+            shift_s, unit="s"
+        )
         # The headway at u grows by the same shift: the previous vehicle's arrival did not move.
         shifted["headway_u"] = shifted["headway_u"].astype("float64") + shift_s
         keep = shifted[["distance_m", HIST_MEDIAN]].copy()
@@ -99,13 +99,18 @@ def reobserve(batch: pd.DataFrame, copies: int, shift_sd_s: float, seed: int) ->
 
 def build_training_set(train: ray.data.Dataset, teacher_dir: str, cfg: DistillConfig) -> ray.data.Dataset:
     """The training split plus its unlabeled re-observed pairs, all labeled by the teacher."""
+
     def add_unlabeled(batch: pd.DataFrame) -> pd.DataFrame:
         extra = reobserve(batch, cfg.unlabeled_copies, cfg.shift_sd_s, cfg.seed)
         return pd.concat([batch, extra[batch.columns]], ignore_index=True)
 
-    return (train.map_batches(add_unlabeled, batch_format="pandas")
-            .map_batches(TeacherLabels, fn_constructor_args=(teacher_dir,), batch_format="pandas",
-                         compute=ray.data.ActorPoolStrategy(size=1), batch_size=8192))
+    return train.map_batches(add_unlabeled, batch_format="pandas").map_batches(
+        TeacherLabels,
+        fn_constructor_args=(teacher_dir,),
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_size=8192,
+    )
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -134,10 +139,21 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _student_config(cfg: DistillConfig) -> dict:
-    return {"hidden_width": cfg.hidden[0], "hidden_layers": len(cfg.hidden), "max_embedding_dim": cfg.max_embedding_dim,
-            "dropout": cfg.dropout, "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-            "batch_size": cfg.batch_size, "seed": cfg.seed, "residual": True, "blend": cfg.blend,
-            "softening": cfg.softening, "huber_delta_s": cfg.huber_delta_s}
+    return {
+        "hidden_width": cfg.hidden[0],
+        "hidden_layers": len(cfg.hidden),
+        "max_embedding_dim": cfg.max_embedding_dim,
+        "dropout": cfg.dropout,
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "residual": True,
+        "blend": cfg.blend,
+        "softening": cfg.softening,
+        "huber_delta_s": cfg.huber_delta_s,
+    }
 
 
 # --- compression ---------------------------------------------------------------------------------------
@@ -206,14 +222,16 @@ def measure(name: str, model_dir: Path, test: pd.DataFrame, repeats: int = 30) -
         def model_ms(part: pd.DataFrame) -> float:
             # inplace_predict on arrays: Booster.predict would serve a repeated DMatrix from its cache
             margin = encoder.prior(part) if residual else None
-            return _latency_ms(lambda a: booster.inplace_predict(a, base_margin=margin),
-                               encoder.tree_matrix(part), repeats)
+            return _latency_ms(
+                lambda a: booster.inplace_predict(a, base_margin=margin), encoder.tree_matrix(part), repeats
+            )
     else:
         model = dnn.load(model_dir)
         row["params"], row["nonzero_params"] = parameter_counts(dnn.load(model_dir, as_float=True))
 
         def model_ms(part: pd.DataFrame) -> float:
             return _forward_ms(model, dnn.encode_inputs(part, encoder), repeats)
+
     with _one_thread():
         for batch in (1, 256):
             part = test.iloc[:batch]
@@ -260,8 +278,12 @@ class _Job:
         return load_split_pandas(self.root, self.ds_version, name, self.ds_name)
 
     def metadata(self, **extra) -> dict:
-        return {"dataset": {"name": self.ds_name, "version": self.ds_version}, "teacher": str(self.teacher_dir),
-                "distill_config": asdict(self.cfg), **extra}
+        return {
+            "dataset": {"name": self.ds_name, "version": self.ds_version},
+            "teacher": str(self.teacher_dir),
+            "distill_config": asdict(self.cfg),
+            **extra,
+        }
 
 
 @dataclass
@@ -282,9 +304,16 @@ class _Compressed:
     decisions: dict
 
 
-def run(teacher_dir: str | Path, root: str | Path, dataset: str, out_dir: str | Path,
-        cfg: DistillConfig | None = None, resources: WorkerResources | None = None,
-        dnn_reference: str | Path | None = None, storage: str | None = None) -> dict:
+def run(
+    teacher_dir: str | Path,
+    root: str | Path,
+    dataset: str,
+    out_dir: str | Path,
+    cfg: DistillConfig | None = None,
+    resources: WorkerResources | None = None,
+    dnn_reference: str | Path | None = None,
+    storage: str | None = None,
+) -> dict:
     """The distillation job: label -> train -> compress -> measure -> package. Writes
     ``out_dir/student`` (a model bundle with eval.json) and ``out_dir/compression.json``; returns
     the report. ``dnn_reference``: the tuned DNN to compare the student's size and speed with when
@@ -304,10 +333,21 @@ def run(teacher_dir: str | Path, root: str | Path, dataset: str, out_dir: str | 
     comp = compress(job, student)
     rows, test, pred = measure_all(job, comp, dnn_reference)
     student_dir, rep = package_student(job, comp, test, pred)
-    report = {"rows": rows, "chosen": comp.chosen, "decisions": comp.decisions, "goals": _goals(rows, comp.chosen),
-              "training_rows": labeled.rows, "unlabeled_rows": labeled.unlabeled, "label_s": labeled.seconds,
-              "train_s": train_s, "student_dir": str(student_dir), "teacher": str(teacher_dir),
-              "dataset": ds_version, "eval": rep, "config": asdict(job.cfg)}
+    report = {
+        "rows": rows,
+        "chosen": comp.chosen,
+        "decisions": comp.decisions,
+        "goals": _goals(rows, comp.chosen),
+        "training_rows": labeled.rows,
+        "unlabeled_rows": labeled.unlabeled,
+        "label_s": labeled.seconds,
+        "train_s": train_s,
+        "student_dir": str(student_dir),
+        "teacher": str(teacher_dir),
+        "dataset": ds_version,
+        "eval": rep,
+        "config": asdict(job.cfg),
+    }
     (out_dir / "compression.json").write_text(json.dumps(report, indent=1, default=str))
     return report
 
@@ -321,8 +361,9 @@ def label(job: _Job) -> _Labeled:
     return _Labeled(labeled, labeled.count(), n_unlabeled, time.perf_counter() - t0)
 
 
-def train_student(job: _Job, labeled: _Labeled, resources: WorkerResources,
-                  storage: str | None) -> tuple[dnn.DelayMLP, float]:
+def train_student(
+    job: _Job, labeled: _Labeled, resources: WorkerResources, storage: str | None
+) -> tuple[dnn.DelayMLP, float]:
     """Fit the student with Ray Train on the distillation loss; returns its best epoch and the time."""
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
@@ -330,9 +371,13 @@ def train_student(job: _Job, labeled: _Labeled, resources: WorkerResources,
         scaling_config=resources.scaling_config(),
         datasets={"train": labeled.data, "valid": load_split(job.root, job.ds_version, "valid", job.ds_name)},
         run_config=ray.train.RunConfig(
-            name=f"distill-{job.ds_version[:8]}-{int(time.time())}", storage_path=storage or str(job.out_dir / "runs"),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=VALID_METRIC,
-                                                         checkpoint_score_order="min")))
+            name=f"distill-{job.ds_version[:8]}-{int(time.time())}",
+            storage_path=storage or str(job.out_dir / "runs"),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=VALID_METRIC, checkpoint_score_order="min"
+            ),
+        ),
+    )
     t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
@@ -356,9 +401,13 @@ def compress(job: _Job, student: dnn.DelayMLP) -> _Compressed:
     def write_variant(name: str, model: dnn.DelayMLP, mae: float) -> Path:
         with tempfile.TemporaryDirectory() as tmp:
             dnn.save(model, Path(tmp))
-            return bundle.write_bundle(job.out_dir / "variants" / name, family="dnn", model_dir=tmp,
-                                       encoder=job.encoder,
-                                       metadata=job.metadata(valid_mae=mae, variant=name))
+            return bundle.write_bundle(
+                job.out_dir / "variants" / name,
+                family="dnn",
+                model_dir=tmp,
+                encoder=job.encoder,
+                metadata=job.metadata(valid_mae=mae, variant=name),
+            )
 
     student_mae = valid_mae(student)
     limit = student_mae * (1 + cfg.tolerance)
@@ -386,8 +435,9 @@ def compress(job: _Job, student: dnn.DelayMLP) -> _Compressed:
     return _Compressed(variants, chosen, q_mae if q_kept else final_mae, decisions)
 
 
-def measure_all(job: _Job, comp: _Compressed,
-                dnn_reference: str | Path | None) -> tuple[list[dict], pd.DataFrame, dict[str, np.ndarray]]:
+def measure_all(
+    job: _Job, comp: _Compressed, dnn_reference: str | Path | None
+) -> tuple[list[dict], pd.DataFrame, dict[str, np.ndarray]]:
     """A compression-report row per model (teacher, tuned DNN reference, each variant); returns the
     rows, the test split and the test predictions of the teacher and the chosen student."""
     test = job.split("test")
@@ -403,22 +453,32 @@ def measure_all(job: _Job, comp: _Compressed,
     return rows, test, pred
 
 
-def package_student(job: _Job, comp: _Compressed, test: pd.DataFrame,
-                    pred: dict[str, np.ndarray]) -> tuple[Path, dict]:
+def package_student(job: _Job, comp: _Compressed, test: pd.DataFrame, pred: dict[str, np.ndarray]) -> tuple[Path, dict]:
     """The chosen variant as the student bundle, packaged and evaluated like a tuned model (what the
     registry takes), with the dataset's segment medians (a feature at serving time)."""
     ds_dir = versioning.version_dir(job.root, job.ds_name, job.ds_version)
     chosen = bundle.read_bundle(comp.variants[comp.chosen])
     student_dir = bundle.write_bundle(
-        job.out_dir / STUDENT, family="dnn", model_dir=chosen.path, encoder=chosen.encoder,
+        job.out_dir / STUDENT,
+        family="dnn",
+        model_dir=chosen.path,
+        encoder=chosen.encoder,
         segment_medians=ds_dir / bundle.SEGMENT_MEDIANS_FILE,
-        metadata={**chosen.metadata, "valid_mae": comp.valid_mae, "variant": comp.chosen,
-                  "params": _student_config(job.cfg), "experiment": str(job.out_dir),
-                  "gtfs_stops": versioning.load_manifest(job.root, job.ds_name, job.ds_version).get("gtfs_stops")})
-    rep = evaluate.report(test, {STUDENT: pred[STUDENT], "teacher": pred["teacher"],
-                                 **evaluate.baseline_predictions(test)})
-    bundle.write_evaluation(student_dir, {"split": "test", "dataset": job.ds_version, "model_name": STUDENT,
-                                          "report": rep})
+        metadata={
+            **chosen.metadata,
+            "valid_mae": comp.valid_mae,
+            "variant": comp.chosen,
+            "params": _student_config(job.cfg),
+            "experiment": str(job.out_dir),
+            "gtfs_stops": versioning.load_manifest(job.root, job.ds_name, job.ds_version).get("gtfs_stops"),
+        },
+    )
+    rep = evaluate.report(
+        test, {STUDENT: pred[STUDENT], "teacher": pred["teacher"], **evaluate.baseline_predictions(test)}
+    )
+    bundle.write_evaluation(
+        student_dir, {"split": "test", "dataset": job.ds_version, "model_name": STUDENT, "report": rep}
+    )
     return student_dir, rep
 
 
@@ -428,7 +488,9 @@ def _goals(rows: list[dict], chosen: str) -> dict | None:
     if ref is None:
         return None
     final_row = next(r for r in rows if r["model"] == chosen)
-    return {"reference": ref["model"],
-            "fewer_params_x": ref["params"] / max(1, final_row["nonzero_params"]),
-            "faster_b256_x": ref["model_ms_b256"] / final_row["model_ms_b256"],
-            "mae_vs_teacher_x": final_row["test_mae"] / rows[0]["test_mae"]}
+    return {
+        "reference": ref["model"],
+        "fewer_params_x": ref["params"] / max(1, final_row["nonzero_params"]),
+        "faster_b256_x": ref["model_ms_b256"] / final_row["model_ms_b256"],
+        "mae_vs_teacher_x": final_row["test_mae"] / rows[0]["test_mae"],
+    }

@@ -36,7 +36,7 @@ class FeatureEncoder:
     clip_sd: float | None = DEFAULT_CLIP_SD
 
     @classmethod
-    def fit(cls, train: "ray.data.Dataset | pd.DataFrame", min_count: int = 1) -> "FeatureEncoder":  # noqa: F821
+    def fit(cls, train: ray.data.Dataset | pd.DataFrame, min_count: int = 1) -> FeatureEncoder:  # noqa: F821
         """Fit on a Ray Dataset (aggregations run on the cluster) or a pandas frame."""
         if isinstance(train, pd.DataFrame):
             vocab = {}
@@ -49,9 +49,9 @@ class FeatureEncoder:
         # One streaming pass; the per-batch work is tiny, so the driver keeps up with the readers
         # and no shuffle is needed (a groupby per column cost ~10x more here).
         counts: dict[str, dict[str, int]] = {c: {} for c in CATEGORICAL_FEATURES}
-        n = {c: 0 for c in NUMERIC_FEATURES}
-        total = {c: 0.0 for c in NUMERIC_FEATURES}
-        total_sq = {c: 0.0 for c in NUMERIC_FEATURES}
+        n = dict.fromkeys(NUMERIC_FEATURES, 0)
+        total = dict.fromkeys(NUMERIC_FEATURES, 0.0)
+        total_sq = dict.fromkeys(NUMERIC_FEATURES, 0.0)
         columns = list(CATEGORICAL_FEATURES) + list(NUMERIC_FEATURES)
         for batch in train.select_columns(columns).iter_batches(batch_format="pandas", batch_size=65_536):
             for c in CATEGORICAL_FEATURES:
@@ -127,7 +127,7 @@ class FeatureEncoder:
         Path(path).write_text(json.dumps(asdict(self)))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureEncoder":
+    def load(cls, path: str | Path) -> FeatureEncoder:
         d = json.loads(Path(path).read_text())
         missing = [c for c in CATEGORICAL_FEATURES if c not in d.get("vocab", {})]
         if missing:

@@ -66,15 +66,19 @@ from mbta_ray.schema import (
 from mbta_ray.sources import InputFile, inspect_input, plan_pieces, read_piece
 from mbta_ray.validate import ValidationConfig, check_rows, check_trips, trip_keys
 
-
 #: Events after the trip checks carry these besides the quarantine schema's columns.
-_WORK_SCHEMA = QUARANTINE_SCHEMA.append(pa.field(TRIP_KEY, pa.string())).append(
-    pa.field("bucket", pa.int64())
+_WORK_SCHEMA = QUARANTINE_SCHEMA.append(pa.field(TRIP_KEY, pa.string())).append(pa.field("bucket", pa.int64()))
+_TRIP_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        (TRIP_KEY, pa.string()),
+        ("trip_start", EXAMPLE_SCHEMA.field("trip_start").type),
+        ("trip_size", pa.int64()),
+    ]
 )
-_TRIP_SCHEMA = pa.schema([("source", pa.string()), (TRIP_KEY, pa.string()),
-                          ("trip_start", EXAMPLE_SCHEMA.field("trip_start").type), ("trip_size", pa.int64())])
-_SEGMENT_SCHEMA = pa.schema([("route_id", pa.string()), ("from_stop_id", pa.string()),
-                             ("to_stop_id", pa.string()), (TARGET, pa.float64())])
+_SEGMENT_SCHEMA = pa.schema(
+    [("route_id", pa.string()), ("from_stop_id", pa.string()), ("to_stop_id", pa.string()), (TARGET, pa.float64())]
+)
 _SPLIT_EXAMPLE_SCHEMA = EXAMPLE_SCHEMA.append(pa.field("split", pa.string()))
 
 
@@ -129,15 +133,17 @@ def _sorted_trips(df: pd.DataFrame) -> pd.DataFrame:
 def _trip_table(df: pd.DataFrame) -> pa.Table:
     """Per-block partial trip table (a trip may span blocks: ``_combine_trips`` merges the parts)."""
     g = df.groupby(TRIP_KEY, sort=False)
-    trips = g.agg(source=("source", "first"), trip_start=("actual_arrival", "min"),
-                  trip_size=("actual_arrival", "size")).reset_index()
+    trips = g.agg(
+        source=("source", "first"), trip_start=("actual_arrival", "min"), trip_size=("actual_arrival", "size")
+    ).reset_index()
     return conform(pa.Table.from_pandas(trips, preserve_index=False), _TRIP_SCHEMA)
 
 
 def _combine_trips(parts: pd.DataFrame) -> pd.DataFrame:
     g = parts.groupby(TRIP_KEY, sort=False)
-    return g.agg(source=("source", "first"), trip_start=("trip_start", "min"),
-                 trip_size=("trip_size", "sum")).reset_index()
+    return g.agg(
+        source=("source", "first"), trip_start=("trip_start", "min"), trip_size=("trip_size", "sum")
+    ).reset_index()
 
 
 def assign_splits(pairs: pd.DataFrame, cutoffs: dict[str, tuple[pd.Timestamp, pd.Timestamp]]) -> pd.Series:
@@ -158,14 +164,24 @@ def _train_segments(df: pd.DataFrame, k: int, cutoffs: dict) -> pa.Table:
     arrival = events["actual_arrival"].astype("datetime64[us, UTC]")
     first = trip_starts(events[TRIP_KEY].to_numpy())
     trip_start = arrival.where(pd.Series(first, index=events.index)).ffill()  # as pair_events sets it
-    split = assign_splits(pd.DataFrame({"source": events["source"].to_numpy()[u],
-                                        "trip_start": trip_start.to_numpy(dtype="datetime64[us]")[u]}), cutoffs)
+    split = assign_splits(
+        pd.DataFrame(
+            {"source": events["source"].to_numpy()[u], "trip_start": trip_start.to_numpy(dtype="datetime64[us]")[u]}
+        ),
+        cutoffs,
+    )
     train = (split == "train").to_numpy()
     u, s = u[train], s[train]
     us = arrival.to_numpy(dtype="datetime64[us]").astype("int64")
     route, stop = pa.array(events["route_id"]), pa.array(events["stop_id"])
-    out = pa.table({"route_id": route.take(u), "from_stop_id": stop.take(u), "to_stop_id": stop.take(s),
-                    TARGET: pa.array((us[s] - us[u]) / 1e6, pa.float64())})
+    out = pa.table(
+        {
+            "route_id": route.take(u),
+            "from_stop_id": stop.take(u),
+            "to_stop_id": stop.take(s),
+            TARGET: pa.array((us[s] - us[u]) / 1e6, pa.float64()),
+        }
+    )
     return conform(out, _SEGMENT_SCHEMA)
 
 
@@ -205,7 +221,9 @@ def _by_bucket(ds: ray.data.Dataset, buckets: int):
 # --- driver -----------------------------------------------------------------------------------
 
 
-def split_cutoffs(trips: pd.DataFrame, fractions: tuple[float, float, float]) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+def split_cutoffs(
+    trips: pd.DataFrame, fractions: tuple[float, float, float]
+) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
     """Per source, the trip start times where valid and test begin (trips ordered by start)."""
     cutoffs = {}
     for source, group in trips.groupby("source"):
@@ -269,21 +287,34 @@ def ingest(
         checksums.append(("gtfs_stops", stops_file["sha256"]))
     version = versioning.compute_version(checksums, config.version_dict(), code_version())
     if versioning.exists(root, name, version):
-        return IngestResult(name, version, versioning.version_dir(root, name, version), False,
-                            versioning.load_manifest(root, name, version))
+        return IngestResult(
+            name,
+            version,
+            versioning.version_dir(root, name, version),
+            False,
+            versioning.load_manifest(root, name, version),
+        )
 
     manifest: dict = {}
 
     def write(tmp: Path) -> None:
         manifest.update(_run(files, stops_path, config, tmp))
         manifest.update(
-            name=name, version=version, feature_code_version=code_version(),
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-            inputs=[f.to_dict() for f in files], gtfs_stops=stops_file,
+            name=name,
+            version=version,
+            feature_code_version=code_version(),
+            created_at=dt.datetime.now(dt.UTC).isoformat(),
+            inputs=[f.to_dict() for f in files],
+            gtfs_stops=stops_file,
             config=config.version_dict(),
-            schema={"features": [{"name": f.name, "type": str(f.dtype), "kind": f.kind.value,
-                                  "optional": f.optional, "doc": f.doc} for f in FEATURES],
-                    "target": TARGET, "columns": EXAMPLE_SCHEMA.names},
+            schema={
+                "features": [
+                    {"name": f.name, "type": str(f.dtype), "kind": f.kind.value, "optional": f.optional, "doc": f.doc}
+                    for f in FEATURES
+                ],
+                "target": TARGET,
+                "columns": EXAMPLE_SCHEMA.names,
+            },
         )
         versioning.write_manifest(tmp, manifest)
 
@@ -362,8 +393,12 @@ def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConf
     events = (
         ray.data.from_items([{"piece": p} for p in pieces], override_num_blocks=len(pieces))
         .map_batches(_read_pieces, batch_size=1, batch_format="numpy")
-        .map_batches(_row_checks, batch_format="pyarrow", batch_size=None,
-                     fn_kwargs={"config": vconf, "stops": stops, "buckets": buckets})
+        .map_batches(
+            _row_checks,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={"config": vconf, "stops": stops, "buckets": buckets},
+        )
     )
     # One read: rows flagged by the row checks ride through the trip checks to the quarantine.
     checked = _by_bucket(events, buckets).map_groups(_trip_checks, batch_format="pandas").materialize()
@@ -375,8 +410,11 @@ def _split(clean: ray.data.Dataset, config: EtlConfig) -> _Splits:
     """The trip table (one row per trip, small next to the events; merged from per-block partials,
     so it needs no shuffle) and the split cutoffs from it."""
     trips = _combine_trips(clean.map_batches(_trip_table, batch_format="pandas", batch_size=None).to_pandas())
-    return _Splits(trips, split_cutoffs(trips, config.split_fractions),
-                   expected_pair_count(trips["trip_size"].to_numpy(), config.k))
+    return _Splits(
+        trips,
+        split_cutoffs(trips, config.split_fractions),
+        expected_pair_count(trips["trip_size"].to_numpy(), config.k),
+    )
 
 
 def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd.DataFrame:
@@ -391,14 +429,18 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
     return medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)
 
 
-def _write_examples(events: _Checked, splits: _Splits, stops: Stops | None, medians: pd.DataFrame,
-                    config: EtlConfig, out: Path) -> None:
+def _write_examples(
+    events: _Checked, splits: _Splits, stops: Stops | None, medians: pd.DataFrame, config: EtlConfig, out: Path
+) -> None:
     """Pairs and features per trip bucket -> train/valid/test parquet; the quarantine; the medians."""
     examples_dir = out / "_examples"
     (
         _by_bucket(events.clean, events.buckets)
-        .map_groups(_examples, batch_format="pandas",
-                    fn_kwargs={"k": config.k, "cutoffs": splits.cutoffs, "stops": stops, "medians": medians})
+        .map_groups(
+            _examples,
+            batch_format="pandas",
+            fn_kwargs={"k": config.k, "cutoffs": splits.cutoffs, "stops": stops, "medians": medians},
+        )
         .write_parquet(str(examples_dir), partition_cols=["split"])
     )
     events.quarantine.drop_columns([TRIP_KEY, "bucket"]).write_parquet(str(out / "quarantine"))
@@ -419,10 +461,12 @@ def _accounting(events: _Checked, splits: _Splits, medians: pd.DataFrame, out: P
     if rows_in != rows_out + sum(quarantined.values()) or written_quarantine != sum(quarantined.values()):
         raise EtlIntegrityError(
             f"row accounting broken: in={rows_in} out={rows_out} quarantined={quarantined} "
-            f"(written {written_quarantine})")
+            f"(written {written_quarantine})"
+        )
     if sum(split_rows.values()) != splits.expected_pairs:
         raise EtlIntegrityError(
-            f"pair count {sum(split_rows.values())} != {splits.expected_pairs} expected from trip sizes")
+            f"pair count {sum(split_rows.values())} != {splits.expected_pairs} expected from trip sizes"
+        )
     split_trips = assign_splits(splits.trips, splits.cutoffs).value_counts().to_dict()
     return {
         "counts": {

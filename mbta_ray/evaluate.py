@@ -117,9 +117,15 @@ def report(df: pd.DataFrame, predictions: Mapping[str, np.ndarray | pd.Series]) 
         common &= np.isfinite(pred)
     out: dict = {}
     for name, pred in preds.items():
-        entry = {"overall": metrics(pred, actual), "by_mode": {}, "by_horizon": {},
-                 "common": {"overall": metrics(pred[common], actual[common]),
-                            "by_mode": {m: metrics(pred[common & k], actual[common & k]) for m, k in mode_masks.items()}}}
+        entry = {
+            "overall": metrics(pred, actual),
+            "by_mode": {},
+            "by_horizon": {},
+            "common": {
+                "overall": metrics(pred[common], actual[common]),
+                "by_mode": {m: metrics(pred[common & k], actual[common & k]) for m, k in mode_masks.items()},
+            },
+        }
         for mode, m in mode_masks.items():
             entry["by_mode"][mode] = metrics(pred[m], actual[m])
         for label in [b[0] for b in HORIZON_BINS] + [BEYOND]:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from mbta_ray.errors import DataError
 from mbta_ray.gtfs import Stops
-from mbta_ray.schema import EXAMPLE_COLUMNS, FEATURE_NAMES, TARGET, TRIP_KEY
+from mbta_ray.schema import EXAMPLE_COLUMNS, TARGET, TRIP_KEY
 from mbta_ray.timeutil import day_of_week, seconds_into_service_day, tod_sin_cos
 
 #: Columns that identify a segment for the historical median.
@@ -122,8 +122,9 @@ def expected_pair_count(trip_sizes: np.ndarray, k: int) -> int:
     return int((full * k + part * (part - 1) // 2).sum())
 
 
-def compute_features(pairs: pd.DataFrame, stops: Stops | None = None,
-                     segment_medians: pd.DataFrame | pd.Series | None = None) -> pd.DataFrame:
+def compute_features(
+    pairs: pd.DataFrame, stops: Stops | None = None, segment_medians: pd.DataFrame | pd.Series | None = None
+) -> pd.DataFrame:
     """Add the model features (``schema.FEATURES``) and, where s was observed, the target.
 
     Needs per row: mode, route_id, direction_id, from/to_stop_id, stops_ahead, service_date,
@@ -140,8 +141,7 @@ def compute_features(pairs: pd.DataFrame, stops: Stops | None = None,
     out["scheduled_seconds_ahead"] = (sched_s - sched_u).dt.total_seconds()
     out["delay_u"] = (arrival_u - sched_u).dt.total_seconds()
     out["has_schedule"] = out["scheduled_seconds_ahead"].notna().astype("int8")
-    out["distance_m"] = (stops.distance_m(out["from_stop_id"], out["to_stop_id"])
-                         if stops is not None else np.nan)
+    out["distance_m"] = stops.distance_m(out["from_stop_id"], out["to_stop_id"]) if stops is not None else np.nan
     for col in ("delay_prev", "headway_u", "scheduled_headway_u"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
     if "actual_arrival_s" in out.columns:
@@ -168,8 +168,9 @@ def add_segment_medians(df: pd.DataFrame, medians: pd.DataFrame | pd.Series | No
         df[HIST_MEDIAN] = np.nan
         return df
     if isinstance(medians, pd.Series):
-        keys = pd.MultiIndex.from_arrays([df[c].astype(medians.index.levels[i].dtype)
-                                          for i, c in enumerate(SEGMENT_KEY)], names=SEGMENT_KEY)
+        keys = pd.MultiIndex.from_arrays(
+            [df[c].astype(medians.index.levels[i].dtype) for i, c in enumerate(SEGMENT_KEY)], names=SEGMENT_KEY
+        )
         df[HIST_MEDIAN] = medians.reindex(keys).to_numpy(dtype="float64")
         return df
     keyed = medians[SEGMENT_KEY + [HIST_MEDIAN]]
@@ -204,5 +205,15 @@ def example_frame(df: pd.DataFrame) -> pd.DataFrame:
     return df[[c for c in EXAMPLE_COLUMNS if c in df.columns]]
 
 
-__all__ = ["trip_starts", "pair_events", "travel_prior", "pair_positions", "compute_features", "segment_medians",
-           "expected_pair_count", "add_segment_medians", "median_lookup", "example_frame"]
+__all__ = [
+    "trip_starts",
+    "pair_events",
+    "travel_prior",
+    "pair_positions",
+    "compute_features",
+    "segment_medians",
+    "expected_pair_count",
+    "add_segment_medians",
+    "median_lookup",
+    "example_frame",
+]

@@ -18,7 +18,7 @@ class Stops:
     coords: pd.DataFrame  # index stop_id, columns lat, lon
 
     @classmethod
-    def load(cls, path: str) -> "Stops":
+    def load(cls, path: str) -> Stops:
         """Read a GTFS stops table (parquet, or stops.txt/CSV)."""
         cols = ["stop_id", "stop_lat", "stop_lon"]
         if path.lower().endswith((".txt", ".csv")):

@@ -43,9 +43,17 @@ def code_version(parts: tuple[str, ...] | None = None) -> str:
     """A 12-hex digest of the package's source: of the modules/packages named in ``parts``
     (relative to the package, e.g. ``("etl.py", "sources")``), or of every module when None."""
     digest = hashlib.sha256()
-    paths = sorted(PACKAGE_DIR.rglob("*.py")) if parts is None else [
-        p for name in parts
-        for p in (sorted((PACKAGE_DIR / name).rglob("*.py")) if (PACKAGE_DIR / name).is_dir() else [PACKAGE_DIR / name])]
+    paths = (
+        sorted(PACKAGE_DIR.rglob("*.py"))
+        if parts is None
+        else [
+            p
+            for name in parts
+            for p in (
+                sorted((PACKAGE_DIR / name).rglob("*.py")) if (PACKAGE_DIR / name).is_dir() else [PACKAGE_DIR / name]
+            )
+        ]
+    )
     for path in paths:
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
         digest.update(path.read_bytes())

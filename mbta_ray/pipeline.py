@@ -24,8 +24,11 @@ def choose_candidate(teacher: dict, student: dict, tolerance: float) -> str:
     return "student" if student["valid_mae"] <= teacher["valid_mae"] * (1 + tolerance) else "teacher"
 
 
-def run(settings: PipelineSettings, progress: Callable[[str], None] = print,
-        tune_progress: Callable[[TuneProgress], None] | None = None) -> dict:
+def run(
+    settings: PipelineSettings,
+    progress: Callable[[str], None] = print,
+    tune_progress: Callable[[TuneProgress], None] | None = None,
+) -> dict:
     """Every stage in order; ``progress`` gets a line per stage and result, ``tune_progress`` the
     searches' trial counts and best scores as they run."""
     root = Path(settings.root)
@@ -38,10 +41,17 @@ def run(settings: PipelineSettings, progress: Callable[[str], None] = print,
         if n <= 0:
             continue
         progress(f"[2/5] tune {family}: {n} BayesOpt trials, each a Ray Train run")
-        ts = TuneSettings(family=family, num_samples=n, max_concurrent=settings.max_concurrent, seed=settings.seed,
-                          resources=settings.resources,
-                          storage=str(root / "experiments"), space_file=settings.space_file, wandb=settings.wandb,
-                          early_stopping=settings.early_stopping)
+        ts = TuneSettings(
+            family=family,
+            num_samples=n,
+            max_concurrent=settings.max_concurrent,
+            seed=settings.seed,
+            resources=settings.resources,
+            storage=str(root / "experiments"),
+            space_file=settings.space_file,
+            wandb=settings.wandb,
+            early_stopping=settings.early_stopping,
+        )
         results.append(run_search(ts, root, ds.version, progress=tune_progress))
         progress(f"      best {family}: valid MAE {results[-1]['best_valid_mae']:.1f} s")
     if not results:
@@ -50,24 +60,38 @@ def run(settings: PipelineSettings, progress: Callable[[str], None] = print,
     progress("[3/5] distill: the best model teaches a small MLP (Ray Data labels, Ray Train fits)")
     teacher_dir = distill.pick_teacher([r["model_dir"] for r in results])
     dnn_ref = next((r["model_dir"] for r in results if r["family"] == "dnn"), None)
-    comp = distill.run(teacher_dir, root, ds.version, Path(teacher_dir).parent.parent / f"distill-{ds.version[:8]}",
-                       settings.distill, dnn_reference=dnn_ref)
-    progress(f"      student: {comp['chosen']}, test MAE {comp['eval']['student']['overall']['mae']:.1f} s "
-             f"(teacher {comp['eval']['teacher']['overall']['mae']:.1f} s)")
+    comp = distill.run(
+        teacher_dir,
+        root,
+        ds.version,
+        Path(teacher_dir).parent.parent / f"distill-{ds.version[:8]}",
+        settings.distill,
+        dnn_reference=dnn_ref,
+    )
+    progress(
+        f"      student: {comp['chosen']}, test MAE {comp['eval']['student']['overall']['mae']:.1f} s "
+        f"(teacher {comp['eval']['teacher']['overall']['mae']:.1f} s)"
+    )
 
     progress("[4/5] register: teacher and student go into the registry with their test metrics")
     reg = Registry(settings.registry or root, settings.model_name)
     versions = {}
     for label, folder in (("teacher", Path(teacher_dir)), ("student", Path(comp["student_dir"]))):
         versions[label] = reg.register(folder, evaluation=evaluation_of(folder), extra={"pipeline_role": label})
-    pick = choose_candidate(bundle.read_metadata(teacher_dir), bundle.read_metadata(comp["student_dir"]),
-                            settings.student_tolerance)
+    pick = choose_candidate(
+        bundle.read_metadata(teacher_dir), bundle.read_metadata(comp["student_dir"]), settings.student_tolerance
+    )
     candidate = versions[pick]["version"]
 
     progress(f"[5/5] promote: candidate {pick} {candidate} against production on {settings.metric}")
     decision = reg.promote(candidate, metric=settings.metric, rescore=dataset_rescorer(reg, root))
-    return {"dataset": {"name": ds.name, "version": ds.version, "created": ds.created,
-                        "counts": ds.manifest["counts"]},
-            "tune": results, "compression": comp, "registered": {k: v["version"] for k, v in versions.items()},
-            "candidate": {"role": pick, "version": candidate}, "decision": decision.as_dict(),
-            "production": reg.production(), "registry": reg.base}
+    return {
+        "dataset": {"name": ds.name, "version": ds.version, "created": ds.created, "counts": ds.manifest["counts"]},
+        "tune": results,
+        "compression": comp,
+        "registered": {k: v["version"] for k, v in versions.items()},
+        "candidate": {"role": pick, "version": candidate},
+        "decision": decision.as_dict(),
+        "production": reg.production(),
+        "registry": reg.base,
+    }

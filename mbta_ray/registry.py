@@ -58,7 +58,7 @@ class CorruptModel(RegistryError):
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -147,14 +147,24 @@ class Registry:
         files = {p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != METADATA}
         unsafe = sorted(n for n in files if not n.endswith(SAFE_SUFFIXES))
         if unsafe:
-            raise RegistryError(f"{model_dir}: refusing files that are not in a safe model format: {unsafe} "
-                                f"(allowed: {', '.join(SAFE_SUFFIXES)})")
+            raise RegistryError(
+                f"{model_dir}: refusing files that are not in a safe model format: {unsafe} "
+                f"(allowed: {', '.join(SAFE_SUFFIXES)})"
+            )
         content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         created = _now()
         version = f"{created:%Y%m%dT%H%M%S}-{content[:8]}"
         meta = {**json.loads(packaged.read_text()), **(extra or {})}
-        meta.update({"model": self.model, "version": version, "created_at": created.isoformat(),
-                     "code_version": paths.code_version(), "evaluation": evaluation, "files": files})
+        meta.update(
+            {
+                "model": self.model,
+                "version": version,
+                "created_at": created.isoformat(),
+                "code_version": paths.code_version(),
+                "evaluation": evaluation,
+                "files": files,
+            }
+        )
         folder = self._path(version)
         if self._exists(f"{folder}/{METADATA}"):
             raise RegistryError(f"{folder}: this version is already registered")
@@ -211,8 +221,10 @@ class Registry:
             if not path.is_file():
                 raise CorruptModel(f"{self._path(version, name)}: model file missing")
             if sha256_file(path) != digest:
-                raise CorruptModel(f"{self._path(version, name)}: checksum mismatch (the file was altered or "
-                                   "truncated); refusing to load it")
+                raise CorruptModel(
+                    f"{self._path(version, name)}: checksum mismatch (the file was altered or "
+                    "truncated); refusing to load it"
+                )
         return folder
 
     def load_predictor(self, version: str, cache: str | Path | None = None) -> bundle.Predictor:
@@ -234,8 +246,11 @@ class Registry:
         folder = self._path(AUDIT_DIR)
         if not self._exists(folder):
             return []
-        entries = [self._read_json(i.path) for i in self.fs.get_file_info(pafs.FileSelector(folder))
-                   if i.base_name.endswith(".json")]
+        entries = [
+            self._read_json(i.path)
+            for i in self.fs.get_file_info(pafs.FileSelector(folder))
+            if i.base_name.endswith(".json")
+        ]
         return sorted(entries, key=lambda e: e["at"])
 
     def _audit(self, decision: Decision) -> None:
@@ -244,8 +259,9 @@ class Registry:
         with self.fs.open_output_stream(self._path(AUDIT_DIR, name)) as f:
             f.write(json.dumps(decision.as_dict(), indent=2, default=str).encode())
 
-    def promote(self, version: str, *, metric: str = "mae", force: bool = False, reason: str | None = None,
-                rescore=None) -> Decision:
+    def promote(
+        self, version: str, *, metric: str = "mae", force: bool = False, reason: str | None = None, rescore=None
+    ) -> Decision:
         """Make ``version`` production if it beats the current production model on ``metric`` over the
         same test split (or when forced, with a reason). Every decision goes to the audit log, before
         the pointer moves (a crash in between leaves a logged decision to re-run, never a silent switch).
@@ -258,7 +274,7 @@ class Registry:
         if metric not in METRIC_MODES:
             raise RegistryError(f"--metric must be one of {sorted(METRIC_MODES)}, got {metric!r}")
         if force and not (reason and reason.strip()):
-            raise RegistryError("--force needs --reason \"...\" (it is written to the audit log)")
+            raise RegistryError('--force needs --reason "..." (it is written to the audit log)')
         with self._promotion_lock():
             return self._promote_locked(version, metric, force, reason, rescore)
 
@@ -273,7 +289,9 @@ class Registry:
             prod_ev = (self.metadata(prod["version"]).get("evaluation") or {}) if prod else {}
         except RegistryError as exc:  # a broken production record must not block a forced rollback
             if not force:
-                raise RegistryError(f"cannot read the production model ({exc}); use --force --reason to replace it") from exc
+                raise RegistryError(
+                    f"cannot read the production model ({exc}); use --force --reason to replace it"
+                ) from exc
             prod, prod_ev, broken = None, {}, str(exc)
         else:
             broken = None
@@ -290,10 +308,13 @@ class Registry:
                 prod_value = _metric(rescore(prod["version"], ev["dataset"]) or {}, metric)
             if prod_value is None:
                 accepted = False
-                why = (f"production {prod['version']} has no {metric} on {where}" if same_split else
-                       f"cannot compare: production {prod['version']} was scored on "
-                       f"{(prod_ev.get('dataset') or {}).get('version')} and the candidate on {where}, and "
-                       "production could not be re-scored there (is that dataset under --root?)")
+                why = (
+                    f"production {prod['version']} has no {metric} on {where}"
+                    if same_split
+                    else f"cannot compare: production {prod['version']} was scored on "
+                    f"{(prod_ev.get('dataset') or {}).get('version')} and the candidate on {where}, and "
+                    "production could not be re-scored there (is that dataset under --root?)"
+                )
             else:
                 better = cand_value < prod_value if METRIC_MODES[metric] == "min" else cand_value > prod_value
                 accepted = bool(better)
@@ -301,20 +322,38 @@ class Registry:
                 why = f"candidate {metric} {cand_value:.3f} {op} production {metric} {prod_value:.3f} on {where}"
         if force:
             accepted, why = True, f"forced: {reason.strip()} (the gate said: {why})"
-        decision = Decision(accepted=accepted, candidate=version,
-                            production_before=prod["version"] if prod else None, metric=metric,
-                            candidate_value=cand_value, production_value=prod_value, forced=bool(force),
-                            reason=why, dataset=ev.get("dataset"), at=_now().isoformat())
+        decision = Decision(
+            accepted=accepted,
+            candidate=version,
+            production_before=prod["version"] if prod else None,
+            metric=metric,
+            candidate_value=cand_value,
+            production_value=prod_value,
+            forced=bool(force),
+            reason=why,
+            dataset=ev.get("dataset"),
+            at=_now().isoformat(),
+        )
         self._audit(decision)
         if accepted and not (prod and prod["version"] == version):
             if not self.local and (self.production() or {}).get("version") != (prod or {}).get("version"):
                 raise RegistryError(f"production changed while promoting {version}; run the promotion again")
-            self._write_json_atomically(self._path(PRODUCTION), {
-                "model": self.model, "version": version, "family": cand.get("family"),
-                "metrics": ev.get("metrics"), "by_mode": ev.get("by_mode"), "dataset": ev.get("dataset"),
-                "split": ev.get("split"), "promoted_at": decision.at, "forced": bool(force),
-                "registry": self.root_uri, "path": self._path(version),
-            })
+            self._write_json_atomically(
+                self._path(PRODUCTION),
+                {
+                    "model": self.model,
+                    "version": version,
+                    "family": cand.get("family"),
+                    "metrics": ev.get("metrics"),
+                    "by_mode": ev.get("by_mode"),
+                    "dataset": ev.get("dataset"),
+                    "split": ev.get("split"),
+                    "promoted_at": decision.at,
+                    "forced": bool(force),
+                    "registry": self.root_uri,
+                    "path": self._path(version),
+                },
+            )
         return decision
 
     @contextlib.contextmanager
@@ -340,8 +379,10 @@ def evaluation_of(model_dir: str | Path) -> dict:
     path, meta_path = model_dir / bundle.EVAL_FILE, model_dir / METADATA
     for p in (meta_path, path):
         if not p.is_file():
-            raise RegistryError(f"{p}: missing; register a packaged, evaluated model folder "
-                                "(e.g. <experiment>/best or <distill>/student)")
+            raise RegistryError(
+                f"{p}: missing; register a packaged, evaluated model folder "
+                "(e.g. <experiment>/best or <distill>/student)"
+            )
     try:
         ev, meta = json.loads(path.read_text()), json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
@@ -350,14 +391,19 @@ def evaluation_of(model_dir: str | Path) -> dict:
     entry = (ev.get("report") or {}).get(name)
     if not entry or "overall" not in entry:
         raise RegistryError(f"{path}: the report has no metrics for {name!r} (has {sorted(ev.get('report') or {})})")
-    return {"dataset": meta.get("dataset"), "split": ev.get("split", "test"), "metrics": entry["overall"],
-            "by_mode": entry.get("by_mode", {}),
-            "baselines": {k: v["overall"] for k, v in ev["report"].items() if k != name and "overall" in v}}
+    return {
+        "dataset": meta.get("dataset"),
+        "split": ev.get("split", "test"),
+        "metrics": entry["overall"],
+        "by_mode": entry.get("by_mode", {}),
+        "baselines": {k: v["overall"] for k, v in ev["report"].items() if k != name and "overall" in v},
+    }
 
 
-def dataset_rescorer(reg: "Registry", root: str | Path):
+def dataset_rescorer(reg: Registry, root: str | Path):
     """A ``rescore`` for ``promote``: a registry version's test metrics on a dataset under ``root``
     (None when that dataset is not there)."""
+
     def rescore(version: str, dataset: dict) -> dict | None:
         try:
             test = load_split_pandas(root, dataset["version"], "test", dataset.get("name"))
@@ -365,6 +411,7 @@ def dataset_rescorer(reg: "Registry", root: str | Path):
             return None
         pred = reg.load_predictor(version)(test)
         return evaluate.metrics(pred, test[TARGET].to_numpy(dtype="float64"))
+
     return rescore
 
 

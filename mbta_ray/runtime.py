@@ -38,8 +38,14 @@ def quiet() -> bool:
     return _output.quiet
 
 
-def ensure_ray(*, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-               dashboard: bool | None = None, quiet: bool | None = None) -> None:
+def ensure_ray(
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard: bool | None = None,
+    quiet: bool | None = None,
+) -> None:
     """Connect to the cluster at ``address`` (default: RAY_ADDRESS), else start (or reuse) a local one.
 
     ``num_cpus``/``num_gpus``/``dashboard`` size a new local instance (benchmarks, tests); they are
@@ -55,8 +61,13 @@ def ensure_ray(*, address: str | None = None, num_cpus: int | None = None, num_g
         options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         if dashboard is not None:
             options["include_dashboard"] = dashboard
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=not quiet,
-             logging_level=logging.ERROR if quiet else logging.WARNING, **options)
+    ray.init(
+        address=address,
+        ignore_reinit_error=True,
+        log_to_driver=not quiet,
+        logging_level=logging.ERROR if quiet else logging.WARNING,
+        **options,
+    )
     if _output.handler is not None:  # ray.init may (re)install its console handlers
         _redirect(_output.handler)
 

@@ -135,15 +135,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("tod_cos", pa.float64(), Kind.NUMERIC, "cos of local service-day seconds at u"),
     Feature("day_of_week", pa.int8(), Kind.NUMERIC, "service day, 0 = Monday"),
     Feature("has_schedule", pa.int8(), Kind.NUMERIC, "1 when u and s have scheduled times"),
-    Feature(
-        "scheduled_seconds_ahead", pa.float64(), Kind.NUMERIC, "scheduled s - scheduled u", True
-    ),
+    Feature("scheduled_seconds_ahead", pa.float64(), Kind.NUMERIC, "scheduled s - scheduled u", True),
     Feature("delay_u", pa.float64(), Kind.NUMERIC, "actual - scheduled arrival at u", True),
     Feature("delay_prev", pa.float64(), Kind.NUMERIC, "delay at the stop observed before u", True),
     Feature("headway_u", pa.float64(), Kind.NUMERIC, "observed headway at u, seconds", True),
-    Feature(
-        "scheduled_headway_u", pa.float64(), Kind.NUMERIC, "scheduled headway at u, seconds", True
-    ),
+    Feature("scheduled_headway_u", pa.float64(), Kind.NUMERIC, "scheduled headway at u, seconds", True),
     Feature("distance_m", pa.float64(), Kind.NUMERIC, "great-circle u -> s from GTFS stops", True),
     Feature(
         "hist_median_travel_s",
@@ -177,9 +173,7 @@ META_FIELDS: tuple[pa.Field, ...] = (
 )
 
 EXAMPLE_SCHEMA = pa.schema(
-    [pa.field(f.name, f.dtype) for f in FEATURES]
-    + [pa.field(TARGET, pa.float64())]
-    + list(META_FIELDS)
+    [pa.field(f.name, f.dtype) for f in FEATURES] + [pa.field(TARGET, pa.float64())] + list(META_FIELDS)
 )
 EXAMPLE_COLUMNS = EXAMPLE_SCHEMA.names
 

@@ -29,8 +29,9 @@ def load(path: str | Path | None = None) -> dict:
     for family, spec in data.items():
         for name, dom in (spec.get("search") or {}).items():
             if not isinstance(dom, dict) or len(dom) != 1 or next(iter(dom)) not in ("uniform", "log_uniform", "int"):
-                raise SearchSpaceError(f"{path}: {family}.search.{name}: expected one of "
-                                       f"uniform/log_uniform/int: [low, high], got {dom!r}")
+                raise SearchSpaceError(
+                    f"{path}: {family}.search.{name}: expected one of uniform/log_uniform/int: [low, high], got {dom!r}"
+                )
             low, high = next(iter(dom.values()))
             if not low < high or (next(iter(dom)) == "log_uniform" and low <= 0):
                 raise SearchSpaceError(f"{path}: {family}.search.{name}: bad range [{low}, {high}]")
@@ -57,7 +58,7 @@ def decode(point: dict, spec: dict) -> dict:
     ints = {n for n, d in spec.get("search", {}).items() if "int" in d}
     for key, value in point.items():
         if key.startswith(_LOG):
-            params[key[len(_LOG):]] = 10 ** value
+            params[key[len(_LOG) :]] = 10**value
         elif key in ints:
             params[key] = int(round(value))
         else:

@@ -52,10 +52,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mbta_ray.timeutil import service_day_origin, service_seconds_to_utc
 from mbta_ray.defaults import MAX_ABS_DELAY_S  # delays beyond it are outliers, fitted apart
 from mbta_ray.errors import ConfigError
 from mbta_ray.paths import LAMP_SAMPLE, sha256_file
+from mbta_ray.timeutil import service_day_origin, service_seconds_to_utc
 
 #: Every synthetic trip id starts with this, so nobody mistakes a synthetic trip for a real one.
 SYNTH_PREFIX = "SYNTH-"
@@ -160,7 +160,7 @@ class SynthProfile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SynthProfile":
+    def from_dict(cls, d: dict) -> SynthProfile:
         d = dict(d)
         d["patterns"] = [Pattern(**p) for p in d["patterns"]]
         d["delay"] = {k: DelayModel(**v) for k, v in d["delay"].items()}
@@ -193,9 +193,9 @@ def _fit_ar(d_prev: np.ndarray, d_next: np.ndarray, gap: np.ndarray, level: floa
     """LAD grid fit of d_next - m = a**gap * (d_prev - m); returns a and one-step residuals."""
     x, y = d_prev - level, d_next - level
     grid = np.linspace(0.0, 1.0, 201)
-    costs = [np.abs(y - a ** gap * x).sum() for a in grid]
+    costs = [np.abs(y - a**gap * x).sum() for a in grid]
     a = float(grid[int(np.argmin(costs))])
-    resid = y - a ** gap * x
+    resid = y - a**gap * x
     # Trim the extreme 0.5 % each side: a few sample pairs are trip reassignments, not delay changes.
     lo, hi = np.quantile(resid, [0.005, 0.995])
     keep = (resid >= lo) & (resid <= hi)
@@ -241,8 +241,11 @@ def fit_profile(lamp_path: str | Path = DEFAULT_LAMP_SAMPLE) -> SynthProfile:
         choices = [sorted(by_seq[s]) for s in seqs]
         weights = [[float(counts[c]) / sum(counts[x] for x in cs) for c in cs] for cs in choices]
         pattern_travel = g["scheduled_travel_time"].median()
-        fallback = next(v for v in (pattern_travel, route_travel.get(route), global_travel, _FALLBACK_TRAVEL_S)
-                        if v is not None and not pd.isna(v) and v > 0)
+        fallback = next(
+            v
+            for v in (pattern_travel, route_travel.get(route), global_travel, _FALLBACK_TRAVEL_S)
+            if v is not None and not pd.isna(v) and v > 0
+        )
         travel = []
         for i, cs in enumerate(choices):
             if i == 0:
@@ -255,14 +258,23 @@ def fit_profile(lamp_path: str | Path = DEFAULT_LAMP_SAMPLE) -> SynthProfile:
         if len(starts) < 2:
             starts = global_starts
         dwell = g["dwell_time_seconds"].median()
-        patterns.append(Pattern(
-            route_id=str(route), branch_route_id=branch or None,
-            trunk_route_id=str(_mode(g["trunk_route_id"]) or route), direction_id=bool(direction),
-            direction=_mode(g["direction"]), direction_destination=_mode(g["direction_destination"]),
-            stop_sequence=seqs, stop_choices=choices, stop_weights=weights, travel_s=travel,
-            dwell_s=float(dwell) if not pd.isna(dwell) else global_dwell,
-            weight=len(g) / len(seqs), start_quantiles=_quantiles(starts),
-        ))
+        patterns.append(
+            Pattern(
+                route_id=str(route),
+                branch_route_id=branch or None,
+                trunk_route_id=str(_mode(g["trunk_route_id"]) or route),
+                direction_id=bool(direction),
+                direction=_mode(g["direction"]),
+                direction_destination=_mode(g["direction_destination"]),
+                stop_sequence=seqs,
+                stop_choices=choices,
+                stop_weights=weights,
+                travel_s=travel,
+                dwell_s=float(dwell) if not pd.isna(dwell) else global_dwell,
+                weight=len(g) / len(seqs),
+                start_quantiles=_quantiles(starts),
+            )
+        )
         position_of[key] = {s: i for i, cs in enumerate(choices) for s in cs}
     dropped = [p for p in patterns if len(p.stop_sequence) < 2]  # e.g. a terminal seen before its branch id
     patterns = [p for p in patterns if len(p.stop_sequence) >= 2]
@@ -275,22 +287,35 @@ def fit_profile(lamp_path: str | Path = DEFAULT_LAMP_SAMPLE) -> SynthProfile:
     inb = scheduled & (df["delay"].abs() <= MAX_ABS_DELAY_S)
     outliers = df.loc[scheduled & ~inb, "delay"].to_numpy(dtype=float)
     ordered = df[inb].sort_values(["trip_id", "stop_sequence"])
-    pos = np.array([position_of[(r, b, d)].get(s, -1) for r, b, d, s in
-                    zip(ordered["route_id"], ordered["branch_key"], ordered["direction_id"], ordered["stop_id"])])
+    pos = np.array(
+        [
+            position_of[(r, b, d)].get(s, -1)
+            for r, b, d, s in zip(
+                ordered["route_id"], ordered["branch_key"], ordered["direction_id"], ordered["stop_id"]
+            )
+        ]
+    )
     same_trip = ordered["trip_id"].to_numpy()[1:] == ordered["trip_id"].to_numpy()[:-1]
     gap = pos[1:] - pos[:-1]
     ok = same_trip & (gap > 0) & (pos[:-1] >= 0)
     delays = ordered["delay"].to_numpy(dtype=float)
-    pairs = pd.DataFrame({"route_id": ordered["route_id"].to_numpy()[:-1][ok], "d_prev": delays[:-1][ok],
-                          "d_next": delays[1:][ok], "gap": gap[ok].astype(float)})
+    pairs = pd.DataFrame(
+        {
+            "route_id": ordered["route_id"].to_numpy()[:-1][ok],
+            "d_prev": delays[:-1][ok],
+            "d_next": delays[1:][ok],
+            "gap": gap[ok].astype(float),
+        }
+    )
 
     def model(d_all: np.ndarray, p: pd.DataFrame, pooled_fit: DelayModel | None) -> DelayModel:
         level = float(np.median(d_all))
         if len(p) >= MIN_AR_PAIRS or pooled_fit is None:
             a, resid = _fit_ar(p["d_prev"].to_numpy(), p["d_next"].to_numpy(), p["gap"].to_numpy(), level)
             return DelayModel(_quantiles(d_all), level, a, _quantiles(resid), len(d_all), len(p), False)
-        return DelayModel(_quantiles(d_all), level, pooled_fit.a, pooled_fit.residual_quantiles,
-                          len(d_all), len(p), True)
+        return DelayModel(
+            _quantiles(d_all), level, pooled_fit.a, pooled_fit.residual_quantiles, len(d_all), len(p), True
+        )
 
     pooled = model(df.loc[inb, "delay"].to_numpy(dtype=float), pairs, None)
     delay_models = {"*": pooled}
@@ -298,9 +323,14 @@ def fit_profile(lamp_path: str | Path = DEFAULT_LAMP_SAMPLE) -> SynthProfile:
         d_route = g["delay"].to_numpy(dtype=float)
         delay_models[str(route)] = model(d_route, pairs[pairs["route_id"] == route], pooled)
 
-    vehicles = {str(r): g[["vehicle_id", "vehicle_label", "vehicle_consist"]].drop_duplicates("vehicle_id")
-                .astype(object).where(lambda x: x.notna(), None).values.tolist()
-                for r, g in df.groupby("route_id")}
+    vehicles = {
+        str(r): g[["vehicle_id", "vehicle_label", "vehicle_consist"]]
+        .drop_duplicates("vehicle_id")
+        .astype(object)
+        .where(lambda x: x.notna(), None)
+        .values.tolist()
+        for r, g in df.groupby("route_id")
+    }
     trip_sched = df.groupby("trip_id")["scheduled_arrival_time"].apply(lambda s: s.isna().all())
     # Rows in the full day the sample came from: find the sampling rate q at which trips of the
     # fitted lengths would show the observed rows per sampled trip (L q / (1 - (1-q)^L) on average).
@@ -311,8 +341,12 @@ def fit_profile(lamp_path: str | Path = DEFAULT_LAMP_SAMPLE) -> SynthProfile:
     predicted = [(trips_share * lengths * q).sum() / (trips_share * (1 - (1 - q) ** lengths)).sum() for q in grid]
     q = float(grid[int(np.argmin(np.abs(np.array(predicted) - observed)))])
     return SynthProfile(
-        source={"file": lamp_path.name, "sha256": sha256_file(lamp_path), "rows": len(df),
-                "service_dates": sorted(int(x) for x in df["service_date"].dropna().unique())},
+        source={
+            "file": lamp_path.name,
+            "sha256": sha256_file(lamp_path),
+            "rows": len(df),
+            "service_dates": sorted(int(x) for x in df["service_date"].dropna().unique()),
+        },
         patterns=patterns,
         delay=delay_models,
         parent_station={str(s): str(p) for s, p in df.groupby("stop_id")["parent_station"].first().dropna().items()},
@@ -327,8 +361,11 @@ def fit_profile(lamp_path: str | Path = DEFAULT_LAMP_SAMPLE) -> SynthProfile:
             "sample (short commuter-rail patterns may miss stops); weekday only; no holidays.",
             "Delays follow a per-route AR(1) along the trip; arrivals are then kept in stop order "
             "(at least 35% of the scheduled run time, and 10 s, between stops).",
-            *(f"dropped pattern {p.route_id}/{p.branch_route_id or '-'}/{int(p.direction_id)}: one stop "
-              f"position only ({p.stop_choices[0]})" for p in dropped),
+            *(
+                f"dropped pattern {p.route_id}/{p.branch_route_id or '-'}/{int(p.direction_id)}: one stop "
+                f"position only ({p.stop_choices[0]})"
+                for p in dropped
+            ),
         ],
     )
 
@@ -374,8 +411,9 @@ class _Compiled:
         self.pat_dir = pa.array([p.direction for p in profile.patterns], pa.string())
         self.pat_dest = pa.array([p.direction_destination for p in profile.patterns], pa.string())
         self.pat_trunk_code = np.array([self.trunks.index(p.trunk_route_id) for p in profile.patterns])
-        self.pat_branch_code = np.array([self.branches.index(p.branch_route_id) if p.branch_route_id else -1
-                                         for p in profile.patterns])
+        self.pat_branch_code = np.array(
+            [self.branches.index(p.branch_route_id) if p.branch_route_id else -1 for p in profile.patterns]
+        )
         self.pat_dir_id = np.array([p.direction_id for p in profile.patterns], dtype=bool)
         # Vehicles: one flat table, with each route's slice.
         vid, vlabel, vconsist, self.vehicle_slice = [], [], [], {}
@@ -457,8 +495,23 @@ def _generate_day(c: _Compiled, params: SynthParams, seed: int, day: int, budget
     n_trips = len(pat_of_trip)
     unscheduled = rng.random(n_trips) < prof.unscheduled_trip_rate
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "trip", "pos", "pat", "stop", "seq", "arr", "sched", "move", "dwell", "travel", "start", "sched_travel")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: []
+        for k in (
+            "trip",
+            "pos",
+            "pat",
+            "stop",
+            "seq",
+            "arr",
+            "sched",
+            "move",
+            "dwell",
+            "travel",
+            "start",
+            "sched_travel",
+        )
+    }
     for p_idx in np.unique(pat_of_trip):
         pattern = c.patterns[p_idx]
         trips = np.flatnonzero(pat_of_trip == p_idx)
@@ -477,8 +530,11 @@ def _generate_day(c: _Compiled, params: SynthParams, seed: int, day: int, budget
         delay = np.empty((k, length))
         delay[:, 0] = c.sample(model.delay_quantiles, rng, k)
         for i in range(1, length):
-            delay[:, i] = (model.mean_level + model.a * (delay[:, i - 1] - model.mean_level)
-                           + c.sample(model.residual_quantiles, rng, k))
+            delay[:, i] = (
+                model.mean_level
+                + model.a * (delay[:, i - 1] - model.mean_level)
+                + c.sample(model.residual_quantiles, rng, k)
+            )
         arr = np.round(origin + sched + delay)
         for i in range(1, length):  # vehicles do not arrive before they left the previous stop
             arr[:, i] = np.maximum(arr[:, i], arr[:, i - 1] + max(10.0, round(0.35 * travel[i])))
@@ -578,8 +634,9 @@ def _generate_day(c: _Compiled, params: SynthParams, seed: int, day: int, budget
     return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in LAMP_2024_SCHEMA], schema=LAMP_2024_SCHEMA)
 
 
-def generate(profile: SynthProfile, n_events: int, seed: int = 0, *, params: SynthParams | None = None,
-             **overrides) -> Iterator[pa.Table]:
+def generate(
+    profile: SynthProfile, n_events: int, seed: int = 0, *, params: SynthParams | None = None, **overrides
+) -> Iterator[pa.Table]:
     """Yield exactly ``n_events`` SYNTHETIC LAMP rows as tables, one service day (or chunk) at a time.
 
     Deterministic for (profile, n_events, seed, params): each day has its own random stream, so the
@@ -636,24 +693,32 @@ These files were generated by `mbta_ray.synth` for scale benchmarks. Every `trip
 `{SYNTH_PREFIX}`; every parquet file carries the schema-metadata key `{METADATA_KEY.decode()}`.
 Do not use them to train or evaluate a model meant for real service.
 
-- events: {meta['n_events']:,} in {len(meta['files'])} file(s), {meta['service_days']} service day(s)
-  from {meta['params']['start_date']}; trips: {meta['trips']:,}, of which {meta['trips_split_across_files']:,}
+- events: {meta["n_events"]:,} in {len(meta["files"])} file(s), {meta["service_days"]} service day(s)
+  from {meta["params"]["start_date"]}; trips: {meta["trips"]:,}, of which {meta["trips_split_across_files"]:,}
   continue from one file into the next (on purpose: the ETL must rejoin them)
-- seed: {meta['seed']}; generator parameters and the full fitted profile: `{PARAMS_FILE}`
-- fitted to: `{summary['source']}` (sha256 {summary['source_sha256']}), {summary['routes']} routes,
-  {summary['patterns']} route patterns, {summary['stops']} stops
-- injected for the quarantine paths: missing stop_timestamp ({meta['params']['missing_timestamp_rate']:.2%}),
-  repeated stop visits ({meta['params']['duplicate_rate']:.3%}), out-of-bounds delays (fitted rate),
+- seed: {meta["seed"]}; generator parameters and the full fitted profile: `{PARAMS_FILE}`
+- fitted to: `{summary["source"]}` (sha256 {summary["source_sha256"]}), {summary["routes"]} routes,
+  {summary["patterns"]} route patterns, {summary["stops"]} stops
+- injected for the quarantine paths: missing stop_timestamp ({meta["params"]["missing_timestamp_rate"]:.2%}),
+  repeated stop visits ({meta["params"]["duplicate_rate"]:.3%}), out-of-bounds delays (fitted rate),
   unscheduled trips (fitted rate)
 
-Regenerate: `mbta-ray data synth --events {meta['n_events']} --seed {meta['seed']} --files {len(meta['files'])} --out <dir>`
+Regenerate: `mbta-ray data synth --events {meta["n_events"]} --seed {meta["seed"]} --files {len(meta["files"])} --out <dir>`
 """
 
 
-def write_synthetic(out: str | Path, n_events: int, seed: int = 0, files: int = 1, *,
-                    profile: SynthProfile | None = None, lamp_path: str | Path = DEFAULT_LAMP_SAMPLE,
-                    params: SynthParams | None = None, row_group_rows: int = 131_072,
-                    **overrides) -> SynthResult:
+def write_synthetic(
+    out: str | Path,
+    n_events: int,
+    seed: int = 0,
+    files: int = 1,
+    *,
+    profile: SynthProfile | None = None,
+    lamp_path: str | Path = DEFAULT_LAMP_SAMPLE,
+    params: SynthParams | None = None,
+    row_group_rows: int = 131_072,
+    **overrides,
+) -> SynthResult:
     """Write ``n_events`` SYNTHETIC LAMP events into ``files`` parquet files, streaming by day.
 
     ``out`` is a folder (files ``lamp_synth_part-NNN.parquet`` and ``SYNTHETIC.md`` go in it) or,
@@ -678,9 +743,15 @@ def write_synthetic(out: str | Path, n_events: int, seed: int = 0, files: int = 
 
     budgets = _day_budgets(n_events, _events_per_day(profile, params))
     bounds = _file_boundaries(n_events, files, budgets)
-    file_meta = {"synthetic": True, "generator": "mbta_ray.synth", "seed": seed, "n_events": n_events,
-                 "profile_source": profile.source["file"], "profile_source_sha256": profile.source["sha256"],
-                 "note": "SYNTHETIC benchmark data, not real MBTA observations"}
+    file_meta = {
+        "synthetic": True,
+        "generator": "mbta_ray.synth",
+        "seed": seed,
+        "n_events": n_events,
+        "profile_source": profile.source["file"],
+        "profile_source_sha256": profile.source["sha256"],
+        "note": "SYNTHETIC benchmark data, not real MBTA observations",
+    }
     schema = LAMP_2024_SCHEMA.with_metadata({METADATA_KEY: json.dumps(file_meta).encode()})
 
     first_file: dict[str, int] = {}
@@ -710,17 +781,31 @@ def write_synthetic(out: str | Path, n_events: int, seed: int = 0, files: int = 
         writer.close()
 
     meta = {
-        "synthetic": True, "generator": "mbta_ray.synth", "n_events": n_events, "seed": seed,
+        "synthetic": True,
+        "generator": "mbta_ray.synth",
+        "n_events": n_events,
+        "seed": seed,
         "params": {**asdict(params), "events_per_day": _events_per_day(profile, params)},
         "service_days": len(budgets),
         "files": [{"path": p.name, "rows": r} for p, r in zip(paths, rows)],
-        "trips": len(first_file), "trips_split_across_files": len(straddling),
-        "profile_summary": profile.summary(), "profile": profile.to_dict(),
+        "trips": len(first_file),
+        "trips_split_across_files": len(straddling),
+        "profile_summary": profile.summary(),
+        "profile": profile.to_dict(),
     }
     params_path.write_text(json.dumps(meta, indent=1))
     marker.write_text(_marker_text(meta))
-    return SynthResult([str(p) for p in paths], rows, n_events, seed, len(budgets), len(first_file),
-                       len(straddling), str(marker), profile.summary())
+    return SynthResult(
+        [str(p) for p in paths],
+        rows,
+        n_events,
+        seed,
+        len(budgets),
+        len(first_file),
+        len(straddling),
+        str(marker),
+        profile.summary(),
+    )
 
 
 def is_synthetic(path: str | Path) -> bool:
@@ -729,5 +814,15 @@ def is_synthetic(path: str | Path) -> bool:
     return METADATA_KEY in meta and json.loads(meta[METADATA_KEY]).get("synthetic") is True
 
 
-__all__ = ["SynthProfile", "SynthParams", "SynthResult", "fit_profile", "generate", "write_synthetic",
-           "is_synthetic", "LAMP_2024_SCHEMA", "SYNTH_PREFIX", "METADATA_KEY"]
+__all__ = [
+    "SynthProfile",
+    "SynthParams",
+    "SynthResult",
+    "fit_profile",
+    "generate",
+    "write_synthetic",
+    "is_synthetic",
+    "LAMP_2024_SCHEMA",
+    "SYNTH_PREFIX",
+    "METADATA_KEY",
+]

@@ -26,14 +26,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.bayesopt import BayesOptSearch
 
-from mbta_ray import evaluate, plots, search_space, versioning
+from mbta_ray import evaluate, plots, runtime, search_space, versioning
 from mbta_ray.config import DATA_CPUS, TrialResources, TuneSettings
 from mbta_ray.defaults import VALID_METRIC as METRIC
 from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.errors import ConfigError, MbtaRayError, MissingFileError
 from mbta_ray.models import bundle, dnn, xgboost_model
 from mbta_ray.models.data import load_split, load_split_pandas
-from mbta_ray import runtime
 from mbta_ray.runtime import ensure_ray
 from mbta_ray.schema import SPLITS, TARGET
 
@@ -48,29 +47,39 @@ class TuneError(MbtaRayError, RuntimeError):
 CHECKPOINT_PATH = "checkpoint_path"  # what TuneReportCallback adds to a report with a checkpoint
 
 
-def _trial(config: dict, *, family: str, spec: dict, encoder: dict, datasets: dict,
-           resources: TrialResources, storage: str) -> None:
+def _trial(
+    config: dict, *, family: str, spec: dict, encoder: dict, datasets: dict, resources: TrialResources, storage: str
+) -> None:
     """One Tune trial: decode the searcher's point, build the Trainer, fit it."""
     params = search_space.decode(config, spec)
     module = FAMILIES[family]
     run_config = ray.train.RunConfig(
-        name=f"trial-{tune.get_context().get_trial_id()}", storage_path=storage,
+        name=f"trial-{tune.get_context().get_trial_id()}",
+        storage_path=storage,
         callbacks=[TuneReportCallback()],
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
-                                                     checkpoint_score_order="min"),
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order="min"
+        ),
     )
-    trainer = module.make_trainer(params, FeatureEncoder(**encoder), datasets,
-                                  resources.worker_resources(family), run_config)
+    trainer = module.make_trainer(
+        params, FeatureEncoder(**encoder), datasets, resources.worker_resources(family), run_config
+    )
     trainer.fit()
 
 
 def _trainable(settings: TuneSettings, spec: dict, encoder: FeatureEncoder, datasets: dict):
     """The trial function with its data bound and its small CPU share declared."""
     return tune.with_resources(
-        tune.with_parameters(_trial, family=settings.family, spec=spec, encoder=encoder.__dict__,
-                             datasets=datasets, resources=settings.resources,
-                             # Train runs live inside the experiment folder, one per trial.
-                             storage=os.path.join(os.path.abspath(settings.storage), settings.name, "train_runs")),
+        tune.with_parameters(
+            _trial,
+            family=settings.family,
+            spec=spec,
+            encoder=encoder.__dict__,
+            datasets=datasets,
+            resources=settings.resources,
+            # Train runs live inside the experiment folder, one per trial.
+            storage=os.path.join(os.path.abspath(settings.storage), settings.name, "train_runs"),
+        ),
         settings.resources.trial_request(),
     )
 
@@ -106,8 +115,9 @@ class _ProgressCallback(tune.Callback):
         return {**self.__dict__, "report": _no_report}
 
     def _emit(self) -> None:
-        self.report(TuneProgress(self.family, self.done, self.total, self.best, time.monotonic() - self.t0,
-                                 self.errors))
+        self.report(
+            TuneProgress(self.family, self.done, self.total, self.best, time.monotonic() - self.t0, self.errors)
+        )
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(METRIC)
@@ -125,31 +135,41 @@ class _ProgressCallback(tune.Callback):
         self._emit()
 
 
-def build_tuner(settings: TuneSettings, datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder,
-                progress: Callable[[TuneProgress], None] | None = None) -> tune.Tuner:
+def build_tuner(
+    settings: TuneSettings,
+    datasets: dict[str, ray.data.Dataset],
+    encoder: FeatureEncoder,
+    progress: Callable[[TuneProgress], None] | None = None,
+) -> tune.Tuner:
     if settings.family not in FAMILIES:
         raise ConfigError(f"--model must be one of {sorted(FAMILIES)}, got {settings.family!r}")
     spec = search_space.load(settings.space_file)[settings.family]
     storage = os.path.abspath(settings.storage)
     trainable = _trainable(settings, spec, encoder, datasets)
     searcher = ConcurrencyLimiter(
-        BayesOptSearch(metric=METRIC, mode="min", random_state=settings.seed,
-                       random_search_steps=settings.random_steps),
+        BayesOptSearch(
+            metric=METRIC, mode="min", random_state=settings.seed, random_search_steps=settings.random_steps
+        ),
         max_concurrent=settings.max_concurrent,
     )
     scheduler = None
     if settings.family == "dnn" and settings.early_stopping:  # stop poor DNN trials early
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=int(spec.get("fixed", {}).get("epochs", 8)),
-                                  grace_period=1, reduction_factor=2)
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=int(spec.get("fixed", {}).get("epochs", 8)), grace_period=1, reduction_factor=2
+        )
     return tune.Tuner(
         trainable,
         param_space=search_space.param_space(spec),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples,
-                                    metric=METRIC, mode="min"),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=settings.num_samples, metric=METRIC, mode="min"
+        ),
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=storage, callbacks=_callbacks(settings, progress),
+            name=settings.name,
+            storage_path=storage,
+            callbacks=_callbacks(settings, progress),
             # Tune's own trial tables and config boxes: silent while Ray's output goes to a log file.
-            verbose=0 if runtime.quiet() else None),
+            verbose=0 if runtime.quiet() else None,
+        ),
     )
 
 
@@ -165,8 +185,9 @@ def _callbacks(settings: TuneSettings, progress: Callable[[TuneProgress], None] 
     return [*callbacks, WandbLoggerCallback(project="mbta_ray", group=settings.family, mode=mode)]
 
 
-def restore(path: str, settings: TuneSettings, datasets: dict[str, ray.data.Dataset],
-            encoder: FeatureEncoder) -> tune.Tuner:
+def restore(
+    path: str, settings: TuneSettings, datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder
+) -> tune.Tuner:
     """Continue an interrupted search (finished trials are not run again)."""
     spec = search_space.load(settings.space_file)[settings.family]
     trainable = _trainable(settings, spec, encoder, datasets)
@@ -193,8 +214,13 @@ def best_checkpoint_dir(result: tune.ResultGrid) -> tuple[str, dict, tune.Result
 # --- the whole search: resources, data, search, summary, best model ---------------------------------
 
 
-def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: str | None = None,
-               progress: Callable[[TuneProgress], None] | None = None) -> dict:
+def run_search(
+    settings: TuneSettings,
+    root: str | Path,
+    dataset: str,
+    resume: str | None = None,
+    progress: Callable[[TuneProgress], None] | None = None,
+) -> dict:
     """Tune one family on a dataset version, then package and evaluate the best model on test.
 
     ``progress`` is called as trials finish (not when resuming: Tune restores its own callbacks).
@@ -207,15 +233,26 @@ def run_search(settings: TuneSettings, root: str | Path, dataset: str, resume: s
     settings, exp_dir = _experiment(settings, ds_version, resume)
     datasets = {s: load_split(root, ds_version, s, ds_name) for s in ("train", "valid")}
     encoder = _encoder(exp_dir, datasets["train"], resume=bool(resume))
-    tuner = (restore(str(exp_dir), settings, datasets, encoder) if resume
-             else build_tuner(settings, datasets, encoder, progress))
+    tuner = (
+        restore(str(exp_dir), settings, datasets, encoder)
+        if resume
+        else build_tuner(settings, datasets, encoder, progress)
+    )
     grid = tuner.fit()
     trials, errors = summarize(grid, exp_dir)
     model_dir, best_metrics, params = package_best(grid, settings, encoder, root, ds_name, ds_version, exp_dir)
     report = evaluate_bundle(model_dir, settings.family, root, ds_name, ds_version, trials, exp_dir)
-    return {"experiment": str(exp_dir), "model_dir": str(model_dir), "trials": len(trials), "errors": errors,
-            "best_params": params, "best_valid_mae": best_metrics.get(METRIC), "report": report,
-            "dataset": ds_version, "family": settings.family}
+    return {
+        "experiment": str(exp_dir),
+        "model_dir": str(model_dir),
+        "trials": len(trials),
+        "errors": errors,
+        "best_params": params,
+        "best_valid_mae": best_metrics.get(METRIC),
+        "report": report,
+        "dataset": ds_version,
+        "family": settings.family,
+    }
 
 
 def _usable_dataset(root: str | Path, dataset: str) -> tuple[str, str]:
@@ -224,8 +261,10 @@ def _usable_dataset(root: str | Path, dataset: str) -> tuple[str, str]:
     counts = versioning.load_manifest(root, ds_name, ds_version)["counts"]["examples_by_split"]
     empty = [s for s in SPLITS if not counts.get(s)]
     if empty:
-        raise ConfigError(f"dataset {ds_name}/{ds_version} has no examples in {empty}: "
-                          "ingest more data (each source needs several trips for every split)")
+        raise ConfigError(
+            f"dataset {ds_name}/{ds_version} has no examples in {empty}: "
+            "ingest more data (each source needs several trips for every split)"
+        )
     return ds_name, ds_version
 
 
@@ -234,9 +273,15 @@ def resolve_resources(settings: TuneSettings, cluster_cpus: float) -> TuneSettin
     what fits (a new object; the caller's settings are not changed)."""
     resources, concurrent = settings.resources.fit(cluster_cpus, settings.max_concurrent)
     if concurrent < settings.max_concurrent:
-        logger.warning("--max-concurrent %d lowered to %d: %g CPUs fit %d trials of %g CPUs each and keep "
-                       "%g free for Ray Data", settings.max_concurrent, concurrent, cluster_cpus, concurrent,
-                       resources.per_trial_cpus(), DATA_CPUS)
+        logger.warning(
+            "--max-concurrent %d lowered to %d: %g CPUs fit %d trials of %g CPUs each and keep %g free for Ray Data",
+            settings.max_concurrent,
+            concurrent,
+            cluster_cpus,
+            concurrent,
+            resources.per_trial_cpus(),
+            DATA_CPUS,
+        )
     return replace(settings, resources=resources, max_concurrent=concurrent)
 
 
@@ -248,7 +293,7 @@ def _experiment(settings: TuneSettings, ds_version: str, resume: str | None) -> 
             raise MissingFileError(f"{exp_dir}: no such experiment to resume")
         settings = replace(settings, name=exp_dir.name, storage=str(exp_dir.parent))
     else:
-        name = settings.name or f"{settings.family}-{ds_version[:8]}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
+        name = settings.name or f"{settings.family}-{ds_version[:8]}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
         settings = replace(settings, name=name)
         exp_dir = Path(settings.storage).resolve() / name
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -277,8 +322,15 @@ def summarize(grid: tune.ResultGrid, exp_dir: Path) -> tuple[pd.DataFrame, list[
     return trials, errors
 
 
-def package_best(grid: tune.ResultGrid, settings: TuneSettings, encoder: FeatureEncoder, root: str | Path,
-                 ds_name: str, ds_version: str, exp_dir: Path) -> tuple[Path, dict, dict]:
+def package_best(
+    grid: tune.ResultGrid,
+    settings: TuneSettings,
+    encoder: FeatureEncoder,
+    root: str | Path,
+    ds_name: str,
+    ds_version: str,
+    exp_dir: Path,
+) -> tuple[Path, dict, dict]:
     """The search's best checkpoint as a model bundle in ``<experiment>/best``; returns the bundle
     folder, the best report's metrics and the decoded hyperparameters."""
     best_ckpt, best_metrics, best = best_checkpoint_dir(grid)
@@ -286,17 +338,26 @@ def package_best(grid: tune.ResultGrid, settings: TuneSettings, encoder: Feature
     params = search_space.decode(dict(best.config), spec)
     ds_dir = versioning.version_dir(root, ds_name, ds_version)
     model_dir = bundle.write_bundle(
-        exp_dir / "best", family=settings.family, model_dir=best_ckpt, encoder=encoder,
+        exp_dir / "best",
+        family=settings.family,
+        model_dir=best_ckpt,
+        encoder=encoder,
         # What the features need at serving time travels with the model.
         segment_medians=ds_dir / bundle.SEGMENT_MEDIANS_FILE,
-        metadata={"params": params, "dataset": {"name": ds_name, "version": ds_version},
-                  "valid_mae": best_metrics.get(METRIC), "experiment": str(exp_dir),
-                  "gtfs_stops": versioning.load_manifest(root, ds_name, ds_version).get("gtfs_stops")})
+        metadata={
+            "params": params,
+            "dataset": {"name": ds_name, "version": ds_version},
+            "valid_mae": best_metrics.get(METRIC),
+            "experiment": str(exp_dir),
+            "gtfs_stops": versioning.load_manifest(root, ds_name, ds_version).get("gtfs_stops"),
+        },
+    )
     return model_dir, best_metrics, params
 
 
-def evaluate_bundle(model_dir: Path, family: str, root: str | Path, ds_name: str, ds_version: str,
-                    trials: pd.DataFrame, exp_dir: Path) -> dict:
+def evaluate_bundle(
+    model_dir: Path, family: str, root: str | Path, ds_name: str, ds_version: str, trials: pd.DataFrame, exp_dir: Path
+) -> dict:
     """Score the bundle on the test split next to the baselines (eval.json) and draw the plots."""
     test = load_split_pandas(root, ds_version, "test", ds_name)
     predictions = bundle.load_predictor(model_dir)(test)

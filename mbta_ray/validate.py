@@ -42,9 +42,14 @@ def check_rows(df: pd.DataFrame, config: ValidationConfig, stops: Stops | None) 
         _flag(df, df[column].isna(), reason, f"no {column}")
     _flag(df, df["stop_sequence"].isna(), Reason.BAD_VALUE, "field stop_sequence: missing")
     delay = (df["actual_arrival"] - df["scheduled_arrival"]).dt.total_seconds()
-    _flag(df, delay.abs() > config.max_abs_delay_s, Reason.DELAY_OUT_OF_BOUNDS,
-          "delay " + delay.round().astype("Int64").astype("string").fillna("")
-          + f" s beyond +/-{config.max_abs_delay_s:.0f} s")
+    _flag(
+        df,
+        delay.abs() > config.max_abs_delay_s,
+        Reason.DELAY_OUT_OF_BOUNDS,
+        "delay "
+        + delay.round().astype("Int64").astype("string").fillna("")
+        + f" s beyond +/-{config.max_abs_delay_s:.0f} s",
+    )
     if stops is not None:
         gtfs_rows = df["source"].map(lambda s: READERS[s].gtfs_stop_ids)
         unknown = gtfs_rows & df["stop_id"].notna() & ~stops.known(df["stop_id"])
@@ -54,8 +59,15 @@ def check_rows(df: pd.DataFrame, config: ValidationConfig, stops: Stops | None) 
 
 def trip_keys(df: pd.DataFrame) -> pd.Series:
     """Trip identity: trip ids are only unique within a source, service day and route."""
-    return (df["source"].astype("string") + "|" + df["service_date"].astype("string") + "|"
-            + df["route_id"].astype("string") + "|" + df["trip_id"].astype("string"))
+    return (
+        df["source"].astype("string")
+        + "|"
+        + df["service_date"].astype("string")
+        + "|"
+        + df["route_id"].astype("string")
+        + "|"
+        + df["trip_id"].astype("string")
+    )
 
 
 def check_trips(df: pd.DataFrame) -> pd.DataFrame:
@@ -81,6 +93,7 @@ def check_trips(df: pd.DataFrame) -> pd.DataFrame:
     us = us.where(good)
     running = us.groupby(by_trip, sort=False).cummax().groupby(by_trip, sort=False).ffill()
     previous = running.groupby(by_trip, sort=False).shift(1)
-    _flag(df, good & (us < previous), Reason.ARRIVAL_OUT_OF_ORDER,
-          "arrival earlier than at a previous stop of the trip")
+    _flag(
+        df, good & (us < previous), Reason.ARRIVAL_OUT_OF_ORDER, "arrival earlier than at a previous stop of the trip"
+    )
     return df

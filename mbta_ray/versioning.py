@@ -27,8 +27,9 @@ class VersionNotFound(MbtaRayError, LookupError):
     """No dataset version matches."""
 
 
-def compute_version(input_checksums: list[tuple[str, str]], config: dict,
-                    code_version: str = FEATURE_CODE_VERSION) -> str:
+def compute_version(
+    input_checksums: list[tuple[str, str]], config: dict, code_version: str = FEATURE_CODE_VERSION
+) -> str:
     """Content hash of (role/format, sha256) of every input, the config and the feature code version.
 
     File paths are left out on purpose: the same bytes moved elsewhere are the same dataset.

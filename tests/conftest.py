@@ -59,16 +59,32 @@ def fixtures() -> Path:
     return FIXTURES
 
 
-def lamp_rows(trip_id: str, route: str, stops: list[tuple[str, int, int, int]], service_date: int = 20240207,
-              direction: bool = False, vehicle: str = "V1") -> list[dict]:
+def lamp_rows(
+    trip_id: str,
+    route: str,
+    stops: list[tuple[str, int, int, int]],
+    service_date: int = 20240207,
+    direction: bool = False,
+    vehicle: str = "V1",
+) -> list[dict]:
     """LAMP 2024-layout rows for one trip: stops are (stop_id, stop_sequence, actual epoch s,
     scheduled seconds into the service day)."""
     return [
         {
-            "stop_sequence": seq, "stop_id": stop, "stop_timestamp": actual, "service_date": service_date,
-            "route_id": route, "direction_id": direction, "trip_id": trip_id, "vehicle_id": vehicle,
-            "scheduled_arrival_time": sched, "dwell_time_seconds": 30, "headway_branch_seconds": 300,
-            "headway_trunk_seconds": 300, "scheduled_headway_branch": 360, "scheduled_headway_trunk": 360,
+            "stop_sequence": seq,
+            "stop_id": stop,
+            "stop_timestamp": actual,
+            "service_date": service_date,
+            "route_id": route,
+            "direction_id": direction,
+            "trip_id": trip_id,
+            "vehicle_id": vehicle,
+            "scheduled_arrival_time": sched,
+            "dwell_time_seconds": 30,
+            "headway_branch_seconds": 300,
+            "headway_trunk_seconds": 300,
+            "scheduled_headway_branch": 360,
+            "scheduled_headway_trunk": 360,
         }
         for stop, seq, actual, sched in stops
     ]
@@ -79,13 +95,23 @@ def write_lamp(path: Path, rows: list[dict], row_group_size: int | None = None) 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([
-        ("stop_sequence", pa.int16()), ("stop_id", pa.string()), ("stop_timestamp", pa.int64()),
-        ("service_date", pa.int64()), ("route_id", pa.string()), ("direction_id", pa.bool_()),
-        ("trip_id", pa.string()), ("vehicle_id", pa.string()), ("scheduled_arrival_time", pa.int64()),
-        ("dwell_time_seconds", pa.int64()), ("headway_branch_seconds", pa.int64()),
-        ("headway_trunk_seconds", pa.int64()), ("scheduled_headway_branch", pa.int64()),
-        ("scheduled_headway_trunk", pa.int64()),
-    ])
+    schema = pa.schema(
+        [
+            ("stop_sequence", pa.int16()),
+            ("stop_id", pa.string()),
+            ("stop_timestamp", pa.int64()),
+            ("service_date", pa.int64()),
+            ("route_id", pa.string()),
+            ("direction_id", pa.bool_()),
+            ("trip_id", pa.string()),
+            ("vehicle_id", pa.string()),
+            ("scheduled_arrival_time", pa.int64()),
+            ("dwell_time_seconds", pa.int64()),
+            ("headway_branch_seconds", pa.int64()),
+            ("headway_trunk_seconds", pa.int64()),
+            ("scheduled_headway_branch", pa.int64()),
+            ("scheduled_headway_trunk", pa.int64()),
+        ]
+    )
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=row_group_size)
     return path

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import lamp_rows, write_lamp
 from typer.testing import CliRunner
 
-from conftest import lamp_rows, write_lamp
 from mbta_ray.cli import app
 
 runner = CliRunner()
@@ -20,8 +20,15 @@ runner = CliRunner()
 
 @pytest.fixture()
 def lamp_file(tmp_path: Path) -> Path:
-    rows = [r for t in range(6) for r in lamp_rows(
-        f"T{t}", "Orange", [(f"S{i}", i, 1707321600 + 900 * t + 150 * i, 11 * 3600 + 900 * t + 150 * i) for i in range(5)])]
+    rows = [
+        r
+        for t in range(6)
+        for r in lamp_rows(
+            f"T{t}",
+            "Orange",
+            [(f"S{i}", i, 1707321600 + 900 * t + 150 * i, 11 * 3600 + 900 * t + 150 * i) for i in range(5)],
+        )
+    ]
     return write_lamp(tmp_path / "lamp.parquet", rows)
 
 
@@ -94,11 +101,17 @@ def test_metrics_table_lists_models_and_baselines_once():
     half = {**m, "mae": 50.0}
 
     def entry(common_mae: dict) -> dict:
-        return {"overall": m, "by_mode": {"bus": m}, "by_horizon": {"0-3": m},
-                "common": {"overall": m, "by_mode": common_mae}}
+        return {
+            "overall": m,
+            "by_mode": {"bus": m},
+            "by_horizon": {"0-3": m},
+            "common": {"overall": m, "by_mode": common_mae},
+        }
 
-    results = [{"report": {"xgboost": entry({"bus": half}), "persistence": entry({"bus": m})}},
-               {"report": {"dnn": entry({"bus": m}), "persistence": entry({"bus": m})}}]
+    results = [
+        {"report": {"xgboost": entry({"bus": half}), "persistence": entry({"bus": m})}},
+        {"report": {"dnn": entry({"bus": m}), "persistence": entry({"bus": m})}},
+    ]
     console = Console(width=200, record=True)
     console.print(metrics_table(results))
     text = console.export_text()

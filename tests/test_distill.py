@@ -30,17 +30,29 @@ def test_distill_options_are_checked_by_name():
 def test_reobserved_pairs_shift_time_consistently_and_have_no_target():
     """The vehicle seen at u `shift` s later: delay and headway at u grow by the shift, the schedule
     and the segment do not change, and there is no arrival at s to learn from."""
-    batch = pd.DataFrame({
-        "mode": ["bus"], "route_id": ["1"], "direction_id": [0], "from_stop_id": ["a"], "to_stop_id": ["b"],
-        "stops_ahead": [1], "service_date": [pd.Timestamp("2024-08-11").date()],
-        "actual_arrival_u": pd.to_datetime(["2024-08-11T14:00:30Z"]),
-        "scheduled_arrival_u": pd.to_datetime(["2024-08-11T14:00:00Z"]),
-        "scheduled_arrival_s": pd.to_datetime(["2024-08-11T14:05:00Z"]),
-        "actual_arrival_s": pd.to_datetime(["2024-08-11T14:06:00Z"]),
-        "delay_prev": [10.0], "headway_u": [600.0], "scheduled_headway_u": [600.0],
-        "distance_m": [850.0], "hist_median_travel_s": [310.0], "delay_u": [30.0],
-        "scheduled_seconds_ahead": [300.0], TARGET: [330.0],
-    })
+    batch = pd.DataFrame(
+        {
+            "mode": ["bus"],
+            "route_id": ["1"],
+            "direction_id": [0],
+            "from_stop_id": ["a"],
+            "to_stop_id": ["b"],
+            "stops_ahead": [1],
+            "service_date": [pd.Timestamp("2024-08-11").date()],
+            "actual_arrival_u": pd.to_datetime(["2024-08-11T14:00:30Z"]),
+            "scheduled_arrival_u": pd.to_datetime(["2024-08-11T14:00:00Z"]),
+            "scheduled_arrival_s": pd.to_datetime(["2024-08-11T14:05:00Z"]),
+            "actual_arrival_s": pd.to_datetime(["2024-08-11T14:06:00Z"]),
+            "delay_prev": [10.0],
+            "headway_u": [600.0],
+            "scheduled_headway_u": [600.0],
+            "distance_m": [850.0],
+            "hist_median_travel_s": [310.0],
+            "delay_u": [30.0],
+            "scheduled_seconds_ahead": [300.0],
+            TARGET: [330.0],
+        }
+    )
     out = reobserve(batch, copies=3, shift_sd_s=120.0, seed=0)
     assert len(out) == 3 and out[TARGET].isna().all()
     shift = (out["actual_arrival_u"] - batch["actual_arrival_u"][0]).dt.total_seconds()
@@ -56,8 +68,14 @@ def test_reobserved_pairs_shift_time_consistently_and_have_no_target():
 
 def _tiny_model(quantized: bool = False) -> dnn.DelayMLP:
     torch.manual_seed(0)
-    arch = dnn.Architecture(cardinalities=[4, 5, 3, 6, 6], numeric_width=7, hidden=[16], max_embedding_dim=3,
-                            residual=True, quantized=quantized)
+    arch = dnn.Architecture(
+        cardinalities=[4, 5, 3, 6, 6],
+        numeric_width=7,
+        hidden=[16],
+        max_embedding_dim=3,
+        residual=True,
+        quantized=quantized,
+    )
     return dnn.DelayMLP(arch).eval()
 
 
@@ -100,8 +118,12 @@ def test_pipeline_end_to_end_on_a_tiny_budget(ray_local, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(TINY_SPACE))
     settings = pipeline.PipelineSettings(
-        root=str(tmp_path / "root"), inputs=[str(p) for p in data.paths], samples={"xgboost": 1, "dnn": 1},
-        space_file=str(space), distill=DistillConfig(epochs=1, hidden=[8]))
+        root=str(tmp_path / "root"),
+        inputs=[str(p) for p in data.paths],
+        samples={"xgboost": 1, "dnn": 1},
+        space_file=str(space),
+        distill=DistillConfig(epochs=1, hidden=[8]),
+    )
     out = pipeline.run(settings, progress=lambda m: None)
 
     comp = out["compression"]

@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import lamp_rows, write_lamp
+
 from mbta_ray import etl, sources, versioning
 from mbta_ray.etl import EtlConfig, ingest
 from mbta_ray.schema import EXAMPLE_SCHEMA, QUARANTINE_SCHEMA, SPLITS
@@ -19,8 +19,12 @@ BASE = 1707321600  # 2024-02-07T16:00:00Z = 11:00 EST on the service day 2024-02
 
 
 def _stops(path: Path, ids: list[str]) -> str:
-    pq.write_table(pa.table({"stop_id": ids, "stop_lat": [42.0 + i * 0.01 for i in range(len(ids))],
-                             "stop_lon": [-71.0] * len(ids)}), path)
+    pq.write_table(
+        pa.table(
+            {"stop_id": ids, "stop_lat": [42.0 + i * 0.01 for i in range(len(ids))], "stop_lon": [-71.0] * len(ids)}
+        ),
+        path,
+    )
     return str(path)
 
 
@@ -60,8 +64,12 @@ def test_tiny_ingest_accounts_for_every_row_and_keeps_trips_whole(ray_local, tin
     c = result.manifest["counts"]
     assert result.created
     assert c["rows_in"] == tiny["rows"] == 64
-    assert c["quarantined_by_reason"] == {"delay_out_of_bounds": 1, "duplicate_event": 1,
-                                          "missing_actual_arrival": 1, "unknown_stop": 1}
+    assert c["quarantined_by_reason"] == {
+        "delay_out_of_bounds": 1,
+        "duplicate_event": 1,
+        "missing_actual_arrival": 1,
+        "unknown_stop": 1,
+    }
     assert c["rows_in"] == c["rows_out"] + c["quarantined"]
     # 10 trips x 6 stops with k=3: per trip 3+3+3+2+1+0 = 12 pairs.
     assert c["examples"] == c["examples_expected"] == 120
@@ -105,6 +113,7 @@ def test_same_inputs_is_a_noop_and_config_changes_the_version(ray_local, tiny):
 
 def test_failure_mid_write_leaves_no_half_version(ray_local, tiny, monkeypatch):
     """A crash after the splits were written leaves neither a version nor a temporary folder."""
+
     def boom(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
@@ -125,7 +134,9 @@ def test_bad_input_fails_before_any_work_naming_the_file(ray_local, tmp_path):
     pq.write_table(pa.table({"route_id": ["Red"], "stop_id": ["S1"]}), bad)
     with pytest.raises(sources.InputError, match="broken.parquet"):
         ingest([str(bad)], root=tmp_path / "art")
-    assert not (tmp_path / "art" / "datasets" / "mbta").exists() or not any((tmp_path / "art" / "datasets" / "mbta").iterdir())
+    assert not (tmp_path / "art" / "datasets" / "mbta").exists() or not any(
+        (tmp_path / "art" / "datasets" / "mbta").iterdir()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +151,9 @@ def test_embedded_real_data_ingest(embedded):
     assert c["rows_in"] == 10_000 + 40_273 + 155_166
     assert c["rows_in"] == c["rows_out"] + c["quarantined"]
     assert c["examples"] == c["examples_expected"] > 100_000
-    assert {"missing_actual_arrival", "non_revenue", "not_an_arrival", "duplicate_event"} <= set(c["quarantined_by_reason"])
+    assert {"missing_actual_arrival", "non_revenue", "not_an_arrival", "duplicate_event"} <= set(
+        c["quarantined_by_reason"]
+    )
     frames = pd.concat([_read_split(embedded.path, s).assign(split=s) for s in SPLITS])
     assert (frames.groupby("trip_key").split.nunique() == 1).all()
     assert set(frames["source"]) == {"lamp", "tm", "gtfsrt"}
@@ -161,14 +174,25 @@ def test_out_of_range_ids_are_quarantined_not_fatal():
     """A TransitMaster-style direction code of 300 or a fractional stop sequence: bad_value rows."""
     from mbta_ray.sources import to_event_table
 
-    frame = pd.DataFrame({
-        "mode": ["bus"] * 3, "service_date": pd.to_datetime(["2024-08-11"] * 3), "route_id": ["1"] * 3,
-        "direction_id": [1.0, 300.0, 0.0], "trip_id": ["T"] * 3, "vehicle_id": ["V"] * 3,
-        "stop_id": ["A", "B", "C"], "stop_sequence": [1.0, 2.0, 2.5],
-        "actual_arrival": pd.to_datetime(["2024-08-11T12:00Z"] * 3), "scheduled_arrival": pd.NaT,
-        "dwell_seconds": float("nan"), "headway_seconds": float("nan"), "scheduled_headway_seconds": float("nan"),
-        "reason": pd.Series([pd.NA] * 3, dtype="string"), "detail": pd.Series([pd.NA] * 3, dtype="string"),
-    })
+    frame = pd.DataFrame(
+        {
+            "mode": ["bus"] * 3,
+            "service_date": pd.to_datetime(["2024-08-11"] * 3),
+            "route_id": ["1"] * 3,
+            "direction_id": [1.0, 300.0, 0.0],
+            "trip_id": ["T"] * 3,
+            "vehicle_id": ["V"] * 3,
+            "stop_id": ["A", "B", "C"],
+            "stop_sequence": [1.0, 2.0, 2.5],
+            "actual_arrival": pd.to_datetime(["2024-08-11T12:00Z"] * 3),
+            "scheduled_arrival": pd.NaT,
+            "dwell_seconds": float("nan"),
+            "headway_seconds": float("nan"),
+            "scheduled_headway_seconds": float("nan"),
+            "reason": pd.Series([pd.NA] * 3, dtype="string"),
+            "detail": pd.Series([pd.NA] * 3, dtype="string"),
+        }
+    )
     t = to_event_table(frame, "tm", "x.parquet", 0).to_pandas()
     assert t.reason.fillna("ok").tolist() == ["ok", "bad_value", "bad_value"]
     assert "direction_id" in t.detail[1] and "stop_sequence" in t.detail[2]

@@ -14,7 +14,15 @@ from mbta_ray.evaluate import accurate, baseline_predictions, horizon_bin, metri
 def test_horizon_bins_and_edges():
     """Edges belong to the lower bin; beyond 30 min has no standard."""
     assert horizon_bin([0, 179, 180, 181, 360, 720, 1800, 1801]).tolist() == [
-        "0-3", "0-3", "0-3", "3-6", "3-6", "6-12", "12-30", "30+"]
+        "0-3",
+        "0-3",
+        "0-3",
+        "3-6",
+        "3-6",
+        "6-12",
+        "12-30",
+        "30+",
+    ]
 
 
 def test_accuracy_windows_are_asymmetric_like_mbta():
@@ -42,14 +50,16 @@ def test_metrics_by_hand():
 
 def test_baselines_by_hand():
     """schedule, persistence and historical median from the example columns."""
-    df = pd.DataFrame({
-        "actual_arrival_u": pd.to_datetime(["2024-02-07T12:01:00Z", "2024-02-07T12:00:00Z"]),
-        "scheduled_arrival_s": pd.to_datetime(["2024-02-07T12:10:00Z", None], utc=True),
-        "scheduled_seconds_ahead": [600.0, np.nan],
-        "hist_median_travel_s": [570.0, 200.0],
-        "travel_seconds": [580.0, 210.0],
-        "mode": ["subway", "bus"],
-    })
+    df = pd.DataFrame(
+        {
+            "actual_arrival_u": pd.to_datetime(["2024-02-07T12:01:00Z", "2024-02-07T12:00:00Z"]),
+            "scheduled_arrival_s": pd.to_datetime(["2024-02-07T12:10:00Z", None], utc=True),
+            "scheduled_seconds_ahead": [600.0, np.nan],
+            "hist_median_travel_s": [570.0, 200.0],
+            "travel_seconds": [580.0, 210.0],
+            "mode": ["subway", "bus"],
+        }
+    )
     b = baseline_predictions(df)
     assert b["schedule"].tolist()[0] == 540.0 and math.isnan(b["schedule"].tolist()[1])
     assert b["persistence"].tolist()[0] == 600.0

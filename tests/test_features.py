@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mbta_ray.features import (compute_features, expected_pair_count, pair_events, segment_medians,
-                               travel_prior)
+from mbta_ray.features import compute_features, expected_pair_count, pair_events, segment_medians, travel_prior
 from mbta_ray.gtfs import Stops
 from mbta_ray.schema import FEATURE_NAMES, TARGET
 from mbta_ray.timeutil import seconds_into_service_day, service_seconds_to_utc
@@ -22,12 +21,19 @@ def events(rows: list[tuple], service_date: str = "2024-03-10", trip: str = "T1"
     """Canonical events for one trip: rows are (stop_id, seq, actual ISO UTC, scheduled ISO UTC|None)."""
     df = pd.DataFrame(
         {
-            "source": "lamp", "mode": "subway", "route_id": "Red", "direction_id": 0, "trip_id": trip,
-            "vehicle_id": "V1", "service_date": pd.Timestamp(service_date),
-            "stop_id": [r[0] for r in rows], "stop_sequence": [r[1] for r in rows],
+            "source": "lamp",
+            "mode": "subway",
+            "route_id": "Red",
+            "direction_id": 0,
+            "trip_id": trip,
+            "vehicle_id": "V1",
+            "service_date": pd.Timestamp(service_date),
+            "stop_id": [r[0] for r in rows],
+            "stop_sequence": [r[1] for r in rows],
             "actual_arrival": pd.to_datetime([r[2] for r in rows], utc=True),
             "scheduled_arrival": pd.to_datetime([r[3] for r in rows], utc=True),
-            "headway_seconds": 300.0, "scheduled_headway_seconds": 360.0,
+            "headway_seconds": 300.0,
+            "scheduled_headway_seconds": 360.0,
             "reason": pd.Series([pd.NA] * len(rows), dtype="string"),
             "detail": pd.Series([pd.NA] * len(rows), dtype="string"),
         }
@@ -36,18 +42,28 @@ def events(rows: list[tuple], service_date: str = "2024-03-10", trip: str = "T1"
     return df
 
 
-STOPS = Stops(pd.DataFrame({"lat": [42.0, 42.005, 42.01], "lon": [-71.0, -71.0, -71.0]},
-                           index=pd.Index(["A", "B", "C"], dtype="string")))
+STOPS = Stops(
+    pd.DataFrame(
+        {"lat": [42.0, 42.005, 42.01], "lon": [-71.0, -71.0, -71.0]}, index=pd.Index(["A", "B", "C"], dtype="string")
+    )
+)
 
 
 def test_pairs_and_features_on_a_dst_spring_forward_trip():
     """2024-03-10 (clocks spring forward): 08:00 scheduled is 12:00 UTC; every value by hand."""
-    ev = events([("A", 10, "2024-03-10T12:01:00Z", "2024-03-10T12:00:00Z"),
-                 ("B", 20, "2024-03-10T12:06:30Z", "2024-03-10T12:05:00Z"),
-                 ("C", 30, "2024-03-10T12:12:00Z", "2024-03-10T12:10:00Z")])
+    ev = events(
+        [
+            ("A", 10, "2024-03-10T12:01:00Z", "2024-03-10T12:00:00Z"),
+            ("B", 20, "2024-03-10T12:06:30Z", "2024-03-10T12:05:00Z"),
+            ("C", 30, "2024-03-10T12:12:00Z", "2024-03-10T12:10:00Z"),
+        ]
+    )
     pairs = pair_events(ev, k=2)
     assert list(zip(pairs.from_stop_id, pairs.to_stop_id, pairs.stops_ahead)) == [
-        ("A", "B", 1), ("A", "C", 2), ("B", "C", 1)]
+        ("A", "B", 1),
+        ("A", "C", 2),
+        ("B", "C", 1),
+    ]
     f = compute_features(pairs, STOPS).set_index(["from_stop_id", "to_stop_id"])
     ac, bc = f.loc[("A", "C")], f.loc[("B", "C")]
     assert ac[TARGET] == 660.0
@@ -70,19 +86,27 @@ def test_no_schedule_gives_missing_schedule_features_not_invented_ones():
     f = compute_features(pair_events(ev, k=3))
     row = f.iloc[0]
     assert row[TARGET] == 120.0 and row.has_schedule == 0
-    assert all(math.isnan(row[c]) for c in ("scheduled_seconds_ahead", "delay_u", "delay_prev", "distance_m",
-                                            "hist_median_travel_s"))
+    assert all(
+        math.isnan(row[c])
+        for c in ("scheduled_seconds_ahead", "delay_u", "delay_prev", "distance_m", "hist_median_travel_s")
+    )
 
 
 def test_trip_past_midnight_keeps_service_day_seconds():
     """A 2024-02-07 trip scheduled at 24:10 (86,400 + 600 s) is at 2024-02-08 05:10 UTC (EST)."""
     sched = service_seconds_to_utc(pd.Series([pd.Timestamp("2024-02-07")]), pd.Series([87_000]))
     assert sched.iloc[0] == pd.Timestamp("2024-02-08T05:10:00Z")
-    ev = events([("A", 1, "2024-02-08T05:11:00Z", "2024-02-08T05:10:00Z"),
-                 ("B", 2, "2024-02-08T05:15:00Z", "2024-02-08T05:14:00Z")], service_date="2024-02-07")
+    ev = events(
+        [
+            ("A", 1, "2024-02-08T05:11:00Z", "2024-02-08T05:10:00Z"),
+            ("B", 2, "2024-02-08T05:15:00Z", "2024-02-08T05:14:00Z"),
+        ],
+        service_date="2024-02-07",
+    )
     f = compute_features(pair_events(ev, k=1), STOPS)
-    secs = seconds_into_service_day(pd.Series([pd.Timestamp("2024-02-07")]),
-                                    pd.Series([pd.Timestamp("2024-02-08T05:11:00Z")]))
+    secs = seconds_into_service_day(
+        pd.Series([pd.Timestamp("2024-02-07")]), pd.Series([pd.Timestamp("2024-02-08T05:11:00Z")])
+    )
     assert secs.iloc[0] == 87_060  # past 24:00, still the 7th's service day
     assert f.tod_sin.iloc[0] == pytest.approx(math.sin(2 * math.pi * 660 / 86400))
     assert f.day_of_week.iloc[0] == 2  # the service day (Wednesday), not the calendar day
@@ -106,16 +130,26 @@ def test_pair_count_formula_matches_pairing_on_random_trips():
                 rows.append((f"T{t:03d}", i, pd.Timestamp("2024-02-07T12:00Z") + pd.Timedelta(minutes=i)))
         ev = pd.DataFrame(rows, columns=["trip", "stop_sequence", "actual_arrival"])
         ev = events([("A", 1, "2024-02-07T12:00Z", None)] * len(ev)).assign(
-            **{TRIP_KEY: ev.trip.to_numpy(), "stop_sequence": ev.stop_sequence.to_numpy(),
-               "actual_arrival": ev.actual_arrival.to_numpy()})
+            **{
+                TRIP_KEY: ev.trip.to_numpy(),
+                "stop_sequence": ev.stop_sequence.to_numpy(),
+                "actual_arrival": ev.actual_arrival.to_numpy(),
+            }
+        )
         assert len(pair_events(ev, k)) == expected_pair_count(sizes, k)
 
 
 def test_trip_checks_flag_duplicates_and_time_travel():
     """Repeat visit -> duplicate_event (earliest kept); an arrival before the previous stop's -> flagged."""
-    ev = events([("A", 1, "2024-03-10T12:00:00Z", None), ("A", 1, "2024-03-10T12:00:20Z", None),
-                 ("B", 2, "2024-03-10T12:05:00Z", None), ("C", 3, "2024-03-10T12:04:00Z", None),
-                 ("D", 4, "2024-03-10T12:09:00Z", None)])
+    ev = events(
+        [
+            ("A", 1, "2024-03-10T12:00:00Z", None),
+            ("A", 1, "2024-03-10T12:00:20Z", None),
+            ("B", 2, "2024-03-10T12:05:00Z", None),
+            ("C", 3, "2024-03-10T12:04:00Z", None),
+            ("D", 4, "2024-03-10T12:09:00Z", None),
+        ]
+    )
     out = check_trips(ev)
     # B (12:05) and C (12:04) are inverted; A <= C <= D, so B is the one out of line.
     assert out.reason.fillna("ok").tolist() == ["ok", "duplicate_event", "arrival_out_of_order", "ok", "ok"]
@@ -124,8 +158,13 @@ def test_trip_checks_flag_duplicates_and_time_travel():
 
 def test_segment_medians_feed_the_historical_feature():
     """Medians learned on one set of pairs are joined by (route, u, s); unseen segments stay NaN."""
-    ev = events([("A", 1, "2024-03-10T12:00:00Z", None), ("B", 2, "2024-03-10T12:02:00Z", None),
-                 ("C", 3, "2024-03-10T12:05:00Z", None)])
+    ev = events(
+        [
+            ("A", 1, "2024-03-10T12:00:00Z", None),
+            ("B", 2, "2024-03-10T12:02:00Z", None),
+            ("C", 3, "2024-03-10T12:05:00Z", None),
+        ]
+    )
     train = compute_features(pair_events(ev, k=2))
     med = segment_medians(train)
     assert med.set_index(["from_stop_id", "to_stop_id"]).loc[("A", "C"), "hist_median_travel_s"] == 300.0
@@ -138,14 +177,21 @@ def test_segment_medians_feed_the_historical_feature():
 
 def test_a_lone_late_spike_is_the_row_flagged_not_the_stops_after_it():
     """12:00, 12:05, 13:30 (bad clock), 12:10, 12:15: only 13:30 is quarantined."""
-    ev = events([("A", 1, "2024-03-10T12:00:00Z", None), ("B", 2, "2024-03-10T12:05:00Z", None),
-                 ("C", 3, "2024-03-10T13:30:00Z", None), ("D", 4, "2024-03-10T12:10:00Z", None),
-                 ("E", 5, "2024-03-10T12:15:00Z", None)])
+    ev = events(
+        [
+            ("A", 1, "2024-03-10T12:00:00Z", None),
+            ("B", 2, "2024-03-10T12:05:00Z", None),
+            ("C", 3, "2024-03-10T13:30:00Z", None),
+            ("D", 4, "2024-03-10T12:10:00Z", None),
+            ("E", 5, "2024-03-10T12:15:00Z", None),
+        ]
+    )
     out = check_trips(ev)
     assert out.reason.fillna("ok").tolist() == ["ok", "ok", "arrival_out_of_order", "ok", "ok"]
 
 
 def test_travel_prior_prefers_persistence_then_segment_median_then_fallback():
-    df = pd.DataFrame({"scheduled_seconds_ahead": [300.0, np.nan, np.nan],
-                       "hist_median_travel_s": [250.0, 240.0, np.nan]})
+    df = pd.DataFrame(
+        {"scheduled_seconds_ahead": [300.0, np.nan, np.nan], "hist_median_travel_s": [250.0, 240.0, np.nan]}
+    )
     assert travel_prior(df, fallback_s=400.0).tolist() == [300.0, 240.0, 400.0]

@@ -41,7 +41,6 @@ def head_node(tmp_path):
     on one machine Ray Train's placement-group cleaner cannot tell which to query, and the job's
     trials hang (README, Ray notes)."""
     import ray
-
     from conftest import start_local_ray
 
     session_cluster = ray.is_initialized()
@@ -55,20 +54,42 @@ def head_node(tmp_path):
     log = open(tmp_path / "head.log", "w")
     temp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # unix socket paths must stay under 108 bytes
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-         "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--disable-usage-stats",
-         # Ports of its own: the session's cluster holds the defaults (a second dashboard agent on
-         # 52365 cannot bind, and the job server then has "no available agent").
-         *(f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                   "metrics-export-port", "runtime-env-agent-port",
-                                                   "ray-client-server-port")),
-         f"--temp-dir={temp}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            # Ports of its own: the session's cluster holds the defaults (a second dashboard agent on
+            # 52365 cannot bind, and the job server then has "no available agent").
+            *(
+                f"--{name}={_free_port()}"
+                for name in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "metrics-export-port",
+                    "runtime-env-agent-port",
+                    "ray-client-server-port",
+                )
+            ),
+            f"--temp-dir={temp}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while True:
-        ok = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
-                            capture_output=True, text=True, timeout=60)
+        ok = subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True, text=True, timeout=60
+        )
         if ok.returncode == 0:
             break
         if time.time() > deadline or proc.poll() is not None:
@@ -93,11 +114,35 @@ def test_pipeline_runs_as_a_ray_job_and_promotes_a_model(head_node, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(TINY_SPACE))
     root = tmp_path / "shared"  # what a PVC or bucket is on a real cluster
-    submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-              "--runtime-env", "jobs/runtime_env.yaml", "--no-wait", "--",
-              "python", "jobs/pipeline.py", "--root", str(root), "--input", str(data.paths[0]),
-              "--space-file", str(space), "--xgboost-samples", "1", "--dnn-samples", "1",
-              "--distill-epochs", "1", "--distill-hidden", "8"]
+    submit = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "jobs/runtime_env.yaml",
+        "--no-wait",
+        "--",
+        "python",
+        "jobs/pipeline.py",
+        "--root",
+        str(root),
+        "--input",
+        str(data.paths[0]),
+        "--space-file",
+        str(space),
+        "--xgboost-samples",
+        "1",
+        "--dnn-samples",
+        "1",
+        "--distill-epochs",
+        "1",
+        "--distill-hidden",
+        "8",
+    ]
     deadline = time.time() + 120
     while True:  # the job server answers before its agent is up: "No available agent ... try again later"
         out = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
@@ -109,15 +154,25 @@ def test_pipeline_runs_as_a_ray_job_and_promotes_a_model(head_node, tmp_path):
 
     status, deadline = "", time.time() + 480
     while time.time() < deadline:
-        s = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job], env=env,
-                           capture_output=True, text=True, timeout=60)
+        s = subprocess.run(
+            [str(BIN / "ray"), "job", "status", "--address", address, job],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         done = re.search(rf"Job '{job}' (succeeded|failed|was stopped|stopped)", s.stdout + s.stderr)
         if done:
             status = done.group(1)
             break
         time.sleep(3)
-    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job], env=env,
-                          capture_output=True, text=True, timeout=60).stdout
+    logs = subprocess.run(
+        [str(BIN / "ray"), "job", "logs", "--address", address, job],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert status == "succeeded", logs[-4000:]
     assert "PROMOTED" in logs
     prod = Registry(root).production()

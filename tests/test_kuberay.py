@@ -42,14 +42,30 @@ def test_yamllint_rejects_bad_yaml(tmp_path):
     assert any("bad.yaml:6" in e for e in errors), errors
 
 
-@pytest.mark.parametrize("kind, path, value, needle", [
-    ("RayService", ["spec", "rayClusterConfig", "headGroupSpec", "rayStartParam"], {"num-cpus": "0"},
-     "'rayStartParam' was unexpected"),
-    ("RayJob", ["spec", "rayClusterSpec", "workerGroupSpecs", 0, "maxReplicas"], "four", "'four' is not of type 'integer'"),
-    ("RayJob", ["spec", "shutdownAfterJobFinish"], True, "'shutdownAfterJobFinish' was unexpected"),
-    ("RayCluster", ["spec", "headGroupSpec", "template", "spec", "containers", 0, "resources", "limit"], {"cpu": 1},
-     "'limit' was unexpected"),
-])
+@pytest.mark.parametrize(
+    "kind, path, value, needle",
+    [
+        (
+            "RayService",
+            ["spec", "rayClusterConfig", "headGroupSpec", "rayStartParam"],
+            {"num-cpus": "0"},
+            "'rayStartParam' was unexpected",
+        ),
+        (
+            "RayJob",
+            ["spec", "rayClusterSpec", "workerGroupSpecs", 0, "maxReplicas"],
+            "four",
+            "'four' is not of type 'integer'",
+        ),
+        ("RayJob", ["spec", "shutdownAfterJobFinish"], True, "'shutdownAfterJobFinish' was unexpected"),
+        (
+            "RayCluster",
+            ["spec", "headGroupSpec", "template", "spec", "containers", 0, "resources", "limit"],
+            {"cpu": 1},
+            "'limit' was unexpected",
+        ),
+    ],
+)
 def test_crd_schemas_reject_unknown_fields_and_wrong_types(resources, kind, path, value, needle):
     doc = _doc(resources, kind)
     node = doc
@@ -65,8 +81,13 @@ def test_a_missing_required_field_is_an_error_but_a_defaulted_one_is_not(resourc
     doc = _doc(resources, "RayCluster")
     del doc["spec"]["headGroupSpec"]["template"]
     assert any("'template' is a required property" in e for e in check.validate_ray_resource(doc, "test"))
-    schema = check._strict({"type": "object", "required": ["a", "b"],
-                            "properties": {"a": {"type": "string"}, "b": {"type": "integer", "default": 1}}})
+    schema = check._strict(
+        {
+            "type": "object",
+            "required": ["a", "b"],
+            "properties": {"a": {"type": "string"}, "b": {"type": "integer", "default": 1}},
+        }
+    )
     assert schema["required"] == ["a"] and schema["additionalProperties"] is False
 
 
@@ -90,14 +111,17 @@ def test_serve_config_v2_is_validated_and_kept_equal_to_serve_config_yaml(resour
         return check.check_serve_config({"test": [broken]})
 
     assert errors_with(lambda c: None) == []
-    bounds = errors_with(lambda c: c["applications"][0]["deployments"][0]["autoscaling_config"].update(
-        min_replicas=5, max_replicas=2))
+    bounds = errors_with(
+        lambda c: c["applications"][0]["deployments"][0]["autoscaling_config"].update(min_replicas=5, max_replicas=2)
+    )
     assert bounds and "serveConfigV2" in bounds[0] and "max_replicas" in bounds[0], bounds
     wrong = errors_with(lambda c: c["applications"][0]["deployments"][0].update(max_ongoing_requests="many"))
     assert wrong and "max_ongoing_requests" in wrong[0], wrong
     drift = errors_with(lambda c: c["applications"][0]["deployments"][1].update(max_ongoing_requests=7))
-    assert drift == [f"test: RayService/{svc['metadata']['name']}: spec.serveConfigV2: applications differs "
-                     "from serve_config.yaml (run `python kuberay/render.py`)"], drift
+    assert drift == [
+        f"test: RayService/{svc['metadata']['name']}: spec.serveConfigV2: applications differs "
+        "from serve_config.yaml (run `python kuberay/render.py`)"
+    ], drift
 
 
 def test_versions_must_match_the_pinned_ray(resources):
@@ -129,7 +153,8 @@ def test_kustomize_fails_on_a_broken_overlay(tmp_path):
     shutil.copytree(REPO / "kuberay" / "base", tmp_path / "base")
     overlay.mkdir(parents=True)
     (overlay / "kustomization.yaml").write_text(
-        "resources:\n  - ../../base\npatches:\n  - path: missing-patch.yaml\n    target: {kind: RayJob}\n")
+        "resources:\n  - ../../base\npatches:\n  - path: missing-patch.yaml\n    target: {kind: RayJob}\n"
+    )
     out = check.kustomize(overlay)
     assert isinstance(out, str) and "missing-patch.yaml" in out, out
     good = check.kustomize("minikube")

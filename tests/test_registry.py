@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,8 +14,8 @@ import pytest
 import xgboost as xgb
 
 from mbta_ray.encoding import FeatureEncoder
-from mbta_ray.models.bundle import write_bundle
 from mbta_ray.models import xgboost_model
+from mbta_ray.models.bundle import write_bundle
 from mbta_ray.registry import CorruptModel, Registry, RegistryError, evaluation_of
 from mbta_ray.schema import CATEGORICAL_FEATURES, NUMERIC_FEATURES, TARGET
 
@@ -39,18 +38,35 @@ def make_model(folder: Path, mae: float, rounds: int = 5) -> Path:
     """A real (tiny) XGBoost model folder as `tune` packages it, with an eval.json claiming ``mae``."""
     df = example_rows()
     enc = FeatureEncoder.fit(df)
-    booster = xgb.train({"objective": "reg:absoluteerror", "base_score": 0.0, "nthread": 1},
-                        xgboost_model.dmatrix(df, enc, residual=True), num_boost_round=rounds)
+    booster = xgb.train(
+        {"objective": "reg:absoluteerror", "base_score": 0.0, "nthread": 1},
+        xgboost_model.dmatrix(df, enc, residual=True),
+        num_boost_round=rounds,
+    )
     booster.set_attr(**{xgboost_model.PRIOR_ATTR: "1"})
     ckpt = folder / "ckpt"
     ckpt.mkdir(parents=True)
     booster.save_model(str(ckpt / xgboost_model.MODEL_FILE))
-    out = write_bundle(folder / "best", family="xgboost", model_dir=ckpt, encoder=enc,
-                       metadata={"params": {"rounds": rounds}, "dataset": DATASET})
+    out = write_bundle(
+        folder / "best",
+        family="xgboost",
+        model_dir=ckpt,
+        encoder=enc,
+        metadata={"params": {"rounds": rounds}, "dataset": DATASET},
+    )
     m = {"n": 100, "mae": mae, "rmse": mae * 1.5, "r2": 0.8, "bias": 1.0, "accurate": 0.8}
-    (out / "eval.json").write_text(json.dumps({"split": "test", "dataset": DATASET["version"],
-                                               "report": {"xgboost": {"overall": m, "by_mode": {"bus": m}},
-                                                          "persistence": {"overall": {**m, "mae": 130.0}}}}))
+    (out / "eval.json").write_text(
+        json.dumps(
+            {
+                "split": "test",
+                "dataset": DATASET["version"],
+                "report": {
+                    "xgboost": {"overall": m, "by_mode": {"bus": m}},
+                    "persistence": {"overall": {**m, "mae": 130.0}},
+                },
+            }
+        )
+    )
     return out
 
 
@@ -116,7 +132,11 @@ def test_promotion_gate_accepts_refuses_and_logs_forced(tmp_path):
 
     log = reg.audit_log()
     assert [(e["candidate"], e["accepted"], e["forced"]) for e in log] == [
-        (v1, True, False), (v_worse, False, False), (v_worse, True, True), (v_better, True, False)]
+        (v1, True, False),
+        (v_worse, False, False),
+        (v_worse, True, True),
+        (v_better, True, False),
+    ]
     assert reg.promote(v1, metric="accurate").accepted is False  # equal is not better
     with pytest.raises(RegistryError, match="--metric must be one of"):
         reg.promote(v1, metric="speed")
@@ -148,8 +168,12 @@ def test_kill_9_mid_promotion_leaves_production_intact(tmp_path):
     v2 = register(reg, tmp_path, "m2", 90.0)
     reg.promote(v1)
     before = (Path(reg.base) / "production.json").read_bytes()
-    proc = subprocess.Popen([sys.executable, "-c", PAUSED_PROMOTE, "promote", v2, "--root", str(root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_PROMOTE, "promote", v2, "--root", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "paused at before_replace" in line, line

@@ -30,8 +30,9 @@ def _deploy(root, **args) -> None:
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if requests.get(f"{URL}/-/routes", timeout=2).status_code == 200 and \
-                    requests.get(f"{URL}/healthz", timeout=5).status_code in (200, 503):
+            if requests.get(f"{URL}/-/routes", timeout=2).status_code == 200 and requests.get(
+                f"{URL}/healthz", timeout=5
+            ).status_code in (200, 503):
                 return
         except requests.ConnectionError:
             pass
@@ -105,25 +106,39 @@ def test_predictions_over_http_match_offline_predictions(served, tmp_path):
     got = r.json()
     (expected,) = ModelRunner(reg.fetch(version), version=version).predict([request_at_b()])
     assert got["model_version"] == version
-    assert [p["predicted_travel_seconds"] for p in got["predictions"]] == \
-        [p.predicted_travel_seconds for p in expected.predictions]
+    assert [p["predicted_travel_seconds"] for p in got["predictions"]] == [
+        p.predicted_travel_seconds for p in expected.predictions
+    ]
 
-    batch = {"requests": [body(), body(stop_id="A", previous_stop=None, actual_arrival="2024-03-12T12:01:00Z",
-                                      scheduled_arrival="2024-03-12T12:00:00Z")]}
+    batch = {
+        "requests": [
+            body(),
+            body(
+                stop_id="A",
+                previous_stop=None,
+                actual_arrival="2024-03-12T12:01:00Z",
+                scheduled_arrival="2024-03-12T12:00:00Z",
+            ),
+        ]
+    }
     r = requests.post(f"{URL}/predict/batch", json=batch, timeout=30)
     assert r.status_code == 200 and len(r.json()["responses"]) == 2
     assert r.json()["responses"][0]["predictions"] == got["predictions"]
 
 
-@pytest.mark.parametrize("payload, status, needle", [
-    ({"route_id": "Red"}, 422, "stops_ahead"),
-    ("not json", 422, "JSON"),
-    ({"__body__": "x" * 1_100_000}, 413, "limit"),
-])
+@pytest.mark.parametrize(
+    "payload, status, needle",
+    [
+        ({"route_id": "Red"}, 422, "stops_ahead"),
+        ("not json", 422, "JSON"),
+        ({"__body__": "x" * 1_100_000}, 413, "limit"),
+    ],
+)
 def test_bad_payloads_get_4xx_naming_the_problem(served, payload, status, needle):
     if isinstance(payload, dict) and "__body__" in payload:
-        r = requests.post(f"{URL}/predict", data=payload["__body__"], timeout=10,
-                          headers={"content-type": "application/json"})
+        r = requests.post(
+            f"{URL}/predict", data=payload["__body__"], timeout=10, headers={"content-type": "application/json"}
+        )
     elif isinstance(payload, str):
         r = requests.post(f"{URL}/predict", data=payload, timeout=10, headers={"content-type": "application/json"})
     else:
@@ -145,8 +160,13 @@ def test_serve_config_matches_the_code(tmp_path):
 
     repo = Path(__file__).resolve().parent.parent
     out = tmp_path / "built.yaml"
-    subprocess.run([str(Path(sys.executable).parent / "serve"), "build", "mbta_ray.serve.app:app", "-o", str(out)],
-                   cwd=repo, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "serve"), "build", "mbta_ray.serve.app:app", "-o", str(out)],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     built, ours = yaml.safe_load(out.read_text()), yaml.safe_load((repo / "serve_config.yaml").read_text())
     assert ours["http_options"]["host"] == "127.0.0.1"
     (b_app,), (o_app,) = built["applications"], ours["applications"]
@@ -248,11 +268,31 @@ def _fuzz_bodies():
     """Arbitrary JSON, and valid bodies with fields replaced, dropped or added."""
     from hypothesis import strategies as st
 
-    scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False) | \
-        st.text(max_size=40) | st.sampled_from(["2024-03-12T12:06:30Z", "2024-03-12T12:06:30", "nan", "-1",
-                                                "1e309", "B", "tm-8316", "Red", "2099-01-01T00:00:00Z"])
-    anything = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) |
-                            st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**12), 10**12)
+        | st.floats(allow_nan=False)
+        | st.text(max_size=40)
+        | st.sampled_from(
+            [
+                "2024-03-12T12:06:30Z",
+                "2024-03-12T12:06:30",
+                "nan",
+                "-1",
+                "1e309",
+                "B",
+                "tm-8316",
+                "Red",
+                "2099-01-01T00:00:00Z",
+            ]
+        )
+    )
+    anything = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        max_leaves=12,
+    )
     base = body()
     fields = sorted(base) + ["stops_ahead.0.stop_id", "stops_ahead.0.scheduled_arrival", "previous_stop.stop_id"]
 
@@ -286,14 +326,19 @@ def test_fuzzed_bodies_never_get_a_5xx(served, tmp_path):
     session = requests.Session()
     seen: dict[int, int] = {}
 
-    @settings(max_examples=300, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(_fuzz_bodies())
     def check(payload):
         path = "/predict/batch" if isinstance(payload, dict) and "requests" in payload else "/predict"
         # Python's encoder writes NaN/Infinity, which the server's JSON parser accepts: fuzz those too.
-        r = session.post(f"{URL}{path}", data=json.dumps(payload), timeout=30,
-                         headers={"content-type": "application/json"})
+        r = session.post(
+            f"{URL}{path}", data=json.dumps(payload), timeout=30, headers={"content-type": "application/json"}
+        )
         seen[r.status_code] = seen.get(r.status_code, 0) + 1
         assert r.status_code < 500, (payload, r.status_code, r.text[:500])
         if r.status_code == 422:
@@ -313,12 +358,19 @@ def test_a_killed_model_replica_costs_no_requests_and_comes_back(served, tmp_pat
 
     version = _ensure_model(served, tmp_path)
     two = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
-    serve.run(build({"registry": str(served), "version": version}, predictor_options=two),
-              name="mbta", route_prefix="/", blocking=False)
+    serve.run(
+        build({"registry": str(served), "version": version}, predictor_options=two),
+        name="mbta",
+        route_prefix="/",
+        blocking=False,
+    )
 
     def replicas() -> list[str]:
-        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                      if "Predictor" in a["name"] and a["namespace"] == "serve")
+        return sorted(
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "Predictor" in a["name"] and a["namespace"] == "serve"
+        )
 
     def running() -> int:
         app = serve.status().applications["mbta"]
@@ -362,7 +414,10 @@ def test_smoke_checks_every_answer_and_scores_them(served, tmp_path):
     examples = smoke.examples_from_split(rows, 10)
     assert len(examples) == 3  # u = A, B, C
     at_b = next(e for e in examples if e.body["stop_id"] == "B")
-    assert at_b.body["previous_stop"]["stop_id"] == "A" and [s["stop_id"] for s in at_b.body["stops_ahead"]] == ["C", "D"]
+    assert at_b.body["previous_stop"]["stop_id"] == "A" and [s["stop_id"] for s in at_b.body["stops_ahead"]] == [
+        "C",
+        "D",
+    ]
     assert at_b.actual_travel == [330.0, 810.0]
 
     report = smoke.run(URL, examples, concurrency=2)
@@ -402,11 +457,18 @@ def test_concurrent_callers_each_get_their_own_answer(served, tmp_path):
 
     version = _ensure_model(served, tmp_path)
     runner = ModelRunner(Registry(served).fetch(version), version=version)
-    variants = [body(), body(stops_ahead=[{"stop_id": "C"}]),
-                body(stop_id="A", previous_stop=None, actual_arrival="2024-03-12T12:01:00Z",
-                     scheduled_arrival="2024-03-12T12:00:00Z",
-                     stops_ahead=[{"stop_id": "B"}, {"stop_id": "C"}, {"stop_id": "D"}]),
-                body(route_id="Purple")]
+    variants = [
+        body(),
+        body(stops_ahead=[{"stop_id": "C"}]),
+        body(
+            stop_id="A",
+            previous_stop=None,
+            actual_arrival="2024-03-12T12:01:00Z",
+            scheduled_arrival="2024-03-12T12:00:00Z",
+            stops_ahead=[{"stop_id": "B"}, {"stop_id": "C"}, {"stop_id": "D"}],
+        ),
+        body(route_id="Purple"),
+    ]
     payloads = [variants[i % len(variants)] for i in range(48)]
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(lambda p: requests.post(f"{URL}/predict", json=p, timeout=60), payloads))
@@ -419,5 +481,6 @@ def test_concurrent_callers_each_get_their_own_answer(served, tmp_path):
         got = r.json()
         assert got["stop_id"] == payload["stop_id"]
         assert [p["stop_id"] for p in got["predictions"]] == [s["stop_id"] for s in payload["stops_ahead"]]
-        assert [p["predicted_travel_seconds"] for p in got["predictions"]] == \
-            [p.predicted_travel_seconds for p in expected.predictions]
+        assert [p["predicted_travel_seconds"] for p in got["predictions"]] == [
+            p.predicted_travel_seconds for p in expected.predictions
+        ]

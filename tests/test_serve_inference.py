@@ -17,19 +17,30 @@ from mbta_ray.serve.schemas import MAX_STOPS_AHEAD, PredictRequest
 from tests.test_features import STOPS, events
 from tests.test_registry import make_model
 
-TRIP = [("A", 10, "2024-03-12T12:01:00Z", "2024-03-12T12:00:00Z"),
-        ("B", 20, "2024-03-12T12:06:30Z", "2024-03-12T12:05:00Z"),
-        ("C", 30, "2024-03-12T12:12:00Z", "2024-03-12T12:10:00Z"),
-        ("D", 40, "2024-03-12T12:20:00Z", None)]
+TRIP = [
+    ("A", 10, "2024-03-12T12:01:00Z", "2024-03-12T12:00:00Z"),
+    ("B", 20, "2024-03-12T12:06:30Z", "2024-03-12T12:05:00Z"),
+    ("C", 30, "2024-03-12T12:12:00Z", "2024-03-12T12:10:00Z"),
+    ("D", 40, "2024-03-12T12:20:00Z", None),
+]
 
 
 def request_at_b(**overrides) -> PredictRequest:
     body = {
-        "route_id": "Red", "direction_id": 0, "trip_id": "T1", "stop_id": "B",
-        "actual_arrival": "2024-03-12T12:06:30Z", "scheduled_arrival": "2024-03-12T08:05:00-04:00",
-        "service_date": "2024-03-12", "headway_seconds": 300, "scheduled_headway_seconds": 360,
-        "previous_stop": {"stop_id": "A", "actual_arrival": "2024-03-12T12:01:00Z",
-                          "scheduled_arrival": "2024-03-12T12:00:00Z"},
+        "route_id": "Red",
+        "direction_id": 0,
+        "trip_id": "T1",
+        "stop_id": "B",
+        "actual_arrival": "2024-03-12T12:06:30Z",
+        "scheduled_arrival": "2024-03-12T08:05:00-04:00",
+        "service_date": "2024-03-12",
+        "headway_seconds": 300,
+        "scheduled_headway_seconds": 360,
+        "previous_stop": {
+            "stop_id": "A",
+            "actual_arrival": "2024-03-12T12:01:00Z",
+            "scheduled_arrival": "2024-03-12T12:00:00Z",
+        },
         "stops_ahead": [{"stop_id": "C", "scheduled_arrival": "2024-03-12T12:10:00Z"}, {"stop_id": "D"}],
     }
     body.update(overrides)
@@ -40,8 +51,9 @@ def request_at_b(**overrides) -> PredictRequest:
 def offline(tmp_path):
     """The ETL's example rows for this trip, and a model folder with those stops and medians."""
     ev = events(TRIP, service_date="2024-03-12")
-    stops = pd.concat([STOPS.coords, pd.DataFrame({"lat": [42.02], "lon": [-71.0]},
-                                                  index=pd.Index(["D"], dtype="string"))])
+    stops = pd.concat(
+        [STOPS.coords, pd.DataFrame({"lat": [42.02], "lon": [-71.0]}, index=pd.Index(["D"], dtype="string"))]
+    )
     from mbta_ray.gtfs import Stops
 
     stops = Stops(stops)
@@ -49,8 +61,9 @@ def offline(tmp_path):
     medians = segment_medians(compute_features(pairs, stops))
     rows = compute_features(pairs, stops, medians)
     stops_file = tmp_path / "stops.parquet"
-    stops.coords.rename(columns={"lat": "stop_lat", "lon": "stop_lon"}).rename_axis("stop_id").reset_index() \
-        .to_parquet(stops_file)
+    stops.coords.rename(columns={"lat": "stop_lat", "lon": "stop_lon"}).rename_axis("stop_id").reset_index().to_parquet(
+        stops_file
+    )
     model_dir = make_model(tmp_path / "model", 100.0)
     medians.to_parquet(model_dir / "segment_medians.parquet")
     return rows, ModelRunner(model_dir, version="v-test", stops_path=str(stops_file))
@@ -76,10 +89,12 @@ def test_predictions_equal_offline_predictions(offline):
     np.testing.assert_allclose([p.predicted_travel_seconds for p in resp.predictions], offline_pred, atol=0.05)
     c, d = resp.predictions
     # The arrival is u's arrival plus the travel time shown (0.1 s), so a client can recompute it.
-    assert c.predicted_arrival == dt.datetime(2024, 3, 12, 12, 6, 30, tzinfo=dt.timezone.utc) + \
-        dt.timedelta(seconds=c.predicted_travel_seconds)
+    assert c.predicted_arrival == dt.datetime(2024, 3, 12, 12, 6, 30, tzinfo=dt.UTC) + dt.timedelta(
+        seconds=c.predicted_travel_seconds
+    )
     assert c.predicted_delay_seconds == pytest.approx(
-        (c.predicted_arrival - c.scheduled_arrival).total_seconds(), abs=0.05)
+        (c.predicted_arrival - c.scheduled_arrival).total_seconds(), abs=0.05
+    )
     assert d.scheduled_arrival is None and d.predicted_delay_seconds is None
     assert np.isfinite(expected[TARGET]).all()
 
@@ -91,27 +106,45 @@ def test_real_ids_with_spaces_are_valid():
 
 
 def test_service_day_rolls_over_at_3am_local():
-    assert service_date_of(dt.datetime(2024, 8, 12, 5, 30, tzinfo=dt.timezone.utc)) == dt.date(2024, 8, 11)  # 01:30 EDT
-    assert service_date_of(dt.datetime(2024, 8, 12, 7, 30, tzinfo=dt.timezone.utc)) == dt.date(2024, 8, 12)  # 03:30 EDT
+    assert service_date_of(dt.datetime(2024, 8, 12, 5, 30, tzinfo=dt.UTC)) == dt.date(2024, 8, 11)  # 01:30 EDT
+    assert service_date_of(dt.datetime(2024, 8, 12, 7, 30, tzinfo=dt.UTC)) == dt.date(2024, 8, 12)  # 03:30 EDT
 
 
-@pytest.mark.parametrize("override, where, why", [
-    ({"actual_arrival": "2024-03-12T12:06:30"}, "actual_arrival", "must include a UTC offset"),
-    ({"direction_id": 12}, "direction_id", "less than or equal to 9"),
-    ({"stops_ahead": []}, "stops_ahead", "at least 1 item"),
-    ({"stops_ahead": [{"stop_id": f"S{i}"} for i in range(MAX_STOPS_AHEAD + 1)]}, "stops_ahead", "at most 20 items"),
-    ({"stops_ahead": [{"stop_id": "C"}, {"stop_id": "C"}]}, "", "lists a stop more than once"),
-    ({"stops_ahead": [{"stop_id": "B"}]}, "", "contains stop u (B) itself"),
-    ({"stops_ahead": [{"stop_id": "C", "scheduled_arrival": "2024-03-14T12:10:00Z"}]}, "",
-     r"stops_ahead[0].scheduled_arrival is more than 6:00:00 from actual_arrival"),
-    ({"actual_arrival": "2099-01-01T00:00:00Z", "scheduled_arrival": None, "previous_stop": None,
-      "stops_ahead": [{"stop_id": "C"}]}, "", "more than a day in the future"),
-    ({"actual_arrival": "1999-01-01T00:00:00Z"}, "actual_arrival", "not a plausible observation time"),
-    ({"stop_id": "B; DROP TABLE"}, "stop_id", "String should match pattern"),
-    ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
-    ({"headway_seconds": -5}, "headway_seconds", "greater than or equal to 0"),
-    ({"service_date": "9999-01-01"}, "", "more than a day from actual_arrival"),
-])
+@pytest.mark.parametrize(
+    "override, where, why",
+    [
+        ({"actual_arrival": "2024-03-12T12:06:30"}, "actual_arrival", "must include a UTC offset"),
+        ({"direction_id": 12}, "direction_id", "less than or equal to 9"),
+        ({"stops_ahead": []}, "stops_ahead", "at least 1 item"),
+        (
+            {"stops_ahead": [{"stop_id": f"S{i}"} for i in range(MAX_STOPS_AHEAD + 1)]},
+            "stops_ahead",
+            "at most 20 items",
+        ),
+        ({"stops_ahead": [{"stop_id": "C"}, {"stop_id": "C"}]}, "", "lists a stop more than once"),
+        ({"stops_ahead": [{"stop_id": "B"}]}, "", "contains stop u (B) itself"),
+        (
+            {"stops_ahead": [{"stop_id": "C", "scheduled_arrival": "2024-03-14T12:10:00Z"}]},
+            "",
+            r"stops_ahead[0].scheduled_arrival is more than 6:00:00 from actual_arrival",
+        ),
+        (
+            {
+                "actual_arrival": "2099-01-01T00:00:00Z",
+                "scheduled_arrival": None,
+                "previous_stop": None,
+                "stops_ahead": [{"stop_id": "C"}],
+            },
+            "",
+            "more than a day in the future",
+        ),
+        ({"actual_arrival": "1999-01-01T00:00:00Z"}, "actual_arrival", "not a plausible observation time"),
+        ({"stop_id": "B; DROP TABLE"}, "stop_id", "String should match pattern"),
+        ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ({"headway_seconds": -5}, "headway_seconds", "greater than or equal to 0"),
+        ({"service_date": "9999-01-01"}, "", "more than a day from actual_arrival"),
+    ],
+)
 def test_bad_requests_name_the_field_and_the_reason(override, where, why):
     with pytest.raises(ValidationError) as err:
         request_at_b(**override)
@@ -122,21 +155,35 @@ def test_bad_requests_name_the_field_and_the_reason(override, where, why):
 
 def test_batched_predictions_equal_one_at_a_time(offline):
     _, runner = offline
-    reqs = [request_at_b(), request_at_b(stop_id="A", previous_stop=None, actual_arrival="2024-03-12T12:01:00Z",
-                                         scheduled_arrival="2024-03-12T12:00:00Z",
-                                         stops_ahead=[{"stop_id": "B"}, {"stop_id": "C"}, {"stop_id": "D"}])]
+    reqs = [
+        request_at_b(),
+        request_at_b(
+            stop_id="A",
+            previous_stop=None,
+            actual_arrival="2024-03-12T12:01:00Z",
+            scheduled_arrival="2024-03-12T12:00:00Z",
+            stops_ahead=[{"stop_id": "B"}, {"stop_id": "C"}, {"stop_id": "D"}],
+        ),
+    ]
     together = runner.predict(reqs + reqs[:1])
     alone = [runner.predict([r])[0] for r in reqs]
     assert [r.model_dump() for r in together] == [r.model_dump() for r in alone + alone[:1]]
     assert [p.stops_ahead for p in together[1].predictions] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("override, loc, kind", [
-    ({"route_id": "Purple"}, ["body", "route_id"], "unknown_route"),
-    ({"direction_id": 7}, ["body", "direction_id"], "unknown_direction"),
-    ({"stops_ahead": [{"stop_id": "C"}, {"stop_id": "nowhere"}]}, ["body", "stops_ahead", 1, "stop_id"], "unknown_stop"),
-    ({"stop_id": "Z9", "previous_stop": None}, ["body", "stop_id"], "unknown_stop"),
-])
+@pytest.mark.parametrize(
+    "override, loc, kind",
+    [
+        ({"route_id": "Purple"}, ["body", "route_id"], "unknown_route"),
+        ({"direction_id": 7}, ["body", "direction_id"], "unknown_direction"),
+        (
+            {"stops_ahead": [{"stop_id": "C"}, {"stop_id": "nowhere"}]},
+            ["body", "stops_ahead", 1, "stop_id"],
+            "unknown_stop",
+        ),
+        ({"stop_id": "Z9", "previous_stop": None}, ["body", "stop_id"], "unknown_stop"),
+    ],
+)
 def test_inputs_the_model_cannot_handle_are_refused_by_name(offline, override, loc, kind):
     _, runner = offline
     assert runner.refusal(request_at_b()) is None

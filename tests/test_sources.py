@@ -38,9 +38,7 @@ LAMP_2023_UNSCHEDULED_CSV = FIXTURES / "lamp_2023_without_schedule.csv"
 LAMP_BAD_STOP_TIMESTAMP_CSV = FIXTURES / "lamp_2024_bad_stop_timestamp.csv"
 LAMP_BAD_VALUES_CSV = FIXTURES / "lamp_2024_bad_values.csv"
 
-LAMP_2024_HEADER = (
-    "service_date,route_id,direction_id,trip_id,stop_id,stop_sequence,stop_timestamp\n"
-)
+LAMP_2024_HEADER = "service_date,route_id,direction_id,trip_id,stop_id,stop_sequence,stop_timestamp\n"
 
 
 def utc(text: str) -> pd.Timestamp:
@@ -112,8 +110,7 @@ def test_sample_format_detected_from_columns(path: Path, fmt: str, n: int) -> No
 
 @pytest.mark.parametrize(
     ("table_fixture", "path", "source"),
-    [("lamp_table", LAMP_SAMPLE, "lamp"), ("tm_table", TM_SAMPLE, "tm"),
-     ("gtfsrt_table", GTFSRT_SAMPLE, "gtfsrt")],
+    [("lamp_table", LAMP_SAMPLE, "lamp"), ("tm_table", TM_SAMPLE, "tm"), ("gtfsrt_table", GTFSRT_SAMPLE, "gtfsrt")],
     ids=["lamp", "tm", "gtfsrt"],
 )
 def test_sample_read_keeps_every_row_in_event_schema(
@@ -158,8 +155,7 @@ def test_lamp_sample_past_midnight_and_trunk_headway(lamp_table: pa.Table) -> No
     """Row 37 (Mattapan): scheduled 88380 s = 24:33 EST -> next day 05:33 UTC; no branch headway,
     so the trunk headways (580 s observed, 720 s scheduled) are used."""
     row = rows(lamp_table.slice(37, 1))[0]
-    assert (row["route_id"], row["mode"], row["stop_id"], row["trip_id"]) == (
-        "Mattapan", "subway", "70264", "59623795")
+    assert (row["route_id"], row["mode"], row["stop_id"], row["trip_id"]) == ("Mattapan", "subway", "70264", "59623795")
     assert row["actual_arrival"] == utc("2024-02-08 05:31:48")  # stop_timestamp 1707370308
     assert row["scheduled_arrival"] == utc("2024-02-08 05:33:00")
     assert (row["headway_seconds"], row["scheduled_headway_seconds"]) == (580.0, 720.0)
@@ -217,7 +213,11 @@ def test_tm_sample_trip_start_uses_departure(tm_table: pa.Table) -> None:
     the event time is the departure, 55564 s = 15:26:04 EDT, against scheduled 55500 s."""
     row = rows(tm_table.slice(6, 1))[0]
     assert (row["route_id"], row["stop_id"], row["trip_id"], row["stop_sequence"]) == (
-        "tm-26003", "tm-488", "8301711", 1)
+        "tm-26003",
+        "tm-488",
+        "8301711",
+        1,
+    )
     assert row["actual_arrival"] == utc("2024-08-11 19:26:04")
     assert row["scheduled_arrival"] == utc("2024-08-11 19:25:00")
     assert row["reason"] is None
@@ -263,10 +263,20 @@ def test_gtfsrt_sample_rows_hand_checked(gtfsrt_table: pa.Table) -> None:
         "headway_seconds": None,
         "scheduled_headway_seconds": None,
     }
-    assert first == {**common, "source_row": 0, "actual_arrival": utc("2023-05-08 12:13:49"),
-                     "reason": "not_an_arrival", "detail": "vehicle.current_status=INCOMING_AT"}
-    assert stopped == {**common, "source_row": 5, "actual_arrival": utc("2023-05-08 12:15:20"),
-                       "reason": None, "detail": None}
+    assert first == {
+        **common,
+        "source_row": 0,
+        "actual_arrival": utc("2023-05-08 12:13:49"),
+        "reason": "not_an_arrival",
+        "detail": "vehicle.current_status=INCOMING_AT",
+    }
+    assert stopped == {
+        **common,
+        "source_row": 5,
+        "actual_arrival": utc("2023-05-08 12:15:20"),
+        "reason": None,
+        "detail": None,
+    }
 
 
 def test_gtfsrt_sample_reasons_and_no_schedule(gtfsrt_table: pa.Table) -> None:
@@ -298,23 +308,56 @@ def _lamp_2023_parquet(csv_path: Path, out: Path) -> Path:
 
 LAMP_2023_EXPECTED = [
     # Red, 2023-03-15 (EDT, origin 04:00 UTC): scheduled 25200 s = 07:00 EDT.
-    {"route_id": "Red", "direction_id": 0, "trip_id": "55458882", "stop_id": "70061",
-     "stop_sequence": 1, "vehicle_id": "R-5463D3A4", "mode": "subway",
-     "actual_arrival": utc("2023-03-15 11:01:30"), "scheduled_arrival": utc("2023-03-15 11:00:00"),
-     "dwell_seconds": 45.0, "headway_seconds": 540.0, "scheduled_headway_seconds": 480.0,
-     "reason": None, "detail": None},
+    {
+        "route_id": "Red",
+        "direction_id": 0,
+        "trip_id": "55458882",
+        "stop_id": "70061",
+        "stop_sequence": 1,
+        "vehicle_id": "R-5463D3A4",
+        "mode": "subway",
+        "actual_arrival": utc("2023-03-15 11:01:30"),
+        "scheduled_arrival": utc("2023-03-15 11:00:00"),
+        "dwell_seconds": 45.0,
+        "headway_seconds": 540.0,
+        "scheduled_headway_seconds": 480.0,
+        "reason": None,
+        "detail": None,
+    },
     # Orange: scheduled 90000 s = 25:00, i.e. 01:00 EDT the next morning.
-    {"route_id": "Orange", "direction_id": 1, "trip_id": "55460001", "stop_id": "70036",
-     "stop_sequence": 1, "vehicle_id": "O-5466D2B1", "mode": "subway",
-     "actual_arrival": utc("2023-03-16 05:02:00"), "scheduled_arrival": utc("2023-03-16 05:00:00"),
-     "dwell_seconds": None, "headway_seconds": None, "scheduled_headway_seconds": None,
-     "reason": None, "detail": None},
+    {
+        "route_id": "Orange",
+        "direction_id": 1,
+        "trip_id": "55460001",
+        "stop_id": "70036",
+        "stop_sequence": 1,
+        "vehicle_id": "O-5466D2B1",
+        "mode": "subway",
+        "actual_arrival": utc("2023-03-16 05:02:00"),
+        "scheduled_arrival": utc("2023-03-16 05:00:00"),
+        "dwell_seconds": None,
+        "headway_seconds": None,
+        "scheduled_headway_seconds": None,
+        "reason": None,
+        "detail": None,
+    },
     # Green-E: no vp_stop_timestamp; scheduled 30000 s = 08:20 EDT; only the trunk scheduled headway.
-    {"route_id": "Green-E", "direction_id": 0, "trip_id": "55470002", "stop_id": "70260",
-     "stop_sequence": 30, "vehicle_id": "G-10082", "mode": "subway",
-     "actual_arrival": None, "scheduled_arrival": utc("2023-03-15 12:20:00"),
-     "dwell_seconds": None, "headway_seconds": None, "scheduled_headway_seconds": 420.0,
-     "reason": "missing_actual_arrival", "detail": "no stop_timestamp/vp_stop_timestamp"},
+    {
+        "route_id": "Green-E",
+        "direction_id": 0,
+        "trip_id": "55470002",
+        "stop_id": "70260",
+        "stop_sequence": 30,
+        "vehicle_id": "G-10082",
+        "mode": "subway",
+        "actual_arrival": None,
+        "scheduled_arrival": utc("2023-03-15 12:20:00"),
+        "dwell_seconds": None,
+        "headway_seconds": None,
+        "scheduled_headway_seconds": 420.0,
+        "reason": "missing_actual_arrival",
+        "detail": "no stop_timestamp/vp_stop_timestamp",
+    },
 ]
 
 
@@ -325,8 +368,7 @@ def _without_schedule(expected: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("container", ["csv", "parquet"])
 @pytest.mark.parametrize(
     ("csv_path", "expected"),
-    [(LAMP_2023_SCHEDULED_CSV, LAMP_2023_EXPECTED),
-     (LAMP_2023_UNSCHEDULED_CSV, _without_schedule(LAMP_2023_EXPECTED))],
+    [(LAMP_2023_SCHEDULED_CSV, LAMP_2023_EXPECTED), (LAMP_2023_UNSCHEDULED_CSV, _without_schedule(LAMP_2023_EXPECTED))],
     ids=["with_schedule", "without_schedule"],
 )
 def test_lamp_2023_layout(tmp_path: Path, container: str, csv_path: Path, expected: list[dict]) -> None:
@@ -376,8 +418,7 @@ def test_massdot_detected() -> None:
 def test_massdot_ids_and_directions(massdot_rows: list[dict]) -> None:
     """Zero-padded routes lose their zeros ('01' -> '1', '09' -> '9'), 'SL1' and '116' stay;
     Outbound is 0 and Inbound 1; half_trip_id is the trip id; time_point_order the sequence."""
-    assert [r["route_id"] for r in massdot_rows] == [
-        "1", "1", "SL1", "116", "9", "9", "1", "1", "1", "SL1"]
+    assert [r["route_id"] for r in massdot_rows] == ["1", "1", "SL1", "116", "9", "9", "1", "1", "1", "SL1"]
     assert [r["direction_id"] for r in massdot_rows] == [1, 1, 0, 0, 0, 0, 1, 1, 1, None]
     assert massdot_rows[0]["trip_id"] == "61234567"
     assert massdot_rows[0]["stop_id"] == "110"
@@ -409,7 +450,13 @@ def test_massdot_times_across_dst_and_midnight(massdot_rows: list[dict]) -> None
 def test_massdot_headways_in_seconds(massdot_rows: list[dict]) -> None:
     """Headways are seconds as given; empty or '-' is missing (not a bad value)."""
     assert [(r["scheduled_headway_seconds"], r["headway_seconds"]) for r in massdot_rows[:6]] == [
-        (600.0, 645.0), (600.0, None), (None, None), (None, None), (900.0, 870.0), (1800.0, 1750.0)]
+        (600.0, 645.0),
+        (600.0, None),
+        (None, None),
+        (None, None),
+        (900.0, 870.0),
+        (1800.0, 1750.0),
+    ]
 
 
 def test_massdot_bad_rows_are_flagged_not_dropped(massdot_rows: list[dict]) -> None:
@@ -423,39 +470,77 @@ def test_massdot_bad_rows_are_flagged_not_dropped(massdot_rows: list[dict]) -> N
         (9, "bad_value", "field direction_id: northbound is not Inbound/Outbound"),
     ]
     assert (massdot_rows[6]["actual_arrival"], massdot_rows[6]["scheduled_arrival"]) == (
-        None, utc("2024-03-10 11:20:00"))
+        None,
+        utc("2024-03-10 11:20:00"),
+    )
     assert (massdot_rows[7]["actual_arrival"], massdot_rows[7]["scheduled_arrival"]) == (
-        None, utc("2024-03-10 11:10:00"))
+        None,
+        utc("2024-03-10 11:10:00"),
+    )
     assert (massdot_rows[8]["actual_arrival"], massdot_rows[8]["scheduled_arrival"]) == (
-        utc("2024-03-10 16:03:00"), None)
+        utc("2024-03-10 16:03:00"),
+        None,
+    )
     assert massdot_rows[9]["actual_arrival"] == utc("2024-03-10 12:01:00")
 
 
 def test_massdot_camelcase_header() -> None:
     """The older CamelCase header reads to the same canonical values (space-separated times)."""
     got = [
-        {k: r[k] for k in ("service_date", "route_id", "direction_id", "trip_id", "stop_id",
-                           "stop_sequence", "scheduled_arrival", "actual_arrival",
-                           "scheduled_headway_seconds", "headway_seconds", "reason")}
+        {
+            k: r[k]
+            for k in (
+                "service_date",
+                "route_id",
+                "direction_id",
+                "trip_id",
+                "stop_id",
+                "stop_sequence",
+                "scheduled_arrival",
+                "actual_arrival",
+                "scheduled_headway_seconds",
+                "headway_seconds",
+                "reason",
+            )
+        }
         for r in rows(read_file(str(MASSDOT_CAMEL_CSV)))
     ]
     assert got == [
         # 2019-01-02 is EST: origin 05:00 UTC.
-        {"service_date": dt.date(2019, 1, 2), "route_id": "1", "direction_id": 0,
-         "trip_id": "41234567", "stop_id": "110", "stop_sequence": 1,
-         "scheduled_arrival": utc("2019-01-02 10:05:00"), "actual_arrival": utc("2019-01-02 10:06:40"),
-         "scheduled_headway_seconds": 900.0, "headway_seconds": 960.0, "reason": None},
-        {"service_date": dt.date(2019, 1, 2), "route_id": "SL4", "direction_id": 1,
-         "trip_id": "41200001", "stop_id": "17091", "stop_sequence": 2,
-         "scheduled_arrival": utc("2019-01-03 05:45:00"), "actual_arrival": utc("2019-01-03 05:44:00"),
-         "scheduled_headway_seconds": None, "headway_seconds": None, "reason": None},
+        {
+            "service_date": dt.date(2019, 1, 2),
+            "route_id": "1",
+            "direction_id": 0,
+            "trip_id": "41234567",
+            "stop_id": "110",
+            "stop_sequence": 1,
+            "scheduled_arrival": utc("2019-01-02 10:05:00"),
+            "actual_arrival": utc("2019-01-02 10:06:40"),
+            "scheduled_headway_seconds": 900.0,
+            "headway_seconds": 960.0,
+            "reason": None,
+        },
+        {
+            "service_date": dt.date(2019, 1, 2),
+            "route_id": "SL4",
+            "direction_id": 1,
+            "trip_id": "41200001",
+            "stop_id": "17091",
+            "stop_sequence": 2,
+            "scheduled_arrival": utc("2019-01-03 05:45:00"),
+            "actual_arrival": utc("2019-01-03 05:44:00"),
+            "scheduled_headway_seconds": None,
+            "headway_seconds": None,
+            "reason": None,
+        },
     ]
 
 
 def test_massdot_seconds_from_1900_base() -> None:
     """'1900-01-02T00:10:00Z' is second 87,000 of the service day; both spellings parse."""
-    values = pd.Series(["1900-01-01T00:00:00Z", "1900-01-01 07:02:10", "1900-01-02T00:10:00Z",
-                        "", "-", None, "25:10:00"])
+    values = pd.Series(
+        ["1900-01-01T00:00:00Z", "1900-01-01 07:02:10", "1900-01-02T00:10:00Z", "", "-", None, "25:10:00"]
+    )
     issues = RowIssues(values.index)
     got = seconds_from_1900_base(values, "actual", issues).tolist()
     assert got[:3] == [0.0, 25_330.0, 87_000.0]
@@ -487,8 +572,10 @@ def test_tm_csv_trip_start_cancelled_and_revenue(tmp_path: Path) -> None:
     )
     table = read_file(str(path))
     assert_event_schema(table)
-    got = [(r["trip_id"], r["stop_id"], r["actual_arrival"], r["dwell_seconds"], r["reason"], r["detail"])
-           for r in rows(table)]
+    got = [
+        (r["trip_id"], r["stop_id"], r["actual_arrival"], r["dwell_seconds"], r["reason"], r["detail"])
+        for r in rows(table)
+    ]
     assert got == [
         ("8301710", "tm-947", utc("2024-08-11 19:01:47"), 0.0, None, None),  # departure 54107
         ("8301710", "tm-130", utc("2024-08-11 19:03:59"), 34.0, None, None),  # arrival 54239
@@ -507,21 +594,25 @@ def test_tm_csv_trip_start_cancelled_and_revenue(tmp_path: Path) -> None:
 def test_gtfsrt_null_status_is_not_an_arrival(tmp_path: Path) -> None:
     """A snapshot without current_status is not an arrival (and does not crash the reader)."""
     path = tmp_path / "vp.parquet"
-    pq.write_table(pa.table({
-        "vehicle.current_status": pa.array(["STOPPED_AT", None, "IN_TRANSIT_TO"], pa.string()),
-        "vehicle.timestamp": pa.array([1683548120, 1683548130, 1683548140], pa.uint64()),
-        "vehicle.trip.trip_id": ["t1"] * 3,
-        "vehicle.trip.route_id": ["CR-Lowell", "Red", "1"],
-        "vehicle.trip.direction_id": pa.array([0, 0, 1], pa.uint8()),
-        "vehicle.trip.start_date": ["20230508"] * 3,
-        "vehicle.stop_id": ["70061", "70063", "64"],
-        "vehicle.current_stop_sequence": [1.0, 2.0, 3.0],
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "vehicle.current_status": pa.array(["STOPPED_AT", None, "IN_TRANSIT_TO"], pa.string()),
+                "vehicle.timestamp": pa.array([1683548120, 1683548130, 1683548140], pa.uint64()),
+                "vehicle.trip.trip_id": ["t1"] * 3,
+                "vehicle.trip.route_id": ["CR-Lowell", "Red", "1"],
+                "vehicle.trip.direction_id": pa.array([0, 0, 1], pa.uint8()),
+                "vehicle.trip.start_date": ["20230508"] * 3,
+                "vehicle.stop_id": ["70061", "70063", "64"],
+                "vehicle.current_stop_sequence": [1.0, 2.0, 3.0],
+            }
+        ),
+        path,
+    )
     table = read_file(str(path))
     assert_event_schema(table)
     assert table["reason"].to_pylist() == [None, "not_an_arrival", "not_an_arrival"]
-    assert table["detail"].to_pylist() == [
-        None, "vehicle.current_status=null", "vehicle.current_status=IN_TRANSIT_TO"]
+    assert table["detail"].to_pylist() == [None, "vehicle.current_status=null", "vehicle.current_status=IN_TRANSIT_TO"]
     assert table["mode"].to_pylist() == ["commuter_rail", "subway", "bus"]
     assert table["vehicle_id"].null_count == 3  # no vehicle.vehicle.id column
     assert table["actual_arrival"][0].as_py() == dt.datetime(2023, 5, 8, 12, 15, 20, tzinfo=dt.UTC)
@@ -557,11 +648,13 @@ def test_lamp_bad_values_name_their_field() -> None:
     ]
     # What did parse is kept: actual arrivals everywhere, the ISO service date on row 3.
     assert [r["actual_arrival"] for r in got] == [
-        utc("2024-02-07 11:21:00"), utc("2024-02-07 11:22:00"), utc("2024-02-07 11:24:00"),
-        utc("2024-02-07 11:25:00")]
+        utc("2024-02-07 11:21:00"),
+        utc("2024-02-07 11:22:00"),
+        utc("2024-02-07 11:24:00"),
+        utc("2024-02-07 11:25:00"),
+    ]
     assert [r["service_date"] for r in got] == [dt.date(2024, 2, 7)] * 2 + [None, dt.date(2024, 2, 7)]
-    assert [r["scheduled_arrival"] for r in got] == [
-        None, utc("2024-02-07 11:22:00"), None, utc("2024-02-07 11:25:00")]
+    assert [r["scheduled_arrival"] for r in got] == [None, utc("2024-02-07 11:22:00"), None, utc("2024-02-07 11:25:00")]
 
 
 # --- broken inputs ------------------------------------------------------------------------------
@@ -579,8 +672,9 @@ def _error(path: Path, fmt: str | None = None) -> str:
 def test_missing_required_column_is_listed(tmp_path: Path) -> None:
     """A LAMP file without stop_id: detection names lamp as closest and lists the missing column."""
     path = tmp_path / "no_stop.csv"
-    path.write_text("service_date,route_id,direction_id,trip_id,stop_sequence,stop_timestamp\n"
-                    "20240207,Red,0,t1,1,1707304860\n")
+    path.write_text(
+        "service_date,route_id,direction_id,trip_id,stop_sequence,stop_timestamp\n20240207,Red,0,t1,1,1707304860\n"
+    )
     message = _error(path)
     assert "unknown input format" in message
     assert "'lamp', lacks columns ['stop_id']" in message
@@ -590,10 +684,21 @@ def test_missing_required_column_is_listed(tmp_path: Path) -> None:
 def test_missing_columns_lists_all_and_alternatives(tmp_path: Path) -> None:
     """Several missing columns are all listed; a column with 2023/2024 names shows both."""
     path = tmp_path / "lamp_partial.parquet"
-    pq.write_table(pa.table({"service_date": [20240207], "route_id": ["Red"], "direction_id": [True],
-                             "trip_id": ["t1"], "stop_sequence": [1]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "service_date": [20240207],
+                "route_id": ["Red"],
+                "direction_id": [True],
+                "trip_id": ["t1"],
+                "stop_sequence": [1],
+            }
+        ),
+        path,
+    )
     assert _error(path, "lamp").endswith(
-        "not a valid 'lamp' file: missing columns ['stop_id', 'stop_timestamp|vp_stop_timestamp']")
+        "not a valid 'lamp' file: missing columns ['stop_id', 'stop_timestamp|vp_stop_timestamp']"
+    )
 
 
 def test_unknown_format(tmp_path: Path) -> None:
@@ -659,8 +764,9 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
 def test_malformed_csv_row(tmp_path: Path) -> None:
     """A data row with more fields than the header is a malformed CSV, not a crash."""
     path = tmp_path / "ragged.csv"
-    path.write_text(LAMP_2024_HEADER + "20240207,Red,0,t1,70061,1,1707304860\n"
-                    "20240207,Red,0,t1,70063,2,1707304920,extra\n")
+    path.write_text(
+        LAMP_2024_HEADER + "20240207,Red,0,t1,70061,1,1707304860\n20240207,Red,0,t1,70063,2,1707304920,extra\n"
+    )
     assert ": malformed CSV: " in _error(path)
 
 
@@ -699,7 +805,8 @@ def test_service_seconds_to_utc(service_date: str, seconds: int, expected: str) 
 def test_service_seconds_to_utc_missing_values() -> None:
     """Missing seconds or dates give NaT, and the other rows are unaffected."""
     got = timeutil.service_seconds_to_utc(
-        pd.Series(pd.to_datetime(["2024-02-07", "2024-02-07", None])), pd.Series([60.0, None, 60.0]))
+        pd.Series(pd.to_datetime(["2024-02-07", "2024-02-07", None])), pd.Series([60.0, None, 60.0])
+    )
     assert got.iloc[0] == utc("2024-02-07 05:01:00")
     assert got.iloc[1:].isna().all()
 
@@ -707,10 +814,11 @@ def test_service_seconds_to_utc_missing_values() -> None:
 def test_parse_service_date_spellings() -> None:
     """20240207 as int or text and '2024-02-07' parse; junk becomes NaT."""
     assert timeutil.parse_service_date(pd.Series([20240207, 20241103])).tolist() == [
-        pd.Timestamp("2024-02-07"), pd.Timestamp("2024-11-03")]
+        pd.Timestamp("2024-02-07"),
+        pd.Timestamp("2024-11-03"),
+    ]
     got = timeutil.parse_service_date(pd.Series(["20240207", "2024-03-10", " 2024-11-03 ", "notadate", None]))
-    assert got.iloc[:3].tolist() == [pd.Timestamp("2024-02-07"), pd.Timestamp("2024-03-10"),
-                                     pd.Timestamp("2024-11-03")]
+    assert got.iloc[:3].tolist() == [pd.Timestamp("2024-02-07"), pd.Timestamp("2024-03-10"), pd.Timestamp("2024-11-03")]
     assert got.iloc[3:].isna().all()
 
 

@@ -36,12 +36,26 @@ def test_features_do_not_pull_in_validation_or_readers():
     assert not {m for m in mods if m.startswith("mbta_ray.sources") or m == "mbta_ray.validate"}
 
 
-@pytest.mark.parametrize("name", ["segment_medians.parquet", "eval.json", "metadata.json", "encoder.json",
-                                  "model.ubj", "model.pt", "architecture.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "segment_medians.parquet",
+        "eval.json",
+        "metadata.json",
+        "encoder.json",
+        "model.ubj",
+        "model.pt",
+        "architecture.json",
+    ],
+)
 def test_each_bundle_file_name_is_written_once(name):
     """models/bundle.py owns the model folder's file names: no other module spells one out."""
-    hits = [(p.relative_to(REPO), i) for p in PACKAGE.rglob("*.py")
-            for i, line in enumerate(p.read_text().splitlines(), 1) if f'"{name}"' in line]
+    hits = [
+        (p.relative_to(REPO), i)
+        for p in PACKAGE.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if f'"{name}"' in line
+    ]
     assert [str(p) for p, _ in hits] == ["mbta_ray/models/bundle.py"], hits
 
 
@@ -52,8 +66,10 @@ def test_a_user_error_from_any_command_is_one_line_and_exit_2(tmp_path):
         (["registry", "register", str(tmp_path / "nope"), "--root", str(tmp_path)], "metadata.json: missing"),
         (["distill", "--teacher", str(tmp_path / "nope"), "--root", str(tmp_path)], "not a packaged model folder"),
         (["promote", "v-missing", "--root", str(tmp_path)], "no version 'v-missing'"),
-        (["tune", "--model", "xgboost", "--root", str(tmp_path), "--space", str(tmp_path / "none.yaml")],
-         "no dataset under"),
+        (
+            ["tune", "--model", "xgboost", "--root", str(tmp_path), "--space", str(tmp_path / "none.yaml")],
+            "no dataset under",
+        ),
     ]
     for args, needle in cases:
         res = runner.invoke(app, args)
@@ -67,8 +83,24 @@ def test_a_non_editable_install_finds_its_package_data(ray_local, tmp_path):
     """`pip install .` (a built wheel, not the checkout) runs `mbta-ray tune --help` and a tiny ingest
     and tune from another folder: the embedded samples and configs/tune.yaml ship in the package."""
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO)], check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert (target / "mbta_ray" / "configs" / "tune.yaml").is_file()
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -81,8 +113,14 @@ def test_a_non_editable_install_finds_its_package_data(ray_local, tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 
-    where = subprocess.run([sys.executable, "-c", "import mbta_ray; print(mbta_ray.__file__)"], cwd=work, env=env,
-                           capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import mbta_ray; print(mbta_ray.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(target)), where
     assert "--num-samples" in cli("tune", "--help")
     from mbta_ray.synth import write_synthetic
@@ -92,7 +130,19 @@ def test_a_non_editable_install_finds_its_package_data(ray_local, tmp_path):
     # The packaged default search space (no --space): one trial.
     packaged = yaml.safe_load((target / "mbta_ray" / "configs" / "tune.yaml").read_text())
     assert set(packaged) >= {"xgboost", "dnn"}
-    out = cli("tune", "--model", "xgboost", "--num-samples", "1", "--random-steps", "1", "--no-wandb",
-              "--cpus-per-worker", "0.5", "--root", "art")
+    out = cli(
+        "tune",
+        "--model",
+        "xgboost",
+        "--num-samples",
+        "1",
+        "--random-steps",
+        "1",
+        "--no-wandb",
+        "--cpus-per-worker",
+        "0.5",
+        "--root",
+        "art",
+    )
     assert re.search(r"xgboost: 1 trials, best valid MAE [\d.]+ s", out), out
     assert list((work / "art" / "experiments").glob("xgboost-*/best/model.ubj"))

@@ -15,10 +15,14 @@ from mbta_ray.synth import write_synthetic
 from mbta_ray.tune import TrialResources, TuneSettings, run_search
 
 TINY_SPACE = {
-    "xgboost": {"search": {"eta": {"log_uniform": [0.05, 0.3]}, "max_depth": {"int": [3, 6]}},
-                "fixed": {"num_boost_round": 15, "early_stopping_rounds": 5}},
-    "dnn": {"search": {"lr": {"log_uniform": [0.001, 0.01]}, "hidden_width": {"int": [16, 48]}},
-            "fixed": {"epochs": 2, "batch_size": 512, "hidden_layers": 1}},
+    "xgboost": {
+        "search": {"eta": {"log_uniform": [0.05, 0.3]}, "max_depth": {"int": [3, 6]}},
+        "fixed": {"num_boost_round": 15, "early_stopping_rounds": 5},
+    },
+    "dnn": {
+        "search": {"lr": {"log_uniform": [0.001, 0.01]}, "hidden_width": {"int": [16, 48]}},
+        "fixed": {"epochs": 2, "batch_size": 512, "hidden_layers": 1},
+    },
 }
 
 
@@ -79,17 +83,29 @@ def tiny_dataset(ray_local, tmp_path_factory):
 def test_tune_end_to_end(tiny_dataset, family):
     """Two Bayesian trials of distributed training, best model packaged and evaluated on test."""
     root, version, space = tiny_dataset
-    settings = TuneSettings(family=family, num_samples=2, max_concurrent=1, random_steps=1,
-                            storage=str(root / "experiments"), space_file=space,
-                            resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1),
-                            wandb=family == "dnn")  # once is enough: W&B offline, no key
+    settings = TuneSettings(
+        family=family,
+        num_samples=2,
+        max_concurrent=1,
+        random_steps=1,
+        storage=str(root / "experiments"),
+        space_file=space,
+        resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1),
+        wandb=family == "dnn",
+    )  # once is enough: W&B offline, no key
     out = run_search(settings, root, version)
     assert out["trials"] == 2 and not out["errors"]
     exp = Path(out["experiment"])
     if settings.wandb:
         assert len(list(exp.glob("*/wandb/offline-run-*"))) == 2
-    for name in ("results.csv", "results.json", "encoder.json", "best_so_far.png",
-                 "predicted_vs_actual.png", "error_by_horizon.png"):
+    for name in (
+        "results.csv",
+        "results.json",
+        "encoder.json",
+        "best_so_far.png",
+        "predicted_vs_actual.png",
+        "error_by_horizon.png",
+    ):
         assert (exp / name).is_file(), name
     model_dir = Path(out["model_dir"])
     report = json.loads((model_dir / "eval.json").read_text())["report"]
@@ -138,17 +154,36 @@ def test_resume_after_an_interrupted_search(tiny_dataset):
     root, version, space = tiny_dataset
     name = "resume-me"
     exe = str(Path(sys.executable).parent / "mbta-ray")
-    cmd = [exe, "tune", "--model", "xgboost", "--num-samples", "4", "--max-concurrent", "1",
-           "--random-steps", "1", "--cpus-per-worker", "0.5", "--no-wandb", "--space", space,
-           "--dataset", version, "--root", str(root), "--name", name]
+    cmd = [
+        exe,
+        "tune",
+        "--model",
+        "xgboost",
+        "--num-samples",
+        "4",
+        "--max-concurrent",
+        "1",
+        "--random-steps",
+        "1",
+        "--cpus-per-worker",
+        "0.5",
+        "--no-wandb",
+        "--space",
+        space,
+        "--dataset",
+        version,
+        "--root",
+        str(root),
+        "--name",
+        name,
+    ]
     # The process joins the session's cluster, as a driver on a real cluster would: a second local
     # Ray instance on the machine confuses Ray Train's placement-group cleaner (see README), and
     # killing it leaves orphaned workers behind.
     import ray
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     exp = root / "experiments" / name
     deadline = time.time() + 240
     try:
@@ -163,9 +198,15 @@ def test_resume_after_an_interrupted_search(tiny_dataset):
     assert len(finished_before) < 4
     results_before = {t: (next(exp.glob(f"*{t}*")) / "result.json").read_text() for t in finished_before}
 
-    settings = TuneSettings(family="xgboost", num_samples=4, max_concurrent=1, random_steps=1,
-                            storage=str(root / "experiments"), space_file=space,
-                            resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1))
+    settings = TuneSettings(
+        family="xgboost",
+        num_samples=4,
+        max_concurrent=1,
+        random_steps=1,
+        storage=str(root / "experiments"),
+        space_file=space,
+        resources=TrialResources(num_workers=1, cpus_per_worker=0.5, trial_cpu=0.1),
+    )
     out = run_search(settings, root, version, resume=str(exp))
     assert out["trials"] == 4 and not out["errors"]
     for t, text in results_before.items():  # finished trials were not trained again
@@ -176,9 +217,16 @@ def test_a_dataset_with_an_empty_split_is_refused(tmp_path):
     """Tuning on a dataset without validation rows would rank trials on nothing: refuse, say why."""
     folder = tmp_path / "datasets" / "mbta" / "abc123"
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({
-        "name": "mbta", "version": "abc123", "created_at": "2026-11-26",
-        "counts": {"examples_by_split": {"train": 50, "valid": 0, "test": 7}}}))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "name": "mbta",
+                "version": "abc123",
+                "created_at": "2026-11-26",
+                "counts": {"examples_by_split": {"train": 50, "valid": 0, "test": 7}},
+            }
+        )
+    )
     settings = TuneSettings(family="xgboost", storage=str(tmp_path / "experiments"))
     with pytest.raises(ValueError, match=r"no examples in \['valid'\]"):
         run_search(settings, tmp_path, "abc")

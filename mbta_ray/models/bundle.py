@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mbta_ray.encoding import FeatureEncoder
-from mbta_ray.errors import MissingFileError, MbtaRayError
+from mbta_ray.errors import MbtaRayError, MissingFileError
 
 XGB_MODEL_FILE = "model.ubj"
 DNN_WEIGHTS_FILE = "model.pt"
@@ -97,8 +97,15 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str))
 
 
-def write_bundle(out: str | Path, *, family: str, model_dir: str | Path, encoder: FeatureEncoder,
-                 metadata: dict, segment_medians: str | Path | None = None) -> Path:
+def write_bundle(
+    out: str | Path,
+    *,
+    family: str,
+    model_dir: str | Path,
+    encoder: FeatureEncoder,
+    metadata: dict,
+    segment_medians: str | Path | None = None,
+) -> Path:
     """Package a trained model: the family's model files from ``model_dir`` (a checkpoint folder),
     the encoder, the training-split segment medians (copied when the file exists) and
     ``metadata`` (+ family). Replaces ``out`` if it exists. Returns ``out``."""

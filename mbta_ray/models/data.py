@@ -20,15 +20,18 @@ def split_path(root: str | Path, version: str, split: str, name: str | None = No
     return versioning.version_dir(root, ds_name, ds_version) / split
 
 
-def load_split(root: str | Path, version: str, split: str, name: str | None = None,
-               columns: list[str] | None = None) -> ray.data.Dataset:
+def load_split(
+    root: str | Path, version: str, split: str, name: str | None = None, columns: list[str] | None = None
+) -> ray.data.Dataset:
     """A split as a Ray Dataset (read lazily, in parallel, by the cluster)."""
-    return ray.data.read_parquet(str(split_path(root, version, split, name)),
-                                 columns=columns or TRAIN_COLUMNS, schema=EXAMPLE_SCHEMA)
+    return ray.data.read_parquet(
+        str(split_path(root, version, split, name)), columns=columns or TRAIN_COLUMNS, schema=EXAMPLE_SCHEMA
+    )
 
 
-def load_split_pandas(root: str | Path, version: str, split: str, name: str | None = None,
-                      columns: list[str] | None = None) -> pd.DataFrame:
+def load_split_pandas(
+    root: str | Path, version: str, split: str, name: str | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
     """A (test) split on the driver, for evaluation and plots."""
     path = split_path(root, version, split, name)
     return pads.dataset(str(path), format="parquet", schema=EXAMPLE_SCHEMA).to_table(columns=columns).to_pandas()

@@ -21,12 +21,12 @@ import ray.train.torch
 import torch
 from torch import nn
 
+from mbta_ray.config import WorkerResources
 from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.models.bundle import DNN_ARCH_FILE as ARCH_FILE
 from mbta_ray.models.bundle import DNN_WEIGHTS_FILE as WEIGHTS_FILE
 from mbta_ray.models.params import round_ints
-from mbta_ray.config import WorkerResources
 from mbta_ray.schema import TARGET
 
 INT_PARAMS = ("hidden_width", "hidden_layers", "batch_size", "epochs", "max_embedding_dim")
@@ -77,9 +77,11 @@ class DelayMLP(nn.Module):
 def architecture(config: dict, encoder: FeatureEncoder) -> Architecture:
     config = round_ints(config, INT_PARAMS)
     return Architecture(
-        cardinalities=encoder.cardinalities, numeric_width=encoder.numeric_width,
+        cardinalities=encoder.cardinalities,
+        numeric_width=encoder.numeric_width,
         hidden=[config.get("hidden_width", 256)] * config.get("hidden_layers", 2),
-        max_embedding_dim=config.get("max_embedding_dim", 16), dropout=config.get("dropout", 0.1),
+        max_embedding_dim=config.get("max_embedding_dim", 16),
+        dropout=config.get("dropout", 0.1),
         residual=bool(config.get("residual", True)),
     )
 
@@ -112,8 +114,9 @@ def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, 
     arch = architecture(config, encoder)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(DelayMLP(arch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.get("lr", 1e-3),
-                                  weight_decay=config.get("weight_decay", 1e-5))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.get("lr", 1e-3), weight_decay=config.get("weight_decay", 1e-5)
+    )
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     batch_size = config.get("batch_size", 1024)
@@ -122,8 +125,9 @@ def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, 
     for epoch in range(config.get("epochs", 5)):
         model.train()
         train_abs, train_n = 0.0, 0
-        for batch in train_shard.iter_batches(batch_size=batch_size, batch_format="pandas",
-                                              local_shuffle_buffer_size=batch_size * 8):
+        for batch in train_shard.iter_batches(
+            batch_size=batch_size, batch_format="pandas", local_shuffle_buffer_size=batch_size * 8
+        ):
             cats, nums, prior, y = _tensors(batch, encoder, device)
             pred = model(cats, nums, prior)
             loss = loss_of(pred, batch, y)
@@ -144,9 +148,12 @@ def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, 
         if distributed:
             torch.distributed.all_reduce(sums)
         nan = float("nan")  # no rows is no measurement (0.0 would make the worst trial "best")
-        metrics = {VALID_METRIC: float(sums[0] / sums[1]) if sums[1] else nan,
-                   "train-mae": float(sums[2] / sums[3]) if sums[3] else nan,
-                   "epoch": epoch + 1, "device": str(device)}
+        metrics = {
+            VALID_METRIC: float(sums[0] / sums[1]) if sums[1] else nan,
+            "train-mae": float(sums[2] / sums[3]) if sums[3] else nan,
+            "epoch": epoch + 1,
+            "device": str(device),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
@@ -222,9 +229,11 @@ def _restore_int8_weights(qmodel: nn.Module, state: dict[str, torch.Tensor]) -> 
 
     for name, mod in qmodel.named_modules():
         if isinstance(mod, QLinear) and f"{name}.weight_int8" in state:
-            w = torch._make_per_tensor_quantized_tensor(state[f"{name}.weight_int8"],
-                                                        float(state[f"{name}.weight_scale"]),
-                                                        int(state[f"{name}.weight_zero_point"]))
+            w = torch._make_per_tensor_quantized_tensor(
+                state[f"{name}.weight_int8"],
+                float(state[f"{name}.weight_scale"]),
+                int(state[f"{name}.weight_zero_point"]),
+            )
             mod.set_weight_bias(w, mod.bias())
 
 
@@ -233,13 +242,21 @@ def predict(model: nn.Module, encoder: FeatureEncoder, df: pd.DataFrame, batch_s
     out = []
     with torch.no_grad():
         for lo in range(0, len(df), batch_size):
-            out.append(model(*encode_inputs(df.iloc[lo:lo + batch_size], encoder)).numpy())
+            out.append(model(*encode_inputs(df.iloc[lo : lo + batch_size], encoder)).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype="float32")
 
 
-def make_trainer(config: dict, encoder: FeatureEncoder, datasets: dict[str, ray.data.Dataset],
-                 resources: WorkerResources, run_config: ray.train.RunConfig) -> ray.train.torch.TorchTrainer:
+def make_trainer(
+    config: dict,
+    encoder: FeatureEncoder,
+    datasets: dict[str, ray.data.Dataset],
+    resources: WorkerResources,
+    run_config: ray.train.RunConfig,
+) -> ray.train.torch.TorchTrainer:
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={**config, "encoder": encoder.__dict__},
-        scaling_config=resources.scaling_config(), datasets=datasets, run_config=run_config)
+        scaling_config=resources.scaling_config(),
+        datasets=datasets,
+        run_config=run_config,
+    )

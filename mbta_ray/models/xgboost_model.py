@@ -18,11 +18,11 @@ import ray.train
 import xgboost as xgb
 from ray.train.xgboost import XGBoostTrainer
 
+from mbta_ray.config import WorkerResources
 from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.models.bundle import XGB_MODEL_FILE as MODEL_FILE  # XGBoost's own binary JSON: no pickle
 from mbta_ray.models.params import round_ints
-from mbta_ray.config import WorkerResources
 from mbta_ray.schema import TARGET
 
 #: Hyperparameters that XGBoost needs as integers (BayesOpt proposes floats: round them).
@@ -34,9 +34,13 @@ PRIOR_ATTR = "travel_prior"
 def dmatrix(df: pd.DataFrame, encoder: FeatureEncoder, residual: bool, label: bool = True) -> xgb.DMatrix:
     """Features (and label) of example rows; with ``residual`` the prior is the base margin, so the
     trees learn the correction to it while labels and metrics stay in travel seconds."""
-    return xgb.DMatrix(encoder.tree_matrix(df), label=df[TARGET].to_numpy(dtype="float32") if label else None,
-                       base_margin=encoder.prior(df) if residual else None,
-                       feature_names=encoder.tree_feature_names, missing=np.nan)
+    return xgb.DMatrix(
+        encoder.tree_matrix(df),
+        label=df[TARGET].to_numpy(dtype="float32") if label else None,
+        base_margin=encoder.prior(df) if residual else None,
+        feature_names=encoder.tree_feature_names,
+        missing=np.nan,
+    )
 
 
 def _matrix(shard, encoder: FeatureEncoder, residual: bool) -> xgb.DMatrix:
@@ -67,9 +71,12 @@ def train_loop_per_worker(config: dict) -> None:
     if residual:  # the margin already holds the prior: start the trees from a zero correction
         params["base_score"] = 0.0
     xgb.train(
-        params, dtrain, num_boost_round=config.get("num_boost_round", 300),
+        params,
+        dtrain,
+        num_boost_round=config.get("num_boost_round", 300),
         evals=[(dtrain, "train"), (dvalid, "valid")],
-        early_stopping_rounds=config.get("early_stopping_rounds", 20), verbose_eval=False,
+        early_stopping_rounds=config.get("early_stopping_rounds", 20),
+        verbose_eval=False,
         callbacks=[ReportCallback(every=config.get("report_every", 25), residual=residual)],
     )
 
@@ -113,11 +120,21 @@ class ReportCallback(xgb.callback.TrainingCallback):
         return model
 
 
-def make_trainer(config: dict, encoder: FeatureEncoder, datasets: dict[str, ray.data.Dataset],
-                 resources: WorkerResources, run_config: ray.train.RunConfig) -> XGBoostTrainer:
+def make_trainer(
+    config: dict,
+    encoder: FeatureEncoder,
+    datasets: dict[str, ray.data.Dataset],
+    resources: WorkerResources,
+    run_config: ray.train.RunConfig,
+) -> XGBoostTrainer:
     loop_config = {**config, "encoder": encoder.__dict__, "nthread": max(1, int(resources.cpus_per_worker))}
-    return XGBoostTrainer(train_loop_per_worker=train_loop_per_worker, train_loop_config=loop_config,
-                          scaling_config=resources.scaling_config(), datasets=datasets, run_config=run_config)
+    return XGBoostTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=resources.scaling_config(),
+        datasets=datasets,
+        run_config=run_config,
+    )
 
 
 def load_booster(checkpoint_dir: str | Path) -> xgb.Booster:

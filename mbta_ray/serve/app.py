@@ -15,7 +15,6 @@
   model version, batch sizes.
 """
 
-
 import asyncio
 import logging
 import math
@@ -25,7 +24,6 @@ import time
 from typing import Any
 
 import ray
-
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -54,8 +52,13 @@ _REPLICA_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableEr
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5},
-    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32,
-                        "upscale_delay_s": 10, "downscale_delay_s": 120},
+    autoscaling_config={
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 32,
+        "upscale_delay_s": 10,
+        "downscale_delay_s": 120,
+    },
     max_ongoing_requests=128,
 )
 class Predictor:
@@ -102,8 +105,10 @@ class Predictor:
                 try:
                     self._load("production", self._generation, quiet=True)
                 except Exception:  # noqa: BLE001 -- a watcher that dies would silently stop following
-                    logger.exception("production watcher: reload failed; keeping %s",
-                                     self.runner.version if self.runner else "no model")
+                    logger.exception(
+                        "production watcher: reload failed; keeping %s",
+                        self.runner.version if self.runner else "no model",
+                    )
 
     def _load(self, version: str, generation: int, quiet: bool = False) -> str | None:
         """Load ``version`` (under ``self._lock``); returns why it failed, or None."""
@@ -137,13 +142,18 @@ class Predictor:
         if self.runner is None:
             return {"ready": False, "error": self.error}
         meta = self.runner.metadata
-        return {"ready": True, "version": self.runner.version, "family": meta.get("family"),
-                "dataset": meta.get("dataset"), "metrics": (meta.get("evaluation") or {}).get("metrics"),
-                "created_at": meta.get("created_at"), "error": self.error}
+        return {
+            "ready": True,
+            "version": self.runner.version,
+            "family": meta.get("family"),
+            "dataset": meta.get("dataset"),
+            "metrics": (meta.get("evaluation") or {}).get("metrics"),
+            "created_at": meta.get("created_at"),
+            "error": self.error,
+        }
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def predict(self, batches: list[list[PredictRequest]],
-                      locs: list[tuple]) -> list[Answer | Refusal]:
+    async def predict(self, batches: list[list[PredictRequest]], locs: list[tuple]) -> list[Answer | Refusal]:
         """One feature computation and model call for all callers' requests in the batch.
 
         ``locs`` is where each caller's requests sit in its HTTP body (for error locations). A
@@ -162,16 +172,20 @@ class Predictor:
             flat = [r for b in accepted for r in b]
             metrics.batch_size().observe(len(flat))
             responses = iter(runner.predict(flat))
-            out = [o if o is not None else Answer(runner.version, [next(responses).model_dump_json().encode() for _ in b])
-                   for b, o in zip(batches, out)]
+            out = [
+                o if o is not None else Answer(runner.version, [next(responses).model_dump_json().encode() for _ in b])
+                for b, o in zip(batches, out)
+            ]
             tags = {"model_version": runner.version}
             metrics.requests_served().inc(len(flat), tags=tags)
             metrics.predictions().inc(sum(len(r.stops_ahead) for r in flat), tags=tags)
         return out
 
 
-api = FastAPI(title="mbta_ray predictions",
-              description="Arrival-time and delay predictions for the stops ahead of an MBTA vehicle.")
+api = FastAPI(
+    title="mbta_ray predictions",
+    description="Arrival-time and delay predictions for the stops ahead of an MBTA vehicle.",
+)
 
 
 @api.middleware("http")
@@ -179,8 +193,9 @@ async def _limit_body(request: Request, call_next):
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
         metrics.reject("body_too_large")
-        return JSONResponse(status_code=413, content={"detail": f"body of {size} bytes is over the "
-                                                                f"{MAX_BODY_BYTES}-byte limit"})
+        return JSONResponse(
+            status_code=413, content={"detail": f"body of {size} bytes is over the {MAX_BODY_BYTES}-byte limit"}
+        )
     return await call_next(request)
 
 
@@ -207,11 +222,13 @@ def _refused(refusal: Refusal) -> JSONResponse:
     return JSONResponse(status_code=refusal.status, content={"detail": refusal.detail})
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25},
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 64},
-                  # Serve's default (5) made the proxy bounce requests off a busy ingress and retry
-                  # them with backoff: 17 req/s at 16 concurrent instead of 63 (bench/serve_load.py).
-                  max_ongoing_requests=256)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 64},
+    # Serve's default (5) made the proxy bounce requests off a busy ingress and retry
+    # them with backoff: 17 req/s at 16 concurrent instead of 63 (bench/serve_load.py).
+    max_ongoing_requests=256,
+)
 @serve.ingress(api)
 class Api:
     def __init__(self, predictor: DeploymentHandle) -> None:
@@ -228,25 +245,38 @@ class Api:
                 return await call()
             except _REPLICA_GONE as exc:
                 if attempt == REPLICA_RETRIES:
-                    return Refusal(503, f"no model replica answered after {attempt + 1} tries ({type(exc).__name__}); "
-                                        "retry shortly", "replica_unavailable")
+                    return Refusal(
+                        503,
+                        f"no model replica answered after {attempt + 1} tries ({type(exc).__name__}); retry shortly",
+                        "replica_unavailable",
+                    )
                 logger.warning("model replica lost (%s); retrying the request", type(exc).__name__)
-                await asyncio.sleep(0.1 * 2 ** attempt)
+                await asyncio.sleep(0.1 * 2**attempt)
 
     async def _info(self) -> dict:
         info = await self._retrying(lambda: self.predictor.info.remote())
         return {"ready": False, "error": info.detail} if isinstance(info, Refusal) else info
 
-    @api.post("/predict", response_model=PredictResponse,
-              responses={422: {"description": "invalid input, or a route/stop the model cannot handle"},
-                         503: {"description": "no model loaded yet"}})
+    @api.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses={
+            422: {"description": "invalid input, or a route/stop the model cannot handle"},
+            503: {"description": "no model loaded yet"},
+        },
+    )
     async def predict(self, body: PredictRequest):
         result = await self._call([body], ("body",))
         return _refused(result) if isinstance(result, Refusal) else Response(result.single(), media_type=JSON)
 
-    @api.post("/predict/batch", response_model=BatchResponse,
-              responses={422: {"description": "invalid input, or a route/stop the model cannot handle"},
-                         503: {"description": "no model loaded yet"}})
+    @api.post(
+        "/predict/batch",
+        response_model=BatchResponse,
+        responses={
+            422: {"description": "invalid input, or a route/stop the model cannot handle"},
+            503: {"description": "no model loaded yet"},
+        },
+    )
     async def predict_batch(self, body: BatchRequest):
         result = await self._call(body.requests, ("body", "requests"))
         return _refused(result) if isinstance(result, Refusal) else Response(result.batch(), media_type=JSON)
@@ -272,15 +302,23 @@ def build(args: dict[str, str] | None = None, predictor_options: dict | None = N
     deployment's options (e.g. its autoscaling_config) when built from code."""
     args = dict(args or {})
     # Relative paths resolve in the replica's working directory (the repo root under `serve run`).
-    config = {"registry": args.get("registry") or os.environ.get(REGISTRY_ENV, DEFAULT_ROOT),
-              "model_name": args.get("model_name", MODEL_NAME), "version": args.get("version", "production")}
+    config = {
+        "registry": args.get("registry") or os.environ.get(REGISTRY_ENV, DEFAULT_ROOT),
+        "model_name": args.get("model_name", MODEL_NAME),
+        "version": args.get("version", "production"),
+    }
     if "poll_s" in args:
         config["poll_s"] = float(args["poll_s"])
     return Api.bind(Predictor.options(user_config=config, **(predictor_options or {})).bind())
 
 
-def deploy(registry: str, version: str = "production", model_name: str = MODEL_NAME, name: str = SERVE_APP_NAME,
-           route_prefix: str = "/") -> str:
+def deploy(
+    registry: str,
+    version: str = "production",
+    model_name: str = MODEL_NAME,
+    name: str = SERVE_APP_NAME,
+    route_prefix: str = "/",
+) -> str:
     """Deploy (or hot-reload) the app on the connected Ray cluster with a concrete model version.
 
     "production" is resolved to the version the pointer names now, so after a promotion the
@@ -292,8 +330,12 @@ def deploy(registry: str, version: str = "production", model_name: str = MODEL_N
         if prod is None:
             raise RegistryError(f"no production model in {registry} for {model_name!r}: promote one first")
         version = prod["version"]
-    serve.run(build({"registry": registry, "model_name": model_name, "version": version}),
-              name=name, route_prefix=route_prefix, blocking=False)
+    serve.run(
+        build({"registry": registry, "model_name": model_name, "version": version}),
+        name=name,
+        route_prefix=route_prefix,
+        blocking=False,
+    )
     return version
 
 

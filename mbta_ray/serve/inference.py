@@ -42,17 +42,31 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
     for i, r in enumerate(requests):
         mode = r.mode.value if r.mode is not None else str(mode_for_route(pd.Series([r.route_id]))[0])
         prev = r.previous_stop
-        delay_prev = ((prev.actual_arrival - prev.scheduled_arrival).total_seconds()
-                      if prev is not None and prev.scheduled_arrival is not None else np.nan)
+        delay_prev = (
+            (prev.actual_arrival - prev.scheduled_arrival).total_seconds()
+            if prev is not None and prev.scheduled_arrival is not None
+            else np.nan
+        )
         for j, stop in enumerate(r.stops_ahead, start=1):
-            rows.append({
-                "request": i, "mode": mode, "route_id": r.route_id, "direction_id": r.direction_id,
-                "trip_id": r.trip_id, "from_stop_id": r.stop_id, "to_stop_id": stop.stop_id, "stops_ahead": j,
-                "service_date": r.service_date or service_date_of(r.actual_arrival),
-                "actual_arrival_u": r.actual_arrival, "scheduled_arrival_u": r.scheduled_arrival,
-                "scheduled_arrival_s": stop.scheduled_arrival, "delay_prev": delay_prev,
-                "headway_u": r.headway_seconds, "scheduled_headway_u": r.scheduled_headway_seconds,
-            })
+            rows.append(
+                {
+                    "request": i,
+                    "mode": mode,
+                    "route_id": r.route_id,
+                    "direction_id": r.direction_id,
+                    "trip_id": r.trip_id,
+                    "from_stop_id": r.stop_id,
+                    "to_stop_id": stop.stop_id,
+                    "stops_ahead": j,
+                    "service_date": r.service_date or service_date_of(r.actual_arrival),
+                    "actual_arrival_u": r.actual_arrival,
+                    "scheduled_arrival_u": r.scheduled_arrival,
+                    "scheduled_arrival_s": stop.scheduled_arrival,
+                    "delay_prev": delay_prev,
+                    "headway_u": r.headway_seconds,
+                    "scheduled_headway_u": r.scheduled_headway_seconds,
+                }
+            )
     df = pd.DataFrame(rows)
     for col in ("actual_arrival_u", "scheduled_arrival_u", "scheduled_arrival_s"):
         df[col] = pd.to_datetime(df[col], utc=True)
@@ -90,8 +104,13 @@ class Answer:
 
     def batch(self) -> bytes:
         """A ``BatchResponse`` document."""
-        return b'{"model_version":' + json.dumps(self.model_version).encode() + b',"responses":[' + \
-            b",".join(self.parts) + b"]}"
+        return (
+            b'{"model_version":'
+            + json.dumps(self.model_version).encode()
+            + b',"responses":['
+            + b",".join(self.parts)
+            + b"]}"
+        )
 
 
 class ModelRunner:
@@ -108,17 +127,22 @@ class ModelRunner:
         # Looked up per batch: indexed once here instead of a merge (and its uniqueness check) per call.
         self.segment_medians = median_lookup(medians) if medians is not None else None
         if self.segment_medians is None:
-            logger.warning("%s has no %s: historical medians are missing features", model_dir,
-                           bundle.SEGMENT_MEDIANS_FILE)
+            logger.warning(
+                "%s has no %s: historical medians are missing features", model_dir, bundle.SEGMENT_MEDIANS_FILE
+            )
         path = stops_path or (self.metadata.get("gtfs_stops") or {}).get("path")
         if not path or not Path(path).is_file():
             path = DEFAULT_STOPS  # the embedded GTFS stops the default dataset was built with
         self.stops = Stops.load(path)
         # Sets for the per-request input check (an isin over ~10k GTFS stops cost ~50 ms a request).
         vocab = self.encoder.vocab
-        self._known = {"route_id": frozenset(vocab["route_id"]), "direction_id": frozenset(vocab["direction_id"]),
-                       "stop_id": frozenset(vocab["from_stop_id"]) | frozenset(vocab["to_stop_id"])
-                       | frozenset(self.stops.coords.index.astype(str))}
+        self._known = {
+            "route_id": frozenset(vocab["route_id"]),
+            "direction_id": frozenset(vocab["direction_id"]),
+            "stop_id": frozenset(vocab["from_stop_id"])
+            | frozenset(vocab["to_stop_id"])
+            | frozenset(self.stops.coords.index.astype(str)),
+        }
 
     def refusal(self, request: PredictRequest, loc: tuple = ("body",)) -> Refusal | None:
         """A 422 when the model cannot give a meaningful answer: a route or direction it never saw,
@@ -127,19 +151,34 @@ class ModelRunner:
         the ETL accepts them (the test split has such stops unseen in training; offline evaluation
         scores them, so serving answers them too)."""
         errors = []
-        for column, value, field, what in (("route_id", request.route_id, "route_id", "route"),
-                                           ("direction_id", str(request.direction_id), "direction_id", "direction")):
+        for column, value, field, what in (
+            ("route_id", request.route_id, "route_id", "route"),
+            ("direction_id", str(request.direction_id), "direction_id", "direction"),
+        ):
             if value not in self._known[column]:
-                errors.append({"loc": [*loc, field], "type": f"unknown_{what}", "input": getattr(request, field),
-                               "msg": f"{what} {getattr(request, field)!r} is unknown to model {self.version} "
-                                      f"({len(self._known[column])} {what}s known)"})
+                errors.append(
+                    {
+                        "loc": [*loc, field],
+                        "type": f"unknown_{what}",
+                        "input": getattr(request, field),
+                        "msg": f"{what} {getattr(request, field)!r} is unknown to model {self.version} "
+                        f"({len(self._known[column])} {what}s known)",
+                    }
+                )
                 break  # an unknown route makes its directions meaningless
         stops = [(("stop_id",), request.stop_id)] + [
-            (("stops_ahead", i, "stop_id"), s.stop_id) for i, s in enumerate(request.stops_ahead)]
+            (("stops_ahead", i, "stop_id"), s.stop_id) for i, s in enumerate(request.stops_ahead)
+        ]
         for field, sid in stops:
             if sid not in self._known["stop_id"] and not sid.startswith(TM_ID_PREFIX):
-                errors.append({"loc": [*loc, *field], "type": "unknown_stop", "input": sid,
-                               "msg": f"stop {sid!r} is neither in GTFS nor among model {self.version}'s stops"})
+                errors.append(
+                    {
+                        "loc": [*loc, *field],
+                        "type": "unknown_stop",
+                        "input": sid,
+                        "msg": f"stop {sid!r} is neither in GTFS nor among model {self.version}'s stops",
+                    }
+                )
         return Refusal(422, errors, errors[0]["type"]) if errors else None
 
     def features(self, requests: list[PredictRequest]) -> pd.DataFrame:
@@ -154,19 +193,36 @@ class ModelRunner:
         # Rows come out in request order, stops in order (request_pairs builds them so and the
         # feature code keeps the order): slice per request instead of filtering per request.
         arrival = pd.to_datetime(rows["actual_arrival_u"], utc=True) + pd.to_timedelta(travel, unit="s")
-        delay = np.round((arrival - pd.to_datetime(rows["scheduled_arrival_s"], utc=True)).dt.total_seconds()
-                         .to_numpy(dtype="float64"), 1)
+        delay = np.round(
+            (arrival - pd.to_datetime(rows["scheduled_arrival_s"], utc=True))
+            .dt.total_seconds()
+            .to_numpy(dtype="float64"),
+            1,
+        )
         arrivals = list(arrival.dt.to_pydatetime())
         out, start = [], 0
         for r in requests:
             preds = []
             for j, stop in enumerate(r.stops_ahead):
                 k = start + j
-                preds.append(StopPrediction.model_construct(
-                    stop_id=stop.stop_id, stops_ahead=j + 1, predicted_travel_seconds=float(travel[k]),
-                    predicted_arrival=arrivals[k], scheduled_arrival=stop.scheduled_arrival,
-                    predicted_delay_seconds=float(delay[k]) if stop.scheduled_arrival is not None else None))
+                preds.append(
+                    StopPrediction.model_construct(
+                        stop_id=stop.stop_id,
+                        stops_ahead=j + 1,
+                        predicted_travel_seconds=float(travel[k]),
+                        predicted_arrival=arrivals[k],
+                        scheduled_arrival=stop.scheduled_arrival,
+                        predicted_delay_seconds=float(delay[k]) if stop.scheduled_arrival is not None else None,
+                    )
+                )
             start += len(r.stops_ahead)
-            out.append(PredictResponse.model_construct(route_id=r.route_id, trip_id=r.trip_id, stop_id=r.stop_id,
-                                                       model_version=self.version, predictions=preds))
+            out.append(
+                PredictResponse.model_construct(
+                    route_id=r.route_id,
+                    trip_id=r.trip_id,
+                    stop_id=r.stop_id,
+                    model_version=self.version,
+                    predictions=preds,
+                )
+            )
         return out

@@ -41,8 +41,9 @@ def rejected() -> metrics.Counter:
 
 @cache
 def model_loaded() -> metrics.Gauge:
-    return metrics.Gauge("mbta_model_loaded", "1 for the model version this replica serves.",
-                         tag_keys=("model_version",))
+    return metrics.Gauge(
+        "mbta_model_loaded", "1 for the model version this replica serves.", tag_keys=("model_version",)
+    )
 
 
 @cache

@@ -21,7 +21,7 @@ MAX_STOPS_AHEAD = 20
 MAX_BATCH = 256
 #: Times further than this from the arrival at u are refused (a typo'd date, not a prediction).
 MAX_SCHEDULE_GAP = dt.timedelta(hours=6)
-EARLIEST = dt.datetime(2015, 1, 1, tzinfo=dt.timezone.utc)
+EARLIEST = dt.datetime(2015, 1, 1, tzinfo=dt.UTC)
 
 StopId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\- ]+$")]  # "Oak Grove-02" is real
 RouteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\- ]+$")]
@@ -32,7 +32,7 @@ def _aware(value: dt.datetime) -> dt.datetime:
         raise ValueError("must include a UTC offset, e.g. 2024-08-11T14:05:00-04:00")
     if value < EARLIEST:
         raise ValueError(f"is before {EARLIEST:%Y-%m-%d}: not a plausible observation time")
-    return value.astimezone(dt.timezone.utc)
+    return value.astimezone(dt.UTC)
 
 
 AwareTime = Annotated[dt.datetime, AfterValidator(_aware)]
@@ -74,12 +74,13 @@ class PredictRequest(_Strict):
     stops_ahead: Annotated[list[StopAhead], Field(min_length=1, max_length=MAX_STOPS_AHEAD)]
 
     @model_validator(mode="after")
-    def _times_are_consistent(self) -> "PredictRequest":
-        now = dt.datetime.now(dt.timezone.utc)
+    def _times_are_consistent(self) -> PredictRequest:
+        now = dt.datetime.now(dt.UTC)
         if self.actual_arrival > now + dt.timedelta(days=1):
             raise ValueError(f"actual_arrival {self.actual_arrival.isoformat()} is more than a day in the future")
         for name, t in [("scheduled_arrival", self.scheduled_arrival)] + [
-                (f"stops_ahead[{i}].scheduled_arrival", s.scheduled_arrival) for i, s in enumerate(self.stops_ahead)]:
+            (f"stops_ahead[{i}].scheduled_arrival", s.scheduled_arrival) for i, s in enumerate(self.stops_ahead)
+        ]:
             if t is not None and abs(t - self.actual_arrival) > MAX_SCHEDULE_GAP:
                 raise ValueError(f"{name} is more than {MAX_SCHEDULE_GAP} from actual_arrival")
         if self.service_date is not None and abs((self.service_date - self.actual_arrival.date()).days) > 1:

@@ -58,8 +58,12 @@ class SmokeReport:
             err = [e for m, v in self.abs_errors.items() if mode in (None, m) for e in v]
             pers = [e for m, v in self.persistence_errors.items() if mode in (None, m) for e in v]
             if err:
-                out[name] = {"n": len(err), "mae": float(np.mean(err)),
-                             "persistence_n": len(pers), "persistence_mae": float(np.mean(pers)) if pers else None}
+                out[name] = {
+                    "n": len(err),
+                    "mae": float(np.mean(err)),
+                    "persistence_n": len(pers),
+                    "persistence_mae": float(np.mean(pers)) if pers else None,
+                }
         return out
 
 
@@ -86,25 +90,40 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
         rows = test.iloc[groups[keys[i]]].sort_values("stops_ahead")
         first = rows.iloc[0]
         body = {
-            "route_id": first["route_id"], "direction_id": int(first["direction_id"]),
+            "route_id": first["route_id"],
+            "direction_id": int(first["direction_id"]),
             "trip_id": None if pd.isna(first["trip_id"]) else str(first["trip_id"]),
-            "stop_id": first["from_stop_id"], "mode": first["mode"],
+            "stop_id": first["from_stop_id"],
+            "mode": first["mode"],
             "service_date": pd.Timestamp(first["service_date"]).date().isoformat(),
-            "actual_arrival": _time(first["actual_arrival_u"]), "scheduled_arrival": _time(first["scheduled_arrival_u"]),
+            "actual_arrival": _time(first["actual_arrival_u"]),
+            "scheduled_arrival": _time(first["scheduled_arrival_u"]),
             "headway_seconds": _number(first["headway_u"]),
             "scheduled_headway_seconds": _number(first["scheduled_headway_u"]),
-            "stops_ahead": [{"stop_id": s, "scheduled_arrival": _time(t)}
-                            for s, t in zip(rows["to_stop_id"], rows["scheduled_arrival_s"])],
+            "stops_ahead": [
+                {"stop_id": s, "scheduled_arrival": _time(t)}
+                for s, t in zip(rows["to_stop_id"], rows["scheduled_arrival_s"])
+            ],
         }
         key = (first["trip_key"], first["from_stop_id"])
         if key in prev.index:
             p = prev.loc[key]
-            body["previous_stop"] = {"stop_id": p["from_stop_id"], "actual_arrival": _time(p["actual_arrival_u"]),
-                                     "scheduled_arrival": _time(p["scheduled_arrival_u"])}
+            body["previous_stop"] = {
+                "stop_id": p["from_stop_id"],
+                "actual_arrival": _time(p["actual_arrival_u"]),
+                "scheduled_arrival": _time(p["scheduled_arrival_u"]),
+            }
         sched = pd.to_numeric(rows["scheduled_seconds_ahead"], errors="coerce").to_numpy(dtype="float64")
-        out.append(Example({k: v for k, v in body.items() if v is not None}, str(first["mode"]),
-                           rows[TARGET].astype("float64").tolist(), sched.tolist(),
-                           str(first["trip_key"]), int(first["from_stop_sequence"])))
+        out.append(
+            Example(
+                {k: v for k, v in body.items() if v is not None},
+                str(first["mode"]),
+                rows[TARGET].astype("float64").tolist(),
+                sched.tolist(),
+                str(first["trip_key"]),
+                int(first["from_stop_sequence"]),
+            )
+        )
     return out
 
 
@@ -121,27 +140,37 @@ def check(example: Example, answer: PredictResponse, version: str | None) -> lis
     u = dt.datetime.fromisoformat(body["actual_arrival"])
     for j, p in enumerate(answer.predictions):
         if p.stops_ahead != j + 1 or not math.isfinite(p.predicted_travel_seconds):
-            problems.append(f"{where} -> {p.stop_id}: bad stops_ahead/travel {p.stops_ahead}/{p.predicted_travel_seconds}")
+            problems.append(
+                f"{where} -> {p.stop_id}: bad stops_ahead/travel {p.stops_ahead}/{p.predicted_travel_seconds}"
+            )
         elif abs((p.predicted_arrival - u).total_seconds() - p.predicted_travel_seconds) > 0.1:
             problems.append(f"{where} -> {p.stop_id}: predicted_arrival is not u + predicted_travel_seconds")
         scheduled = body["stops_ahead"][j].get("scheduled_arrival") is not None
         if scheduled != (p.predicted_delay_seconds is not None) or (
-                p.predicted_delay_seconds is not None and not math.isfinite(p.predicted_delay_seconds)):
-            problems.append(f"{where} -> {p.stop_id}: predicted_delay_seconds {p.predicted_delay_seconds} "
-                            f"with scheduled_arrival {'given' if scheduled else 'absent'}")
+            p.predicted_delay_seconds is not None and not math.isfinite(p.predicted_delay_seconds)
+        ):
+            problems.append(
+                f"{where} -> {p.stop_id}: predicted_delay_seconds {p.predicted_delay_seconds} "
+                f"with scheduled_arrival {'given' if scheduled else 'absent'}"
+            )
     return problems
 
 
 def _same(a: PredictResponse, b: PredictResponse) -> bool:
     """Equal answers; travel times to 0.1 s either way (a float32 DNN may round differently by batch)."""
-    return a.model_version == b.model_version and [p.stop_id for p in a.predictions] == \
-        [p.stop_id for p in b.predictions] and all(
+    return (
+        a.model_version == b.model_version
+        and [p.stop_id for p in a.predictions] == [p.stop_id for p in b.predictions]
+        and all(
             abs(p.predicted_travel_seconds - q.predicted_travel_seconds) <= 0.11
-            for p, q in zip(a.predictions, b.predictions))
+            for p, q in zip(a.predictions, b.predictions)
+        )
+    )
 
 
-def run(url: str, examples: list[Example], concurrency: int = 8, batch_size: int = 32,
-        timeout_s: float = 30.0) -> SmokeReport:
+def run(
+    url: str, examples: list[Example], concurrency: int = 8, batch_size: int = 32, timeout_s: float = 30.0
+) -> SmokeReport:
     """Send every example to ``/predict`` (and the first ``batch_size`` again as one ``/predict/batch``)."""
     url = url.rstrip("/")
     session = http.Session()
@@ -157,8 +186,12 @@ def run(url: str, examples: list[Example], concurrency: int = 8, batch_size: int
         except http.RequestException as exc:
             return example, None, f"POST /predict: {exc}"
         if r.status_code != 200:
-            return example, None, f"POST /predict {example.body['route_id']}/{example.body['stop_id']} -> " \
-                                  f"{r.status_code}: {r.text[:300]}"
+            return (
+                example,
+                None,
+                f"POST /predict {example.body['route_id']}/{example.body['stop_id']} -> "
+                f"{r.status_code}: {r.text[:300]}",
+            )
         try:
             return example, PredictResponse.model_validate_json(r.content), None
         except ValueError as exc:
@@ -179,11 +212,12 @@ def run(url: str, examples: list[Example], concurrency: int = 8, batch_size: int
         pers = np.array(example.persistence)
         have = np.isfinite(pers)
         report.persistence_errors.setdefault(example.mode, []).extend(
-            np.abs(pers[have] - np.array(example.actual_travel)[have]).tolist())
+            np.abs(pers[have] - np.array(example.actual_travel)[have]).tolist()
+        )
 
     # The batch endpoint must give the same answers as one request at a time.
     chunk = [r for r in results if r[1] is not None and not check(r[0], r[1], report.model_version)]
-    chunk = chunk[:min(batch_size, MAX_BATCH)]
+    chunk = chunk[: min(batch_size, MAX_BATCH)]
     if chunk:
         report.sent += 1
         r = session.post(f"{url}/predict/batch", json={"requests": [e.body for e, _, _ in chunk]}, timeout=timeout_s)
@@ -193,7 +227,8 @@ def run(url: str, examples: list[Example], concurrency: int = 8, batch_size: int
             try:
                 batch = BatchResponse.model_validate_json(r.content)
                 same = len(batch.responses) == len(chunk) and all(
-                    _same(x, a) for x, (_, a, _) in zip(batch.responses, chunk))
+                    _same(x, a) for x, (_, a, _) in zip(batch.responses, chunk)
+                )
             except ValueError as exc:  # pydantic's ValidationError is a ValueError
                 report.failures.append(f"POST /predict/batch: response does not match the schema: {exc}")
             else:

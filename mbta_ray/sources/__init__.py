@@ -18,8 +18,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mbta_ray.errors import MbtaRayError
-from mbta_ray.schema import QUARANTINE_SCHEMA, Reason, conform
 from mbta_ray.paths import sha256_file
+from mbta_ray.schema import QUARANTINE_SCHEMA, Reason, conform
 from mbta_ray.sources import gtfsrt, lamp, massdot, tm
 from mbta_ray.sources.base import Reader
 
@@ -144,12 +144,14 @@ def _raw_batches(piece: dict, reader: Reader) -> Iterator[pd.DataFrame]:
     header, _ = _columns_and_rows(path, "csv")
     cols = _used_columns(reader, header)
     options = pacsv.ConvertOptions(
-        column_types={c: pa.string() for c in header}, include_columns=cols,
+        column_types={c: pa.string() for c in header},
+        include_columns=cols,
         strings_can_be_null=True,
     )
     try:
-        stream = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
-                                convert_options=options)
+        stream = pacsv.open_csv(
+            path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES), convert_options=options
+        )
         for batch in stream:
             yield batch.to_pandas()
     except pa.ArrowInvalid as exc:
@@ -167,7 +169,9 @@ def _check_integers(frame: pd.DataFrame) -> None:
         if bad.any():
             first = bad & frame["reason"].isna()
             frame.loc[first, "reason"] = Reason.BAD_VALUE.value
-            frame.loc[first, "detail"] = f"field {column}: " + v[first].astype("string") + f" is not an integer in [{lo}, {hi}]"
+            frame.loc[first, "detail"] = (
+                f"field {column}: " + v[first].astype("string") + f" is not an integer in [{lo}, {hi}]"
+            )
             frame.loc[bad, column] = float("nan")
 
 
@@ -180,8 +184,12 @@ def to_event_table(frame: pd.DataFrame, source: str, source_file: str, row_offse
         "source_file": pa.array([source_file] * n, pa.string()),
         "source_row": pa.array(range(row_offset, row_offset + n), pa.int64()),
         "service_date": pa.array(pd.to_datetime(frame["service_date"]), pa.timestamp("us")).cast(pa.date32()),
-        "actual_arrival": pa.array(pd.to_datetime(frame["actual_arrival"], utc=True), QUARANTINE_SCHEMA.field("actual_arrival").type),
-        "scheduled_arrival": pa.array(pd.to_datetime(frame["scheduled_arrival"], utc=True), QUARANTINE_SCHEMA.field("scheduled_arrival").type),
+        "actual_arrival": pa.array(
+            pd.to_datetime(frame["actual_arrival"], utc=True), QUARANTINE_SCHEMA.field("actual_arrival").type
+        ),
+        "scheduled_arrival": pa.array(
+            pd.to_datetime(frame["scheduled_arrival"], utc=True), QUARANTINE_SCHEMA.field("scheduled_arrival").type
+        ),
         "direction_id": pa.array(frame["direction_id"].round().astype("Int8"), pa.int8()),
         "stop_sequence": pa.array(frame["stop_sequence"].round().astype("Int32"), pa.int32()),
     }

@@ -47,10 +47,16 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
 
 READER = Reader(
     name="gtfsrt",
-    required=((STATUS,), ("vehicle.timestamp",), ("vehicle.trip.trip_id",),
-              ("vehicle.trip.route_id",), ("vehicle.trip.direction_id",),
-              ("vehicle.trip.start_date",), ("vehicle.stop_id",),
-              ("vehicle.current_stop_sequence",)),
+    required=(
+        (STATUS,),
+        ("vehicle.timestamp",),
+        ("vehicle.trip.trip_id",),
+        ("vehicle.trip.route_id",),
+        ("vehicle.trip.direction_id",),
+        ("vehicle.trip.start_date",),
+        ("vehicle.stop_id",),
+        ("vehicle.current_stop_sequence",),
+    ),
     canonicalize=canonicalize,
     optional=("vehicle.vehicle.id",),
 )

@@ -40,8 +40,7 @@ def _direction(df: pd.DataFrame, issues: RowIssues) -> pd.Series:
 def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues = RowIssues(df.index)
     service_date = parse_service_date(df["service_date"])
-    issues.flag(service_date.isna() & df["service_date"].notna(), Reason.BAD_VALUE,
-                "field service_date: not a date")
+    issues.flag(service_date.isna() & df["service_date"].notna(), Reason.BAD_VALUE, "field service_date: not a date")
     actual_s = numeric(df, first_present(df, ACTUAL), issues)
     issues.flag(actual_s.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no " + "/".join(ACTUAL))
     route = text(df, "route_id")
@@ -69,10 +68,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
 
 READER = Reader(
     name="lamp",
-    required=(("service_date",), ("route_id",), ("direction_id",), TRIP, ("stop_id",),
-              ("stop_sequence",), ACTUAL),
+    required=(("service_date",), ("route_id",), ("direction_id",), TRIP, ("stop_id",), ("stop_sequence",), ACTUAL),
     canonicalize=canonicalize,
-    optional=("vehicle_id", "scheduled_arrival_time", "dwell_time_seconds")
-    + HEADWAY
-    + SCHEDULED_HEADWAY,
+    optional=("vehicle_id", "scheduled_arrival_time", "dwell_time_seconds") + HEADWAY + SCHEDULED_HEADWAY,
 )

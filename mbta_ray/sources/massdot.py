@@ -33,8 +33,11 @@ def seconds_from_1900_base(values: pd.Series, column: str, issues: RowIssues) ->
     raw = values.astype("string").str.strip().str.rstrip("Z").str.replace("T", " ", regex=False)
     raw = raw.mask(raw.isin(["", "-"]))
     parsed = pd.to_datetime(raw, format="%Y-%m-%d %H:%M:%S", errors="coerce")
-    issues.flag(parsed.isna() & raw.notna(), Reason.BAD_VALUE,
-                "field " + column + ": " + raw.fillna("") + " is not a 1900-01-01-based time")
+    issues.flag(
+        parsed.isna() & raw.notna(),
+        Reason.BAD_VALUE,
+        "field " + column + ": " + raw.fillna("") + " is not a 1900-01-01-based time",
+    )
     return (parsed - _BASE).dt.total_seconds()
 
 
@@ -48,15 +51,17 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     df = df.rename(columns=ALIASES)
     issues = RowIssues(df.index)
     service_date = parse_service_date(df["service_date"])
-    issues.flag(service_date.isna() & df["service_date"].notna(), Reason.BAD_VALUE,
-                "field service_date: not a date")
+    issues.flag(service_date.isna() & df["service_date"].notna(), Reason.BAD_VALUE, "field service_date: not a date")
     actual = seconds_from_1900_base(df["actual"], "actual", issues)
     scheduled = seconds_from_1900_base(df["scheduled"], "scheduled", issues)
     issues.flag(actual.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no actual time")
     direction_text = text(df, "direction_id").str.lower()
     direction = direction_text.map(DIRECTIONS).astype("float64")
-    issues.flag(direction.isna() & direction_text.notna(), Reason.BAD_VALUE,
-                "field direction_id: " + direction_text.fillna("") + " is not Inbound/Outbound")
+    issues.flag(
+        direction.isna() & direction_text.notna(),
+        Reason.BAD_VALUE,
+        "field direction_id: " + direction_text.fillna("") + " is not Inbound/Outbound",
+    )
     route = text(df, "route_id")
     # Zero-padded numeric routes ('01', '009') are GTFS '1', '9'; 'SL1', 'CT2' stay as they are.
     route = route.str.replace(r"^0+(?=\d)", "", regex=True)

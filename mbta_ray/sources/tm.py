@@ -34,8 +34,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues.flag(arrival.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no ACT_ARRIVAL_TIME")
     if "IsRevenue" in df.columns:
         revenue = text(df, "IsRevenue")
-        issues.flag(revenue.notna() & (revenue != "R"), Reason.NON_REVENUE,
-                    "IsRevenue=" + revenue.fillna(""))
+        issues.flag(revenue.notna() & (revenue != "R"), Reason.NON_REVENUE, "IsRevenue=" + revenue.fillna(""))
     if "CANCELLED_FLAG" in df.columns:
         # bool in parquet, 'True'/'False' text in a CSV export
         cancelled = text(df, "CANCELLED_FLAG").str.lower().isin(["true", "1"])
@@ -61,9 +60,17 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
 
 READER = Reader(
     name="tm",
-    required=(("CALENDAR_ID",), ("ROUTE_ID",), ("ROUTE_DIRECTION_ID",), ("TRIP_ID",),
-              ("GEO_NODE_ID",), ("PATTERN_GEO_NODE_SEQ",), ("SCHEDULED_TIME",),
-              ("ACT_ARRIVAL_TIME",), ("ACT_DEPARTURE_TIME",)),
+    required=(
+        ("CALENDAR_ID",),
+        ("ROUTE_ID",),
+        ("ROUTE_DIRECTION_ID",),
+        ("TRIP_ID",),
+        ("GEO_NODE_ID",),
+        ("PATTERN_GEO_NODE_SEQ",),
+        ("SCHEDULED_TIME",),
+        ("ACT_ARRIVAL_TIME",),
+        ("ACT_DEPARTURE_TIME",),
+    ),
     canonicalize=canonicalize,
     gtfs_stop_ids=False,
     optional=("VEHICLE_ID", "IsRevenue", "CANCELLED_FLAG", "CROSSING_TYPE_ID"),
