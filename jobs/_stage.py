@@ -14,7 +14,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+#: Stages whose Ray logs go to a file unless --verbose: a job's output *is* its log (`ray job logs`,
+#: the dashboard), so jobs show Ray's and the workers' logs there, as a plain Ray job would.
+_QUIET_BY_DEFAULT = {"ingest", "tune", "distill", "pipeline"}
+
+
 def run(command: list[str], argv: list[str] | None = None) -> None:
     from mbta_ray.cli import app
 
-    app(args=[*command, *(sys.argv[1:] if argv is None else argv)], prog_name=Path(sys.argv[0]).name)
+    args = [*command, *(sys.argv[1:] if argv is None else argv)]
+    if command[-1] in _QUIET_BY_DEFAULT and not {"--verbose", "-v", "--help"} & set(args):
+        args.append("--verbose")
+    app(args=args, prog_name=Path(sys.argv[0]).name)

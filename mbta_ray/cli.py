@@ -27,7 +27,8 @@ from mbta_ray import runtime, versioning
 from mbta_ray.config import DistillConfig, EtlConfig, PipelineSettings, TrialResources, TuneSettings
 from mbta_ray.defaults import DATASET_NAME, MODEL_NAME, REGISTRY_ENV, SERVE_APP_NAME
 from mbta_ray.errors import MbtaRayError
-from mbta_ray.paths import DEFAULT_ROOT
+from mbta_ray.models import bundle
+from mbta_ray.paths import DEFAULT_ROOT, DEFAULT_STOPS
 from mbta_ray.registry import Registry, dataset_rescorer, evaluation_of
 
 if TYPE_CHECKING:
@@ -43,6 +44,19 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The user's mistake behind ``exc``, if any: an ``MbtaRayError`` (or a missing file) raised
+    here or inside a Ray task (Ray Data and Ray Train wrap a task's exception; the original is its
+    cause), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (MbtaRayError, FileNotFoundError)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or getattr(exc, "cause", None)  # RayTaskError keeps the task's error as .cause
+    return None
+
+
 class _App(typer.Typer):
     """A Typer app whose commands turn the project's errors into one line and exit code 2: the one
     place a user's mistake is reported (never a traceback)."""
@@ -55,8 +69,11 @@ class _App(typer.Typer):
             def reported(*a: Any, **k: Any) -> Any:
                 try:
                     return fn(*a, **k)
-                except (MbtaRayError, FileNotFoundError) as exc:
-                    _fail(str(exc))
+                except Exception as exc:
+                    user_error = _user_error(exc)
+                    if user_error is None:
+                        raise  # a bug: the traceback is what a maintainer needs
+                    _fail(str(user_error))
 
             register(reported)
             return fn
@@ -177,7 +194,6 @@ def ingest_cmd(
 ) -> None:
     """Read, check and turn MBTA data into a versioned train/valid/test feature dataset."""
     from mbta_ray.etl import ingest
-    from mbta_ray.paths import DEFAULT_STOPS
 
     config = EtlConfig(k=k, max_abs_delay_s=max_abs_delay)
     console.print(f"[bold]ingest[/] {len(inputs or [])} input file(s) (none: the embedded samples), K={k}")
@@ -247,8 +263,9 @@ def show_cmd(
 def synth_cmd(
     events: Annotated[int, typer.Option("--events", "-n", min=1, help="Events (rows) to generate.")] = 1_000_000,
     out: Annotated[Path, typer.Option("--out", help="Output folder (or a .parquet file with --files 1).")] = Path(
-        "artifacts/synthetic"
-    ),
+        DEFAULT_ROOT
+    )
+    / "synthetic",
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
     files: Annotated[int, typer.Option(min=1, help="Parquet files to split the events into.")] = 4,
     events_per_day: Annotated[
@@ -316,6 +333,8 @@ def tune_cmd(
     ] = None,
     resume: Annotated[Optional[str], typer.Option(help="Experiment folder to continue (Tuner.restore).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Experiment name (default: family-dataset-time).")] = None,
+    # On by default for the tune command (a person exploring wants the runs kept), off in
+    # TuneSettings and the pipeline (make run, CI and jobs should not write W&B runs unasked).
     wandb: Annotated[
         bool, typer.Option("--wandb/--no-wandb", help="Log trials to W&B (offline without a key).")
     ] = True,
@@ -475,7 +494,6 @@ def distill_cmd(
 ) -> None:
     """Distill the best tuned model into a small MLP, prune and quantize it, report the compression."""
     from mbta_ray import distill
-    from mbta_ray.models import bundle
 
     cfg = DistillConfig(
         blend=blend,
@@ -489,7 +507,7 @@ def distill_cmd(
     version = dataset or (bundle.read_metadata(teacher_dir).get("dataset") or {}).get("version")
     if not version:
         _fail(f"{teacher_dir / bundle.METADATA_FILE}: names no dataset; pass --dataset")
-    out_dir = out or teacher_dir.parent.parent / f"distill-{version[:8]}"
+    out_dir = out or distill.default_out_dir(teacher_dir, version)
     with _ray_output(root, "distill", verbose), console.status("labeling, training and compressing the student..."):
         report = distill.run(teacher_dir, root, version, out_dir, cfg, dnn_reference=dnn_reference)
     _print_compression(report)
@@ -591,7 +609,7 @@ def serve_reload_cmd(
     target = registry or str(root)
     if "://" not in target:  # the replicas resolve paths in their own working directory
         target = str(Path(target).resolve())
-    runtime.ensure_ray(address=os.environ.get("RAY_ADDRESS", "auto"))
+    runtime.ensure_ray(address=os.environ.get("RAY_ADDRESS", "auto"), quiet=True)
     v = deploy(target, version, model_name, name)
     console.print(f"[bold green]serving[/] {model_name}/{v} in app {name!r} (replicas reconfigured in place)")
 
@@ -732,7 +750,9 @@ def registry_audit_cmd(
 @app.command("promote")
 def promote_cmd(
     version: Annotated[str, typer.Argument(help="Registry version to promote.")],
-    metric: Annotated[str, typer.Option(help="Decide on this test metric: mae, rmse, bias_abs, r2, accurate.")] = "mae",
+    metric: Annotated[
+        str, typer.Option(help="Decide on this test metric: mae, rmse, bias_abs, r2, accurate.")
+    ] = PipelineSettings.metric,
     force: Annotated[bool, typer.Option("--force", help="Promote even if it does not beat production.")] = False,
     reason: Annotated[Optional[str], typer.Option(help="Why (required with --force; logged).")] = None,
     registry: RegistryOpt = None,

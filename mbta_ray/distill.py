@@ -39,7 +39,7 @@ from mbta_ray import evaluate, versioning
 from mbta_ray.config import DistillConfig, WorkerResources
 from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import DEFAULT_CLIP_SD, FeatureEncoder
-from mbta_ray.errors import MbtaRayError
+from mbta_ray.errors import ConfigError, MbtaRayError
 from mbta_ray.features import HIST_MEDIAN, compute_features
 from mbta_ray.models import bundle, dnn, xgboost_model
 from mbta_ray.models.data import load_split, load_split_pandas
@@ -248,6 +248,11 @@ def _xgb_params(booster) -> int:
 # --- the job -----------------------------------------------------------------------------------------------
 
 
+def default_out_dir(teacher_dir: str | Path, dataset_version: str) -> Path:
+    """Where a distillation writes by default: beside the teacher's experiment."""
+    return Path(teacher_dir).resolve().parent.parent / f"distill-{dataset_version[:8]}"
+
+
 def pick_teacher(candidates: list[str | Path]) -> Path:
     """The packaged model with the lowest validation MAE (never chosen on test)."""
     scored = []
@@ -256,7 +261,7 @@ def pick_teacher(candidates: list[str | Path]) -> Path:
         if v is not None and np.isfinite(v):
             scored.append((float(v), Path(c)))
     if not scored:
-        raise DistillError(f"no teacher with a validation MAE among {[str(c) for c in candidates]}")
+        raise ConfigError(f"no teacher with a validation MAE among {[str(c) for c in candidates]}")
     return min(scored, key=lambda t: t[0])[1]
 
 

@@ -128,7 +128,10 @@ class FeatureEncoder:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureEncoder:
-        d = json.loads(Path(path).read_text())
+        try:
+            d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from exc
         missing = [c for c in CATEGORICAL_FEATURES if c not in d.get("vocab", {})]
         if missing:
             raise DataError(f"{path}: encoder lacks vocabularies for {missing}")

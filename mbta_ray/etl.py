@@ -38,7 +38,7 @@ from ray.data.expressions import col
 from mbta_ray import paths, versioning
 from mbta_ray.config import EtlConfig
 from mbta_ray.defaults import DATASET_NAME
-from mbta_ray.errors import ConfigError, MbtaRayError, MissingFileError
+from mbta_ray.errors import ConfigError, MissingFileError
 from mbta_ray.features import (
     HIST_MEDIAN,
     SEGMENT_KEY,
@@ -86,8 +86,9 @@ _GOOD = col("reason").is_null()
 _BAD = col("reason").is_not_null()
 
 
-class EtlIntegrityError(MbtaRayError, RuntimeError):
-    """An internal count check failed: the dataset would be wrong, so nothing is written."""
+class EtlIntegrityError(RuntimeError):
+    """An internal count check failed: the dataset would be wrong, so nothing is written. A bug,
+    not a user's mistake: it is not an ``MbtaRayError`` and keeps its traceback."""
 
 
 @dataclass

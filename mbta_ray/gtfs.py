@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mbta_ray.errors import DataError
 
 _EARTH_RADIUS_M = 6_371_008.8
 
@@ -21,10 +24,13 @@ class Stops:
     def load(cls, path: str) -> Stops:
         """Read a GTFS stops table (parquet, or stops.txt/CSV)."""
         cols = ["stop_id", "stop_lat", "stop_lon"]
-        if path.lower().endswith((".txt", ".csv")):
-            df = pd.read_csv(path, usecols=cols, dtype={"stop_id": "string"})
-        else:
-            df = pq.read_table(path, columns=cols).to_pandas()
+        try:
+            if str(path).lower().endswith((".txt", ".csv")):
+                df = pd.read_csv(path, usecols=cols, dtype={"stop_id": "string"})
+            else:
+                df = pq.read_table(path, columns=cols).to_pandas()
+        except (ValueError, KeyError, pa.ArrowException) as exc:  # missing columns, not a table
+            raise DataError(f"{path}: not a GTFS stops table with {', '.join(cols)} ({exc})") from exc
         df = df.dropna(subset=["stop_id"]).drop_duplicates("stop_id")
         df["stop_id"] = df["stop_id"].astype("string")
         coords = df.set_index("stop_id").rename(columns={"stop_lat": "lat", "stop_lon": "lon"})

@@ -64,7 +64,7 @@ def run(
         teacher_dir,
         root,
         ds.version,
-        Path(teacher_dir).parent.parent / f"distill-{ds.version[:8]}",
+        distill.default_out_dir(teacher_dir, ds.version),
         settings.distill,
         dnn_reference=dnn_ref,
     )

@@ -36,7 +36,6 @@ from mbta_ray.defaults import MODEL_NAME as DEFAULT_MODEL
 from mbta_ray.errors import MbtaRayError
 from mbta_ray.models import bundle
 from mbta_ray.models.bundle import METADATA_FILE as METADATA
-from mbta_ray.models.data import load_split_pandas
 from mbta_ray.paths import sha256_file
 from mbta_ray.schema import TARGET
 
@@ -154,7 +153,7 @@ class Registry:
         content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
         created = _now()
         version = f"{created:%Y%m%dT%H%M%S}-{content[:8]}"
-        meta = {**json.loads(packaged.read_text()), **(extra or {})}
+        meta = {**bundle.read_metadata(model_dir), **(extra or {})}
         meta.update(
             {
                 "model": self.model,
@@ -384,9 +383,9 @@ def evaluation_of(model_dir: str | Path) -> dict:
                 "(e.g. <experiment>/best or <distill>/student)"
             )
     try:
-        ev, meta = json.loads(path.read_text()), json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RegistryError(f"{model_dir}: {path.name} or {meta_path.name} is not valid JSON ({exc})") from exc
+        ev, meta = bundle.read_evaluation(model_dir), bundle.read_metadata(model_dir)
+    except bundle.BundleError as exc:
+        raise RegistryError(str(exc)) from exc
     name = ev.get("model_name", meta.get("family"))
     entry = (ev.get("report") or {}).get(name)
     if not entry or "overall" not in entry:
@@ -405,6 +404,10 @@ def dataset_rescorer(reg: Registry, root: str | Path):
     (None when that dataset is not there)."""
 
     def rescore(version: str, dataset: dict) -> dict | None:
+        # Imported here: models.data imports Ray (~0.5 s), which the CLI's registry commands and
+        # the serving replicas (that never rescore) should not pay at start-up.
+        from mbta_ray.models.data import load_split_pandas
+
         try:
             test = load_split_pandas(root, dataset["version"], "test", dataset.get("name"))
         except (versioning.VersionNotFound, FileNotFoundError, KeyError):

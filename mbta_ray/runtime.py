@@ -18,10 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
+from mbta_ray.errors import MbtaRayError
 
 #: Ray's loggers that print to the terminal by default.
 _RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve", "ray.air", "py.warnings")
+
+
+class RayConnectionError(MbtaRayError, ConnectionError):
+    """No Ray cluster answers at the address given (RAY_ADDRESS or --address)."""
 
 
 @dataclass
@@ -52,6 +56,10 @@ def ensure_ray(
     ignored when joining a cluster. ``quiet``: keep the workers' output and Ray's info logs off the
     terminal (default: while ``ray_logs_to`` is active).
     """
+    # Imported here: `import ray` costs ~0.5 s, which commands that never start Ray (--help, the
+    # registry) should not pay; every module that runs Ray work imports it itself anyway.
+    import ray
+
     if ray.is_initialized():
         return
     quiet = _output.quiet if quiet is None else quiet
@@ -61,13 +69,18 @@ def ensure_ray(
         options = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         if dashboard is not None:
             options["include_dashboard"] = dashboard
-    ray.init(
-        address=address,
-        ignore_reinit_error=True,
-        log_to_driver=not quiet,
-        logging_level=logging.ERROR if quiet else logging.WARNING,
-        **options,
-    )
+    try:
+        ray.init(
+            address=address,
+            ignore_reinit_error=True,
+            log_to_driver=not quiet,
+            logging_level=logging.ERROR if quiet else logging.WARNING,
+            **options,
+        )
+    except ConnectionError as exc:
+        raise RayConnectionError(
+            f"no Ray cluster at {address!r} ({exc}); start one with `ray start --head` or unset RAY_ADDRESS"
+        ) from exc
     if _output.handler is not None:  # ray.init may (re)install its console handlers
         _redirect(_output.handler)
 
@@ -100,10 +113,12 @@ def ray_logs_to(log_file: Path) -> Iterator[Path]:
 
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setLevel(logging.INFO)  # Ray Data's logger runs at DEBUG for its own log file
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ctx = ray.data.DataContext.get_current()
     previous = (ctx.enable_progress_bars, ctx.print_on_execution_start, _output.quiet, _output.handler)
     saved = _redirect(handler)
+    capturing = logging._warnings_showwarning is not None  # captureWarnings' own state
     logging.captureWarnings(True)
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
     _output.quiet, _output.handler = True, handler
@@ -113,6 +128,6 @@ def ray_logs_to(log_file: Path) -> Iterator[Path]:
             yield log_file
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start, _output.quiet, _output.handler = previous
-        logging.captureWarnings(False)
+        logging.captureWarnings(capturing)
         _restore(saved)
         handler.close()

@@ -25,7 +25,12 @@ def load(path: str | Path | None = None) -> dict:
     path = Path(path or DEFAULT_CONFIG)
     if not path.is_file():
         raise SearchSpaceError(f"{path}: search-space file not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SearchSpaceError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise SearchSpaceError(f"{path}: expected a mapping of model family -> {{fixed: ..., search: ...}}")
     for family, spec in data.items():
         for name, dom in (spec.get("search") or {}).items():
             if not isinstance(dom, dict) or len(dom) != 1 or next(iter(dom)) not in ("uniform", "log_uniform", "int"):
@@ -36,6 +41,14 @@ def load(path: str | Path | None = None) -> dict:
             if not low < high or (next(iter(dom)) == "log_uniform" and low <= 0):
                 raise SearchSpaceError(f"{path}: {family}.search.{name}: bad range [{low}, {high}]")
     return data
+
+
+def family_spec(path: str | Path | None, family: str) -> dict:
+    """One family's section of a search-space file; a clear error when the file lacks it."""
+    data = load(path)
+    if family not in data:
+        raise SearchSpaceError(f"{Path(path or DEFAULT_CONFIG)}: no search space for {family!r} (has {sorted(data)})")
+    return data[family]
 
 
 def param_space(spec: dict) -> dict:

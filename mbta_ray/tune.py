@@ -143,7 +143,7 @@ def build_tuner(
 ) -> tune.Tuner:
     if settings.family not in FAMILIES:
         raise ConfigError(f"--model must be one of {sorted(FAMILIES)}, got {settings.family!r}")
-    spec = search_space.load(settings.space_file)[settings.family]
+    spec = search_space.family_spec(settings.space_file, settings.family)
     storage = os.path.abspath(settings.storage)
     trainable = _trainable(settings, spec, encoder, datasets)
     searcher = ConcurrencyLimiter(
@@ -189,7 +189,7 @@ def restore(
     path: str, settings: TuneSettings, datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder
 ) -> tune.Tuner:
     """Continue an interrupted search (finished trials are not run again)."""
-    spec = search_space.load(settings.space_file)[settings.family]
+    spec = search_space.family_spec(settings.space_file, settings.family)
     trainable = _trainable(settings, spec, encoder, datasets)
     return tune.Tuner.restore(str(Path(path).resolve()), trainable=trainable, resume_errored=True)
 
@@ -318,7 +318,11 @@ def summarize(grid: tune.ResultGrid, exp_dir: Path) -> tuple[pd.DataFrame, list[
     (exp_dir / "results.json").write_text(trials.to_json(orient="records", indent=1, default_handler=str))
     errors = [str(r.error) for r in grid if r.error]
     if trials.empty or METRIC not in trials:
-        raise TuneError(f"no trial finished in {exp_dir}; errors: {errors[:3]}")
+        first = errors[0].strip().splitlines()[-1] if errors else "none reported"
+        raise TuneError(
+            f"no trial finished in {exp_dir}: {len(errors)} trial(s) failed, the last line of the first "
+            f"error: {first} (every trial's error is in its folder's error.txt)"
+        )
     return trials, errors
 
 
@@ -334,7 +338,7 @@ def package_best(
     """The search's best checkpoint as a model bundle in ``<experiment>/best``; returns the bundle
     folder, the best report's metrics and the decoded hyperparameters."""
     best_ckpt, best_metrics, best = best_checkpoint_dir(grid)
-    spec = search_space.load(settings.space_file)[settings.family]
+    spec = search_space.family_spec(settings.space_file, settings.family)
     params = search_space.decode(dict(best.config), spec)
     ds_dir = versioning.version_dir(root, ds_name, ds_version)
     model_dir = bundle.write_bundle(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mbta_ray.errors import MbtaRayError
+from mbta_ray.errors import DataError, MbtaRayError
 from mbta_ray.schema import FEATURE_CODE_VERSION
 
 MANIFEST = "manifest.json"
@@ -101,7 +101,16 @@ def load_manifest(root: str | Path, name: str, version: str) -> dict:
     path = version_dir(root, name, version) / MANIFEST
     if not path.is_file():
         raise VersionNotFound(f"no dataset version {version!r} of {name!r} under {Path(root).resolve()}")
-    return json.loads(path.read_text())
+    return _read_manifest(path)
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid JSON ({exc}); the dataset version is damaged: delete its folder and ingest again"
+        ) from exc
 
 
 def list_versions(root: str | Path, name: str | None = None) -> list[dict]:
@@ -116,7 +125,7 @@ def list_versions(root: str | Path, name: str | None = None) -> list[dict]:
         for child in folder.iterdir():
             if child.name.startswith(_TMP_PREFIX) or not (child / MANIFEST).is_file():
                 continue
-            out.append(json.loads((child / MANIFEST).read_text()))
+            out.append(_read_manifest(child / MANIFEST))
     return sorted(out, key=lambda m: m.get("created_at", ""), reverse=True)
 
 

@@ -303,10 +303,16 @@ def _fuzz_bodies():
             path = draw(st.sampled_from(fields)).split(".")
             parent = b
             for p in path[:-1]:
-                parent = parent[int(p)] if isinstance(parent, list) else parent.get(p)
+                # An earlier mutation may have replaced a container: walk only what is still there.
+                if isinstance(parent, list):
+                    parent = parent[int(p)] if p.isdigit() and int(p) < len(parent) else None
+                else:
+                    parent = parent.get(p)
                 if not isinstance(parent, (dict, list)):
                     break
             else:
+                if isinstance(parent, list) and not (path[-1].isdigit() and int(path[-1]) < len(parent)):
+                    continue
                 key = int(path[-1]) if isinstance(parent, list) else path[-1]
                 if draw(st.booleans()) and isinstance(parent, dict):
                     parent.pop(key, None)

@@ -66,8 +66,7 @@ class Bundle:
 
     def evaluation(self) -> dict | None:
         """eval.json (the test-split report), or None before the model was evaluated."""
-        path = self.path / EVAL_FILE
-        return _read_json(path) if path.is_file() else None
+        return read_evaluation(self.path) if (self.path / EVAL_FILE).is_file() else None
 
     def predictor(self) -> Predictor:
         """A function from example rows to travel-seconds predictions."""
@@ -107,7 +106,7 @@ def write_bundle(
     segment_medians: str | Path | None = None,
 ) -> Path:
     """Package a trained model: the family's model files from ``model_dir`` (a checkpoint folder),
-    the encoder, the training-split segment medians (copied when the file exists) and
+    the encoder, the training-split segment medians (copied; None: the model has none) and
     ``metadata`` (+ family). Replaces ``out`` if it exists. Returns ``out``."""
     if family not in MODEL_FILES:
         raise BundleError(f"unknown model family {family!r} (known: {sorted(MODEL_FILES)})")
@@ -120,7 +119,11 @@ def write_bundle(
     for name in MODEL_FILES[family]:
         shutil.copy2(model_dir / name, out / name)
     encoder.save(out / ENCODER_FILE)
-    if segment_medians is not None and Path(segment_medians).is_file():
+    if segment_medians is not None:
+        if not Path(segment_medians).is_file():
+            raise MissingFileError(
+                f"{segment_medians}: segment medians not found (the model needs them at serving time)"
+            )
         shutil.copy2(segment_medians, out / SEGMENT_MEDIANS_FILE)
     _write_json(out / METADATA_FILE, {**metadata, "family": family})
     return out
@@ -131,6 +134,14 @@ def write_evaluation(bundle_dir: str | Path, evaluation: dict) -> Path:
     path = Path(bundle_dir) / EVAL_FILE
     path.write_text(json.dumps(evaluation, indent=1))
     return path
+
+
+def read_evaluation(bundle_dir: str | Path) -> dict:
+    """eval.json of a bundle; a clear error when the model was never evaluated."""
+    path = Path(bundle_dir) / EVAL_FILE
+    if not path.is_file():
+        raise MissingFileError(f"{path}: missing; the model has not been evaluated")
+    return _read_json(path)
 
 
 def read_metadata(bundle_dir: str | Path) -> dict:
