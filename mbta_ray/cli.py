@@ -138,7 +138,7 @@ class _TrialsDisplay:
             if p.family not in self.tasks:
                 self.tasks[p.family] = self.bar.add_task(f"tune {p.family}", total=p.total, best="")
             self.bar.update(self.tasks[p.family], completed=p.done, best=best)
-        elif self.shown.get(p.family) != p.done:
+        elif p.done and self.shown.get(p.family) != p.done:
             self.shown[p.family] = p.done
             console.print(
                 f"      tune {p.family}: {p.done}/{p.total} trials, {best}, {dt.timedelta(seconds=round(p.elapsed_s))}"

@@ -11,6 +11,7 @@ Ray Data's progress bars to a log file instead, and the workers' output stays in
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import warnings
@@ -122,12 +123,41 @@ def ray_logs_to(log_file: Path) -> Iterator[Path]:
     logging.captureWarnings(True)
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
     _output.quiet, _output.handler = True, handler
+    # Tune's new console output prints its experiment header whatever the verbosity; the classic
+    # output obeys verbose=0 (tune.py passes it, with a silent reporter, while quiet() is true).
+    air_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _raylet_messages_to_log():
             warnings.simplefilter("default")  # shown once each, in the log file (captureWarnings)
             yield log_file
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start, _output.quiet, _output.handler = previous
+        if air_output is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = air_output
         logging.captureWarnings(capturing)
         _restore(saved)
         handler.close()
+
+
+@contextlib.contextmanager
+def _raylet_messages_to_log() -> Iterator[None]:
+    """Route what the raylet pushes to the driver (e.g. its worker-startup warning) to the "ray"
+    logger: a driver thread prints those straight to stdout (``print_to_stdstream``), past logging.
+    Private Ray API: if it is gone, the messages simply stay on the terminal."""
+    worker = importlib.import_module("ray._private.worker")
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def to_log(data: dict, ignore_prefix: bool = False) -> None:
+        logging.getLogger("ray").warning("(%s) %s", data.get("pid"), "\n".join(map(str, data.get("lines", []))))
+
+    worker.print_to_stdstream = to_log
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original

@@ -96,6 +96,16 @@ class TuneProgress:
     errors: int = 0
 
 
+class _SilentReporter(tune.ProgressReporter):
+    """Tune's console reporter, silenced: mbta_ray shows its own progress (``TuneProgress``)."""
+
+    def should_report(self, trials: list, done: bool = False) -> bool:
+        return False
+
+    def report(self, trials: list, done: bool, *sys_info: dict) -> None:
+        return None
+
+
 def _no_report(progress: TuneProgress) -> None:
     """The report of a progress callback that was pickled (see ``_ProgressCallback.__getstate__``)."""
 
@@ -167,8 +177,10 @@ def build_tuner(
             name=settings.name,
             storage_path=storage,
             callbacks=_callbacks(settings, progress),
-            # Tune's own trial tables and config boxes: silent while Ray's output goes to a log file.
+            # Tune's own trial tables and config boxes: silent while Ray's output goes to a log file
+            # (runtime.ray_logs_to selects Tune's classic output, which honours both).
             verbose=0 if runtime.quiet() else None,
+            progress_reporter=_SilentReporter() if runtime.quiet() else None,
         ),
     )
 

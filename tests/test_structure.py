@@ -145,4 +145,9 @@ def test_a_non_editable_install_finds_its_package_data(ray_local, tmp_path):
         "art",
     )
     assert re.search(r"xgboost: 1 trials, best valid MAE [\d.]+ s", out), out
+    # Quiet by default: mbta_ray's own lines and tables, Ray's logs in the file it names.
+    log = re.search(r"Ray's logs go to (\S+\.log)", out)
+    assert log and (work / log.group(1)).is_file(), out
+    for noise in ("Configuration for experiment", "View detailed results", "(raylet)", "Trial status", "INFO"):
+        assert noise not in out, (noise, out)
     assert list((work / "art" / "experiments").glob("xgboost-*/best/model.ubj"))
