@@ -11,8 +11,10 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import importlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,15 +46,33 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _user_error(exc: BaseException) -> BaseException | None:
-    """The user's mistake behind ``exc``, if any: an ``MbtaRayError`` (or a missing file) raised
-    here or inside a Ray task (Ray Data and Ray Train wrap a task's exception; the original is its
-    cause), else None."""
+def _is_user_error_name(qualified: str) -> bool:
+    """True when ``mbta_ray.<module>.<Class>`` names an ``MbtaRayError`` (as a remote traceback prints it)."""
+    module, _, name = qualified.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return False
+    return isinstance(cls, type) and issubclass(cls, MbtaRayError)
+
+
+#: "mbta_ray.sources.InputError: <message>", the last line of a Ray task's remote traceback.
+_REMOTE_ERROR = re.compile(r"^(mbta_ray(?:\.\w+)+): (.+)$", re.MULTILINE)
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one-line message of the user's mistake behind ``exc``, if any: an ``MbtaRayError`` (or a
+    missing file) raised here or inside a Ray task, else None. A task's error reaches the driver
+    wrapped (``RayTaskError``, Ray Data's ``UserCodeException``) with the remote traceback as its
+    text, whose last line names the original error and its message."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, (MbtaRayError, FileNotFoundError)):
-            return exc
         seen.add(id(exc))
+        remote = [m for m in _REMOTE_ERROR.finditer(str(exc)) if _is_user_error_name(m.group(1))]
+        if remote:
+            return remote[-1].group(2).strip()
+        if isinstance(exc, (MbtaRayError, FileNotFoundError)):
+            return str(exc)
         exc = exc.__cause__ or getattr(exc, "cause", None)  # RayTaskError keeps the task's error as .cause
     return None
 
@@ -70,10 +90,10 @@ class _App(typer.Typer):
                 try:
                     return fn(*a, **k)
                 except Exception as exc:
-                    user_error = _user_error(exc)
-                    if user_error is None:
+                    message = _user_error(exc)
+                    if message is None:
                         raise  # a bug: the traceback is what a maintainer needs
-                    _fail(str(user_error))
+                    _fail(message)
 
             register(reported)
             return fn

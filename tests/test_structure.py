@@ -151,3 +151,25 @@ def test_a_non_editable_install_finds_its_package_data(ray_local, tmp_path):
     for noise in ("Configuration for experiment", "View detailed results", "(raylet)", "Trial status", "INFO"):
         assert noise not in out, (noise, out)
     assert list((work / "art" / "experiments").glob("xgboost-*/best/model.ubj"))
+
+
+def test_errors_inside_ray_tasks_and_bad_reference_files_are_one_line(ray_local, tmp_path):
+    """A malformed CSV row is found by a Ray Data read task (the error arrives wrapped by Ray) and a
+    GTFS stops file without coordinates fails while the pipeline loads it: both are one line, exit 2."""
+    runner = CliRunner()
+    header = "service_date,route_id,direction_id,trip_id,stop_id,stop_sequence,stop_timestamp\n"
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text(header + "20240207,Red,0,t1,70061,1,1707304860\n20240207,Red,0,t1,70063,2,1707304920,extra\n")
+    good = tmp_path / "good.csv"
+    good.write_text(header + "20240207,Red,0,t1,70061,1,1707304860\n20240207,Red,0,t1,70063,2,1707304920\n")
+    stops = tmp_path / "stops.csv"
+    stops.write_text("stop_id,stop_name\n70061,Alewife\n")
+    cases = [
+        (["data", "ingest", f"{ragged}::lamp", "--no-stops"], "malformed CSV"),
+        (["data", "ingest", f"{good}::lamp", "--stops", str(stops)], "not a GTFS stops table"),
+    ]
+    for args, needle in cases:
+        res = runner.invoke(app, [*args, "--root", str(tmp_path / "art")])
+        assert res.exit_code == 2, (args, res.output, res.exception)
+        lines = [line for line in res.output.strip().splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.output, res.output
