@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,25 @@ SAFE_SUFFIXES = (".ubj", ".json", ".parquet", ".pt", ".safetensors")
 
 class RegistryError(MbtaRayError, RuntimeError):
     """A registry operation cannot go on; the message says what and where."""
+
+
+class InvalidName(RegistryError, ValueError):
+    """A model, version or file name that could escape the registry folder (separators, ``..``)."""
+
+
+#: Model, version and file names: one path component, no separators, no leading dot, no "..".
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(value: object, what: str) -> str:
+    """``value`` if it is a safe registry name, else ``InvalidName`` (the value is shown truncated)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        shown = repr(value)[:80] + ("..." if len(repr(value)) > 80 else "")
+        raise InvalidName(
+            f"invalid {what} {shown}: registry names are 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return value
 
 
 class CorruptModel(RegistryError):
@@ -93,7 +113,7 @@ class Registry:
         else:
             self.fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
         self.root_uri = root
-        self.model = model
+        self.model = check_name(model, "model name")
         self.base = f"{base.rstrip('/')}/registry/{model}"
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
@@ -190,7 +210,7 @@ class Registry:
         return sorted(out, key=lambda m: m["created_at"])
 
     def metadata(self, version: str) -> dict:
-        path = self._path(version, METADATA)
+        path = self._path(check_name(version, "version"), METADATA)
         if not self._exists(path):
             known = [m["version"] for m in self.versions()]
             raise RegistryError(f"{self}: no version {version!r} (known: {known[-5:] or 'none'})")
@@ -203,6 +223,8 @@ class Registry:
         files = meta.get("files") or {}
         if not files:
             raise CorruptModel(f"{self._path(version, METADATA)}: lists no model files")
+        for name in files:  # a hand-edited metadata.json must not point outside the version
+            check_name(name, f"file name in {self._path(version, METADATA)}")
         if self.local:
             folder = Path(self._path(version))
         else:
@@ -270,12 +292,38 @@ class Registry:
         Promotions of one model are serialized (a lock locally; on object stores the pointer is re-read
         before the write and a concurrent change refuses this promotion).
         """
-        if metric not in METRIC_MODES:
-            raise RegistryError(f"--metric must be one of {sorted(METRIC_MODES)}, got {metric!r}")
-        if force and not (reason and reason.strip()):
-            raise RegistryError('--force needs --reason "..." (it is written to the audit log)')
-        with self._promotion_lock():
-            return self._promote_locked(version, metric, force, reason, rescore)
+        try:
+            check_name(version, "version")
+            if metric not in METRIC_MODES:
+                raise RegistryError(f"--metric must be one of {sorted(METRIC_MODES)}, got {metric!r}")
+            if force and not (reason and reason.strip()):
+                raise RegistryError('--force needs --reason "..." (it is written to the audit log)')
+            with self._promotion_lock():
+                return self._promote_locked(version, metric, force, reason, rescore)
+        except RegistryError as exc:
+            self._audit_refusal(version, metric, force, exc)
+            raise
+
+    def _audit_refusal(self, version: object, metric: str, force: bool, exc: RegistryError) -> None:
+        """Every promotion request ends in the audit log: one refused with an error too."""
+        try:
+            before = (self.production() or {}).get("version")
+        except RegistryError:
+            before = None
+        self._audit(
+            Decision(
+                accepted=False,
+                candidate=repr(version)[1:-1][:200] if isinstance(version, str) else repr(version)[:200],
+                production_before=before,
+                metric=str(metric)[:40],
+                candidate_value=None,
+                production_value=None,
+                forced=bool(force),
+                reason=f"refused: {exc}"[:1000],
+                dataset=None,
+                at=_now().isoformat(),
+            )
+        )
 
     def _promote_locked(self, version: str, metric: str, force: bool, reason: str | None, rescore) -> Decision:
         cand = self.metadata(version)

@@ -134,9 +134,11 @@ def test_promotion_gate_accepts_refuses_and_logs_forced(tmp_path):
     assert [(e["candidate"], e["accepted"], e["forced"]) for e in log] == [
         (v1, True, False),
         (v_worse, False, False),
+        (v_worse, False, True),  # --force without --reason: refused, and recorded
         (v_worse, True, True),
         (v_better, True, False),
     ]
+    assert "refused: --force needs --reason" in log[2]["reason"]
     assert reg.promote(v1, metric="accurate").accepted is False  # equal is not better
     with pytest.raises(RegistryError, match="--metric must be one of"):
         reg.promote(v1, metric="speed")
@@ -301,3 +303,54 @@ def test_registry_cli_register_list_promote_audit(tmp_path):
     assert res.exit_code == 0 and "accepted" in res.output and "refused" in res.output
     res = runner.invoke(app, ["registry", "register", str(tmp_path), "--root", root])
     assert res.exit_code == 2 and "metadata.json: missing" in res.output
+
+
+@pytest.mark.parametrize("bad", ["../../../evil", "..", "a/b", "/abs", "v1/../../x", ".hidden", "", "x" * 200, "a\\b"])
+def test_names_that_could_escape_the_registry_are_refused_and_recorded(tmp_path, bad):
+    """`promote ../../../evil --force` must not write outside the registry; the refusal is audited."""
+    root = tmp_path / "root"
+    reg = Registry(root)
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    reg.promote(v1)
+    outside = set(tmp_path.rglob("*"))
+    with pytest.raises(RegistryError, match="invalid version"):
+        reg.promote(bad, force=True, reason="x")
+    with pytest.raises(RegistryError, match="invalid version"):
+        reg.metadata(bad)
+    assert reg.production()["version"] == v1
+    new = {p for p in set(tmp_path.rglob("*")) - outside if "audit" not in p.parts}
+    assert not new, new  # nothing written but the audit entry
+    last = reg.audit_log()[-1]
+    assert not last["accepted"] and "refused: invalid version" in last["reason"]
+    with pytest.raises(RegistryError, match="invalid model name"):
+        Registry(root, bad)
+
+
+def test_a_hand_edited_production_pointer_or_file_list_cannot_leave_the_registry(tmp_path):
+    reg = Registry(tmp_path / "root")
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    reg.promote(v1)
+    (tmp_path / "secret.ubj").write_text("not yours")
+    pointer = Path(reg.base) / "production.json"
+    pointer.write_text(json.dumps({**reg.production(), "version": "../../../secret"}))
+    with pytest.raises(RegistryError, match="invalid version"):
+        reg.fetch(reg.production()["version"])
+    meta_path = Path(reg.base) / v1 / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"] = {"../../../../secret.ubj": "0" * 64}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RegistryError, match="invalid file name"):
+        reg.fetch(v1, cache=tmp_path / "cache")
+
+
+def test_promote_cli_refuses_a_path_as_a_version(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    root = tmp_path / "root"
+    v1 = register(Registry(root), tmp_path, "m1", 100.0)
+    res = CliRunner().invoke(app, ["promote", "../../../evil", "--force", "--reason", "x", "--root", str(root)])
+    assert res.exit_code == 2 and "invalid version" in res.output and "Traceback" not in res.output, res.output
+    assert Registry(root).production() is None and v1
+    assert [e["accepted"] for e in Registry(root).audit_log()] == [False]

@@ -325,11 +325,13 @@ def deploy(
     user_config changes and Serve calls ``Predictor.reconfigure`` on the running replicas: the
     model is swapped in place, with no restart and no failed requests. Returns the version.
     """
+    reg = Registry(registry, model_name)  # refuses a model name that is not a plain registry name
     if version == "production":
-        prod = Registry(registry, model_name).production()
+        prod = reg.production()
         if prod is None:
             raise RegistryError(f"no production model in {registry} for {model_name!r}: promote one first")
         version = prod["version"]
+    reg.metadata(version)  # a plain version name that exists, checked before anything is deployed
     serve.run(
         build({"registry": registry, "model_name": model_name, "version": version}),
         name=name,
