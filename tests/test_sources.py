@@ -754,6 +754,16 @@ def test_nonexistent_path(tmp_path: Path) -> None:
     assert _error(tmp_path / "nope" / "lamp.parquet").endswith(": no such file")
 
 
+def test_a_directory_or_a_symlink_loop_is_named_as_such(tmp_path: Path) -> None:
+    """Not "no such file": say what the path is."""
+    assert _error(tmp_path).endswith(": is a directory; give the files in it (e.g. " + f"{tmp_path}/*.parquet)")
+    (tmp_path / "a.parquet").symlink_to(tmp_path / "b.parquet")
+    (tmp_path / "b.parquet").symlink_to(tmp_path / "a.parquet")
+    assert _error(tmp_path / "a.parquet").endswith(": symlink loop")
+    (tmp_path / "dangling.parquet").symlink_to(tmp_path / "gone.parquet")
+    assert _error(tmp_path / "dangling.parquet").endswith(": no such file")
+
+
 def test_corrupt_parquet(tmp_path: Path) -> None:
     """Random bytes with a .parquet suffix cannot be read as parquet."""
     path = tmp_path / "corrupt.parquet"

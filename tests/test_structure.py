@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from mbta_ray.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "mbta_ray" / "data" / "samples"
 PACKAGE = REPO / "mbta_ray"
 
 
@@ -164,9 +166,18 @@ def test_errors_inside_ray_tasks_and_bad_reference_files_are_one_line(ray_local,
     good.write_text(header + "20240207,Red,0,t1,70061,1,1707304860\n20240207,Red,0,t1,70063,2,1707304920\n")
     stops = tmp_path / "stops.csv"
     stops.write_text("stop_id,stop_name\n70061,Alewife\n")
+    # A parquet file whose footer is intact but whose pages are not: only a read task finds out.
+    corrupt = tmp_path / "corrupt_pages.parquet"
+    shutil.copy(SAMPLES / "lamp_subway_2024-02-07_10k.parquet", corrupt)
+    data = bytearray(corrupt.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[4 : len(data) - 8 - footer] = b"\xff" * (len(data) - 12 - footer)
+    corrupt.write_bytes(bytes(data))
     cases = [
         (["data", "ingest", f"{ragged}::lamp", "--no-stops"], "malformed CSV"),
         (["data", "ingest", f"{good}::lamp", "--stops", str(stops)], "not a GTFS stops table"),
+        (["data", "ingest", str(corrupt), "--no-stops"], "corrupt_pages.parquet: cannot read parquet row group 0"),
+        (["data", "ingest", str(tmp_path), "--no-stops"], "is a directory"),
     ]
     for args, needle in cases:
         res = runner.invoke(app, [*args, "--root", str(tmp_path / "art")])

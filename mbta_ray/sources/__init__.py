@@ -8,6 +8,7 @@ carrying its file and 0-based row so a quarantined row can be found in the sourc
 from __future__ import annotations
 
 import csv
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -89,8 +90,15 @@ def detect_format(path: str, columns: list[str]) -> Reader:
 def inspect_input(path: str, fmt: str | None = None) -> InputFile:
     """Identify, check and checksum one input file. Raises InputError naming the file."""
     path = os.path.abspath(path)
+    try:
+        os.stat(path)  # follows symlinks: a loop or a dangling link fails here, with its own reason
+    except OSError as exc:
+        reasons = {errno.ENOENT: "no such file", errno.ELOOP: "symlink loop"}
+        raise InputError(f"{path}: {reasons.get(exc.errno, (exc.strerror or 'cannot be read').lower())}") from exc
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory; give the files in it (e.g. {path}/*.parquet)")
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: not a regular file")
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: file is empty")
     container = _container(path)
@@ -135,10 +143,15 @@ def _used_columns(reader: Reader, available: list[str]) -> list[str]:
 def _raw_batches(piece: dict, reader: Reader) -> Iterator[pd.DataFrame]:
     path = piece["path"]
     if piece["container"] == "parquet":
-        pf = pq.ParquetFile(path)
-        cols = _used_columns(reader, pf.schema_arrow.names)
-        for batch in pf.iter_batches(batch_size=256_000, row_groups=piece["row_groups"], columns=cols):
-            yield batch.to_pandas()
+        groups = piece["row_groups"]
+        try:  # a valid footer over corrupt pages fails only here, inside a read task
+            pf = pq.ParquetFile(path)
+            cols = _used_columns(reader, pf.schema_arrow.names)
+            for batch in pf.iter_batches(batch_size=256_000, row_groups=groups, columns=cols):
+                yield batch.to_pandas()
+        except (OSError, pa.ArrowException) as exc:
+            where = f"row groups {groups[0]}-{groups[-1]}" if len(groups) > 1 else f"row group {groups[0]}"
+            raise InputError(f"{path}: cannot read parquet {where} (rows from {piece['row_offset']}): {exc}") from exc
         return
     # CSV: everything as text, so one bad value quarantines one row instead of failing the file.
     header, _ = _columns_and_rows(path, "csv")
