@@ -117,8 +117,9 @@ class Predictor:
             if version == "production":
                 prod = reg.production()
                 if prod is None:
-                    if self.runner is None:
-                        self.error = f"no production model in {reg.base} yet: run `make run`"
+                    if self.runner is None:  # the client's message names no server path; the log does
+                        self.error = f"no production model for {reg.model!r} yet: run `make run`"
+                        logger.warning("no production model in %s yet", reg.base)
                     return None
                 version = prod["version"]
             previous = self.runner
@@ -134,7 +135,10 @@ class Predictor:
             logger.info("loaded model %s from %s", version, reg.base)
             return None
         except RegistryError as exc:  # keep serving the model we had; report why the new one failed
-            self.error = str(exc)
+            # Clients get the kind of failure, not the server's paths; the log has the whole message.
+            self.error = (
+                f"model {version!r} of {reg.model!r} cannot be loaded ({type(exc).__name__}); see the server log"
+            )
             logger.error("cannot load %s from %s: %s", version, reg.base, exc)
             return str(exc)
 
@@ -188,33 +192,91 @@ api = FastAPI(
 )
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next):
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413, counted on the bytes actually
+    received (a chunked body has no Content-Length to trust). Reading stops at the limit; a body
+    within it is buffered (at most ``max_bytes``) and replayed to the app."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _too_large(self, scope: dict, receive: Any, send: Any, size: str) -> None:
         metrics.reject("body_too_large")
-        return JSONResponse(
-            status_code=413, content={"detail": f"body of {size} bytes is over the {MAX_BODY_BYTES}-byte limit"}
-        )
-    return await call_next(request)
+        detail = f"body of {size} bytes is over the {self.max_bytes}-byte limit"
+        await JSONResponse(status_code=413, content={"detail": detail})(scope, receive, send)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:  # refused before reading a byte
+            return await self._too_large(scope, receive, send, declared.decode())
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large(scope, receive, send, f"more than {self.max_bytes}")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        return await self.app(scope, replay, send)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN/Infinity as strings: a body may carry them (Python's JSON parser accepts them), and the
-    error that echoes them back must still be valid JSON (else the 422 itself fails with a 500)."""
+api.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+
+#: An error echoes at most this much of what the client sent (a 64 MiB field must not come back).
+ECHO_CHARS, ECHO_ITEMS, ECHO_ERRORS = 120, 5, 50
+
+
+def _excerpt(value: Any, depth: int = 0) -> Any:
+    """A short, JSON-safe excerpt of client input for an error message: long strings, lists and
+    dicts are cut (saying how long they were), NaN/Infinity become strings (Python's JSON parser
+    accepts them), and lone UTF-16 surrogates are escaped (they cannot be encoded as UTF-8)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}... ({len(value):,} characters)"
+    if depth >= 3 and isinstance(value, (dict, list, tuple)):
+        return f"<{type(value).__name__} of {len(value):,} items>"
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        items = list(value.items())
+        out = {_excerpt(str(k)): _excerpt(v, depth + 1) for k, v in items[: ECHO_ITEMS * 4]}
+        if len(items) > ECHO_ITEMS * 4:
+            out["..."] = f"{len(items) - ECHO_ITEMS * 4:,} more keys"
+        return out
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        out = [_excerpt(v, depth + 1) for v in value[:ECHO_ITEMS]]
+        return out + [f"... {len(value) - ECHO_ITEMS:,} more items"] if len(value) > ECHO_ITEMS else out
     return value
 
 
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     metrics.reject("validation")
-    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
+    errors = exc.errors()
+    detail = []
+    for error in jsonable_encoder(errors[:ECHO_ERRORS]):
+        error["loc"] = [_excerpt(part) for part in error.get("loc", [])]  # keys may carry surrogates
+        for key in ("msg", "input", "ctx"):
+            if key in error:
+                error[key] = _excerpt(error[key])
+        detail.append(error)
+    if len(errors) > ECHO_ERRORS:
+        detail.append({"loc": ["body"], "type": "too_many_errors", "msg": f"{len(errors) - ECHO_ERRORS:,} more errors"})
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 def _refused(refusal: Refusal) -> JSONResponse:
@@ -261,6 +323,7 @@ class Api:
         "/predict",
         response_model=PredictResponse,
         responses={
+            413: {"description": f"body over {MAX_BODY_BYTES:,} bytes (counted as received, chunked or not)"},
             422: {"description": "invalid input, or a route/stop the model cannot handle"},
             503: {"description": "no model loaded yet"},
         },
@@ -273,6 +336,7 @@ class Api:
         "/predict/batch",
         response_model=BatchResponse,
         responses={
+            413: {"description": f"body over {MAX_BODY_BYTES:,} bytes (counted as received, chunked or not)"},
             422: {"description": "invalid input, or a route/stop the model cannot handle"},
             503: {"description": "no model loaded yet"},
         },
@@ -281,14 +345,14 @@ class Api:
         result = await self._call(body.requests, ("body", "requests"))
         return _refused(result) if isinstance(result, Refusal) else Response(result.batch(), media_type=JSON)
 
-    @api.get("/healthz")
+    @api.get("/healthz", responses={503: {"description": "no model loaded yet (the reason in detail)"}})
     async def healthz(self):
         info = await self._info()
         if not info["ready"]:
             return JSONResponse(status_code=503, content={"ready": False, "detail": info["error"]})
         return {"ready": True, "model_version": info["version"]}
 
-    @api.get("/model")
+    @api.get("/model", responses={503: {"description": "no model loaded yet (the reason in detail)"}})
     async def model(self):
         info = await self._info()
         if not info["ready"]:

@@ -22,6 +22,10 @@ MAX_BATCH = 256
 #: Times further than this from the arrival at u are refused (a typo'd date, not a prediction).
 MAX_SCHEDULE_GAP = dt.timedelta(hours=6)
 EARLIEST = dt.datetime(2015, 1, 1, tzinfo=dt.UTC)
+#: Later than this is no observation either; checked on the wall-clock value, before any conversion
+#: to UTC (9999-12-31T23:00-05:00 overflows datetime when converted).
+LATEST_YEAR = 2100
+
 
 StopId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\- ]+$")]  # "Oak Grove-02" is real
 RouteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\- ]+$")]
@@ -30,6 +34,8 @@ RouteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 def _aware(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("must include a UTC offset, e.g. 2024-08-11T14:05:00-04:00")
+    if not EARLIEST.year <= value.year < LATEST_YEAR:
+        raise ValueError(f"is outside {EARLIEST.year}-{LATEST_YEAR - 1}: not a plausible observation time")
     if value < EARLIEST:
         raise ValueError(f"is before {EARLIEST:%Y-%m-%d}: not a plausible observation time")
     return value.astimezone(dt.UTC)
@@ -78,9 +84,12 @@ class PredictRequest(_Strict):
         now = dt.datetime.now(dt.UTC)
         if self.actual_arrival > now + dt.timedelta(days=1):
             raise ValueError(f"actual_arrival {self.actual_arrival.isoformat()} is more than a day in the future")
-        for name, t in [("scheduled_arrival", self.scheduled_arrival)] + [
-            (f"stops_ahead[{i}].scheduled_arrival", s.scheduled_arrival) for i, s in enumerate(self.stops_ahead)
-        ]:
+        prev = self.previous_stop
+        for name, t in [
+            ("scheduled_arrival", self.scheduled_arrival),
+            ("previous_stop.actual_arrival", prev.actual_arrival if prev else None),
+            ("previous_stop.scheduled_arrival", prev.scheduled_arrival if prev else None),
+        ] + [(f"stops_ahead[{i}].scheduled_arrival", s.scheduled_arrival) for i, s in enumerate(self.stops_ahead)]:
             if t is not None and abs(t - self.actual_arrival) > MAX_SCHEDULE_GAP:
                 raise ValueError(f"{name} is more than {MAX_SCHEDULE_GAP} from actual_arrival")
         if self.service_date is not None and abs((self.service_date - self.actual_arrival.date()).days) > 1:
