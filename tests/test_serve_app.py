@@ -562,3 +562,31 @@ def test_surrogates_and_extreme_times_get_a_422_not_a_500(served, where, value):
     r = _raw_post("/predict", text)
     assert r.status_code == 422, (where, r.status_code, r.text[:300])
     assert r.json()["detail"], r.text
+
+
+#: A loop route: the trip passes B twice (sequences 20 and 40), as bus loops in the test split do.
+LOOP = [
+    ("A", 10, "2024-03-12T12:01:00Z", "2024-03-12T12:00:00Z"),
+    ("B", 20, "2024-03-12T12:06:30Z", "2024-03-12T12:05:00Z"),
+    ("C", 30, "2024-03-12T12:12:00Z", "2024-03-12T12:10:00Z"),
+    ("B", 40, "2024-03-12T12:18:00Z", "2024-03-12T12:15:00Z"),
+    ("A", 50, "2024-03-12T12:25:00Z", "2024-03-12T12:20:00Z"),
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_smoke_passes_on_a_loop_route_whatever_the_sample(served, tmp_path, seed):
+    """The API answers what the ETL trains on: stops ahead that revisit u or repeat, by position."""
+    from mbta_ray.features import compute_features, pair_events
+    from mbta_ray.serve import smoke
+    from tests.test_features import STOPS, events
+
+    version = _ensure_model(served, tmp_path)
+    rows = compute_features(pair_events(events(LOOP, service_date="2024-03-12"), k=4), STOPS)
+    examples = smoke.examples_from_split(rows, 10, seed=seed)
+    assert len(examples) == 4  # one per visit: A, B (20), C, B (40)
+    first_b = next(e for e in examples if e.body["stop_sequence"] == 20)
+    assert [s["stop_id"] for s in first_b.body["stops_ahead"]] == ["C", "B", "A"]  # u itself, ahead
+    report = smoke.run(URL, examples, concurrency=2)
+    assert report.passed, report.failures
+    assert report.model_version == version and report.sent == 5

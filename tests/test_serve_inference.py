@@ -121,8 +121,13 @@ def test_service_day_rolls_over_at_3am_local():
             "stops_ahead",
             "at most 20 items",
         ),
-        ({"stops_ahead": [{"stop_id": "C"}, {"stop_id": "C"}]}, "", "lists a stop more than once"),
-        ({"stops_ahead": [{"stop_id": "B"}]}, "", "contains stop u (B) itself"),
+        # A stop twice or u again ahead is a loop route (valid, see the test below); positions that
+        # go backwards are not.
+        (
+            {"stop_sequence": 20, "stops_ahead": [{"stop_id": "C", "stop_sequence": 20}]},
+            "",
+            "stops_ahead[0].stop_sequence 20 is not after the one before it (20)",
+        ),
         (
             {"stops_ahead": [{"stop_id": "C", "scheduled_arrival": "2024-03-14T12:10:00Z"}]},
             "",
@@ -199,3 +204,20 @@ def test_transitmaster_stops_unseen_in_training_are_answered_as_the_etl_accepts_
     assert runner.refusal(req) is None
     (resp,) = runner.predict([req])
     assert np.isfinite([p.predicted_travel_seconds for p in resp.predictions]).all()
+
+
+def test_stops_ahead_are_positions_a_loop_may_revisit_u():
+    """A loop route (u again ahead, a stop twice) is valid; sequences, where given, must go forward."""
+    req = request_at_b(
+        stop_sequence=20,
+        stops_ahead=[
+            {"stop_id": "C", "stop_sequence": 30},
+            {"stop_id": "B", "stop_sequence": 40},
+            {"stop_id": "C", "stop_sequence": 50},
+        ],
+    )
+    assert [s.stop_sequence for s in req.stops_ahead] == [30, 40, 50]
+    with pytest.raises(ValidationError, match=r"stops_ahead\[1\].stop_sequence 25 is not after"):
+        request_at_b(
+            stop_sequence=20, stops_ahead=[{"stop_id": "C", "stop_sequence": 30}, {"stop_id": "B", "stop_sequence": 25}]
+        )

@@ -208,6 +208,7 @@ class ModelRunner:
                 preds.append(
                     StopPrediction.model_construct(
                         stop_id=stop.stop_id,
+                        stop_sequence=stop.stop_sequence,
                         stops_ahead=j + 1,
                         predicted_travel_seconds=float(travel[k]),
                         predicted_arrival=arrivals[k],

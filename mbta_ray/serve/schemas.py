@@ -52,6 +52,9 @@ class StopAhead(_Strict):
     """A stop the vehicle has not reached yet."""
 
     stop_id: StopId
+    stop_sequence: Annotated[int, Field(ge=0, le=100_000)] | None = Field(
+        None, description="its position on the trip (GTFS stop_sequence); a loop route visits a stop twice"
+    )
     scheduled_arrival: AwareTime | None = Field(None, description="scheduled arrival at this stop, if known")
 
 
@@ -69,6 +72,9 @@ class PredictRequest(_Strict):
     route_id: RouteId
     direction_id: Annotated[int, Field(ge=0, le=9, description="GTFS direction 0/1 (TransitMaster data: its own 3/4)")]
     stop_id: StopId = Field(description="stop u, where the vehicle was just observed")
+    stop_sequence: Annotated[int, Field(ge=0, le=100_000)] | None = Field(
+        None, description="u's position on the trip (GTFS stop_sequence), if known"
+    )
     actual_arrival: AwareTime = Field(description="when the vehicle arrived at u")
     scheduled_arrival: AwareTime | None = Field(None, description="scheduled arrival at u, if known")
     trip_id: Annotated[str, Field(max_length=128)] | None = None
@@ -96,11 +102,13 @@ class PredictRequest(_Strict):
             raise ValueError(f"service_date {self.service_date} is more than a day from actual_arrival")
         if self.previous_stop is not None and self.previous_stop.actual_arrival > self.actual_arrival:
             raise ValueError("previous_stop.actual_arrival is after actual_arrival at u")
-        ids = [s.stop_id for s in self.stops_ahead]
-        if self.stop_id in ids:
-            raise ValueError(f"stops_ahead contains stop u ({self.stop_id}) itself")
-        if len(set(ids)) != len(ids):
-            raise ValueError("stops_ahead lists a stop more than once")
+        # Stops ahead are identified by their position, not their id: a loop route visits a stop
+        # twice (the ETL trains on such pairs). Where sequences are given they must go forward.
+        seqs = [self.stop_sequence] + [s.stop_sequence for s in self.stops_ahead]
+        known = [(i, q) for i, q in enumerate(seqs) if q is not None]
+        for (_, a), (j, b) in zip(known, known[1:]):
+            if b <= a:
+                raise ValueError(f"stops_ahead[{j - 1}].stop_sequence {b} is not after the one before it ({a})")
         return self
 
 
@@ -110,6 +118,7 @@ class BatchRequest(_Strict):
 
 class StopPrediction(BaseModel):
     stop_id: str
+    stop_sequence: int | None = Field(None, description="as given in the request")
     stops_ahead: int = Field(description="position after u (1 = the next stop)")
     predicted_travel_seconds: float = Field(description="from the arrival at u to the arrival here")
     predicted_arrival: dt.datetime

@@ -76,14 +76,15 @@ def _number(value) -> float | None:
 
 
 def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Example]:
-    """Up to ``n`` requests, one per sampled (trip, stop u) of the split's example rows."""
+    """Up to ``n`` requests, one per sampled (trip, visit of stop u) of the split's example rows. A
+    visit is a stop sequence: a loop route passes the same stop twice, and each pass is its own u."""
     test = test[test["stops_ahead"] <= MAX_STOPS_AHEAD]
-    groups = test.groupby(["trip_key", "from_stop_id"], sort=False).indices
+    groups = test.groupby(["trip_key", "from_stop_sequence"], sort=False).indices
     keys = list(groups)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(keys), size=min(n, len(keys)), replace=False) if keys else []
     # The stop observed before u on the same trip: the pair (prev -> u) one stop ahead.
-    prev = test[test["stops_ahead"] == 1].set_index(["trip_key", "to_stop_id"])
+    prev = test[test["stops_ahead"] == 1].set_index(["trip_key", "to_stop_sequence"])
     prev = prev[~prev.index.duplicated()]
     out = []
     for i in chosen:
@@ -94,6 +95,7 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
             "direction_id": int(first["direction_id"]),
             "trip_id": None if pd.isna(first["trip_id"]) else str(first["trip_id"]),
             "stop_id": first["from_stop_id"],
+            "stop_sequence": int(first["from_stop_sequence"]),
             "mode": first["mode"],
             "service_date": pd.Timestamp(first["service_date"]).date().isoformat(),
             "actual_arrival": _time(first["actual_arrival_u"]),
@@ -101,11 +103,11 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
             "headway_seconds": _number(first["headway_u"]),
             "scheduled_headway_seconds": _number(first["scheduled_headway_u"]),
             "stops_ahead": [
-                {"stop_id": s, "scheduled_arrival": _time(t)}
-                for s, t in zip(rows["to_stop_id"], rows["scheduled_arrival_s"])
+                {"stop_id": s, "stop_sequence": int(q), "scheduled_arrival": _time(t)}
+                for s, q, t in zip(rows["to_stop_id"], rows["to_stop_sequence"], rows["scheduled_arrival_s"])
             ],
         }
-        key = (first["trip_key"], first["from_stop_id"])
+        key = (first["trip_key"], first["from_stop_sequence"])
         if key in prev.index:
             p = prev.loc[key]
             body["previous_stop"] = {
