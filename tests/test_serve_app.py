@@ -590,3 +590,54 @@ def test_smoke_passes_on_a_loop_route_whatever_the_sample(served, tmp_path, seed
     report = smoke.run(URL, examples, concurrency=2)
     assert report.passed, report.failures
     assert report.model_version == version and report.sent == 5
+
+
+def test_a_broken_production_pointer_degrades_the_service_instead_of_taking_it_down(served, tmp_path):
+    """production.json pointing at a version whose file fails its checksum: running replicas keep
+    their model and say `degraded`; a replica started now falls back to the last promoted version
+    that verifies, so requests still get 200s."""
+    import json as _json
+    from pathlib import Path
+
+    reg = Registry(served)
+    good = _ensure_model(served, tmp_path)
+    _deploy(served, poll_s="1")  # follow the pointer, re-read every second
+    bad_dir = make_model(tmp_path / "m-bad", 50.0, rounds=6)
+    bad = reg.register(bad_dir, evaluation=evaluation_of(bad_dir))["version"]
+    (Path(reg.base) / bad / "model.ubj").write_bytes(b"tampered")
+    pointer = Path(reg.base) / "production.json"
+    record = _json.loads(pointer.read_text())
+    pointer.write_text(_json.dumps({**record, "version": bad}))  # edited by hand: promote would refuse
+
+    def health() -> dict:
+        return requests.get(f"{URL}/healthz", timeout=10).json()
+
+    deadline = time.time() + 60
+    while health().get("status") != "degraded":
+        assert time.time() < deadline, health()
+        time.sleep(0.5)
+    h = health()
+    assert h["ready"] and h["model_version"] == good and bad in h["detail"] and "CorruptModel" in h["detail"]
+    assert str(served) not in h["detail"]
+    assert requests.post(f"{URL}/predict", json=body(), timeout=30).status_code == 200
+
+    # New replicas (other actor options: Serve replaces them), nothing loaded, the pointer still broken.
+    from ray import serve
+
+    from mbta_ray.serve.app import build
+
+    options = {"ray_actor_options": {"num_cpus": 0.45}}
+    serve.run(build({"registry": str(served), "poll_s": "1"}, options), name="mbta", route_prefix="/", blocking=False)
+    deadline = time.time() + 90
+    while health().get("model_version") != good:
+        assert time.time() < deadline, health()
+        time.sleep(0.5)
+    assert health()["status"] == "degraded"
+    assert requests.post(f"{URL}/predict", json=body(), timeout=30).status_code == 200
+
+    pointer.write_text(_json.dumps(record))  # repaired: back to ok
+    deadline = time.time() + 60
+    while health().get("status", "ok") != "ok":
+        assert time.time() < deadline, health()
+        time.sleep(0.5)
+    _deploy(served)

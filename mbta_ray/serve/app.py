@@ -67,6 +67,8 @@ class Predictor:
     def __init__(self) -> None:
         self.runner = None
         self.error: str | None = None
+        #: Why the replica serves another version than the pointer names (None: it serves that one).
+        self.degraded: str | None = None
         # reconfigure and the watcher thread both load models: one at a time, and a config change
         # (generation) makes a watcher load that started before it stand down.
         self._lock = threading.Lock()
@@ -121,14 +123,17 @@ class Predictor:
                         self.error = f"no production model for {reg.model!r} yet: run `make run`"
                         logger.warning("no production model in %s yet", reg.base)
                     return None
-                version = prod["version"]
+                version = prod.get("version")
+                if not isinstance(version, str):
+                    raise RegistryError(f"{reg.base}/production.json names no version")
             previous = self.runner
             if quiet and previous is not None and previous.version == version:
-                return None  # the watcher's common case: nothing promoted since
+                self.error = self.degraded = None  # nothing promoted since (or a pointer repaired)
+                return None
             runner = ModelRunner(reg.fetch(version), version=version)
             if generation != self._generation:
                 return None  # the config changed while this loaded: it no longer applies
-            self.runner, self.error = runner, None  # one assignment: a batch sees the old or the new model
+            self.runner, self.error, self.degraded = runner, None, None  # a batch sees the old or the new model
             if previous is not None and previous.version != version:
                 metrics.model_loaded().set(0, tags={"model_version": previous.version})
             metrics.model_loaded().set(1, tags={"model_version": version})
@@ -140,7 +145,37 @@ class Predictor:
                 f"model {version!r} of {reg.model!r} cannot be loaded ({type(exc).__name__}); see the server log"
             )
             logger.error("cannot load %s from %s: %s", version, reg.base, exc)
+            metrics.load_failures().inc(tags={"error": type(exc).__name__})
+            if self.follow and generation == self._generation:
+                if self.runner is None:  # a fresh replica: the newest version production had that verifies
+                    self._fall_back(exclude=version)
+                if self.runner is not None:
+                    self.degraded = f"{self.error}; serving {self.runner.version}, the last version that verified"
             return str(exc)
+
+    def _fall_back(self, exclude: str) -> None:
+        """Load the most recently promoted version (audit log, newest first) whose files verify: a
+        broken pointer must not leave a new replica with nothing to serve."""
+        try:
+            promoted = [e["candidate"] for e in reversed(self.registry.audit_log()) if e.get("accepted")]
+        except RegistryError as exc:
+            logger.error("no fallback: cannot read the audit log: %s", exc)
+            return
+        for version in dict.fromkeys(promoted):
+            if version == exclude:
+                continue
+            try:
+                runner = ModelRunner(self.registry.fetch(version), version=version)
+            except RegistryError as exc:
+                logger.error("fallback %s does not load either: %s", version, exc)
+                metrics.load_failures().inc(tags={"error": type(exc).__name__})
+                continue
+            self.runner = runner
+            metrics.model_loaded().set(1, tags={"model_version": version})
+            logger.warning(
+                "production %s cannot be loaded: serving %s, the last promoted version that verifies", exclude, version
+            )
+            return
 
     def info(self) -> dict:
         if self.runner is None:
@@ -154,6 +189,8 @@ class Predictor:
             "metrics": (meta.get("evaluation") or {}).get("metrics"),
             "created_at": meta.get("created_at"),
             "error": self.error,
+            "status": "degraded" if self.degraded else "ok",
+            "degraded": self.degraded,
         }
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
@@ -350,7 +387,11 @@ class Api:
         info = await self._info()
         if not info["ready"]:
             return JSONResponse(status_code=503, content={"ready": False, "detail": info["error"]})
-        return {"ready": True, "model_version": info["version"]}
+        # Degraded still answers 200 (it serves a verified model; a probe must not pull it), and says why.
+        out = {"ready": True, "model_version": info["version"]}
+        if info.get("degraded"):
+            out.update(status="degraded", detail=info["degraded"])
+        return out
 
     @api.get("/model", responses={503: {"description": "no model loaded yet (the reason in detail)"}})
     async def model(self):

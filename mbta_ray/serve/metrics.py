@@ -47,6 +47,15 @@ def model_loaded() -> metrics.Gauge:
 
 
 @cache
+def load_failures() -> metrics.Counter:
+    return metrics.Counter(
+        "mbta_model_load_failures",
+        "Model versions this replica could not load (it kept or fell back to a verified one), by error.",
+        tag_keys=("error",),
+    )
+
+
+@cache
 def batch_size() -> metrics.Histogram:
     return metrics.Histogram("mbta_batch_size", "Vehicle requests per model call.", boundaries=BATCH_BOUNDARIES)
 
