@@ -129,13 +129,20 @@ class Registry:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def _read_json(self, path: str) -> dict:
+        """A registry JSON document; a file edited by hand into anything but a JSON object is a
+        ``CorruptModel`` (never an AttributeError or a decode error further on)."""
         try:
             with self.fs.open_input_stream(path) as f:
-                return json.loads(f.read().decode())
+                data = json.loads(f.read().decode())
         except FileNotFoundError as exc:
             raise RegistryError(f"{path}: not found") from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CorruptModel(f"{path}: not valid JSON ({exc})") from exc
+        except OSError as exc:
+            raise CorruptModel(f"{path}: cannot be read ({exc})") from exc
+        if not isinstance(data, dict):
+            raise CorruptModel(f"{path}: not a JSON object")
+        return data
 
     def _write_json_atomically(self, path: str, data: dict) -> None:
         """Temp file, then one rename (local) or one object write (object stores)."""
@@ -261,18 +268,25 @@ class Registry:
     def production(self) -> dict | None:
         """The deploy record of the production model, or None before the first promotion."""
         path = self._path(PRODUCTION)
-        return self._read_json(path) if self._exists(path) else None
+        if not self._exists(path):
+            return None
+        record = self._read_json(path)
+        if not isinstance(record.get("version"), str):
+            raise CorruptModel(f"{path}: names no version")
+        return record
 
     def audit_log(self) -> list[dict]:
         folder = self._path(AUDIT_DIR)
         if not self._exists(folder):
             return []
-        entries = [
-            self._read_json(i.path)
-            for i in self.fs.get_file_info(pafs.FileSelector(folder))
-            if i.base_name.endswith(".json")
-        ]
-        return sorted(entries, key=lambda e: e["at"])
+        entries = []
+        for info in self.fs.get_file_info(pafs.FileSelector(folder)):
+            if info.base_name.endswith(".json"):
+                try:
+                    entries.append(self._read_json(info.path))
+                except RegistryError as exc:  # one damaged entry must not hide the others
+                    logger.warning("skipping audit entry %s: %s", info.path, exc)
+        return sorted(entries, key=lambda e: str(e.get("at", "")))
 
     def _audit(self, decision: Decision) -> None:
         self.fs.create_dir(self._path(AUDIT_DIR), recursive=True)

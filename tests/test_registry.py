@@ -354,3 +354,16 @@ def test_promote_cli_refuses_a_path_as_a_version(tmp_path):
     assert res.exit_code == 2 and "invalid version" in res.output and "Traceback" not in res.output, res.output
     assert Registry(root).production() is None and v1
     assert [e["accepted"] for e in Registry(root).audit_log()] == [False]
+
+
+@pytest.mark.parametrize("pointer", ["[1, 2]", '"v1"', '{"model": "travel-time"}', "\udcff"])
+def test_a_pointer_edited_into_nonsense_is_corrupt_and_a_forced_rollback_still_works(tmp_path, pointer):
+    reg = Registry(tmp_path / "root")
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    reg.promote(v1)
+    (Path(reg.base) / "production.json").write_bytes(pointer.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CorruptModel):
+        reg.production()
+    (Path(reg.base) / "audit" / "zz-damaged.json").write_text("[not an entry]")
+    assert reg.promote(v1, force=True, reason="pointer repaired").accepted
+    assert reg.production()["version"] == v1 and len(reg.audit_log()) >= 2  # the damaged entry skipped

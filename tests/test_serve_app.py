@@ -535,6 +535,11 @@ def test_errors_echo_only_a_short_excerpt_of_the_input(served):
     assert "more errors" in r.text or "more items" in r.text
 
 
+def test_a_body_that_is_not_utf8_gets_a_4xx(served):
+    r = requests.post(f"{URL}/predict", data=b"\xff\xfe{" * 50, timeout=10, headers={"content-type": "text/plain"})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+
+
 @pytest.mark.parametrize(
     "where, value",
     [

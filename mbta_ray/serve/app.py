@@ -32,6 +32,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from mbta_ray.defaults import MODEL_NAME, REGISTRY_ENV, SERVE_APP_NAME
+from mbta_ray.errors import MbtaRayError
 from mbta_ray.paths import DEFAULT_ROOT
 from mbta_ray.registry import Registry, RegistryError
 from mbta_ray.serve import metrics
@@ -139,7 +140,7 @@ class Predictor:
             metrics.model_loaded().set(1, tags={"model_version": version})
             logger.info("loaded model %s from %s", version, reg.base)
             return None
-        except RegistryError as exc:  # keep serving the model we had; report why the new one failed
+        except (MbtaRayError, OSError, ValueError) as exc:  # keep the model we had; report why the new one failed
             # Clients get the kind of failure, not the server's paths; the log has the whole message.
             self.error = (
                 f"model {version!r} of {reg.model!r} cannot be loaded ({type(exc).__name__}); see the server log"
@@ -157,16 +158,17 @@ class Predictor:
         """Load the most recently promoted version (audit log, newest first) whose files verify: a
         broken pointer must not leave a new replica with nothing to serve."""
         try:
-            promoted = [e["candidate"] for e in reversed(self.registry.audit_log()) if e.get("accepted")]
-        except RegistryError as exc:
+            log = self.registry.audit_log()
+        except MbtaRayError as exc:
             logger.error("no fallback: cannot read the audit log: %s", exc)
             return
-        for version in dict.fromkeys(promoted):
+        promoted = [e.get("candidate") for e in reversed(log) if e.get("accepted")]
+        for version in dict.fromkeys(v for v in promoted if isinstance(v, str)):
             if version == exclude:
                 continue
             try:
                 runner = ModelRunner(self.registry.fetch(version), version=version)
-            except RegistryError as exc:
+            except (MbtaRayError, OSError, ValueError) as exc:  # a bad bundle of any kind: try the next
                 logger.error("fallback %s does not load either: %s", version, exc)
                 metrics.load_failures().inc(tags={"error": type(exc).__name__})
                 continue
@@ -278,6 +280,12 @@ ECHO_CHARS, ECHO_ITEMS, ECHO_ERRORS = 120, 5, 50
 
 
 def _excerpt(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, (bytes, bytearray)):  # a body that is not UTF-8 is echoed as escapes
+        value = bytes(value).decode("utf-8", "backslashreplace")
+    return _excerpt_text(value, depth)
+
+
+def _excerpt_text(value: Any, depth: int = 0) -> Any:
     """A short, JSON-safe excerpt of client input for an error message: long strings, lists and
     dicts are cut (saying how long they were), NaN/Infinity become strings (Python's JSON parser
     accepts them), and lone UTF-16 surrogates are escaped (they cannot be encoded as UTF-8)."""
@@ -305,9 +313,11 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     metrics.reject("validation")
     errors = exc.errors()
     detail = []
-    for error in jsonable_encoder(errors[:ECHO_ERRORS]):
+    # bytes (a body that is not UTF-8) would make jsonable_encoder itself fail: excerpt them first.
+    raw = [{k: (_excerpt(v) if k in ("input", "ctx") else v) for k, v in e.items()} for e in errors[:ECHO_ERRORS]]
+    for error in jsonable_encoder(raw):
         error["loc"] = [_excerpt(part) for part in error.get("loc", [])]  # keys may carry surrogates
-        for key in ("msg", "input", "ctx"):
+        for key in ("msg",):  # input and ctx were excerpted above
             if key in error:
                 error[key] = _excerpt(error[key])
         detail.append(error)
