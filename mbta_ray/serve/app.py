@@ -326,6 +326,14 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
+#: The error answers of both prediction endpoints, as the OpenAPI schema documents them.
+PREDICT_ERRORS = {
+    413: {"description": f"body over {MAX_BODY_BYTES:,} bytes (counted as received, chunked or not)"},
+    422: {"description": "invalid input, or a route/stop the model cannot handle"},
+    503: {"description": "no model loaded yet"},
+}
+
+
 def _refused(refusal: Refusal) -> JSONResponse:
     metrics.reject(refusal.reason)
     return JSONResponse(status_code=refusal.status, content={"detail": refusal.detail})
@@ -369,11 +377,7 @@ class Api:
     @api.post(
         "/predict",
         response_model=PredictResponse,
-        responses={
-            413: {"description": f"body over {MAX_BODY_BYTES:,} bytes (counted as received, chunked or not)"},
-            422: {"description": "invalid input, or a route/stop the model cannot handle"},
-            503: {"description": "no model loaded yet"},
-        },
+        responses=PREDICT_ERRORS,
     )
     async def predict(self, body: PredictRequest):
         result = await self._call([body], ("body",))
@@ -382,11 +386,7 @@ class Api:
     @api.post(
         "/predict/batch",
         response_model=BatchResponse,
-        responses={
-            413: {"description": f"body over {MAX_BODY_BYTES:,} bytes (counted as received, chunked or not)"},
-            422: {"description": "invalid input, or a route/stop the model cannot handle"},
-            503: {"description": "no model loaded yet"},
-        },
+        responses=PREDICT_ERRORS,
     )
     async def predict_batch(self, body: BatchRequest):
         result = await self._call(body.requests, ("body", "requests"))
