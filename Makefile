@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ROOT ?= artifacts
 
-.PHONY: run test test-fast lint format install check-manifests image image-gpu bench-etl clean
+.PHONY: run serve test test-fast lint format install check-manifests image image-gpu bench-etl clean
 
 # torch goes in first, pinned: an unpinned torch (or one pulled in by another package) is a
 # multi-GB CUDA build. For a CUDA build, install it into .venv before `make install` (README).
@@ -22,6 +22,11 @@ install: $(STAMP)
 ## register -> promote, with a small budget (a few minutes on 2 CPUs), then its summary.
 run: $(STAMP)
 	$(BIN)/mbta-ray pipeline --root $(ROOT)
+
+## make serve: the production model over HTTP on 127.0.0.1:8000 (serve_config.yaml), on a Ray
+## instance that listens on 127.0.0.1 only (as `make run` and the tests start theirs).
+serve: $(STAMP)
+	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(BIN)/serve run serve_config.yaml
 
 ## make test: lint, then the whole test suite on a real local Ray cluster (tiny data).
 test: lint

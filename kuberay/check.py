@@ -8,7 +8,7 @@
   required and defaulted count as optional (the API server fills defaults before validating).
 - ``kubernetes-validate --strict`` for built-in kinds (PVC, ServiceAccount, ...).
 - The RayService's ``serveConfigV2``: Ray's ``ServeDeploySchema`` and ``AutoscalingConfig``, and
-  equal to ``serve_config.yaml`` except the proxies' host (0.0.0.0 on Kubernetes).
+  equal to ``serve_config.yaml`` except ``render.KUBERNETES_HTTP`` (host 0.0.0.0, keep-alive).
 - Versions: the manifests' rayVersion, the image tags and the Dockerfiles' base images name the Ray
   version pinned in pyproject.toml.
 - ``render.py --check`` (the generated files are current) and ``kubectl kustomize`` of each overlay
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from render import KUBERNETES_HTTP  # beside this file: what the cluster changes in the HTTP options
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -208,7 +209,7 @@ def check_serve_config(resources: dict[str, list[dict]]) -> list[str]:
             except (KeyError, yaml.YAMLError, ValidationError, ValueError, TypeError) as exc:
                 errors.append(f"{name}: {exc}")
                 continue
-            expected = {**ours, "http_options": {**ours.get("http_options", {}), "host": "0.0.0.0"}}
+            expected = {**ours, "http_options": {**ours.get("http_options", {}), **KUBERNETES_HTTP}}
             for key in sorted(set(expected) | set(config)):
                 if config.get(key) != expected.get(key):
                     errors.append(f"{name}: {key} differs from serve_config.yaml (run `python kuberay/render.py`)")

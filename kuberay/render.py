@@ -5,8 +5,9 @@
 
 - Their Ray cluster is ``base/raycluster.yaml``'s spec (one cluster definition, three resources).
 - The RayService's ``serveConfigV2`` is ``serve_config.yaml`` (itself `serve build` output, kept
-  equal to the code by a test), with one change: on Kubernetes the proxies listen on 0.0.0.0 so the
-  Serve Service can reach them (the laptop config stays on 127.0.0.1).
+  equal to the code by a test), with ``KUBERNETES_HTTP``'s changes: on Kubernetes the proxies listen
+  on 0.0.0.0 so the Serve Service can reach them (the laptop config stays on 127.0.0.1), and idle
+  connections outlive the load balancer's.
 Never edit the generated files by hand: edit the sources or the settings below, then render.
 """
 
@@ -33,9 +34,16 @@ def cluster_spec() -> dict:
     return yaml.safe_load((BASE / "raycluster.yaml").read_text())["spec"]
 
 
+#: What the cluster's HTTP options change in serve_config.yaml's: the proxies listen on every
+#: interface of the pod (the Serve Service reaches them there), and an idle keep-alive connection
+#: lives 75 s, longer than a load balancer's or ingress's idle timeout (60 s for AWS ALB and
+#: nginx upstreams): a backend that closes first makes the balancer's next request on it a 502.
+KUBERNETES_HTTP = {"host": "0.0.0.0", "keep_alive_timeout_s": 75}
+
+
 def serve_config_for_kubernetes() -> dict:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    config["http_options"] = {**config.get("http_options", {}), "host": "0.0.0.0"}
+    config["http_options"] = {**config.get("http_options", {}), **KUBERNETES_HTTP}
     return config
 
 

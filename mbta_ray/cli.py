@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -790,6 +791,10 @@ def promote_cmd(
 
 
 def main() -> None:  # pragma: no cover
+    # A command that starts Ray starts it on 127.0.0.1 only (before anything imports ray); `serve`
+    # joins the instance already running, whichever way it was started, so it changes nothing.
+    if sys.argv[1:2] != ["serve"]:
+        runtime.local_only_ray()
     app()
 
 

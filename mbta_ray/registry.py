@@ -395,10 +395,14 @@ class Registry:
             dataset=ev.get("dataset"),
             at=_now().isoformat(),
         )
+        switch = accepted and not (prod and prod["version"] == version)
+        # Object stores have no lock: a pointer that moved since it was read is a refusal (audited as
+        # such by promote), checked before the acceptance is audited, so the audit log never calls a
+        # version promoted that never went live (serving's fallback trusts it).
+        if switch and not self.local and (self.production() or {}).get("version") != (prod or {}).get("version"):
+            raise RegistryError(f"production changed while promoting {version}; run the promotion again")
         self._audit(decision)
-        if accepted and not (prod and prod["version"] == version):
-            if not self.local and (self.production() or {}).get("version") != (prod or {}).get("version"):
-                raise RegistryError(f"production changed while promoting {version}; run the promotion again")
+        if switch:
             self._write_json_atomically(
                 self._path(PRODUCTION),
                 {

@@ -25,6 +25,21 @@ from mbta_ray.errors import MbtaRayError
 _RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve", "ray.air", "py.warnings")
 
 
+#: Ray's switch for a single-machine instance (named for macOS/Windows, where it is the default):
+#: every port of a node it starts (GCS, raylet, dashboard agent, the metrics exporters) binds to
+#: 127.0.0.1, and no other node can join. Read once, when ``ray`` is imported.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def local_only_ray() -> None:
+    """Make a Ray instance this process starts listen on 127.0.0.1 only (its metrics endpoints
+    included; Ray binds them to 0.0.0.0 otherwise). Call before ``ray`` is imported. A no-op when
+    RAY_ADDRESS names a cluster (a driver on a cluster node must register its real address) or when
+    the user set the variable themselves."""
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault(LOCAL_ONLY_ENV, "0")
+
+
 class RayConnectionError(MbtaRayError, ConnectionError):
     """No Ray cluster answers at the address given (RAY_ADDRESS or --address)."""
 

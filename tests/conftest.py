@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from mbta_ray.runtime import local_only_ray
+
 SAMPLES = Path(__file__).resolve().parent.parent / "mbta_ray" / "data" / "samples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# The test cluster (and test_jobs' head node) listens on 127.0.0.1 only, as `make run` does.
+local_only_ray()
 
 
 #: Test modules that start a Ray head node of their own (not through the ``ray_local`` fixture).

@@ -221,6 +221,28 @@ def test_registry_on_an_object_store_filesystem(tmp_path):
         reg.fetch(v1, cache=tmp_path / "cache2")
 
 
+def test_a_pointer_moved_during_a_promotion_on_an_object_store_is_a_refusal_only(tmp_path, monkeypatch):
+    """No lock on an object store: when production moved between the read and the switch, the
+    audit log records a refusal and no acceptance (serving's fallback trusts accepted entries)."""
+    import fsspec
+    import pyarrow.fs as pafs
+
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("memory")))
+    reg = Registry(f"/bucket-race-{tmp_path.name}", filesystem=fs)
+    v1, v2, v3 = (register(reg, tmp_path, f"m{i}", mae) for i, mae in ((1, 100.0), (2, 90.0), (3, 80.0)))
+    assert reg.promote(v1).accepted
+    reads = iter([{"version": v1}, {"version": v2}])  # another promoter switched to v2 meanwhile
+    real = reg.production
+    monkeypatch.setattr(reg, "production", lambda: next(reads, None) or real())
+    with pytest.raises(RegistryError, match="production changed while promoting"):
+        reg.promote(v3)
+    monkeypatch.undo()
+    last = reg.audit_log()[-1]
+    assert last["candidate"] == v3 and not last["accepted"]
+    assert [e["candidate"] for e in reg.audit_log() if e["accepted"]] == [v1]
+    assert reg.production()["version"] == v1
+
+
 def test_forced_rollback_works_over_a_broken_production_record(tmp_path):
     reg = Registry(tmp_path / "root")
     v1 = register(reg, tmp_path, "m1", 100.0)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+import yaml
 
 from mbta_ray.registry import Registry, evaluation_of
 from mbta_ray.serve.schemas import PredictRequest, PredictResponse
@@ -19,6 +25,12 @@ from tests.test_serve_inference import request_at_b
 
 PORT = 8765
 URL = f"http://127.0.0.1:{PORT}"
+REPO = Path(__file__).resolve().parent.parent
+
+
+#: Tests run exactly one model replica (the shipped two cost CI time, and a test that follows one
+#: replica's state must not be answered by another); the kill test runs two.
+ONE_REPLICA = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
 
 
 def _deploy(root, **args) -> None:
@@ -26,7 +38,7 @@ def _deploy(root, **args) -> None:
 
     from mbta_ray.serve.app import build
 
-    serve.run(build({"registry": str(root), **args}), name="mbta", route_prefix="/", blocking=False)
+    serve.run(build({"registry": str(root), **args}, ONE_REPLICA), name="mbta", route_prefix="/", blocking=False)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -45,7 +57,9 @@ def served(ray_local, tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serve")
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    # The shipped HTTP options (timeouts included), on the test's port.
+    shipped = yaml.safe_load((REPO / "serve_config.yaml").read_text())["http_options"]
+    serve.start(http_options={**shipped, "port": PORT})
     _deploy(root)
     yield root
     serve.shutdown()
@@ -631,7 +645,7 @@ def test_a_broken_production_pointer_degrades_the_service_instead_of_taking_it_d
 
     from mbta_ray.serve.app import build
 
-    options = {"ray_actor_options": {"num_cpus": 0.45}}
+    options = {**ONE_REPLICA, "ray_actor_options": {"num_cpus": 0.45}}
     serve.run(build({"registry": str(served), "poll_s": "1"}, options), name="mbta", route_prefix="/", blocking=False)
     deadline = time.time() + 90
     while health().get("model_version") != good:
@@ -646,3 +660,82 @@ def test_a_broken_production_pointer_degrades_the_service_instead_of_taking_it_d
         assert time.time() < deadline, health()
         time.sleep(0.5)
     _deploy(served)
+
+
+def _seconds_until_closed(sock: socket.socket, limit: float) -> tuple[float, bytes]:
+    """Read until the server closes the connection (or ``limit`` passes): (seconds, what it sent)."""
+    start, got = time.monotonic(), b""
+    sock.settimeout(limit)
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except TimeoutError:
+        pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start, got
+
+
+def test_slow_bodies_and_idle_connections_are_cut_off(served):
+    """The shipped timeouts hold on a real proxy: a body trickled (headers in, body never finished)
+    gets a 408 after request_timeout_s; a keep-alive connection left idle is closed after
+    keep_alive_timeout_s. Both run at once (the test costs ~10 s)."""
+    http = yaml.safe_load((REPO / "serve_config.yaml").read_text())["http_options"]
+    request_timeout, keep_alive = float(http["request_timeout_s"]), float(http["keep_alive_timeout_s"])
+    results: dict[str, tuple[float, bytes]] = {}
+
+    def slow_body() -> None:
+        with socket.create_connection(("127.0.0.1", PORT), timeout=5) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            sock.sendall(b'Content-Length: 1000\r\n\r\n{"route_id": ')
+            results["slow"] = _seconds_until_closed(sock, request_timeout + 20)
+
+    def idle() -> None:
+        with socket.create_connection(("127.0.0.1", PORT), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = b""
+            while b"\r\n\r\n" not in first:
+                first += sock.recv(65536)
+            head, _, rest = first.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(rest) < length:
+                rest += sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 "), head[:100]  # 200, or 503 before a model is loaded
+            results["idle"] = _seconds_until_closed(sock, keep_alive + 20)
+
+    threads = [threading.Thread(target=slow_body), threading.Thread(target=idle)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=request_timeout + 40)
+    waited, answer = results["slow"]
+    assert request_timeout - 1 <= waited <= request_timeout + 10 and answer.startswith(b"HTTP/1.1 408"), (
+        waited,
+        answer[:200],
+    )
+    waited, extra = results["idle"]
+    assert keep_alive - 1 <= waited <= keep_alive + 10 and extra == b"", (waited, extra[:200])
+
+
+def test_ray_and_serve_listen_on_loopback_only(served, ray_local):
+    """Under `make run`, `make serve` and the tests, every port the Ray node opens (GCS, raylet,
+    dashboard and its agent, the metrics exporters, Serve's proxy) is bound to 127.0.0.1: nothing
+    another machine can reach, and the metrics endpoint is still there on 127.0.0.1."""
+    import psutil
+
+    ours = {os.getpid()}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "ray" in cmdline and ("session_" in cmdline or "ray::" in cmdline or "/ray/" in cmdline):
+            ours.add(proc.info["pid"])
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    node = ray_local.nodes()[0]
+    ports = {c.laddr.port for c in listening}
+    assert node["MetricsExportPort"] in ports and PORT in ports, (sorted(ports), node["MetricsExportPort"])
+    exposed = [c for c in listening if not ipaddress.ip_address(c.laddr.ip.removeprefix("::ffff:")).is_loopback]
+    # The one exception Ray leaves no way around: each Serve replica's inter-deployment gRPC server
+    # is bound to [::]:0 in ray/serve/_private/replica.py (README, Limits).
+    replica_grpc = [c for c in exposed if psutil.Process(c.pid).name().startswith("ray::ServeReplica")]
+    assert all(c.laddr.ip == "::" for c in replica_grpc), replica_grpc
+    assert exposed == replica_grpc, [(c.laddr, psutil.Process(c.pid).name()) for c in exposed]
+    assert requests.get(f"http://127.0.0.1:{node['MetricsExportPort']}/metrics", timeout=10).status_code == 200

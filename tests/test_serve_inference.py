@@ -4,6 +4,7 @@ offline predictions, and request validation that names the field."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -221,3 +222,38 @@ def test_stops_ahead_are_positions_a_loop_may_revisit_u():
         request_at_b(
             stop_sequence=20, stops_ahead=[{"stop_id": "C", "stop_sequence": 30}, {"stop_id": "B", "stop_sequence": 25}]
         )
+
+
+def test_a_broken_production_version_is_not_fetched_again_every_poll(tmp_path):
+    """The watcher of a degraded replica leaves the version that failed alone for FAILED_RETRY_S
+    (files repaired in place are picked up after it), instead of fetching it on every poll."""
+    import json
+
+    from mbta_ray.registry import Registry, evaluation_of
+    from mbta_ray.serve import app
+    from tests.test_registry import make_model
+
+    reg = Registry(tmp_path / "root")
+    good_dir, bad_dir = make_model(tmp_path / "m1", 60.0, rounds=6), make_model(tmp_path / "m2", 50.0, rounds=6)
+    good = reg.register(good_dir, evaluation=evaluation_of(good_dir))["version"]
+    reg.promote(good)
+    predictor = app.Predictor.func_or_class()
+    predictor.reconfigure({"registry": str(tmp_path / "root"), "poll_s": 3600})  # the test polls by hand
+    bad = reg.register(bad_dir, evaluation=evaluation_of(bad_dir))["version"]
+    (Path(reg.base) / bad / "model.ubj").write_bytes(b"tampered")
+    pointer = Path(reg.base) / "production.json"
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "version": bad}))
+    fetched = []
+    fetch = predictor.registry.fetch
+    predictor.registry.fetch = lambda version: (fetched.append(version), fetch(version))[1]
+
+    def poll() -> None:
+        with predictor._lock:
+            predictor._load("production", predictor._generation, quiet=True)
+
+    for _ in range(3):
+        poll()
+    assert fetched == [bad] and predictor.runner.version == good and bad in predictor.degraded
+    predictor._failed = (bad, 0.0)  # the backoff has passed
+    poll()
+    assert fetched == [bad, bad] and predictor.degraded

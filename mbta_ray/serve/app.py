@@ -48,13 +48,18 @@ MAX_BODY_BYTES = 1024 * 1024  # a full batch (256 requests x 20 stops with sched
 REPLICA_RETRIES = 3
 #: How often a replica following "production" re-reads the registry's pointer (seconds).
 PRODUCTION_POLL_S = 30.0
+#: How long the watcher leaves a version that failed to load before fetching it again.
+FAILED_RETRY_S = 300.0
 _REPLICA_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5},
     autoscaling_config={
-        "min_replicas": 1,
+        # Two at least: with one, a replica that died stalled traffic ~11 s, until its replacement
+        # had loaded the model; with two the other one answers (a test kills one under load and
+        # sees only 200s). The second costs 0.5 CPU and a model's memory.
+        "min_replicas": 2,
         "max_replicas": 4,
         "target_ongoing_requests": 32,
         "upscale_delay_s": 10,
@@ -70,6 +75,8 @@ class Predictor:
         self.error: str | None = None
         #: Why the replica serves another version than the pointer names (None: it serves that one).
         self.degraded: str | None = None
+        #: The version that last failed to load, and when the watcher may try it again.
+        self._failed: tuple[str, float] | None = None
         # reconfigure and the watcher thread both load models: one at a time, and a config change
         # (generation) makes a watcher load that started before it stand down.
         self._lock = threading.Lock()
@@ -131,10 +138,13 @@ class Predictor:
             if quiet and previous is not None and previous.version == version:
                 self.error = self.degraded = None  # nothing promoted since (or a pointer repaired)
                 return None
+            if quiet and self._failed is not None and self._failed[0] == version and time.monotonic() < self._failed[1]:
+                return self.error  # the same broken version: not fetched again every poll (backoff)
             runner = ModelRunner(reg.fetch(version), version=version)
             if generation != self._generation:
                 return None  # the config changed while this loaded: it no longer applies
             self.runner, self.error, self.degraded = runner, None, None  # a batch sees the old or the new model
+            self._failed = None
             if previous is not None and previous.version != version:
                 metrics.model_loaded().set(0, tags={"model_version": previous.version})
             metrics.model_loaded().set(1, tags={"model_version": version})
@@ -147,6 +157,8 @@ class Predictor:
             )
             logger.error("cannot load %s from %s: %s", version, reg.base, exc)
             metrics.load_failures().inc(tags={"error": type(exc).__name__})
+            # Files repaired in place keep their version name: try it again, but not every poll.
+            self._failed = (version, time.monotonic() + max(FAILED_RETRY_S, self.poll_s))
             if self.follow and generation == self._generation:
                 if self.runner is None:  # a fresh replica: the newest version production had that verifies
                     self._fall_back(exclude=version)
