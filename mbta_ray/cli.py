@@ -693,6 +693,78 @@ def smoke_cmd(
         raise typer.Exit(code=1)
 
 
+@app.command("race")
+def race_cmd(
+    vehicle_positions: Annotated[
+        list[Path],
+        typer.Option(
+            "--vehicle-positions",
+            help="VehiclePositions: .pb, enhanced JSON (gz or not), a flattened parquet archive, or a "
+            "folder of them; repeat the option for more. Everything before a moment is its history.",
+        ),
+    ],
+    trip_updates: Annotated[
+        list[Path], typer.Option("--trip-updates", help="MBTA's TripUpdates (its predictions), same forms.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for race.json, race.png and rows.parquet.")],
+    start: Annotated[
+        Optional[str], typer.Option("--from", help="First moment (ISO time; default: the first snapshot).")
+    ] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="Moments before this time (ISO).")] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Registry version to race (default: production).")
+    ] = None,
+    registry: RegistryOpt = None,
+    model_name: ModelNameOpt = MODEL_NAME,
+    root: RootOpt = Path(DEFAULT_ROOT),
+) -> None:
+    """Race a model against MBTA's own published predictions on the same moments, trips and stops."""
+    from mbta_ray.realtime import race
+    from mbta_ray.serve.inference import ModelRunner
+
+    first = race.parse_time(start, "--from") if start else None
+    last = race.parse_time(until, "--until") if until else None
+    if first is not None and last is not None and last <= first:
+        _fail(f"--until {until} is not after --from {start}")
+    reg = _registry(registry, root, model_name)
+    version = model or (reg.production() or {}).get("version")
+    if not version:
+        _fail(f"no production model in {reg.base}: run `make run` or pass --model")
+    runner = ModelRunner(reg.fetch(version), version=version)
+    with console.status("replaying the feeds and racing..."):
+        result = race.run(vehicle_positions, trip_updates, runner, out, first, last)
+    print_race(result.summary)
+    console.print(f"wrote {out / 'race.json'}, {out / 'race.png'}")
+
+
+def print_race(summary: dict) -> None:
+    """The race table (MAE / accurate share per bin and method) and the row accounting."""
+    from mbta_ray.realtime import race
+
+    w = summary["window"]
+    t = Table(
+        title=f"race: model {summary['model_version']} vs MBTA, {w['from']} .. {w['until']} ({w['moments']} moments)"
+    )
+    t.add_column("MBTA horizon")
+    t.add_column("n", justify="right")
+    for method in race.METHODS:
+        t.add_column(f"{method}: MAE / accurate", justify="right")
+    for row in race.table(summary):
+        t.add_row(*row)
+    console.print(t)
+    rows, left = summary["rows"], summary["rows_left_out"]
+    console.print(
+        f"rows: {rows['mbta_matched']} MBTA predictions 0-30 min ahead, {rows['in_scope']} in scope, "
+        f"{rows['scored']} with an actual arrival, {rows['not_started']} trips not started (not scored), "
+        f"{left['already_arrived']} already arrived, {left['no_actual']} never seen arriving; "
+        f"model coverage {100 * summary['coverage']:.1f}%, recent-segment rule "
+        f"{100 * summary['recent_segment_coverage']:.1f}%; {summary['seconds']} s",
+        soft_wrap=True,
+    )
+    if summary.get("window_cut"):
+        console.print(f"[dim]window cut: {summary['window_cut']}[/]", soft_wrap=True)
+
+
 # --- registry and promotion ------------------------------------------------------------------------
 
 registry_app = _App(help="Model registry: versions, production pointer, audit log.", no_args_is_help=True)

@@ -49,12 +49,18 @@ def horizon_bin(horizon_s: np.ndarray | pd.Series) -> np.ndarray:
 
 
 def accurate(predicted_s: np.ndarray, actual_s: np.ndarray) -> np.ndarray:
-    """Per row: 1.0 accurate, 0.0 not, NaN beyond 30 min (no standard). Inputs are travel seconds."""
-    pred = np.asarray(predicted_s, dtype="float64")
-    act = np.asarray(actual_s, dtype="float64")
+    """Per row: 1.0 accurate, 0.0 not, NaN beyond 30 min (no standard). Inputs are travel seconds,
+    binned by the actual horizon."""
+    return accurate_in_bins(predicted_s, actual_s, horizon_bin(actual_s))
+
+
+def accurate_in_bins(predicted: np.ndarray, actual: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Per row: 1.0 when ``actual - predicted`` is within the window of the row's bin label, 0.0
+    when not, NaN for '30+' (the race bins by MBTA's predicted horizon, evaluation by the actual one)."""
+    pred = np.asarray(predicted, dtype="float64")
+    act = np.asarray(actual, dtype="float64")
     lateness = act - pred  # > 0: the vehicle came later than predicted
     out = np.full(act.shape, np.nan)
-    bins = horizon_bin(act)
     for label, _, _, lo, hi in HORIZON_BINS:
         m = bins == label
         out[m] = ((lateness[m] >= lo) & (lateness[m] <= hi)).astype("float64")

@@ -57,3 +57,24 @@ def error_by_horizon(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def race_bars(bins: list[dict], methods: tuple[str, ...], path: Path) -> None:
+    """The race by horizon bin: MAE (left) and MBTA's accurate share (right), methods side by side."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(bins))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        mae = [b[method]["mae"] if b[method]["mae"] is not None else np.nan for b in bins]
+        acc = [100 * b[method]["accurate"] if b[method]["accurate"] is not None else np.nan for b in bins]
+        left.bar(x + (i - (len(methods) - 1) / 2) * width, mae, width, label=method)
+        right.bar(x + (i - (len(methods) - 1) / 2) * width, acc, width, label=method)
+    for ax, label in ((left, "MAE (s)"), (right, "accurate (%)")):
+        ax.set_xticks(x, [f"{b['bin']}\nn={b['n']}" for b in bins])
+        ax.set_xlabel("MBTA's predicted horizon")
+        ax.set_ylabel(label)
+    right.set_ylim(0, 100)
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

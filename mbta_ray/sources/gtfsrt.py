@@ -1,4 +1,7 @@
-"""GTFS-realtime VehiclePositions, flattened to one column per field (as LAMP archives them).
+"""GTFS-realtime VehiclePositions archives (flattened, as LAMP archives them) as stop events.
+
+The column names are ``realtime.feeds``' (which reads every form of the feed for the real-time
+state); this reader turns an archive's arrivals into canonical events for the batch ETL.
 
 A vehicle reports every few seconds; only ``STOPPED_AT`` snapshots are arrivals, and a vehicle
 standing at a stop reports several. The arrival is the first ``STOPPED_AT`` per trip and stop: later
@@ -10,12 +13,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from mbta_ray.realtime.feeds import STOPPED_AT
+from mbta_ray.realtime.feeds import VEHICLE_FIELDS as F
 from mbta_ray.schema import Reason, mode_for_route
 from mbta_ray.sources.base import Reader, RowIssues, numeric, text
 from mbta_ray.timeutil import parse_service_date
 
-STATUS = "vehicle.current_status"
-STOPPED_AT = "STOPPED_AT"
+STATUS = F["status"]
 
 
 def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
@@ -23,19 +27,19 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     status = text(df, STATUS)
     not_stopped = (status != STOPPED_AT).fillna(True)  # a null status is no arrival either
     issues.flag(not_stopped, Reason.NOT_AN_ARRIVAL, STATUS + "=" + status.fillna("null"))
-    timestamp = numeric(df, "vehicle.timestamp", issues)
+    timestamp = numeric(df, F["timestamp"], issues)
     issues.flag(timestamp.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no vehicle.timestamp")
-    service_date = parse_service_date(text(df, "vehicle.trip.start_date"))
-    route = text(df, "vehicle.trip.route_id")
+    service_date = parse_service_date(text(df, F["start_date"]))
+    route = text(df, F["route_id"])
     out = pd.DataFrame(index=df.index)
     out["mode"] = mode_for_route(route)
     out["service_date"] = service_date
     out["route_id"] = route
-    out["direction_id"] = numeric(df, "vehicle.trip.direction_id", issues)
-    out["trip_id"] = text(df, "vehicle.trip.trip_id")
-    out["vehicle_id"] = text(df, "vehicle.vehicle.id") if "vehicle.vehicle.id" in df else pd.NA
-    out["stop_id"] = text(df, "vehicle.stop_id")
-    out["stop_sequence"] = numeric(df, "vehicle.current_stop_sequence", issues)
+    out["direction_id"] = numeric(df, F["direction_id"], issues)
+    out["trip_id"] = text(df, F["trip_id"])
+    out["vehicle_id"] = text(df, F["vehicle_id"]) if F["vehicle_id"] in df else pd.NA
+    out["stop_id"] = text(df, F["stop_id"])
+    out["stop_sequence"] = numeric(df, F["stop_sequence"], issues)
     out["actual_arrival"] = pd.to_datetime(timestamp, unit="s", utc=True)
     out["scheduled_arrival"] = pd.NaT
     out["dwell_seconds"] = float("nan")
@@ -49,14 +53,14 @@ READER = Reader(
     name="gtfsrt",
     required=(
         (STATUS,),
-        ("vehicle.timestamp",),
-        ("vehicle.trip.trip_id",),
-        ("vehicle.trip.route_id",),
-        ("vehicle.trip.direction_id",),
-        ("vehicle.trip.start_date",),
-        ("vehicle.stop_id",),
-        ("vehicle.current_stop_sequence",),
+        (F["timestamp"],),
+        (F["trip_id"],),
+        (F["route_id"],),
+        (F["direction_id"],),
+        (F["start_date"],),
+        (F["stop_id"],),
+        (F["stop_sequence"],),
     ),
     canonicalize=canonicalize,
-    optional=("vehicle.vehicle.id",),
+    optional=(F["vehicle_id"],),
 )

@@ -1,0 +1,1 @@
+"""Real time: GTFS-realtime feeds in, the network state known at each moment (``state``)."""

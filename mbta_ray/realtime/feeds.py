@@ -1,0 +1,385 @@
+"""GTFS-realtime VehiclePositions and TripUpdates, in the three forms a user has, as one table each.
+
+Forms (detected from the bytes, not the name):
+- protobuf (``VehiclePositions.pb``, ``TripUpdates.pb``): one snapshot per file, parsed with
+  ``gtfs-realtime-bindings``;
+- MBTA's enhanced JSON (``VehiclePositions_enhanced.json``), gzipped or not: one snapshot per file;
+- flattened snapshot archives (parquet, as LAMP archives the feeds): one row per entity (and per
+  stop_time_update) per snapshot, ``feed_timestamp`` naming the snapshot.
+A folder stands for the files in it (sorted, recursively; hidden files skipped).
+
+The protobuf and JSON forms are flattened to the archives' dotted column names (``vehicle.trip.trip_id``)
+so one normalization serves all three. A snapshot that cannot be read (corrupt gzip, JSON or
+protobuf, no header timestamp) is skipped and reported with its file and reason; an entity without
+the fields a row needs is skipped and counted by reason. A replay of many snapshots is never stopped
+by one bad one; ``FeedError`` only when nothing at all could be read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from mbta_ray.errors import DataError, MissingFileError
+
+#: Normalized VehiclePositions: one row per vehicle per snapshot. Times are epoch seconds (UTC).
+VEHICLE_COLUMNS = (
+    "feed_timestamp",  # when the feed published the snapshot: when the row became known
+    "timestamp",  # when the vehicle measured its position (<= feed_timestamp in a sane feed)
+    "vehicle_id",
+    "trip_id",
+    "route_id",
+    "direction_id",
+    "start_date",  # YYYYMMDD (the trip's service date)
+    "stop_id",
+    "stop_sequence",
+    "status",  # STOPPED_AT, INCOMING_AT, IN_TRANSIT_TO
+    "latitude",
+    "longitude",
+)
+
+#: Normalized TripUpdates: one row per stop_time_update per snapshot.
+TRIP_UPDATE_COLUMNS = (
+    "feed_timestamp",
+    "trip_id",
+    "route_id",
+    "direction_id",
+    "start_date",
+    "vehicle_id",
+    "stop_id",
+    "stop_sequence",
+    "arrival_time",  # predicted arrival, epoch s (NaN: none given, e.g. the first stop)
+    "departure_time",
+    "schedule_relationship",  # of the stop: SCHEDULED, SKIPPED, NO_DATA (null: SCHEDULED)
+)
+
+STATUSES = ("INCOMING_AT", "STOPPED_AT", "IN_TRANSIT_TO")
+#: The status whose first report at a stop is the arrival there (as prediction_analyzer scores it).
+STOPPED_AT = "STOPPED_AT"
+#: The protobuf enum's numbers, for archives that store them as integers.
+_STATUS_NUMBERS = {str(i): s for i, s in enumerate(STATUSES)}
+
+#: Normalized column <- flattened (archive / JSON path) column.
+VEHICLE_FIELDS = {
+    "timestamp": "vehicle.timestamp",
+    "vehicle_id": "vehicle.vehicle.id",
+    "trip_id": "vehicle.trip.trip_id",
+    "route_id": "vehicle.trip.route_id",
+    "direction_id": "vehicle.trip.direction_id",
+    "start_date": "vehicle.trip.start_date",
+    "stop_id": "vehicle.stop_id",
+    "stop_sequence": "vehicle.current_stop_sequence",
+    "status": "vehicle.current_status",
+    "latitude": "vehicle.position.latitude",
+    "longitude": "vehicle.position.longitude",
+}
+_STU = "trip_update.stop_time_update"
+TRIP_UPDATE_FIELDS = {
+    "trip_id": "trip_update.trip.trip_id",
+    "route_id": "trip_update.trip.route_id",
+    "direction_id": "trip_update.trip.direction_id",
+    "start_date": "trip_update.trip.start_date",
+    "vehicle_id": "trip_update.vehicle.id",
+    "stop_id": f"{_STU}.stop_id",
+    "stop_sequence": f"{_STU}.stop_sequence",
+    "arrival_time": f"{_STU}.arrival.time",
+    "departure_time": f"{_STU}.departure.time",
+    "schedule_relationship": f"{_STU}.schedule_relationship",
+}
+_NUMERIC = {"timestamp", "direction_id", "stop_sequence", "latitude", "longitude", "arrival_time", "departure_time"}
+#: A row is skipped (and counted) when one of these is missing.
+_VEHICLE_REQUIRED = ("trip_id", "route_id", "timestamp", "status", "stop_id")
+_TRIP_UPDATE_REQUIRED = ("trip_id", "route_id", "stop_id")
+
+#: Files larger than this are refused (a snapshot is a few MB; an hour's archive tens of MB).
+MAX_FILE_BYTES = 4 << 30
+
+
+class FeedError(DataError):
+    """A feed file or snapshot cannot be read; the message names it and says why."""
+
+
+@dataclass
+class FeedReport:
+    """What a read took in and what it skipped, and why (nothing is skipped silently)."""
+
+    kind: str
+    files: int = 0
+    snapshots: int = 0
+    rows: int = 0
+    skipped_snapshots: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
+    skipped_rows: Counter = field(default_factory=Counter)  # why -> count
+
+    def summary(self) -> str:
+        text = f"{self.kind}: {self.snapshots} snapshot(s) from {self.files} file(s), {self.rows} row(s)"
+        if self.skipped_snapshots:
+            text += f"; {len(self.skipped_snapshots)} snapshot(s) skipped (first: {self.skipped_snapshots[0][0]}: "
+            text += f"{self.skipped_snapshots[0][1]})"
+        if self.skipped_rows:
+            text += "; rows skipped: " + ", ".join(f"{n} {why}" for why, n in self.skipped_rows.most_common())
+        return text
+
+    def to_dict(self) -> dict:
+        return {
+            "files": self.files,
+            "snapshots": self.snapshots,
+            "rows": self.rows,
+            "skipped_snapshots": [{"where": w, "why": y} for w, y in self.skipped_snapshots],
+            "skipped_rows": dict(self.skipped_rows),
+        }
+
+
+@dataclass
+class Feed:
+    """A normalized feed table (sorted by feed_timestamp, then timestamp) and its report."""
+
+    frame: pd.DataFrame
+    report: FeedReport
+
+
+def read_vehicle_positions(paths: Iterable[str | os.PathLike]) -> Feed:
+    """VehiclePositions from files in any of the three forms (mixed is fine), as one table."""
+    return _read(paths, "VehiclePositions")
+
+
+def read_trip_updates(paths: Iterable[str | os.PathLike]) -> Feed:
+    """TripUpdates from files in any of the three forms, as one table (one row per stop update)."""
+    return _read(paths, "TripUpdates")
+
+
+# --- files and forms --------------------------------------------------------------------------------
+
+
+def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named, a folder standing for its files (sorted, recursive, hidden ones skipped)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)
+            )
+            if not found:
+                raise MissingFileError(f"{path}: a folder with no feed files in it")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        elif path.exists():
+            raise MissingFileError(f"{path}: not a regular file")
+        else:
+            raise MissingFileError(f"{path}: no such file")
+    if not out:
+        raise MissingFileError("no feed files given")
+    return out
+
+
+def _form(head: bytes) -> str:
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    return "protobuf"
+
+
+def _read(paths: Iterable[str | os.PathLike], kind: str) -> Feed:
+    files = expand(paths)
+    report = FeedReport(kind=kind, files=len(files))
+    frames: list[pd.DataFrame] = []
+    for path in files:
+        try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise FeedError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} a feed file may have")
+            with open(path, "rb") as f:
+                head = f.read(8)
+            if _form(head) == "parquet":
+                frames.extend(_archive_frames(path, kind, report))
+            else:
+                flat = _snapshot_rows(path, kind, head)
+                report.snapshots += 1
+                frames.append(pd.DataFrame(flat) if flat else pd.DataFrame())
+        except FeedError as exc:
+            report.skipped_snapshots.append((str(path), str(exc).removeprefix(f"{path}: ")))
+        except OSError as exc:
+            report.skipped_snapshots.append((str(path), f"cannot be read ({exc.strerror or exc})"))
+    if report.snapshots == 0:
+        why = "; ".join(f"{w}: {y}" for w, y in report.skipped_snapshots[:3])
+        raise FeedError(f"no {kind} snapshot could be read ({why})")
+    fields = VEHICLE_FIELDS if kind == "VehiclePositions" else TRIP_UPDATE_FIELDS
+    frame = _normalize(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), kind, fields, report)
+    report.rows = len(frame)
+    return Feed(frame, report)
+
+
+# --- snapshots: JSON and protobuf -------------------------------------------------------------------
+
+
+def _snapshot_rows(path: Path, kind: str, head: bytes) -> list[dict]:
+    """One snapshot file (JSON, gzipped JSON or protobuf) as flattened rows with feed_timestamp."""
+    data = path.read_bytes()
+    form = _form(head)
+    if form == "gzip":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise FeedError(f"{path}: corrupt or truncated gzip ({exc})") from exc
+        form = "json" if data.lstrip()[:1] in (b"{", b"[") else "protobuf"
+    if form == "json":
+        try:
+            message = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FeedError(f"{path}: not valid JSON ({exc})") from exc
+    else:
+        message = _protobuf_to_dict(path, data)
+    if not isinstance(message, dict):
+        raise FeedError(f"{path}: a GTFS-realtime feed is a JSON object, got {type(message).__name__}")
+    header = message.get("header")
+    stamp = header.get("timestamp") if isinstance(header, dict) else None
+    try:
+        feed_timestamp = int(stamp)
+    except (TypeError, ValueError):
+        raise FeedError(f"{path}: no header.timestamp (got {str(stamp)[:40]!r})") from None
+    if feed_timestamp <= 0:
+        raise FeedError(f"{path}: header.timestamp {feed_timestamp} is not a time")
+    entities = message.get("entity", [])
+    if not isinstance(entities, list):
+        raise FeedError(f"{path}: entity is not a list")
+    rows: list[dict] = []
+    for entity in entities:
+        rows.extend(_entity_rows(entity, kind, feed_timestamp))
+    return rows
+
+
+def _protobuf_to_dict(path: Path, data: bytes) -> dict:
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+    from google.transit import gtfs_realtime_pb2
+
+    feed = gtfs_realtime_pb2.FeedMessage()
+    try:
+        feed.ParseFromString(data)
+    except (DecodeError, ValueError) as exc:
+        raise FeedError(f"{path}: not a GTFS-realtime protobuf feed ({exc})") from exc
+    if not feed.HasField("header") or not feed.header.IsInitialized():
+        raise FeedError(f"{path}: not a GTFS-realtime protobuf feed (no valid header)")
+    return json_format.MessageToDict(feed, preserving_proto_field_name=True)
+
+
+def _flatten(value: object, prefix: str, out: dict) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(inner, f"{prefix}.{key}" if prefix else str(key), out)
+    elif not isinstance(value, list):  # lists (consist, multi_carriage_details) carry nothing we use
+        out[prefix] = value
+
+
+def _entity_rows(entity: object, kind: str, feed_timestamp: int) -> Iterator[dict]:
+    """An entity's flattened rows; one without the kind's message yields a marker row to be counted."""
+    key = "vehicle" if kind == "VehiclePositions" else "trip_update"
+    if not isinstance(entity, dict) or not isinstance(entity.get(key), dict):
+        yield {"feed_timestamp": feed_timestamp, "_skip": f"entity without {key}"}
+        return
+    base: dict = {"feed_timestamp": feed_timestamp}
+    body = entity[key]
+    if key == "vehicle":
+        _flatten(body, key, base)
+        yield base
+        return
+    updates = body.get("stop_time_update")
+    _flatten({k: v for k, v in body.items() if k != "stop_time_update"}, key, base)
+    if not isinstance(updates, list) or not updates:
+        yield {**base, "_skip": "trip_update without stop_time_update"}
+        return
+    for update in updates:
+        row = dict(base)
+        if isinstance(update, dict):
+            _flatten(update, _STU, row)
+        yield row
+
+
+# --- archives: parquet --------------------------------------------------------------------------------
+
+
+def _archive_frames(path: Path, kind: str, report: FeedReport) -> Iterator[pd.DataFrame]:
+    """A flattened archive, row group by row group (a corrupt one is skipped and counted)."""
+    fields = VEHICLE_FIELDS if kind == "VehiclePositions" else TRIP_UPDATE_FIELDS
+    try:
+        archive = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 -- pyarrow raises several types for a bad footer
+        raise FeedError(f"{path}: not a readable parquet file ({exc})") from exc
+    names = set(archive.schema_arrow.names)
+    missing = [c for c in ("feed_timestamp", fields["trip_id"], fields["stop_id"]) if c not in names]
+    if missing:
+        raise FeedError(f"{path}: not a {kind} archive (no column {', '.join(missing)})")
+    columns = ["feed_timestamp", *(c for c in fields.values() if c in names)]
+    snapshots: set = set()
+    for i in range(archive.num_row_groups):
+        try:
+            frame = archive.read_row_group(i, columns=columns).to_pandas()
+        except Exception as exc:  # noqa: BLE001 -- corrupt pages surface as OSError/ArrowInvalid/...
+            report.skipped_snapshots.append((f"{path} row group {i}", f"corrupt ({type(exc).__name__}: {exc})"))
+            continue
+        snapshots.update(pd.unique(frame["feed_timestamp"].dropna()))
+        yield frame
+    report.snapshots += len(snapshots)
+
+
+# --- normalization -----------------------------------------------------------------------------------
+
+
+def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: FeedReport) -> pd.DataFrame:
+    columns = VEHICLE_COLUMNS if kind == "VehiclePositions" else TRIP_UPDATE_COLUMNS
+    required = _VEHICLE_REQUIRED if kind == "VehiclePositions" else _TRIP_UPDATE_REQUIRED
+    if raw.empty:
+        return _empty(columns)
+    skip = raw["_skip"] if "_skip" in raw else pd.Series(pd.NA, index=raw.index, dtype="object")
+    out = pd.DataFrame(index=raw.index)
+    out["feed_timestamp"] = pd.to_numeric(raw["feed_timestamp"], errors="coerce")
+    for name in columns[1:]:
+        source = raw[fields[name]] if fields[name] in raw else pd.Series(np.nan, index=raw.index)
+        if name in _NUMERIC:
+            values = pd.to_numeric(source, errors="coerce").astype("float64")
+            bad = values.isna() & source.notna() & (source.astype("string").str.strip() != "")
+            skip = skip.where(skip.notna() | ~bad, f"{fields[name]} is not a number")
+            out[name] = values
+        else:
+            text = source.astype("string").str.strip()
+            out[name] = text.mask(text == "")
+    if kind == "VehiclePositions":
+        out["status"] = out["status"].replace(_STATUS_NUMBERS)
+        bad_status = out["status"].notna() & ~out["status"].isin(STATUSES)
+        skip = skip.where(skip.notna() | ~bad_status, "vehicle.current_status is not a GTFS-realtime status")
+    skip = skip.where(skip.notna() | out["feed_timestamp"].notna(), "no feed_timestamp")
+    for name in required:
+        skip = skip.where(skip.notna() | out[name].notna(), f"no {fields[name]}")
+    report.skipped_rows.update(skip.dropna().astype(str).tolist())
+    out = out[skip.isna()]
+    out["feed_timestamp"] = out["feed_timestamp"].astype("int64")
+    if kind == "VehiclePositions":
+        out["timestamp"] = out["timestamp"].astype("int64")
+        order = ["feed_timestamp", "timestamp", "trip_id"]
+    else:
+        order = ["feed_timestamp", "trip_id", "stop_sequence"]
+    out["direction_id"] = out["direction_id"].astype("Int8")
+    return out[list(columns)].sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def _empty(columns: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="float64" if c in _NUMERIC else "string") for c in columns})
+    frame["feed_timestamp"] = frame["feed_timestamp"].astype("int64")
+    if "timestamp" in frame:
+        frame["timestamp"] = frame["timestamp"].astype("int64")
+    frame["direction_id"] = frame["direction_id"].astype("Int8")
+    return frame

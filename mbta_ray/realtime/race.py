@@ -1,0 +1,305 @@
+"""The race: our model against MBTA's own published predictions, on the same moments, trips and stops.
+
+``run`` replays VehiclePositions into a ``NetworkState`` and, at each TripUpdates snapshot in the
+window (default: the first of each minute, as MBTA's prediction_analyzer polls), takes every subway
+stop MBTA predicted 0-30 min ahead for a trip in progress (the vehicle has reported a position on
+that trip at or before the moment) that has not yet arrived there (as known at the moment). The
+actual arrival is the first STOPPED_AT of that trip at that stop in the whole replay. Three
+predictions per row, each from what was known at the moment only:
+
+- ``mbta``: MBTA's published arrival time;
+- ``model``: the registry's model, from the trip's last arrival u known at the moment (the same
+  request the API takes: route, direction, u, its arrival, the stops ahead in order);
+- ``recent_segment``: the last arrival at u + the median u -> s travel time of the last 5 other
+  vehicles that did u -> s (known at the moment).
+A prediction for a vehicle that has not arrived is never earlier than the moment itself (for the
+model and the rule; MBTA publishes its own). The stops ahead of a trip, in order, come from the
+trip's TripUpdates stop list at the moment (its pattern, which static GTFS would also give), never
+from MBTA's times. Rows are binned by MBTA's predicted horizon and scored on MBTA's accuracy windows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mbta_ray.errors import ConfigError, DataError
+from mbta_ray.evaluate import HORIZON_BINS, accurate_in_bins, horizon_bin
+from mbta_ray.realtime import feeds
+from mbta_ray.realtime.state import NetworkState, trip_key
+from mbta_ray.schema import mode_for_route
+
+#: Predictions further ahead than this are out of the race (MBTA's standard stops at 30 min).
+MAX_HORIZON_S = 1800
+#: The recent-segment rule's window: the last N other vehicles over u -> s.
+RECENT_N = 5
+METHODS = ("mbta", "model", "recent_segment")
+
+
+@dataclass
+class RaceResult:
+    """The race.json document and the scored rows behind it."""
+
+    summary: dict
+    rows: pd.DataFrame = field(repr=False)
+
+
+def parse_time(value: str, option: str) -> int:
+    """An ISO time (with offset, or UTC when none) as epoch seconds; a clear error naming the option."""
+    try:
+        when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{option} {value!r} is not an ISO time such as 2023-05-08T12:20:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp())
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+
+def moments(trip_updates: pd.DataFrame, start: int | None, end: int | None, last_allowed: int) -> np.ndarray:
+    """The first TripUpdates snapshot of each minute within [start, end) and <= last_allowed."""
+    snaps = np.sort(trip_updates["feed_timestamp"].unique())
+    keep = snaps <= last_allowed
+    if start is not None:
+        keep &= snaps >= start
+    if end is not None:
+        keep &= snaps < end
+    snaps = snaps[keep]
+    minute = snaps // 60
+    return snaps[np.r_[True, minute[1:] != minute[:-1]]] if len(snaps) else snaps
+
+
+def rows_in_scope(trip_updates: pd.DataFrame, at: np.ndarray, state: NetworkState) -> tuple[pd.DataFrame, dict]:
+    """MBTA's subway predictions 0-30 min ahead at each moment, with the actual arrival, the trip's
+    progress, and counts of what is left out and why."""
+    tu = trip_updates[trip_updates["feed_timestamp"].isin(at)]
+    tu = tu[(mode_for_route(tu["route_id"]) == "subway").to_numpy() & tu["arrival_time"].notna().to_numpy()]
+    horizon = tu["arrival_time"] - tu["feed_timestamp"]
+    matched = tu[(horizon >= 0) & (horizon <= MAX_HORIZON_S)].copy()
+    counts = {"mbta_matched": len(matched), "in_scope": 0, "scored": 0, "not_started": 0, "no_actual": 0}
+    counts["already_arrived"] = 0
+    keep, actual = [], []
+    for r in matched.itertuples(index=False):
+        key = trip_key(r.start_date, r.route_id, r.trip_id)
+        seq = None if math.isnan(r.stop_sequence) else r.stop_sequence
+        if state.position(key, r.feed_timestamp) is None:
+            counts["not_started"] += 1
+            keep.append(False)
+            actual.append(np.nan)
+            continue
+        if state.arrival_at(key, r.stop_id, r.feed_timestamp, seq) is not None:
+            counts["already_arrived"] += 1
+            keep.append(False)
+            actual.append(np.nan)
+            continue
+        counts["in_scope"] += 1
+        arrival = state.arrival_at(key, r.stop_id, math.inf, seq)
+        keep.append(arrival is not None)
+        actual.append(float(arrival.time) if arrival is not None else np.nan)
+        counts["no_actual" if arrival is None else "scored"] += 1
+    matched["actual"] = actual
+    scope = matched[np.asarray(keep, dtype=bool)].copy()
+    scope["trip_key"] = [trip_key(*k) for k in zip(scope["start_date"], scope["route_id"], scope["trip_id"])]
+    scope["horizon_s"] = scope["arrival_time"] - scope["feed_timestamp"]
+    scope["bin"] = horizon_bin(scope["horizon_s"])
+    return scope.reset_index(drop=True), counts
+
+
+def recent_segment(scope: pd.DataFrame, state: NetworkState, n: int = RECENT_N) -> np.ndarray:
+    """Last arrival at u + median u -> s travel of the last ``n`` other vehicles (NaN: none known)."""
+    out = np.full(len(scope), np.nan)
+    for i, r in enumerate(scope.itertuples(index=False)):
+        t = r.feed_timestamp
+        last = state.last_arrival(r.trip_key, t)
+        if last is None:
+            continue
+        done = state.recent_travel(r.route_id, r.direction_id, last.stop_id, r.stop_id, t, n=n, exclude=r.trip_key)
+        if done:
+            out[i] = max(float(t), last.time + float(np.median([d.travel_s for d in done])))
+    return out
+
+
+def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner) -> np.ndarray:
+    """The model's arrival time for each row (NaN where it cannot answer), one request per trip and
+    moment: the trip's last arrival u known then, and the trip's stops after u in order."""
+    from mbta_ray.serve.schemas import PredictRequest, StopAhead
+
+    out = np.full(len(scope), np.nan)
+    stop_lists = {
+        k: g.sort_values("stop_sequence")
+        for k, g in trip_updates[trip_updates["feed_timestamp"].isin(scope["feed_timestamp"].unique())].groupby(
+            ["feed_timestamp", "trip_id"], sort=False
+        )
+    }
+    requests, targets = [], []
+    for (t, trip), rows in scope.groupby(["feed_timestamp", "trip_id"], sort=False):
+        first = rows.iloc[0]
+        last = state.last_arrival(first["trip_key"], t)
+        if last is None:
+            continue
+        listed = stop_lists[(t, trip)]
+        if not math.isnan(last.stop_sequence):
+            listed = listed[listed["stop_sequence"] > last.stop_sequence]
+        listed = listed.drop_duplicates("stop_sequence")
+        wanted = dict(zip(zip(rows["stop_id"], rows["stop_sequence"]), rows.index))
+        where = [wanted.get(k) for k in zip(listed["stop_id"], listed["stop_sequence"])]
+        raced = [i for i, w in enumerate(where) if w is not None]
+        if not raced:
+            continue
+        where = where[: raced[-1] + 1]  # no stop past the last one raced
+        ahead = [
+            StopAhead.model_construct(stop_id=stop_id, stop_sequence=None, scheduled_arrival=None)
+            for stop_id in listed["stop_id"].iloc[: len(where)]
+        ]
+        request = PredictRequest.model_construct(
+            route_id=first["route_id"],
+            direction_id=int(first["direction_id"]),
+            stop_id=last.stop_id,
+            stop_sequence=None,
+            actual_arrival=dt.datetime.fromtimestamp(last.time, dt.UTC),
+            scheduled_arrival=None,
+            trip_id=trip,
+            mode=None,
+            service_date=dt.datetime.strptime(first["start_date"], "%Y%m%d").date(),
+            previous_stop=None,
+            headway_seconds=None,
+            scheduled_headway_seconds=None,
+            stops_ahead=ahead,
+        )
+        if runner.refusal(request) is not None:
+            continue
+        requests.append(request)
+        targets.append((t, where))
+    if not requests:
+        return out
+    for response, (t, where) in zip(runner.predict(requests), targets, strict=True):
+        for prediction, row in zip(response.predictions, where, strict=True):
+            if row is not None:
+                out[row] = max(float(t), prediction.predicted_arrival.timestamp())
+    return out
+
+
+def score(scope: pd.DataFrame, predictions: dict[str, np.ndarray]) -> list[dict]:
+    """Per MBTA horizon bin: MBTA and the model on the same rows (those with an actual arrival that
+    the model answered): n, MAE, RMSE, bias, accurate share; the recent-segment rule on those of
+    them it could answer (its own n)."""
+    actual = scope["actual"].to_numpy(dtype="float64")
+    bins = scope["bin"].to_numpy()
+    base = np.isfinite(actual) & np.isfinite(predictions["mbta"]) & np.isfinite(predictions["model"])
+    out = []
+    for label, *_ in HORIZON_BINS:
+        rows = base & (bins == label)
+        entry: dict = {"bin": f"{label} min", "n": int(rows.sum())}
+        for method, pred in predictions.items():
+            m = rows & np.isfinite(pred)
+            entry[method] = _errors(pred[m], actual[m], label)
+            if method not in ("mbta", "model"):
+                entry[method]["n"] = int(m.sum())
+        out.append(entry)
+    return out
+
+
+def _errors(predicted: np.ndarray, actual: np.ndarray, label: str) -> dict:
+    if len(actual) == 0:
+        return {"mae": None, "rmse": None, "bias": None, "accurate": None}
+    err = predicted - actual
+    return {
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "bias": float(err.mean()),
+        "accurate": float(accurate_in_bins(predicted, actual, np.full(len(actual), label)).mean()),
+    }
+
+
+# --- the whole race ---------------------------------------------------------------------------------
+
+
+def run(
+    vehicle_positions: Sequence[str | Path],
+    trip_updates: Sequence[str | Path],
+    runner,
+    out_dir: str | Path,
+    start: int | None = None,
+    end: int | None = None,
+) -> RaceResult:
+    """Race ``runner`` (a ``serve.inference.ModelRunner``) against MBTA; writes race.json, race.png
+    and rows.parquet under ``out_dir``."""
+    began = time.perf_counter()
+    vp = feeds.read_vehicle_positions(vehicle_positions)
+    tu = feeds.read_trip_updates(trip_updates)
+    if vp.frame.empty:
+        raise DataError("the VehiclePositions hold no vehicle reports: nothing to replay")
+    state = NetworkState()
+    state.observe(vp.frame)
+    data_end = int(vp.frame["feed_timestamp"].max())
+    # Every arrival up to 30 min after a moment must be observable: moments end 30 min before the data.
+    last_allowed = data_end - MAX_HORIZON_S
+    at = moments(tu.frame, start, end, last_allowed)
+    if len(at) == 0:
+        raise DataError(
+            "no TripUpdates snapshot in the window"
+            + (f" [{_iso(start)}, {_iso(end)})" if start is not None and end is not None else "")
+            + f" at least 30 min before the VehiclePositions end ({_iso(data_end)})"
+        )
+    scope, counts = rows_in_scope(tu.frame, at, state)
+    predictions = {
+        "mbta": scope["arrival_time"].to_numpy(dtype="float64"),
+        "model": model_predictions(scope, tu.frame, state, runner),
+        "recent_segment": recent_segment(scope, state),
+    }
+    scored = np.isfinite(scope["actual"].to_numpy())
+    model_ok = np.isfinite(predictions["model"]) & scored
+    rule_ok = np.isfinite(predictions["recent_segment"]) & scored
+    cut = end is None or end > last_allowed + 1
+    summary = {
+        "model_version": runner.version,
+        "window": {"from": _iso(at[0]), "until": _iso(at[-1] + 1), "moments": int(len(at))},
+        "window_cut": (
+            f"moments end at {_iso(last_allowed)}, 30 min before the VehiclePositions end ({_iso(data_end)})"
+            if cut
+            else None
+        ),
+        "rows": {k: counts[k] for k in ("mbta_matched", "in_scope", "scored", "not_started")},
+        "rows_left_out": {"already_arrived": counts["already_arrived"], "no_actual": counts["no_actual"]},
+        "coverage": float(model_ok.sum() / scored.sum()) if scored.any() else 0.0,
+        "recent_segment_coverage": float(rule_ok.sum() / scored.sum()) if scored.any() else 0.0,
+        "bins": score(scope, predictions),
+        "feeds": {"vehicle_positions": vp.report.to_dict(), "trip_updates": tu.report.to_dict()},
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    for method, pred in predictions.items():
+        scope[method] = pred
+    write(summary, scope, Path(out_dir))
+    return RaceResult(summary, scope)
+
+
+def write(summary: dict, scope: pd.DataFrame, out: Path) -> None:
+    from mbta_ray.plots import race_bars
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "race.json").write_text(json.dumps(summary, indent=2) + "\n")
+    scope.to_parquet(out / "rows.parquet", index=False)
+    race_bars(summary["bins"], METHODS, out / "race.png")
+
+
+def table(summary: dict) -> list[list[str]]:
+    """Rows of the printed table: bin, n, then MAE and accurate share per method."""
+
+    def cell(m: dict) -> str:
+        return "-" if m["mae"] is None else f"{m['mae']:.1f} s / {100 * m['accurate']:.0f}%"
+
+    return [[b["bin"], str(b["n"]), *(cell(b[m]) for m in METHODS)] for b in summary["bins"]]

@@ -1,0 +1,268 @@
+"""The network state known at a moment t, from GTFS-realtime VehiclePositions (one implementation
+for the ETL's real-time features, the replay race and the live service).
+
+Fed observations (``feeds.VEHICLE_COLUMNS`` rows) in any order, it answers "what was known at t"
+and never looks past t: an observation becomes known at its ``feed_timestamp`` (when the feed
+published it), so every query filters on that, whatever else has been fed since.
+
+- A trip's arrival at a stop is its first ``STOPPED_AT`` there (as MBTA's prediction_analyzer
+  scores predictions): the earliest vehicle timestamp among the STOPPED_AT reports of that stop
+  visit known at t. A later snapshot that reports an earlier time (out of order) lowers it from
+  the moment it is known; duplicate snapshots change nothing.
+- Stop visits are told apart by stop sequence (a loop route visits a stop twice), by stop id where
+  a feed has no sequence.
+- Where a trip's vehicle is at t: its report with the latest vehicle timestamp known at t (the stop
+  it is at or heading to, status, position), and its last arrival before then.
+- Segments: per route, direction and stop, the arrivals of every trip, so "the last N vehicles that
+  went u -> s" and "when did the vehicle ahead pass u" are answered from other trips' arrivals.
+A trip is ``start_date|route_id|trip_id`` (trip ids repeat across days); a vehicle that switches
+trips starts a new trip.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+
+from mbta_ray.realtime.feeds import STOPPED_AT
+
+
+def trip_key(start_date: object, route_id: object, trip_id: object) -> str:
+    """The state's trip identity (the same string wherever a trip is named)."""
+    return f"{start_date}|{route_id}|{trip_id}"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A trip's arrival at a stop visit, as known at some moment."""
+
+    stop_id: str
+    stop_sequence: float  # NaN where the feed gives none
+    time: int  # epoch s: the first STOPPED_AT's vehicle timestamp
+    known_at: int  # epoch s: when the feed published the report that set ``time``
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a trip's vehicle was at its latest report known at some moment."""
+
+    trip_key: str
+    vehicle_id: str | None
+    route_id: str
+    direction_id: int | None
+    status: str  # STOPPED_AT (at stop_id) or INCOMING_AT / IN_TRANSIT_TO (heading to stop_id)
+    stop_id: str
+    stop_sequence: float
+    latitude: float
+    longitude: float
+    timestamp: int
+    known_at: int
+
+
+@dataclass(frozen=True)
+class Traversal:
+    """Another vehicle's trip over u -> s: arrival at s, travel time, how old at the query."""
+
+    trip_key: str
+    arrived: int
+    travel_s: float
+    age_s: float
+
+
+class _Reports:
+    """Reports of one thing (a stop visit, a trip's positions) sorted by known_at, with a running
+    best so "the best known at t" is a bisect."""
+
+    __slots__ = ("known", "values", "best")
+
+    def __init__(self) -> None:
+        self.known: list[int] = []
+        self.values: list[tuple] = []
+        self.best: list[int] = []  # best[i]: index of the best value among values[: i + 1]
+
+    def add(self, known: int, value: tuple, better) -> None:
+        i = bisect.bisect_right(self.known, known)
+        self.known.insert(i, known)
+        self.values.insert(i, value)
+        del self.best[i:]
+        for j in range(i, len(self.values)):  # appends are the rule: usually one step
+            prev = self.best[j - 1] if j else None
+            self.best.append(j if prev is None or better(self.values[j], self.values[prev]) else prev)
+
+    def as_of(self, t: float) -> tuple | None:
+        i = bisect.bisect_right(self.known, t)
+        return self.values[self.best[i - 1]] if i else None
+
+
+def _earlier(a: tuple, b: tuple) -> bool:
+    return a[0] < b[0]
+
+
+def _later(a: tuple, b: tuple) -> bool:
+    return a[0] > b[0]
+
+
+class NetworkState:
+    """What the VehiclePositions fed so far say, queried as of any moment t."""
+
+    def __init__(self) -> None:
+        # trip -> visit key -> STOPPED_AT reports (time, known_at, stop_id, stop_sequence)
+        self._visits: dict[str, dict[object, _Reports]] = {}
+        # trip -> position reports (timestamp, known_at, Position fields...)
+        self._positions: dict[str, _Reports] = {}
+        # (route, direction, stop_id) -> sorted known_at, and the (trip, visit key) first seen then
+        self._at_stop: dict[tuple, tuple[list[int], list[tuple[str, object]]]] = {}
+        self.rows_seen = 0
+
+    # --- feeding ---------------------------------------------------------------------------------
+
+    def observe(self, frame: pd.DataFrame) -> None:
+        """Add normalized VehiclePositions rows (``feeds.VEHICLE_COLUMNS``), in any order."""
+        if frame.empty:
+            return
+        cols = [frame[c].tolist() for c in ("feed_timestamp", "timestamp", "vehicle_id", "trip_id", "route_id")]
+        more = [
+            frame[c].tolist()
+            for c in ("direction_id", "start_date", "stop_id", "stop_sequence", "status", "latitude", "longitude")
+        ]
+        for row in zip(*cols, *more, strict=True):
+            self._observe_row(*row)
+        self.rows_seen += len(frame)
+
+    def _observe_row(
+        self, known, timestamp, vehicle, trip, route, direction, start_date, stop, seq, status, lat, lon
+    ) -> None:
+        key = trip_key(start_date, route, trip)
+        known, timestamp = int(known), int(timestamp)
+        direction = None if direction is None or direction is pd.NA else int(direction)
+        seq = float("nan") if seq is None or seq is pd.NA else float(seq)
+        position = (
+            timestamp,
+            known,
+            key,
+            None if vehicle is pd.NA else vehicle,
+            route,
+            direction,
+            status,
+            stop,
+            seq,
+            float("nan") if lat is None or lat is pd.NA else float(lat),
+            float("nan") if lon is None or lon is pd.NA else float(lon),
+        )
+        self._positions.setdefault(key, _Reports()).add(known, position, _later)
+        if status != STOPPED_AT:
+            return
+        visit = seq if not math.isnan(seq) else stop
+        visits = self._visits.setdefault(key, {})
+        if visit not in visits:
+            visits[visit] = _Reports()
+            known_list, entries = self._at_stop.setdefault((route, direction, stop), ([], []))
+            i = bisect.bisect_right(known_list, known)
+            known_list.insert(i, known)
+            entries.insert(i, (key, visit))
+        elif known < visits[visit].known[0]:  # an older snapshot fed late: it was known sooner
+            self._reindex_visit(route, direction, stop, key, visit, known)
+        visits[visit].add(known, (timestamp, known, stop, seq), _earlier)
+
+    def _reindex_visit(self, route, direction, stop, key, visit, known) -> None:
+        known_list, entries = self._at_stop[(route, direction, stop)]
+        i = entries.index((key, visit))
+        del known_list[i], entries[i]
+        j = bisect.bisect_right(known_list, known)
+        known_list.insert(j, known)
+        entries.insert(j, (key, visit))
+
+    # --- queries (each as of t, never past it) ----------------------------------------------------
+
+    def _arrival(self, key: str, visit: object, t: float) -> Arrival | None:
+        reports = self._visits.get(key, {}).get(visit)
+        best = reports.as_of(t) if reports is not None else None
+        return Arrival(best[2], best[3], best[0], best[1]) if best else None
+
+    def arrivals(self, key: str, t: float) -> list[Arrival]:
+        """The trip's arrivals known at t, in time order."""
+        found = (self._arrival(key, visit, t) for visit in self._visits.get(key, {}))
+        return sorted((a for a in found if a is not None), key=lambda a: (a.time, a.stop_sequence))
+
+    def arrival_at(self, key: str, stop_id: str, t: float, stop_sequence: float | None = None) -> Arrival | None:
+        """The trip's (first) arrival at ``stop_id`` known at t (at that visit, given its sequence)."""
+        visits = self._visits.get(key, {})
+        if stop_sequence is not None and not math.isnan(stop_sequence) and stop_sequence in visits:
+            a = self._arrival(key, stop_sequence, t)
+            return a if a is not None and a.stop_id == stop_id else None
+        found = [a for a in (self._arrival(key, v, t) for v in visits) if a is not None and a.stop_id == stop_id]
+        return min(found, key=lambda a: a.time) if found else None
+
+    def position(self, key: str, t: float) -> Position | None:
+        """The trip's latest report (by vehicle timestamp) known at t."""
+        reports = self._positions.get(key)
+        best = reports.as_of(t) if reports is not None else None
+        if best is None:
+            return None
+        timestamp, known, *rest = best
+        return Position(
+            rest[0], rest[1], rest[2], rest[3], rest[4], rest[5], rest[6], rest[7], rest[8], timestamp, known
+        )
+
+    def last_arrival(self, key: str, t: float) -> Arrival | None:
+        """The trip's most recent arrival known at t."""
+        arrivals = self.arrivals(key, t)
+        return arrivals[-1] if arrivals else None
+
+    def trips(self, t: float) -> Iterator[str]:
+        """Trips with a position report known at t (trips in progress, or done)."""
+        return (key for key, reports in self._positions.items() if reports.known and reports.known[0] <= t)
+
+    def _recent_at_stop(self, route, direction, stop, t) -> Iterator[tuple[str, Arrival]]:
+        """Other trips' arrivals at ``stop`` known at t, most recently known first."""
+        known_list, entries = self._at_stop.get((route, direction, stop), ([], []))
+        for i in range(bisect.bisect_right(known_list, t) - 1, -1, -1):
+            key, visit = entries[i]
+            arrival = self._arrival(key, visit, t)
+            if arrival is not None:
+                yield key, arrival
+
+    def recent_travel(
+        self,
+        route_id: str,
+        direction_id: int | None,
+        from_stop: str,
+        to_stop: str,
+        t: float,
+        n: int = 5,
+        exclude: str | None = None,
+        max_age_s: float = 3 * 3600,
+    ) -> list[Traversal]:
+        """The last ``n`` other trips that went ``from_stop`` -> ``to_stop`` with both arrivals known at
+        t (most recent arrival at ``to_stop`` first), within ``max_age_s`` of t."""
+        found: dict[str, Traversal] = {}
+        for key, at_s in self._recent_at_stop(route_id, direction_id, to_stop, t):
+            if t - at_s.time > max_age_s and len(found) >= n:
+                break
+            if key == exclude or key in found or t - at_s.time > max_age_s:
+                continue
+            at_u = self.arrival_at(key, from_stop, t)
+            if at_u is None or at_u.time > at_s.time:
+                continue
+            if at_u.time == at_s.time and at_u.stop_id == at_s.stop_id:
+                continue
+            found[key] = Traversal(key, at_s.time, float(at_s.time - at_u.time), float(t - at_s.time))
+            if len(found) >= 3 * n:  # known order ~ time order: a few extra, then sort
+                break
+        return sorted(found.values(), key=lambda tr: -tr.arrived)[:n]
+
+    def last_passed(
+        self, route_id: str, direction_id: int | None, stop_id: str, t: float, exclude: str | None = None
+    ) -> Arrival | None:
+        """The latest arrival at ``stop_id`` by another trip on the route and direction, known at t."""
+        best: Arrival | None = None
+        for seen, (key, arrival) in enumerate(self._recent_at_stop(route_id, direction_id, stop_id, t)):
+            if key != exclude and (best is None or arrival.time > best.time):
+                best = arrival
+            if seen >= 8 and best is not None:
+                break
+        return best

@@ -1,0 +1,513 @@
+"""GTFS-realtime readers (real snapshots in three forms, broken ones) and the network state."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mbta_ray.errors import MissingFileError
+from mbta_ray.realtime import feeds
+from mbta_ray.realtime.state import NetworkState, trip_key
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+FEEDS = Path(__file__).resolve().parent / "fixtures" / "feeds"
+VP_JSON = FEEDS / "vehicle_positions_enhanced_2022-07-05T12-35-16Z.json.gz"
+TU_JSON = FEEDS / "trip_updates_enhanced_2022-05-08T06-04-57Z.json.gz"
+EMPTY, BLANK = FEEDS / "empty.json.gz", FEEDS / "one_blank_record.json.gz"
+VP_ARCHIVE = FEEDS / "vehicle_positions_2023-05-08T12_first.parquet"
+TU_ARCHIVE = FEEDS / "trip_updates_2023-05-08T12_first.parquet"
+
+
+def _to_protobuf(json_path: Path, out: Path) -> Path:
+    """The JSON snapshot as GTFS-realtime protobuf (MBTA's enhanced-only fields dropped)."""
+    from google.protobuf import json_format
+    from google.transit import gtfs_realtime_pb2
+
+    message = json.loads(gzip.decompress(json_path.read_bytes()))
+    feed = json_format.ParseDict(message, gtfs_realtime_pb2.FeedMessage(), ignore_unknown_fields=True)
+    out.write_bytes(feed.SerializeToString())
+    return out
+
+
+# --- readers --------------------------------------------------------------------------------------
+
+
+def test_real_enhanced_json_snapshots_read_with_every_skip_counted():
+    vp = feeds.read_vehicle_positions([VP_JSON])
+    raw = json.loads(gzip.decompress(VP_JSON.read_bytes()))
+    assert vp.report.snapshots == 1 and vp.report.rows == len(vp.frame) > 600
+    assert len(vp.frame) + sum(vp.report.skipped_rows.values()) == len(raw["entity"])
+    assert set(vp.frame["status"]) <= set(feeds.STATUSES) and vp.frame["timestamp"].gt(1.6e9).all()
+    assert (vp.frame["feed_timestamp"] == raw["header"]["timestamp"]).all()
+    red = vp.frame[vp.frame["route_id"] == "Red"]
+    assert len(red) > 5 and red["latitude"].between(42, 43).all()
+    tu = feeds.read_trip_updates([TU_JSON])
+    updates = sum(
+        len(e["trip_update"].get("stop_time_update", []))
+        for e in json.loads(gzip.decompress(TU_JSON.read_bytes()))["entity"]
+    )
+    assert len(tu.frame) + sum(tu.report.skipped_rows.values()) >= updates > 1000
+    assert tu.frame["arrival_time"].notna().any() and tu.frame["stop_id"].notna().all()
+
+
+def test_degenerate_real_snapshots():
+    """A feed with no entities is a snapshot with no rows; a blank entity is a counted skip."""
+    empty = feeds.read_vehicle_positions([EMPTY])
+    assert (
+        empty.report.snapshots == 1 and empty.frame.empty and list(empty.frame.columns) == list(feeds.VEHICLE_COLUMNS)
+    )
+    blank = feeds.read_vehicle_positions([BLANK])
+    assert blank.frame.empty and blank.report.skipped_rows == {"entity without vehicle": 1}
+    assert feeds.read_trip_updates([BLANK]).report.skipped_rows == {"entity without trip_update": 1}
+
+
+def test_protobuf_json_and_archive_forms_read_the_same(tmp_path):
+    """The same snapshot as protobuf reads as it does as JSON; an archive's rows match it too."""
+    for reader, source in ((feeds.read_vehicle_positions, VP_JSON), (feeds.read_trip_updates, TU_JSON)):
+        pb = _to_protobuf(source, tmp_path / f"{source.name}.pb")
+        from_json, from_pb = reader([source]).frame, reader([pb]).frame
+        pd.testing.assert_frame_equal(from_json, from_pb)
+        plain = tmp_path / "plain.json"  # not gzipped: the form comes from the bytes, not the name
+        plain.write_bytes(gzip.decompress(source.read_bytes()))
+        pd.testing.assert_frame_equal(reader([plain]).frame, from_json)
+    archive = feeds.read_vehicle_positions([VP_ARCHIVE])
+    assert archive.report.snapshots == len(pq.read_table(VP_ARCHIVE, columns=["feed_timestamp"]).column(0).unique())
+    mixed = feeds.read_vehicle_positions([VP_ARCHIVE, VP_JSON, EMPTY])
+    assert len(mixed.frame) == len(archive.frame) + feeds.read_vehicle_positions([VP_JSON]).report.rows
+    assert mixed.frame["feed_timestamp"].is_monotonic_increasing
+
+
+def test_a_folder_stands_for_its_files(tmp_path):
+    (tmp_path / "snaps" / ".hidden").mkdir(parents=True)
+    for name in ("a.json.gz", "b.json.gz"):
+        (tmp_path / "snaps" / name).write_bytes(VP_JSON.read_bytes())
+    (tmp_path / "snaps" / ".hidden" / "x").write_text("not a feed")
+    feed = feeds.read_vehicle_positions([tmp_path / "snaps"])
+    assert feed.report.files == 2 and feed.report.snapshots == 2 and not feed.report.skipped_snapshots
+    (tmp_path / "none").mkdir()
+    with pytest.raises(MissingFileError, match="none: a folder with no feed files"):
+        feeds.read_vehicle_positions([tmp_path / "none"])
+    with pytest.raises(MissingFileError, match="nope.pb: no such file"):
+        feeds.read_vehicle_positions([tmp_path / "nope.pb"])
+
+
+def _broken_files(tmp_path: Path) -> dict[str, Path]:
+    good = VP_JSON.read_bytes()
+    files = {
+        "truncated gzip": good[: len(good) // 2],
+        "not valid JSON": gzip.compress(b'{"header": {"timestamp": 1}, "entity": [}'),
+        "no header.timestamp": gzip.compress(b'{"entity": []}'),
+        "not a GTFS-realtime protobuf": b"\x08\x96\x01 garbage \xff\xff\xff\xff",
+        "a GTFS-realtime feed is a JSON object": b"[1, 2, 3]",
+        "not a readable parquet file": b"PAR1 truncated",
+    }
+    out = {}
+    for why, data in files.items():
+        path = tmp_path / f"bad-{len(out)}.feed"
+        path.write_bytes(data)
+        out[why] = path
+    return out
+
+
+def test_broken_snapshots_are_skipped_and_reported_by_name_never_ending_a_replay(tmp_path):
+    broken = _broken_files(tmp_path)
+    feed = feeds.read_vehicle_positions([VP_JSON, *broken.values(), BLANK])
+    assert feed.report.snapshots == 2 and feed.report.rows == feeds.read_vehicle_positions([VP_JSON]).report.rows
+    skipped = dict(feed.report.skipped_snapshots)
+    for why, path in broken.items():
+        assert why in skipped[str(path)], (why, skipped)
+    assert "6 snapshot(s) skipped" in feed.report.summary()
+    for why, path in broken.items():  # alone, a broken file is an error naming it and saying why
+        with pytest.raises(feeds.FeedError, match="no VehiclePositions snapshot could be read") as err:
+            feeds.read_vehicle_positions([path])
+        assert str(path) in str(err.value) and why in str(err.value)
+
+
+def test_a_corrupt_row_group_of_an_archive_is_skipped_and_counted(tmp_path):
+    table = pq.read_table(VP_ARCHIVE)
+    path = tmp_path / "archive.parquet"
+    pq.write_table(table, path, row_group_size=len(table) // 4 + 1, compression="snappy")
+    whole = feeds.read_vehicle_positions([path])
+    meta = pq.ParquetFile(path).metadata
+    col = meta.row_group(1).column(0)
+    data = bytearray(path.read_bytes())
+    start = col.data_page_offset
+    data[start + 8 : start + 200] = b"\x00" * 192  # smash the second row group's first pages
+    path.write_bytes(bytes(data))
+    feed = feeds.read_vehicle_positions([path])
+    assert feed.report.skipped_snapshots and "row group 1" in feed.report.skipped_snapshots[0][0]
+    assert 0 < len(feed.frame) < len(whole.frame)
+
+
+def test_rows_with_bad_values_are_skipped_with_the_field_named(tmp_path):
+    snapshot = {
+        "header": {"timestamp": 1700000000},
+        "entity": [
+            {
+                "id": "1",
+                "vehicle": {
+                    "current_status": "STOPPED_AT",
+                    "stop_id": "70061",
+                    "timestamp": "soon",
+                    "trip": {"trip_id": "t1", "route_id": "Red", "direction_id": 0},
+                },
+            },
+            {
+                "id": "2",
+                "vehicle": {
+                    "current_status": "PARKED",
+                    "stop_id": "70061",
+                    "timestamp": 1700000000,
+                    "trip": {"trip_id": "t2", "route_id": "Red", "direction_id": 0},
+                },
+            },
+            {
+                "id": "3",
+                "vehicle": {
+                    "current_status": 1,
+                    "stop_id": "70063",
+                    "timestamp": 1699999990,
+                    "trip": {"trip_id": "t3", "route_id": "Red", "direction_id": 0},
+                },
+            },
+        ],
+    }
+    path = tmp_path / "vp.json"
+    path.write_text(json.dumps(snapshot))
+    feed = feeds.read_vehicle_positions([path])
+    assert feed.report.skipped_rows == {
+        "vehicle.timestamp is not a number": 1,
+        "vehicle.current_status is not a GTFS-realtime status": 1,
+    }
+    assert feed.frame["status"].tolist() == ["STOPPED_AT"]  # the enum number 1, as archives store it
+
+
+# --- state ----------------------------------------------------------------------------------------
+
+T0 = 1_700_000_000
+
+
+def vp(rows: list[tuple], lag: int = 5) -> pd.DataFrame:
+    """Rows (vehicle timestamp offset, trip, status, stop, sequence[, known offset][, vehicle])."""
+    out = []
+    for r in rows:
+        ts, trip, status, stop, seq = r[:5]
+        known = r[5] if len(r) > 5 and r[5] is not None else ts + lag
+        out.append(
+            {
+                "feed_timestamp": T0 + known,
+                "timestamp": T0 + ts,
+                "vehicle_id": r[6] if len(r) > 6 else f"v-{trip}",
+                "trip_id": trip,
+                "route_id": "Red",
+                "direction_id": 0,
+                "start_date": "20231114",
+                "stop_id": stop,
+                "stop_sequence": float(seq),
+                "status": status,
+                "latitude": 42.3,
+                "longitude": -71.1,
+            }
+        )
+    frame = pd.DataFrame(out, columns=list(feeds.VEHICLE_COLUMNS))
+    frame["direction_id"] = frame["direction_id"].astype("Int8")
+    return frame
+
+
+def key(trip: str) -> str:
+    return trip_key("20231114", "Red", trip)
+
+
+def test_an_arrival_is_the_first_stopped_at_known_from_its_snapshot():
+    s = NetworkState()
+    s.observe(
+        vp(
+            [
+                (0, "t1", "IN_TRANSIT_TO", "A", 1),
+                (100, "t1", "STOPPED_AT", "A", 1),
+                (110, "t1", "STOPPED_AT", "A", 1),
+                (150, "t1", "IN_TRANSIT_TO", "B", 2),
+                (200, "t1", "INCOMING_AT", "B", 2),
+                (230, "t1", "STOPPED_AT", "B", 2),
+            ]
+        )
+    )
+    assert s.arrivals(key("t1"), T0 + 104) == []  # reported at 100, published at 105
+    (a,) = s.arrivals(key("t1"), T0 + 105)
+    assert (a.stop_id, a.time, a.known_at) == ("A", T0 + 100, T0 + 105)
+    assert [(x.stop_id, x.time) for x in s.arrivals(key("t1"), T0 + 1000)] == [("A", T0 + 100), ("B", T0 + 230)]
+    now = s.position(key("t1"), T0 + 160)
+    assert (now.status, now.stop_id, now.timestamp) == ("IN_TRANSIT_TO", "B", T0 + 150)
+    assert s.last_arrival(key("t1"), T0 + 160).stop_id == "A"
+    assert s.position(key("t1"), T0 + 4) is None and list(s.trips(T0 + 4)) == []
+
+
+def test_a_vehicle_switching_trips_starts_a_new_trip():
+    s = NetworkState()
+    s.observe(
+        vp(
+            [
+                (0, "t1", "STOPPED_AT", "A", 1, None, "v1"),
+                (60, "t1", "STOPPED_AT", "B", 2, None, "v1"),
+                (300, "t2", "STOPPED_AT", "B", 1, None, "v1"),
+                (400, "t2", "IN_TRANSIT_TO", "A", 2, None, "v1"),
+            ]
+        )
+    )
+    assert [a.stop_id for a in s.arrivals(key("t1"), T0 + 1000)] == ["A", "B"]
+    assert [a.stop_id for a in s.arrivals(key("t2"), T0 + 1000)] == ["B"]
+    assert s.position(key("t1"), T0 + 1000).timestamp == T0 + 60  # t1 ended where v1 left it
+    assert s.position(key("t2"), T0 + 1000).stop_id == "A"
+
+
+def test_out_of_order_and_duplicate_snapshots():
+    """A snapshot fed twice changes nothing; an older report fed late lowers the arrival only from the
+    moment it was published; a stale position never replaces a newer one."""
+    s = NetworkState()
+    rows = vp([(100, "t1", "STOPPED_AT", "A", 1, 130), (150, "t1", "IN_TRANSIT_TO", "B", 2, 160)])
+    s.observe(rows)
+    s.observe(rows)
+    assert [a.time for a in s.arrivals(key("t1"), T0 + 200)] == [T0 + 100]
+    s.observe(vp([(90, "t1", "STOPPED_AT", "A", 1, 170)]))  # published late, measured earlier
+    assert s.arrival_at(key("t1"), "A", T0 + 165).time == T0 + 100
+    assert s.arrival_at(key("t1"), "A", T0 + 170).time == T0 + 90
+    assert s.position(key("t1"), T0 + 200).stop_id == "B"  # the report from 90 s is older than 150 s
+    s.observe(vp([(80, "t1", "STOPPED_AT", "A", 1, 120)]))  # a snapshot older than any fed: known sooner
+    assert s.arrival_at(key("t1"), "A", T0 + 125).time == T0 + 80
+    assert s.last_passed("Red", 0, "A", T0 + 125).time == T0 + 80
+
+
+def test_a_loop_route_visits_a_stop_twice():
+    s = NetworkState()
+    s.observe(
+        vp([(0, "t1", "STOPPED_AT", "L", 1), (100, "t1", "STOPPED_AT", "M", 2), (200, "t1", "STOPPED_AT", "L", 3)])
+    )
+    assert [(a.stop_id, a.stop_sequence) for a in s.arrivals(key("t1"), T0 + 999)] == [("L", 1), ("M", 2), ("L", 3)]
+    assert s.arrival_at(key("t1"), "L", T0 + 999).time == T0  # the first visit, unless the sequence says
+    assert s.arrival_at(key("t1"), "L", T0 + 999, stop_sequence=3.0).time == T0 + 200
+
+
+def test_recent_travel_and_the_vehicle_ahead_use_other_trips_known_at_t():
+    s = NetworkState()
+    s.observe(
+        vp(
+            [
+                (0, "t1", "STOPPED_AT", "A", 1),
+                (100, "t1", "STOPPED_AT", "B", 2),
+                (300, "t2", "STOPPED_AT", "A", 1),
+                (420, "t2", "STOPPED_AT", "B", 2),
+                (600, "t3", "STOPPED_AT", "A", 1),
+                (690, "t3", "STOPPED_AT", "B", 2),
+            ]
+        )
+    )
+    got = s.recent_travel("Red", 0, "A", "B", T0 + 700)
+    assert [(tr.trip_key, tr.travel_s) for tr in got] == [(key("t3"), 90.0), (key("t2"), 120.0), (key("t1"), 100.0)]
+    assert got[0].age_s == 10.0
+    assert [tr.trip_key for tr in s.recent_travel("Red", 0, "A", "B", T0 + 694)] == [
+        key("t2"),
+        key("t1"),
+    ]  # t3 at B not yet published
+    assert [tr.trip_key for tr in s.recent_travel("Red", 0, "A", "B", T0 + 700, n=1, exclude=key("t3"))] == [key("t2")]
+    assert s.recent_travel("Red", 1, "A", "B", T0 + 700) == [] and s.recent_travel("Red", 0, "B", "A", T0 + 700) == []
+    assert s.last_passed("Red", 0, "A", T0 + 700, exclude=key("t3")).time == T0 + 300
+    assert s.last_passed("Red", 0, "A", T0 + 604).time == T0 + 300
+
+
+_events = st.lists(
+    st.tuples(
+        st.integers(0, 600),  # vehicle timestamp offset
+        st.sampled_from(["t1", "t2", "t3"]),
+        st.sampled_from(["STOPPED_AT", "IN_TRANSIT_TO"]),
+        st.integers(1, 4),  # stop (and sequence)
+        st.integers(0, 120),  # publication lag
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_events, st.integers(0, 800))
+def test_nothing_after_t_changes_an_answer_at_t(events, t):
+    """The state fed everything answers at t exactly as one fed only what was published by t."""
+    rows = vp([(ts, trip, status, f"S{stop}", stop, ts + lag) for ts, trip, status, stop, lag in events])
+    full, past = NetworkState(), NetworkState()
+    full.observe(rows.sample(frac=1.0, random_state=t))  # any feeding order
+    past.observe(rows[rows["feed_timestamp"] <= T0 + t])
+    at = T0 + t
+    for trip in ("t1", "t2", "t3"):
+        assert full.arrivals(key(trip), at) == past.arrivals(key(trip), at)
+        assert full.position(key(trip), at) == past.position(key(trip), at)
+        for u, v in (("S1", "S2"), ("S1", "S3"), ("S2", "S4")):
+            assert full.recent_travel("Red", 0, u, v, at, exclude=key(trip)) == past.recent_travel(
+                "Red", 0, u, v, at, exclude=key(trip)
+            )
+    for stop in ("S1", "S2", "S3", "S4"):
+        assert full.last_passed("Red", 0, stop, at) == past.last_passed("Red", 0, stop, at)
+    assert sorted(full.trips(at)) == sorted(past.trips(at))
+
+
+def test_the_real_hour_replays_into_state_quickly():
+    """The archive's first snapshots, fed as a live service would (snapshot by snapshot), answer as
+    the state fed all at once does."""
+    frame = feeds.read_vehicle_positions([VP_ARCHIVE]).frame
+    whole, live = NetworkState(), NetworkState()
+    whole.observe(frame)
+    for _, snapshot in frame.groupby("feed_timestamp", sort=True):
+        live.observe(snapshot)
+    t = int(frame["feed_timestamp"].quantile(0.7))
+    keys = sorted(whole.trips(t))
+    assert len(keys) > 20
+    assert [whole.arrivals(k, t) for k in keys] == [live.arrivals(k, t) for k in keys]
+    assert sum(len(whole.arrivals(k, t)) for k in keys) > 10
+    assert np.all([whole.position(k, t) == live.position(k, t) for k in keys])
+
+
+# --- the race -------------------------------------------------------------------------------------
+
+RACE_T0 = 1_683_547_200  # 2023-05-08T12:00:00Z
+
+
+def _archive(rows: list[dict], fields: dict[str, str], path: Path) -> Path:
+    frame = pd.DataFrame([{fields.get(k, k): v for k, v in r.items()} for r in rows])
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def _tiny_replay(tmp_path: Path) -> tuple[Path, Path]:
+    """Red line, stops A-D (sequences 10-40). t1 and t2 ran ahead; t3 is raced; t4 starts later."""
+    stops = {"A": 10, "B": 20, "C": 30, "D": 40, "E": 50}
+    reports = []
+
+    def stopped(trip: str, stop: str, at: int, status: str = "STOPPED_AT") -> None:
+        reports.append(
+            {
+                "feed_timestamp": RACE_T0 + at + 5,
+                "timestamp": RACE_T0 + at,
+                "vehicle_id": f"v-{trip}",
+                "trip_id": trip,
+                "route_id": "Red",
+                "direction_id": 0,
+                "start_date": "20230508",
+                "stop_id": stop,
+                "stop_sequence": stops[stop],
+                "status": status,
+                "latitude": 42.4,
+                "longitude": -71.1,
+            }
+        )
+
+    for stop, at in zip("ABCD", (0, 120, 300, 420)):
+        stopped("t1", stop, at)
+    for stop, at in zip("ABCD", (200, 330, 520, 650)):
+        stopped("t2", stop, at)
+    stopped("t3", "A", 600)
+    stopped("t3", "B", 660, "IN_TRANSIT_TO")
+    for stop, at in zip("BCD", (740, 950, 1080)):
+        stopped("t3", stop, at)
+    stopped("t4", "A", 900)
+    stopped("t9", "A", 3000, "IN_TRANSIT_TO")  # the data run 30 min past the last moment
+    vp = _archive(reports, feeds.VEHICLE_FIELDS, tmp_path / "vp.parquet")
+
+    predictions = []
+
+    def predicted(moment: int, trip: str, stop: str, at: int, route: str = "Red") -> None:
+        predictions.append(
+            {
+                "feed_timestamp": RACE_T0 + moment,
+                "trip_id": trip,
+                "route_id": route,
+                "direction_id": 0,
+                "start_date": "20230508",
+                "stop_id": stop,
+                "stop_sequence": stops[stop],
+                "arrival_time": RACE_T0 + at,
+            }
+        )
+
+    for stop, at in zip("BCDE", (760, 1000, 1250, 1300)):  # moment 680: t3
+        predicted(680, "t3", stop, at)
+    predicted(680, "t4", "C", 1200)  # t4 has not started at 680
+    predicted(680, "t3", "D", 2600, route="1")  # a bus route: not in the subway race
+    predicted(690, "t3", "B", 700)  # the second snapshot of the minute: not a moment
+    for stop, at in zip("BCD", (810, 960, 1090)):  # moment 800: t3 (B already arrived, at 740)
+        predicted(800, "t3", stop, at)
+    predicted(800, "t3", "E", 2700)  # beyond 30 min: not matched
+    tu = _archive(predictions, feeds.TRIP_UPDATE_FIELDS, tmp_path / "tu.parquet")
+    return vp, tu
+
+
+def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
+    from mbta_ray.realtime import race
+    from mbta_ray.serve.inference import ModelRunner
+    from mbta_ray.serve.schemas import PredictRequest
+    from tests.test_registry import make_model
+
+    vp, tu = _tiny_replay(tmp_path)
+    runner = ModelRunner(make_model(tmp_path / "m", 60.0, rounds=6), version="tiny")
+    result = race.run([vp], [tu], runner, tmp_path / "out")
+    s = result.summary
+    assert s["rows"] == {"mbta_matched": 8, "in_scope": 6, "scored": 5, "not_started": 1}
+    assert s["rows_left_out"] == {"already_arrived": 1, "no_actual": 1}
+    assert s["window"]["moments"] == 2 and s["window_cut"] and s["coverage"] == 1.0
+    bins = {b["bin"]: b for b in s["bins"]}
+    # MBTA: errors +20, +10 (0-3); +50, +10 (3-6); +170 (6-12: arrived 170 s early, not accurate).
+    assert bins["0-3 min"]["n"] == 2 and bins["0-3 min"]["mbta"] == pytest.approx(
+        {"mae": 15.0, "rmse": (250.0) ** 0.5, "bias": 15.0, "accurate": 1.0}
+    )
+    assert bins["3-6 min"]["mbta"]["mae"] == 30.0 and bins["3-6 min"]["mbta"]["accurate"] == 1.0
+    assert bins["6-12 min"]["n"] == 1 and bins["6-12 min"]["mbta"]["bias"] == 170.0
+    assert bins["6-12 min"]["mbta"]["accurate"] == 0.0
+    assert bins["12-30 min"]["n"] == 0 and bins["12-30 min"]["mbta"]["mae"] is None
+    # The rule: u = A at 600 then B at 740; medians of t1/t2 over the same u -> s.
+    rule = {b: bins[b]["recent_segment"] for b in bins}
+    assert rule["0-3 min"]["mae"] == 20.0 and rule["0-3 min"]["bias"] == -20.0  # 725 vs 740, 925 vs 950
+    assert rule["3-6 min"]["mae"] == 35.0 and rule["6-12 min"]["bias"] == -45.0  # 910/950, 1050/1080; 1035/1080
+    # The model: what the API answers for the same vehicle (u and its stops ahead in order).
+    rows = result.rows.set_index(["feed_timestamp", "stop_id"])
+    for moment, u, at_u, ahead in ((680, "A", 600, "BCD"), (800, "B", 740, "CD")):
+        request = PredictRequest.model_validate(
+            {
+                "route_id": "Red",
+                "direction_id": 0,
+                "stop_id": u,
+                "trip_id": "t3",
+                "actual_arrival": pd.Timestamp(RACE_T0 + at_u, unit="s", tz="UTC").isoformat(),
+                "stops_ahead": [{"stop_id": x} for x in ahead],
+            }
+        )
+        (answer,) = runner.predict([request])
+        for p in answer.predictions:
+            expected = max(RACE_T0 + moment, p.predicted_arrival.timestamp())
+            assert rows.loc[(RACE_T0 + moment, p.stop_id), "model"] == pytest.approx(expected)
+    saved = json.loads((tmp_path / "out" / "race.json").read_text())
+    assert saved["bins"] == s["bins"] and (tmp_path / "out" / "race.png").stat().st_size > 1000
+    assert set(saved) >= {"model_version", "window", "rows", "coverage", "bins"}
+
+
+def test_the_race_window_and_its_errors(tmp_path):
+    from mbta_ray.errors import DataError
+    from mbta_ray.realtime import race
+    from mbta_ray.serve.inference import ModelRunner
+    from tests.test_registry import make_model
+
+    vp, tu = _tiny_replay(tmp_path)
+    runner = ModelRunner(make_model(tmp_path / "m", 60.0, rounds=3), version="tiny")
+    one = race.run([vp], [tu], runner, tmp_path / "o1", start=RACE_T0 + 700, end=RACE_T0 + 900)
+    assert one.summary["window"]["moments"] == 1 and one.summary["rows"]["mbta_matched"] == 3
+    with pytest.raises(DataError, match="no TripUpdates snapshot in the window .* at least 30 min before"):
+        race.run([vp], [tu], runner, tmp_path / "o2", start=RACE_T0 + 1000, end=RACE_T0 + 1100)
+    with pytest.raises(race.ConfigError, match="--from 'noon' is not an ISO time"):
+        race.parse_time("noon", "--from")
+    assert (
+        race.parse_time("2023-05-08T12:00:00Z", "--from") == RACE_T0 == race.parse_time("2023-05-08T08:00-04:00", "x")
+    )
