@@ -564,10 +564,19 @@ def pipeline_cmd(
     gpus_per_worker: Annotated[
         float, typer.Option(min=0, help="GPUs per Train worker (0: CPU).")
     ] = TrialResources.gpus_per_worker,
+    race: Annotated[
+        bool,
+        typer.Option(
+            "--race/--no-race",
+            help="Race production against MBTA's predictions on the embedded GTFS-realtime hour (12:20-12:30 UTC, "
+            "held out of the dataset); only with the embedded data.",
+        ),
+    ] = True,
     verbose: VerboseOpt = False,
 ) -> None:
-    """The main job: ingest -> tune -> distill -> evaluate -> register -> promote, then a summary."""
+    """The main job: ingest -> tune -> distill -> evaluate -> register -> promote -> race, then a summary."""
     from mbta_ray import pipeline
+    from mbta_ray.config import embedded_race
 
     settings = PipelineSettings(
         root=str(root),
@@ -581,6 +590,7 @@ def pipeline_cmd(
         max_concurrent=max_concurrent,
         resources=TrialResources(num_workers=workers, gpus_per_worker=gpus_per_worker),
         distill=DistillConfig(epochs=distill_epochs, **({"hidden": distill_hidden} if distill_hidden else {})),
+        race=embedded_race() if race and not inputs else None,
     )
     t0 = time.monotonic()
 
@@ -608,6 +618,9 @@ def pipeline_cmd(
         f"production is now {prod.get('version', 'none')} ({prod.get('family', '-')}); "
         f"registry {out['registry']}; deploy record {out['registry']}/production.json"
     )
+    if out.get("race"):
+        print_race(out["race"])
+        console.print(f"race files: {out['race']['out']} (race.json, race.png, rows.parquet)", soft_wrap=True)
 
 
 # --- serving --------------------------------------------------------------------------------------

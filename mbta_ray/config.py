@@ -38,8 +38,13 @@ class EtlConfig:
     #: Ray Data shuffle used by the groupbys. Measured here (2 cores): the task-based sort shuffle
     #: runs a small ingest in ~1-4 s where the actor-based hash shuffles take 14-38 s.
     shuffle: str = "sort_shuffle_pull_based"
+    #: (from, until) UTC ISO times: events arriving in that window are held out of the dataset
+    #: (quarantined as ``held_out``, counted) so a race over it never scores a model trained on it.
+    holdout: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
+        if self.holdout is not None:
+            object.__setattr__(self, "holdout", _holdout_window(self.holdout))  # frozen: normalized once
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
         if self.max_abs_delay_s <= 0:
@@ -55,7 +60,30 @@ class EtlConfig:
         d.pop("events_per_bucket")
         d.pop("shuffle")
         d["split_fractions"] = list(self.split_fractions)
+        if self.holdout is None:
+            d.pop("holdout")  # unchanged versions for datasets built without one
+        else:
+            d["holdout"] = list(self.holdout)
         return d
+
+
+def _holdout_window(window: tuple[str, str] | list[str]) -> tuple[str, str]:
+    """Two ISO times (UTC when no offset), the first before the second, normalized to UTC ISO."""
+    import datetime as dt
+
+    if len(window) != 2:
+        raise ConfigError(f"holdout must be (from, until), got {window!r}")
+    out = []
+    for name, value in zip(("from", "until"), window):
+        try:
+            when = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"holdout {name} {value!r} is not an ISO time such as 2023-05-08T12:20:00Z") from None
+        when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+        out.append(when.astimezone(dt.UTC).isoformat())
+    if out[1] <= out[0]:
+        raise ConfigError(f"holdout until {window[1]} is not after from {window[0]}")
+    return out[0], out[1]
 
 
 # --- training and tuning ----------------------------------------------------------------------------
@@ -194,6 +222,32 @@ class DistillConfig:
 # --- the whole pipeline -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RaceSettings:
+    """A race against MBTA's published predictions (``mbta-ray race``): the feeds and the window of
+    moments [start, until) in UTC ISO times."""
+
+    vehicle_positions: tuple[str, ...]
+    trip_updates: tuple[str, ...]
+    start: str
+    until: str
+
+    def holdout(self) -> tuple[str, str]:
+        """What the ETL must not train on: every arrival from the first moment to a day after the
+        last (an arrival scored is at most 30 min after its moment; a day leaves no doubt)."""
+        import datetime as dt
+
+        until = dt.datetime.fromisoformat(self.until.replace("Z", "+00:00")) + dt.timedelta(days=1)
+        return self.start, until.isoformat()
+
+
+def embedded_race() -> RaceSettings:
+    """The race on the embedded GTFS-realtime hour that ``make run`` shows."""
+    from mbta_ray.paths import DEFAULT_RACE_WINDOW, GTFSRT_TRIP_UPDATES, GTFSRT_VEHICLE_POSITIONS
+
+    return RaceSettings((str(GTFSRT_VEHICLE_POSITIONS),), (str(GTFSRT_TRIP_UPDATES),), *DEFAULT_RACE_WINDOW)
+
+
 @dataclass
 class PipelineSettings:
     root: str = DEFAULT_ROOT
@@ -213,6 +267,9 @@ class PipelineSettings:
     #: The student is the candidate when its valid MAE is within this share of the teacher's
     #: (it is smaller and faster); otherwise the teacher is.
     student_tolerance: float = 0.05
+    #: A race against MBTA after promotion; its window is held out of the dataset. None: no race
+    #: (``embedded_race()`` is what ``make run`` races on the embedded data).
+    race: RaceSettings | None = None
 
     def __post_init__(self) -> None:  # fail before the long stages, not after them
         if self.metric not in METRIC_MODES:

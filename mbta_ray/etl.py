@@ -389,7 +389,7 @@ def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConf
     """Read every piece of every file, run the row checks, then the trip checks per trip bucket."""
     rows_in = sum(f.num_rows for f in files)
     buckets = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-rows_in // config.events_per_bucket))
-    vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s)
+    vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s, holdout=config.holdout)
     pieces = [json.dumps(p) for f in files for p in plan_pieces(f)]
     events = (
         ray.data.from_items([{"piece": p} for p in pieces], override_num_blocks=len(pieces))

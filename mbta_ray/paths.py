@@ -16,13 +16,22 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_ROOT = "artifacts"
 
 SAMPLES_DIR = PACKAGE_DIR / "data" / "samples"
+#: A random 10k-row sample of the LAMP day (its trips are fragmented: tests and the synthesizer).
 LAMP_SAMPLE = SAMPLES_DIR / "lamp_subway_2024-02-07_10k.parquet"
+#: The whole LAMP subway service day 2024-02-07 (3,264 trips, a median of 12 observed stops each).
+LAMP_DAY = SAMPLES_DIR / "lamp_subway_2024-02-07.parquet"
+#: One hour of GTFS-realtime VehiclePositions and MBTA's TripUpdates (its predictions), 2023-05-08 12 UTC.
+GTFSRT_VEHICLE_POSITIONS = SAMPLES_DIR / "gtfsrt_vehicle_positions_2023-05-08T12.parquet"
+GTFSRT_TRIP_UPDATES = SAMPLES_DIR / "gtfsrt_trip_updates_2023-05-08T12.parquet"
 #: The embedded real data that ``make run`` ingests.
 DEFAULT_INPUTS: tuple[str, ...] = (
-    str(LAMP_SAMPLE),
+    str(LAMP_DAY),
     str(SAMPLES_DIR / "tm_stop_crossing_2024-08-11_arrivals.parquet"),
-    str(SAMPLES_DIR / "gtfsrt_vehicle_positions_2023-05-08T12.parquet"),
+    str(GTFSRT_VEHICLE_POSITIONS),
 )
+#: The race ``make run`` runs on the embedded hour: MBTA's moments 12:20-12:30 UTC, with the
+#: VehiclePositions before them as state; the ETL holds out every arrival from 12:20 on.
+DEFAULT_RACE_WINDOW = ("2023-05-08T12:20:00Z", "2023-05-08T12:30:00Z")
 #: The embedded GTFS stops (2023-04) the default dataset is checked against.
 DEFAULT_STOPS = str(SAMPLES_DIR / "gtfs_stops_2023-04.parquet")
 

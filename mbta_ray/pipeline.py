@@ -1,4 +1,4 @@
-"""The main job in one call: ETL -> tune -> distill -> evaluate -> register -> promote.
+"""The main job in one call: ETL -> tune -> distill -> evaluate -> register -> promote (-> race).
 
 ``mbta-ray pipeline`` (and ``make run``) runs it on the embedded real data with a small default
 budget; every stage is the same code the stage's own command runs.
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mbta_ray import distill, etl
-from mbta_ray.config import PipelineSettings, TuneSettings
+from mbta_ray.config import EtlConfig, PipelineSettings, TuneSettings
 from mbta_ray.errors import ConfigError
 from mbta_ray.models import bundle
 from mbta_ray.registry import Registry, dataset_rescorer, evaluation_of
@@ -32,15 +32,20 @@ def run(
     """Every stage in order; ``progress`` gets a line per stage and result, ``tune_progress`` the
     searches' trial counts and best scores as they run."""
     root = Path(settings.root)
-    progress("[1/5] ingest: the embedded real MBTA data -> a versioned feature dataset")
-    ds = etl.ingest(settings.inputs, root=root)
+    stages = 6 if settings.race else 5
+    progress(f"[1/{stages}] ingest: the embedded real MBTA data -> a versioned feature dataset")
+    holdout = settings.race.holdout() if settings.race else None
+    ds = etl.ingest(settings.inputs, root=root, config=EtlConfig(holdout=holdout))
+    if holdout:
+        held = ds.manifest["counts"]["quarantined_by_reason"].get("held_out", 0)
+        progress(f"      held out for the race: {held} arrivals from {holdout[0]} (never trained on)")
     progress(f"      dataset {ds.name}/{ds.version} ({'created' if ds.created else 'already there'})")
 
     results = []
     for family, n in settings.samples.items():
         if n <= 0:
             continue
-        progress(f"[2/5] tune {family}: {n} BayesOpt trials, each a Ray Train run")
+        progress(f"[2/{stages}] tune {family}: {n} BayesOpt trials, each a Ray Train run")
         ts = TuneSettings(
             family=family,
             num_samples=n,
@@ -57,7 +62,7 @@ def run(
     if not results:
         raise ConfigError("pipeline: no model family has trials (samples are all 0)")
 
-    progress("[3/5] distill: the best model teaches a small MLP (Ray Data labels, Ray Train fits)")
+    progress(f"[3/{stages}] distill: the best model teaches a small MLP (Ray Data labels, Ray Train fits)")
     teacher_dir = distill.pick_teacher([r["model_dir"] for r in results])
     dnn_ref = next((r["model_dir"] for r in results if r["family"] == "dnn"), None)
     comp = distill.run(
@@ -73,7 +78,7 @@ def run(
         f"(teacher {comp['eval']['teacher']['overall']['mae']:.1f} s)"
     )
 
-    progress("[4/5] register: teacher and student go into the registry with their test metrics")
+    progress(f"[4/{stages}] register: teacher and student go into the registry with their test metrics")
     reg = Registry(settings.registry or root, settings.model_name)
     versions = {}
     for label, folder in (("teacher", Path(teacher_dir)), ("student", Path(comp["student_dir"]))):
@@ -83,8 +88,13 @@ def run(
     )
     candidate = versions[pick]["version"]
 
-    progress(f"[5/5] promote: candidate {pick} {candidate} against production on {settings.metric}")
+    progress(f"[5/{stages}] promote: candidate {pick} {candidate} against production on {settings.metric}")
     decision = reg.promote(candidate, metric=settings.metric, rescore=dataset_rescorer(reg, root))
+    race_summary = None
+    if settings.race:
+        production = (reg.production() or {}).get("version")
+        progress(f"[6/6] race: production {production} against MBTA's own predictions, {settings.race.start} on")
+        race_summary = _race(settings.race, reg, production, root / "race" / production)
     return {
         "dataset": {"name": ds.name, "version": ds.version, "created": ds.created, "counts": ds.manifest["counts"]},
         "tune": results,
@@ -94,4 +104,15 @@ def run(
         "decision": decision.as_dict(),
         "production": reg.production(),
         "registry": reg.base,
+        "race": race_summary,
     }
+
+
+def _race(race_settings, reg: Registry, version: str, out: Path) -> dict:
+    from mbta_ray.realtime import race
+    from mbta_ray.serve.inference import ModelRunner
+
+    runner = ModelRunner(reg.fetch(version), version=version)
+    start, until = (race.parse_time(t, "race window") for t in (race_settings.start, race_settings.until))
+    result = race.run(race_settings.vehicle_positions, race_settings.trip_updates, runner, out, start, until)
+    return {**result.summary, "out": str(out)}

@@ -99,6 +99,8 @@ class Reason(str, Enum):
     NOT_AN_ARRIVAL = "not_an_arrival"
     DUPLICATE_EVENT = "duplicate_event"
     ARRIVAL_OUT_OF_ORDER = "arrival_out_of_order"
+    #: Not bad: inside the ETL's holdout window, kept out so a race over it is honest.
+    HELD_OUT = "held_out"
 
 
 # --- examples: (u -> s) pairs -------------------------------------------------------------------

@@ -22,6 +22,8 @@ class ValidationConfig:
 
     #: |actual - scheduled| beyond this is a schedule mismatch or a broken clock, not a delay.
     max_abs_delay_s: float = MAX_ABS_DELAY_S
+    #: Events arriving in [from, until) (UTC ISO times) are held out: kept for a race, never trained on.
+    holdout: tuple[str, str] | None = None
 
 
 def _flag(df: pd.DataFrame, mask: pd.Series, reason: Reason, detail: str | pd.Series) -> None:
@@ -50,6 +52,10 @@ def check_rows(df: pd.DataFrame, config: ValidationConfig, stops: Stops | None) 
         + delay.round().astype("Int64").astype("string").fillna("")
         + f" s beyond +/-{config.max_abs_delay_s:.0f} s",
     )
+    if config.holdout is not None:
+        start, until = (pd.Timestamp(t) for t in config.holdout)
+        held = (df["actual_arrival"] >= start) & (df["actual_arrival"] < until)
+        _flag(df, held, Reason.HELD_OUT, f"arrival in the holdout window {config.holdout[0]} .. {config.holdout[1]}")
     if stops is not None:
         gtfs_rows = df["source"].map(lambda s: READERS[s].gtfs_stop_ids)
         unknown = gtfs_rows & df["stop_id"].notna() & ~stops.known(df["stop_id"])

@@ -109,6 +109,13 @@ def test_same_inputs_is_a_noop_and_config_changes_the_version(ray_local, tiny):
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert [i["sha256"] for i in manifest["inputs"]] == [sources.inspect_input(p).sha256 for p in tiny["inputs"]]
     assert manifest["config"]["k"] == 2 and manifest["feature_code_version"]
+    # A holdout window (a race's) is another version: its arrivals are quarantined as held_out.
+    window = (pd.Timestamp(BASE + 3000, unit="s", tz="UTC").isoformat(), "2024-02-07T17:00:00Z")
+    held = ingest(tiny["inputs"], root=tiny["root"], config=EtlConfig(k=2, holdout=window), stops_path=tiny["stops"])
+    raw = pd.concat(pd.read_parquet(p) for p in tiny["inputs"])
+    expected = int(raw["stop_timestamp"].between(BASE + 3000, BASE + 3600 - 1).sum())
+    assert held.version not in listed and expected > 0
+    assert held.manifest["counts"]["quarantined_by_reason"]["held_out"] == expected
 
 
 def test_failure_mid_write_leaves_no_half_version(ray_local, tiny, monkeypatch):
@@ -148,7 +155,7 @@ def embedded(ray_local, tmp_path_factory):
 def test_embedded_real_data_ingest(embedded):
     """All three real sources are read, every row accounted for, trips never cross splits."""
     c = embedded.manifest["counts"]
-    assert c["rows_in"] == 10_000 + 40_273 + 155_166
+    assert c["rows_in"] == 44_198 + 40_273 + 155_166  # the whole LAMP day, TransitMaster, the GTFS-rt hour
     assert c["rows_in"] == c["rows_out"] + c["quarantined"]
     assert c["examples"] == c["examples_expected"] > 100_000
     assert {"missing_actual_arrival", "non_revenue", "not_an_arrival", "duplicate_event"} <= set(

@@ -335,7 +335,7 @@ _events = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_events, st.integers(0, 800))
 def test_nothing_after_t_changes_an_answer_at_t(events, t):
     """The state fed everything answers at t exactly as one fed only what was published by t."""

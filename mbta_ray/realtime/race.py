@@ -267,7 +267,11 @@ def run(
     cut = end is None or end > last_allowed + 1
     summary = {
         "model_version": runner.version,
-        "window": {"from": _iso(at[0]), "until": _iso(at[-1] + 1), "moments": int(len(at))},
+        "window": {
+            "from": _iso(start if start is not None else at[0]),
+            "until": _iso(min(end, last_allowed + 1) if end is not None else at[-1] + 1),
+            "moments": int(len(at)),
+        },
         "window_cut": (
             f"moments end at {_iso(last_allowed)}, 30 min before the VehiclePositions end ({_iso(data_end)})"
             if cut

@@ -102,8 +102,15 @@ def _earlier(a: tuple, b: tuple) -> bool:
     return a[0] < b[0]
 
 
+def _position_order(p: tuple) -> tuple:
+    """Latest vehicle timestamp first; ties (two reports of one moment) broken on the report's own
+    fields, so the answer never depends on the order reports were fed in."""
+    num = [-math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in (p[8], p[9], p[10])]
+    return (p[0], num[0], str(p[7]), str(p[6]), str(p[3] or ""), num[1], num[2])
+
+
 def _later(a: tuple, b: tuple) -> bool:
-    return a[0] > b[0]
+    return _position_order(a) > _position_order(b)
 
 
 class NetworkState:
@@ -217,10 +224,13 @@ class NetworkState:
         """Trips with a position report known at t (trips in progress, or done)."""
         return (key for key, reports in self._positions.items() if reports.known and reports.known[0] <= t)
 
-    def _recent_at_stop(self, route, direction, stop, t) -> Iterator[tuple[str, Arrival]]:
-        """Other trips' arrivals at ``stop`` known at t, most recently known first."""
+    def _recent_at_stop(self, route, direction, stop, t, max_age_s: float = math.inf) -> Iterator[tuple[str, Arrival]]:
+        """Trips' arrivals at ``stop`` known at t, most recently published first, back to reports
+        published ``max_age_s`` before t (an arrival is never later than its report)."""
         known_list, entries = self._at_stop.get((route, direction, stop), ([], []))
         for i in range(bisect.bisect_right(known_list, t) - 1, -1, -1):
+            if t - known_list[i] > max_age_s:
+                break
             key, visit = entries[i]
             arrival = self._arrival(key, visit, t)
             if arrival is not None:
@@ -238,31 +248,24 @@ class NetworkState:
         max_age_s: float = 3 * 3600,
     ) -> list[Traversal]:
         """The last ``n`` other trips that went ``from_stop`` -> ``to_stop`` with both arrivals known at
-        t (most recent arrival at ``to_stop`` first), within ``max_age_s`` of t."""
+        t (most recent arrival at ``to_stop`` first), arriving there within ``max_age_s`` of t."""
         found: dict[str, Traversal] = {}
-        for key, at_s in self._recent_at_stop(route_id, direction_id, to_stop, t):
-            if t - at_s.time > max_age_s and len(found) >= n:
-                break
+        for key, at_s in self._recent_at_stop(route_id, direction_id, to_stop, t, max_age_s):
             if key == exclude or key in found or t - at_s.time > max_age_s:
                 continue
             at_u = self.arrival_at(key, from_stop, t)
-            if at_u is None or at_u.time > at_s.time:
-                continue
-            if at_u.time == at_s.time and at_u.stop_id == at_s.stop_id:
+            if at_u is None or at_u.time > at_s.time or (at_u.time == at_s.time and at_u.stop_id == at_s.stop_id):
                 continue
             found[key] = Traversal(key, at_s.time, float(at_s.time - at_u.time), float(t - at_s.time))
-            if len(found) >= 3 * n:  # known order ~ time order: a few extra, then sort
-                break
-        return sorted(found.values(), key=lambda tr: -tr.arrived)[:n]
+        # Ties broken on the trip, so the answer never depends on the order reports were fed in.
+        return sorted(found.values(), key=lambda tr: (-tr.arrived, tr.trip_key))[:n]
 
     def last_passed(
         self, route_id: str, direction_id: int | None, stop_id: str, t: float, exclude: str | None = None
     ) -> Arrival | None:
         """The latest arrival at ``stop_id`` by another trip on the route and direction, known at t."""
-        best: Arrival | None = None
-        for seen, (key, arrival) in enumerate(self._recent_at_stop(route_id, direction_id, stop_id, t)):
-            if key != exclude and (best is None or arrival.time > best.time):
-                best = arrival
-            if seen >= 8 and best is not None:
-                break
-        return best
+        best: tuple | None = None
+        for key, arrival in self._recent_at_stop(route_id, direction_id, stop_id, t, max_age_s=6 * 3600):
+            if key != exclude and (best is None or (arrival.time, key) > (best[0].time, best[1])):
+                best = (arrival, key)
+        return best[0] if best else None

@@ -1,0 +1,102 @@
+"""The race: the production model vs MBTA's own published predictions vs the recent-segment rule.
+
+    python bench/race.py [--root artifacts] [--model VERSION] [--vehicle-positions F...]
+                         [--trip-updates F...] [--from ISO] [--until ISO] [--no-record]
+
+Defaults: the embedded GTFS-realtime hour (2023-05-08 12 UTC) with moments 12:20-12:30 UTC, which
+`make run` holds out of the dataset, and the production model under --root. Runs `mbta_ray.realtime.
+race.run` (the code behind `mbta-ray race`) and appends the table, row accounting, coverage and wall
+time to bench/RESULTS.md. Goal (issue 14): MAE below MBTA's and "accurate" share at or above MBTA's
+in every horizon bin, coverage >= 99 % of the rows in scope, the whole race in under 5 minutes for an
+hour of feed on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from mbta_ray.paths import DEFAULT_RACE_WINDOW, GTFSRT_TRIP_UPDATES, GTFSRT_VEHICLE_POSITIONS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(ROOT / "artifacts"))
+    ap.add_argument("--model", default=None, help="registry version (default: production)")
+    ap.add_argument("--vehicle-positions", nargs="+", default=[str(GTFSRT_VEHICLE_POSITIONS)])
+    ap.add_argument("--trip-updates", nargs="+", default=[str(GTFSRT_TRIP_UPDATES)])
+    ap.add_argument("--from", dest="start", default=DEFAULT_RACE_WINDOW[0])
+    ap.add_argument("--until", default=DEFAULT_RACE_WINDOW[1])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "race"))
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args()
+
+    from mbta_ray.realtime import race
+    from mbta_ray.registry import Registry
+    from mbta_ray.serve.inference import ModelRunner
+
+    reg = Registry(args.root)
+    version = args.model or (reg.production() or {}).get("version")
+    if not version:
+        sys.exit(f"no production model under {args.root}: run `make run` first")
+    runner = ModelRunner(reg.fetch(version), version=version)
+    result = race.run(
+        args.vehicle_positions,
+        args.trip_updates,
+        runner,
+        args.out,
+        race.parse_time(args.start, "--from"),
+        race.parse_time(args.until, "--until"),
+    )
+    lines = report(result.summary)
+    print("\n".join(lines))
+    if not args.no_record:
+        from results_md import append
+
+        meta = runner.metadata
+        append(
+            f"Race of {version} ({meta.get('family')}, dataset {(meta.get('dataset') or {}).get('version')}) "
+            f"against MBTA's published predictions, window {result.summary['window']['from']} .. "
+            f"{result.summary['window']['until']}.",
+            lines,
+        )
+
+
+def report(s: dict) -> list[str]:
+    """The race table as markdown, then rows, coverage and whether each goal is met."""
+    from mbta_ray.realtime.race import METHODS
+
+    lines = [
+        "| MBTA horizon | n | " + " | ".join(f"{m} MAE (s) / accurate" for m in METHODS) + " |",
+        "|---|---|" + "---|" * len(METHODS),
+    ]
+    beats = []
+    for b in s["bins"]:
+        cells = []
+        for m in METHODS:
+            e = b[m]
+            extra = f" (n={e['n']})" if "n" in e else ""
+            cells.append("-" if e["mae"] is None else f"{e['mae']:.1f} / {100 * e['accurate']:.1f}%{extra}")
+        lines.append(f"| {b['bin']} | {b['n']} | " + " | ".join(cells) + " |")
+        if b["n"]:
+            beats.append(b["model"]["mae"] < b["mbta"]["mae"] and b["model"]["accurate"] >= b["mbta"]["accurate"])
+    r = s["rows"]
+    lines += [
+        "",
+        f"Rows: {r['mbta_matched']} MBTA predictions 0-30 min ahead at {s['window']['moments']} moments, "
+        f"{r['in_scope']} in scope, {r['scored']} scored, {r['not_started']} not started; left out: "
+        f"{s['rows_left_out']}. Coverage: model {100 * s['coverage']:.1f}%, recent-segment rule "
+        f"{100 * s['recent_segment_coverage']:.1f}%. Race wall time {s['seconds']} s.",
+        f"Goal (beat MBTA in every bin, coverage >= 99%): "
+        f"{'met' if beats and all(beats) and s['coverage'] >= 0.99 else 'NOT met'} "
+        f"(model beats MBTA in {sum(beats)} of {len(beats)} bins with rows).",
+    ]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
