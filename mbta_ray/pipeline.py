@@ -38,7 +38,7 @@ def run(
     ds = etl.ingest(settings.inputs, root=root, config=EtlConfig(holdout=holdout))
     if holdout:
         held = ds.manifest["counts"]["quarantined_by_reason"].get("held_out", 0)
-        progress(f"      held out for the race: {held} arrivals from {holdout[0]} (never trained on)")
+        progress(f"      held out for the race: {held} arrival reports from {holdout[0]} on (never trained on)")
     progress(f"      dataset {ds.name}/{ds.version} ({'created' if ds.created else 'already there'})")
 
     results = []
