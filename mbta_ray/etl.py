@@ -52,6 +52,9 @@ from mbta_ray.features import (
 from mbta_ray.gtfs import Stops
 from mbta_ray.models.bundle import SEGMENT_MEDIANS_FILE
 from mbta_ray.paths import DEFAULT_INPUTS, DEFAULT_STOPS
+from mbta_ray.realtime.features import observations_from_events, realtime_features
+from mbta_ray.realtime.state import NetworkState
+from mbta_ray.realtime.state import trip_key as state_trip_key
 from mbta_ray.runtime import ensure_ray
 from mbta_ray.schema import (
     EXAMPLE_SCHEMA,
@@ -64,6 +67,7 @@ from mbta_ray.schema import (
     conform,
 )
 from mbta_ray.sources import InputFile, inspect_input, plan_pieces, read_piece
+from mbta_ray.timeutil import epoch_seconds
 from mbta_ray.validate import ValidationConfig, check_rows, check_trips, trip_keys
 
 #: Events after the trip checks carry these besides the quarantine schema's columns.
@@ -113,8 +117,17 @@ def _row_checks(table: pa.Table, config: ValidationConfig, stops: Stops | None, 
     df = check_rows(df, config, stops)
     keys = trip_keys(df)
     df[TRIP_KEY] = keys
-    # Stable across processes (unlike hash()): every event of a trip lands in the same bucket.
-    df["bucket"] = (pd.util.hash_array(keys.fillna("").to_numpy(dtype=object)) % buckets).astype("int64")
+    # Stable across processes (unlike hash()): every event of a route, direction and service day
+    # lands in the same bucket, so its trips stay whole and the real-time features see the other
+    # vehicles of the line.
+    line_day = (
+        df["route_id"].astype("string")
+        + "|"
+        + df["direction_id"].astype("string")
+        + "|"
+        + df["service_date"].astype("string")
+    )
+    df["bucket"] = (pd.util.hash_array(line_day.fillna("").to_numpy(dtype=object)) % buckets).astype("int64")
     return conform(pa.Table.from_pandas(df, preserve_index=False), _WORK_SCHEMA)
 
 
@@ -202,11 +215,39 @@ def _trip_ranges(trip: np.ndarray, size: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def line_state(events: pd.DataFrame) -> NetworkState:
+    """The network state of a bucket's lines (routes, directions, days), each event known at its arrival."""
+    state = NetworkState()
+    state.observe(observations_from_events(events))
+    return state
+
+
+def realtime_for_pairs(pairs: pd.DataFrame, state: NetworkState) -> pd.DataFrame:
+    """The pairs with their real-time features, each as of its prediction moment (the arrival at u)."""
+    arrival_u = epoch_seconds(pairs["actual_arrival_u"])
+    service = pd.to_datetime(pairs["service_date"]).dt.strftime("%Y%m%d")
+    queries = pd.DataFrame(
+        {
+            "trip_key": [state_trip_key(*k) for k in zip(service, pairs["route_id"], pairs["trip_id"])],
+            "route_id": pairs["route_id"].to_numpy(),
+            "direction_id": pairs["direction_id"].to_numpy(),
+            "from_stop_id": pairs["from_stop_id"].to_numpy(),
+            "from_stop_sequence": pairs["from_stop_sequence"].to_numpy(dtype="float64"),
+            "to_stop_id": pairs["to_stop_id"].to_numpy(),
+            "arrival_u": arrival_u.to_numpy(),
+            "moment": arrival_u.to_numpy(),
+        },
+        index=pairs.index,
+    )
+    return pairs.join(realtime_features(state, queries))
+
+
 def _examples(df: pd.DataFrame, k: int, cutoffs: dict, stops: Stops | None, medians: pd.DataFrame) -> pa.Table:
     events = _sorted_trips(df)
+    state = line_state(events)
     tables = []
     for lo, hi in _trip_ranges(events[TRIP_KEY].to_numpy(), _PAIR_CHUNK_EVENTS):
-        pairs = pair_events(events.iloc[lo:hi], k)
+        pairs = realtime_for_pairs(pair_events(events.iloc[lo:hi], k), state)
         feats = compute_features(pairs, stops, medians)
         out = example_frame(feats).assign(split=assign_splits(feats, cutoffs).to_numpy())
         tables.append(conform(pa.Table.from_pandas(out, preserve_index=False), _SPLIT_EXAMPLE_SCHEMA))

@@ -147,7 +147,27 @@ def compute_features(
     if "actual_arrival_s" in out.columns:
         out[TARGET] = (pd.to_datetime(out["actual_arrival_s"], utc=True) - arrival_u).dt.total_seconds()
     out = add_segment_medians(out, segment_medians)
-    return out
+    return add_realtime_defaults(out)
+
+
+#: The real-time feature values of a row that has none (a prediction at the arrival at u, nothing
+#: known about other vehicles): what a client that sends no real-time input gets.
+REALTIME_DEFAULTS = {
+    "recent_travel_s": np.nan,
+    "recent_travel_n": 0.0,
+    "recent_travel_age_s": np.nan,
+    "elapsed_s": 0.0,
+    "headway_ahead_s": np.nan,
+}
+
+
+def add_realtime_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """The real-time columns as float64, filled with ``REALTIME_DEFAULTS`` where absent or null
+    (the ETL and the race compute them with ``realtime.features``; a request may send them)."""
+    for col, default in REALTIME_DEFAULTS.items():
+        values = pd.to_numeric(df[col], errors="coerce") if col in df.columns else pd.Series(np.nan, index=df.index)
+        df[col] = values.astype("float64").fillna(default) if not np.isnan(default) else values.astype("float64")
+    return df
 
 
 def median_lookup(medians: pd.DataFrame) -> pd.Series:
@@ -183,14 +203,21 @@ def travel_prior(df: pd.DataFrame, fallback_s: float) -> np.ndarray:
     """A prior travel time u -> s that the models learn a correction to (seconds, float64).
 
     Persistence (scheduled s - scheduled u, i.e. the delay at u carries over) where both stops have
-    a schedule, else the training split's median for the segment, else ``fallback_s``. Learning the
+    a schedule, else the other vehicles' recent u -> s time known at the moment, else the training
+    split's median for the segment, else ``fallback_s``. Learning the
     residual from this prior, instead of travel time from scratch, is what lets a model beat the
     persistence baseline on held-out hours: the prior carries the schedule's per-segment knowledge
     to segments and times of day the training rows cover thinly.
     """
     sched = pd.to_numeric(df["scheduled_seconds_ahead"], errors="coerce").to_numpy(dtype="float64")
     hist = pd.to_numeric(df[HIST_MEDIAN], errors="coerce").to_numpy(dtype="float64")
-    prior = np.where(np.isfinite(sched), sched, hist)
+    recent = (
+        pd.to_numeric(df["recent_travel_s"], errors="coerce").to_numpy(dtype="float64")
+        if "recent_travel_s" in df.columns
+        else np.full(len(df), np.nan)
+    )
+    # Without a schedule, what other vehicles did minutes ago beats a historical median.
+    prior = np.where(np.isfinite(sched), sched, np.where(np.isfinite(recent), recent, hist))
     return np.where(np.isfinite(prior), prior, float(fallback_s))
 
 
@@ -214,6 +241,7 @@ __all__ = [
     "segment_medians",
     "expected_pair_count",
     "add_segment_medians",
+    "add_realtime_defaults",
     "median_lookup",
     "example_frame",
 ]

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 #: Bump when the feature code changes in a way that changes its output: it is part of a dataset
 #: version hash, so old datasets are never silently mixed with new features.
-FEATURE_CODE_VERSION = "1"
+FEATURE_CODE_VERSION = "2"
 
 #: Local time of every MBTA source (schedules and service days are local wall-clock time).
 TIMEZONE = "America/New_York"
@@ -148,6 +148,24 @@ FEATURES: tuple[Feature, ...] = (
         pa.float64(),
         Kind.NUMERIC,
         "median travel u -> s per (route, u, s) in the training split",
+        True,
+    ),
+    # Real time: what the network state knew at the prediction moment (realtime/features.py).
+    Feature(
+        "recent_travel_s",
+        pa.float64(),
+        Kind.NUMERIC,
+        "median u -> s travel of the last 5 other vehicles, known at the moment",
+        True,
+    ),
+    Feature("recent_travel_n", pa.float64(), Kind.NUMERIC, "how many other vehicles that median has (0-5)"),
+    Feature("recent_travel_age_s", pa.float64(), Kind.NUMERIC, "seconds since the latest of them reached s", True),
+    Feature("elapsed_s", pa.float64(), Kind.NUMERIC, "seconds from the arrival at u to the prediction moment"),
+    Feature(
+        "headway_ahead_s",
+        pa.float64(),
+        Kind.NUMERIC,
+        "arrival at u - the previous vehicle's arrival at u (route, direction)",
         True,
     ),
 )

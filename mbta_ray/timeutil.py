@@ -62,3 +62,8 @@ def tod_sin_cos(service_seconds: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Cyclical encoding of the time of day (24 h period, so 25:00 encodes like 01:00)."""
     angle = 2 * np.pi * (service_seconds.to_numpy(dtype="float64") % _SECONDS_PER_DAY) / _SECONDS_PER_DAY
     return np.sin(angle), np.cos(angle)
+
+
+def epoch_seconds(when: pd.Series) -> pd.Series:
+    """UTC timestamps (any resolution) as whole epoch seconds (int64), floored."""
+    return ((pd.to_datetime(when, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")

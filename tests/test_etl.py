@@ -13,7 +13,7 @@ from conftest import lamp_rows, write_lamp
 
 from mbta_ray import etl, sources, versioning
 from mbta_ray.etl import EtlConfig, ingest
-from mbta_ray.schema import EXAMPLE_SCHEMA, QUARANTINE_SCHEMA, SPLITS
+from mbta_ray.schema import EXAMPLE_SCHEMA, FEATURE_CODE_VERSION, QUARANTINE_SCHEMA, SPLITS
 
 BASE = 1707321600  # 2024-02-07T16:00:00Z = 11:00 EST on the service day 2024-02-07
 
@@ -209,4 +209,74 @@ def test_code_changes_make_a_new_version():
     """The dataset version covers the readers' and features' code, not only a hand-bumped number."""
     inputs, config = [("lamp", "ab" * 32)], EtlConfig().version_dict()
     assert versioning.compute_version(inputs, config, "1+aaa") != versioning.compute_version(inputs, config, "1+bbb")
-    assert etl.code_version().startswith("1+")
+    assert etl.code_version().startswith(FEATURE_CODE_VERSION + "+")
+
+
+REALTIME = ["recent_travel_s", "recent_travel_n", "recent_travel_age_s", "elapsed_s", "headway_ahead_s"]
+
+
+def _realtime_trips(tmp_path: Path, late_shift: int = 0, cut: int = 0) -> dict:
+    """Twelve Red-line trips of 6 stops, 5 minutes apart and with varied running times; trips
+    starting at or after ``cut`` s run ``late_shift`` s slower between stops (what happens later)."""
+    trips = []
+    for i in range(12):
+        start = 300 * i
+        slower = late_shift if start >= cut else 0
+        stops = []
+        t = start
+        for j in range(6):
+            stops.append((f"S{j}", 10 * (j + 1), BASE + t, 11 * 3600 + 120 * j + start))
+            t += 100 + 7 * ((i * 3 + j) % 5) + slower
+        trips.extend(lamp_rows(f"R{i}", "Red", stops))
+    path = write_lamp(tmp_path / f"rt-{late_shift}.parquet", trips)
+    return {"inputs": [str(path)], "stops": _stops(tmp_path / "stops.parquet", [f"S{j}" for j in range(6)])}
+
+
+def _examples_of(result) -> pd.DataFrame:
+    return pd.concat([_read_split(result.path, s) for s in SPLITS], ignore_index=True)
+
+
+def test_realtime_features_in_the_dataset_equal_the_state_and_never_look_ahead(ray_local, tmp_path):
+    """Parity: the ETL's real-time features (Ray Data, grouped by route, direction and day) equal
+    what a NetworkState built from the same events answers at each example's moment. Leak: making
+    every trip that starts after a moment run slower changes no feature at that moment."""
+    from mbta_ray.realtime.features import observations_from_events, realtime_features
+    from mbta_ray.realtime.state import NetworkState, trip_key
+    from mbta_ray.sources import read_file
+    from mbta_ray.timeutil import epoch_seconds
+
+    data = _realtime_trips(tmp_path)
+    result = ingest(data["inputs"], root=tmp_path / "art", config=EtlConfig(k=3), stops_path=data["stops"])
+    ex = _examples_of(result).sort_values(["trip_key", "from_stop_sequence", "stops_ahead"], ignore_index=True)
+    assert (ex["recent_travel_n"] > 0).mean() > 0.5 and ex["headway_ahead_s"].notna().mean() > 0.5
+    assert (ex["elapsed_s"] == 0).all()
+
+    events = read_file(data["inputs"][0]).to_pandas()
+    state = NetworkState()
+    state.observe(observations_from_events(events))
+    moment = epoch_seconds(ex["actual_arrival_u"])
+    queries = pd.DataFrame(
+        {
+            "trip_key": [trip_key("20240207", "Red", t) for t in ex["trip_id"]],
+            "route_id": ex["route_id"],
+            "direction_id": ex["direction_id"],
+            "from_stop_id": ex["from_stop_id"],
+            "from_stop_sequence": ex["from_stop_sequence"].astype("float64"),
+            "to_stop_id": ex["to_stop_id"],
+            "arrival_u": moment,
+            "moment": moment,
+        }
+    )
+    pd.testing.assert_frame_equal(ex[REALTIME], realtime_features(state, queries)[REALTIME], check_dtype=False)
+
+    cut = 300 * 6  # trips R6.. start at or after this
+    (tmp_path / "slow").mkdir()
+    slower = _realtime_trips(tmp_path / "slow", late_shift=40, cut=cut)
+    changed = ingest(slower["inputs"], root=tmp_path / "art2", config=EtlConfig(k=3), stops_path=slower["stops"])
+    ex2 = _examples_of(changed).sort_values(["trip_key", "from_stop_sequence", "stops_ahead"], ignore_index=True)
+    before = epoch_seconds(ex["actual_arrival_u"]) < BASE + cut
+    assert (
+        before.sum() > 20
+        and (ex2.loc[~before.to_numpy(), REALTIME] != ex.loc[~before.to_numpy(), REALTIME]).any().any()
+    )
+    pd.testing.assert_frame_equal(ex2.loc[before.to_numpy(), REALTIME], ex.loc[before.to_numpy(), REALTIME])

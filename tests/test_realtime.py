@@ -472,9 +472,18 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     rule = {b: bins[b]["recent_segment"] for b in bins}
     assert rule["0-3 min"]["mae"] == 20.0 and rule["0-3 min"]["bias"] == -20.0  # 725 vs 740, 925 vs 950
     assert rule["3-6 min"]["mae"] == 35.0 and rule["6-12 min"]["bias"] == -45.0  # 910/950, 1050/1080; 1035/1080
-    # The model: what the API answers for the same vehicle (u and its stops ahead in order).
+    # The model: what the API answers for the same vehicle (u, its stops ahead in order, and the
+    # real-time inputs worked out by hand from t1 and t2: recent travel (median, n, age), headway).
     rows = result.rows.set_index(["feed_timestamp", "stop_id"])
-    for moment, u, at_u, ahead in ((680, "A", 600, "BCD"), (800, "B", 740, "CD")):
+    vp_feed, tu_feed = feeds.read_vehicle_positions([vp]), feeds.read_trip_updates([tu])
+    state = NetworkState()
+    state.observe(vp_feed.frame)
+    race_requests, _ = race.model_requests(result.rows, tu_feed.frame, state, runner)
+    cases = (
+        (680, "A", 600, 400.0, {"B": (125.0, 350.0), "C": (310.0, 160.0), "D": (435.0, 30.0)}),
+        (800, "B", 740, 410.0, {"C": (185.0, 280.0), "D": (310.0, 150.0)}),
+    )
+    for moment, u, at_u, headway, ahead in cases:
         request = PredictRequest.model_validate(
             {
                 "route_id": "Red",
@@ -482,10 +491,18 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
                 "stop_id": u,
                 "trip_id": "t3",
                 "actual_arrival": pd.Timestamp(RACE_T0 + at_u, unit="s", tz="UTC").isoformat(),
-                "stops_ahead": [{"stop_id": x} for x in ahead],
+                "moment": pd.Timestamp(RACE_T0 + moment, unit="s", tz="UTC").isoformat(),
+                "headway_ahead_seconds": headway,
+                "stops_ahead": [
+                    {"stop_id": x, "recent_travel": {"median_seconds": m, "vehicles": 2, "age_seconds": age}}
+                    for x, (m, age) in ahead.items()
+                ],
             }
         )
         (answer,) = runner.predict([request])
+        assert answer.missing_inputs == []
+        raced = [r for r in race_requests if r.moment.timestamp() == RACE_T0 + moment]
+        pd.testing.assert_frame_equal(runner.features(raced), runner.features([request]), check_like=True)
         for p in answer.predictions:
             expected = max(RACE_T0 + moment, p.predicted_arrival.timestamp())
             assert rows.loc[(RACE_T0 + moment, p.stop_id), "model"] == pytest.approx(expected)
@@ -511,3 +528,71 @@ def test_the_race_window_and_its_errors(tmp_path):
     assert (
         race.parse_time("2023-05-08T12:00:00Z", "--from") == RACE_T0 == race.parse_time("2023-05-08T08:00-04:00", "x")
     )
+
+
+# --- real-time features ---------------------------------------------------------------------------
+
+
+def _queries(rows: list[tuple]) -> pd.DataFrame:
+    """(trip, u, u sequence, s, arrival at u offset, moment offset) -> query rows."""
+    return pd.DataFrame(
+        [
+            {"trip_key": key(trip), "route_id": "Red", "direction_id": 0, "from_stop_id": u,
+             "from_stop_sequence": float(seq), "to_stop_id": s, "arrival_u": T0 + a_u, "moment": T0 + at}
+            for trip, u, seq, s, a_u, at in rows
+        ]
+    )  # fmt: skip
+
+
+def test_realtime_features_by_hand():
+    from mbta_ray.realtime.features import realtime_features
+
+    s = NetworkState()
+    s.observe(vp([(0, "t1", "STOPPED_AT", "A", 1), (100, "t1", "STOPPED_AT", "B", 2),
+                  (300, "t2", "STOPPED_AT", "A", 1), (420, "t2", "STOPPED_AT", "B", 2),
+                  (600, "t3", "STOPPED_AT", "A", 1), (750, "t3", "STOPPED_AT", "B", 2)]))  # fmt: skip
+    got = realtime_features(s, _queries([("t3", "A", 1, "B", 600, 605), ("t3", "A", 1, "B", 600, 700),
+                                         ("t2", "A", 1, "B", 300, 305), ("t1", "A", 1, "B", 0, 5)]))  # fmt: skip
+    assert got.iloc[0].to_dict() == {
+        "recent_travel_s": 110.0,  # t1 100 s, t2 120 s
+        "recent_travel_n": 2.0,
+        "recent_travel_age_s": 605.0 - 420.0,
+        "elapsed_s": 5.0,
+        "headway_ahead_s": 300.0,  # t2 left A 300 s before t3
+    }
+    assert got.iloc[1]["elapsed_s"] == 100.0 and got.iloc[1]["recent_travel_n"] == 2.0
+    assert got.iloc[2][["recent_travel_s", "recent_travel_n", "headway_ahead_s"]].tolist() == [100.0, 1.0, 300.0]
+    first = got.iloc[3]
+    assert first["recent_travel_n"] == 0.0 and np.isnan(first["recent_travel_s"]) and np.isnan(first["headway_ahead_s"])
+
+
+def test_realtime_features_from_stop_events_ignore_everything_after_the_moment():
+    """Features from the ETL's events (each known at its arrival) change nothing at t when every
+    event after t is dropped."""
+    from mbta_ray.realtime.features import observations_from_events, realtime_features
+
+    rng = np.random.default_rng(3)
+    events = []
+    for trip in range(8):
+        t = 300 * trip + int(rng.integers(0, 100))
+        for seq, stop in enumerate("ABCD", start=1):
+            events.append({"trip_id": f"t{trip}", "route_id": "Red", "direction_id": 0, "service_date": "2023-11-14",
+                           "stop_id": stop, "stop_sequence": seq, "vehicle_id": f"v{trip}",
+                           "actual_arrival": pd.Timestamp(T0 + t, unit="s", tz="UTC")})  # fmt: skip
+            t += int(rng.integers(60, 240))
+    events = pd.DataFrame(events)
+    obs = observations_from_events(events)
+    assert list(obs.columns) == list(feeds.VEHICLE_COLUMNS) and (obs["status"] == "STOPPED_AT").all()
+    full = NetworkState()
+    full.observe(obs)
+    queries = _queries([(f"t{i}", "B", 2, "D", 0, 0) for i in range(8)])
+    starts = obs[obs["stop_id"] == "B"].set_index("trip_id")["timestamp"]
+    queries["arrival_u"] = [int(starts[f"t{i}"]) for i in range(8)]
+    queries["moment"] = queries["arrival_u"] + 30
+    queries["trip_key"] = [trip_key("20231114", "Red", f"t{i}") for i in range(8)]
+    got = realtime_features(full, queries)
+    assert got["recent_travel_n"].iloc[-1] > 0
+    for i, moment in enumerate(queries["moment"]):
+        past = NetworkState()
+        past.observe(obs[obs["feed_timestamp"] <= moment])
+        pd.testing.assert_frame_equal(realtime_features(past, queries.iloc[[i]]), got.iloc[[i]])

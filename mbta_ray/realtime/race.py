@@ -9,7 +9,9 @@ predictions per row, each from what was known at the moment only:
 
 - ``mbta``: MBTA's published arrival time;
 - ``model``: the registry's model, from the trip's last arrival u known at the moment (the same
-  request the API takes: route, direction, u, its arrival, the stops ahead in order);
+  request the API takes: route, direction, u, its arrival, the stops ahead in order, and the
+  real-time inputs from the state: the moment, the headway to the vehicle ahead, each segment's
+  recent travel time by other vehicles);
 - ``recent_segment``: the last arrival at u + the median u -> s travel time of the last 5 other
   vehicles that did u -> s (known at the moment).
 A prediction for a vehicle that has not arrived is never earlier than the moment itself (for the
@@ -34,6 +36,7 @@ import pandas as pd
 from mbta_ray.errors import ConfigError, DataError
 from mbta_ray.evaluate import HORIZON_BINS, accurate_in_bins, horizon_bin
 from mbta_ray.realtime import feeds
+from mbta_ray.realtime.features import realtime_features
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.schema import mode_for_route
 
@@ -134,11 +137,24 @@ def recent_segment(scope: pd.DataFrame, state: NetworkState, n: int = RECENT_N) 
 
 
 def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner) -> np.ndarray:
-    """The model's arrival time for each row (NaN where it cannot answer), one request per trip and
-    moment: the trip's last arrival u known then, and the trip's stops after u in order."""
+    """The model's arrival time for each row (NaN where it cannot answer)."""
+    out = np.full(len(scope), np.nan)
+    requests, targets = model_requests(scope, trip_updates, state, runner)
+    if not requests:
+        return out
+    for response, (t, where) in zip(runner.predict(requests), targets, strict=True):
+        for prediction, row in zip(response.predictions, where, strict=True):
+            if row is not None:
+                out[row] = max(float(t), prediction.predicted_arrival.timestamp())
+    return out
+
+
+def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner) -> tuple[list, list]:
+    """One API request per trip and moment (the trip's last arrival u known then, its stops after u
+    in order, the real-time inputs from the state), and for each the moment and the scope row of
+    each stop ahead (None for a stop not raced)."""
     from mbta_ray.serve.schemas import PredictRequest, StopAhead
 
-    out = np.full(len(scope), np.nan)
     stop_lists = {
         k: g.sort_values("stop_sequence")
         for k, g in trip_updates[trip_updates["feed_timestamp"].isin(scope["feed_timestamp"].unique())].groupby(
@@ -161,10 +177,32 @@ def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Ne
         if not raced:
             continue
         where = where[: raced[-1] + 1]  # no stop past the last one raced
+        stop_ids = listed["stop_id"].iloc[: len(where)].tolist()
+        known = realtime_features(
+            state,
+            pd.DataFrame(
+                {
+                    "trip_key": first["trip_key"],
+                    "route_id": first["route_id"],
+                    "direction_id": first["direction_id"],
+                    "from_stop_id": last.stop_id,
+                    "from_stop_sequence": last.stop_sequence,
+                    "to_stop_id": stop_ids,
+                    "arrival_u": last.time,
+                    "moment": t,
+                }
+            ),
+        )
         ahead = [
-            StopAhead.model_construct(stop_id=stop_id, stop_sequence=None, scheduled_arrival=None)
-            for stop_id in listed["stop_id"].iloc[: len(where)]
+            StopAhead.model_construct(
+                stop_id=stop_id,
+                stop_sequence=None,
+                scheduled_arrival=None,
+                recent_travel=_recent_travel(f) if f.recent_travel_n > 0 else None,
+            )
+            for stop_id, f in zip(stop_ids, known.itertuples())
         ]
+        headway = known["headway_ahead_s"].iloc[0]
         request = PredictRequest.model_construct(
             route_id=first["route_id"],
             direction_id=int(first["direction_id"]),
@@ -179,18 +217,24 @@ def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Ne
             headway_seconds=None,
             scheduled_headway_seconds=None,
             stops_ahead=ahead,
+            moment=dt.datetime.fromtimestamp(t, dt.UTC),
+            headway_ahead_seconds=None if math.isnan(headway) else float(headway),
         )
         if runner.refusal(request) is not None:
             continue
         requests.append(request)
         targets.append((t, where))
-    if not requests:
-        return out
-    for response, (t, where) in zip(runner.predict(requests), targets, strict=True):
-        for prediction, row in zip(response.predictions, where, strict=True):
-            if row is not None:
-                out[row] = max(float(t), prediction.predicted_arrival.timestamp())
-    return out
+    return requests, targets
+
+
+def _recent_travel(f):
+    from mbta_ray.serve.schemas import RecentTravel
+
+    return RecentTravel.model_construct(
+        median_seconds=float(f.recent_travel_s),
+        vehicles=int(f.recent_travel_n),
+        age_seconds=float(f.recent_travel_age_s),
+    )
 
 
 def score(scope: pd.DataFrame, predictions: dict[str, np.ndarray]) -> list[dict]:

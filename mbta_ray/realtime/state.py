@@ -30,6 +30,10 @@ import pandas as pd
 
 from mbta_ray.realtime.feeds import STOPPED_AT
 
+#: How far a vehicle's clock may run ahead of the feed's: a report is assumed to describe an arrival
+#: no later than this after its publication (searches stop early on it).
+CLOCK_SKEW_S = 600
+
 
 def trip_key(start_date: object, route_id: object, trip_id: object) -> str:
     """The state's trip identity (the same string wherever a trip is named)."""
@@ -123,6 +127,8 @@ class NetworkState:
         self._positions: dict[str, _Reports] = {}
         # (route, direction, stop_id) -> sorted known_at, and the (trip, visit key) first seen then
         self._at_stop: dict[tuple, tuple[list[int], list[tuple[str, object]]]] = {}
+        # trip -> stop_id -> its visit keys (a loop route has two), so a stop is found without a scan
+        self._stop_visits: dict[str, dict[str, list]] = {}
         self.rows_seen = 0
 
     # --- feeding ---------------------------------------------------------------------------------
@@ -167,6 +173,7 @@ class NetworkState:
         visits = self._visits.setdefault(key, {})
         if visit not in visits:
             visits[visit] = _Reports()
+            self._stop_visits.setdefault(key, {}).setdefault(stop, []).append(visit)
             known_list, entries = self._at_stop.setdefault((route, direction, stop), ([], []))
             i = bisect.bisect_right(known_list, known)
             known_list.insert(i, known)
@@ -201,7 +208,8 @@ class NetworkState:
         if stop_sequence is not None and not math.isnan(stop_sequence) and stop_sequence in visits:
             a = self._arrival(key, stop_sequence, t)
             return a if a is not None and a.stop_id == stop_id else None
-        found = [a for a in (self._arrival(key, v, t) for v in visits) if a is not None and a.stop_id == stop_id]
+        candidates = self._stop_visits.get(key, {}).get(stop_id, ())
+        found = [a for a in (self._arrival(key, v, t) for v in candidates) if a is not None and a.stop_id == stop_id]
         return min(found, key=lambda a: a.time) if found else None
 
     def position(self, key: str, t: float) -> Position | None:
@@ -250,8 +258,15 @@ class NetworkState:
         """The last ``n`` other trips that went ``from_stop`` -> ``to_stop`` with both arrivals known at
         t (most recent arrival at ``to_stop`` first), arriving there within ``max_age_s`` of t."""
         found: dict[str, Traversal] = {}
-        for key, at_s in self._recent_at_stop(route_id, direction_id, to_stop, t, max_age_s):
-            if key == exclude or key in found or t - at_s.time > max_age_s:
+        known_list, entries = self._at_stop.get((route_id, direction_id, to_stop), ([], []))
+        for i in range(bisect.bisect_right(known_list, t) - 1, -1, -1):
+            if t - known_list[i] > max_age_s:
+                break
+            if len(found) >= n and known_list[i] + CLOCK_SKEW_S < sorted(tr.arrived for tr in found.values())[-n]:
+                break  # reports published earlier arrived earlier still: none can be among the last n
+            key, visit = entries[i]
+            at_s = self._arrival(key, visit, t)
+            if at_s is None or key == exclude or key in found or t - at_s.time > max_age_s:
                 continue
             at_u = self.arrival_at(key, from_stop, t)
             if at_u is None or at_u.time > at_s.time or (at_u.time == at_s.time and at_u.stop_id == at_s.stop_id):
@@ -261,11 +276,20 @@ class NetworkState:
         return sorted(found.values(), key=lambda tr: (-tr.arrived, tr.trip_key))[:n]
 
     def last_passed(
-        self, route_id: str, direction_id: int | None, stop_id: str, t: float, exclude: str | None = None
+        self,
+        route_id: str,
+        direction_id: int | None,
+        stop_id: str,
+        t: float,
+        exclude: str | None = None,
+        before: float | None = None,
     ) -> Arrival | None:
-        """The latest arrival at ``stop_id`` by another trip on the route and direction, known at t."""
+        """The latest arrival at ``stop_id`` by another trip on the route and direction, known at t
+        (and earlier than ``before``: the vehicle ahead of one that arrived then), within 6 h."""
         best: tuple | None = None
         for key, arrival in self._recent_at_stop(route_id, direction_id, stop_id, t, max_age_s=6 * 3600):
+            if before is not None and arrival.time >= before:
+                continue
             if key != exclude and (best is None or (arrival.time, key) > (best[0].time, best[1])):
                 best = (arrival, key)
         return best[0] if best else None

@@ -17,12 +17,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from mbta_ray.features import compute_features, median_lookup
+from mbta_ray.features import REALTIME_DEFAULTS, compute_features, median_lookup
 from mbta_ray.gtfs import Stops
 from mbta_ray.models import bundle
 from mbta_ray.paths import DEFAULT_STOPS
 from mbta_ray.schema import TIMEZONE, TM_ID_PREFIX, mode_for_route
-from mbta_ray.serve.schemas import PredictRequest, PredictResponse, StopPrediction
+from mbta_ray.serve.schemas import REALTIME_INPUTS, PredictRequest, PredictResponse, StopPrediction
 
 logger = logging.getLogger(__name__)
 _TZ = ZoneInfo(TIMEZONE)
@@ -47,7 +47,9 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
             if prev is not None and prev.scheduled_arrival is not None
             else np.nan
         )
+        moment = r.moment or r.actual_arrival
         for j, stop in enumerate(r.stops_ahead, start=1):
+            recent = stop.recent_travel
             rows.append(
                 {
                     "request": i,
@@ -65,6 +67,11 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
                     "delay_prev": delay_prev,
                     "headway_u": r.headway_seconds,
                     "scheduled_headway_u": r.scheduled_headway_seconds,
+                    "recent_travel_s": recent.median_seconds if recent else None,
+                    "recent_travel_n": recent.vehicles if recent else 0,
+                    "recent_travel_age_s": recent.age_seconds if recent else None,
+                    "elapsed_s": (moment - r.actual_arrival).total_seconds(),
+                    "headway_ahead_s": r.headway_ahead_seconds,
                 }
             )
     df = pd.DataFrame(rows)
@@ -72,9 +79,19 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
         df[col] = pd.to_datetime(df[col], utc=True)
     df["direction_id"] = df["direction_id"].astype("int8")
     df["stops_ahead"] = df["stops_ahead"].astype("int16")
-    for col in ("delay_prev", "headway_u", "scheduled_headway_u"):
+    for col in ("delay_prev", "headway_u", "scheduled_headway_u", *REALTIME_DEFAULTS):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
+
+
+def missing_inputs(request: PredictRequest) -> list[str]:
+    """The real-time inputs (``schemas.REALTIME_INPUTS``) a request did not send."""
+    sent = {
+        "moment": request.moment is not None,
+        "headway_ahead_seconds": request.headway_ahead_seconds is not None,
+        "stops_ahead[].recent_travel": any(s.recent_travel is not None for s in request.stops_ahead),
+    }
+    return [name for name in REALTIME_INPUTS if not sent[name]]
 
 
 @dataclass(frozen=True)
@@ -187,7 +204,9 @@ class ModelRunner:
     def predict(self, requests: list[PredictRequest]) -> list[PredictResponse]:
         """Predicted travel time, arrival and delay for every stop ahead of every request."""
         rows = self.features(requests)
-        travel = np.round(np.asarray(self.predict_rows(rows), dtype="float64"), 1)
+        travel = np.asarray(self.predict_rows(rows), dtype="float64")
+        # A vehicle that has not reached s by the moment arrives no earlier than the moment.
+        travel = np.round(np.maximum(travel, rows["elapsed_s"].to_numpy(dtype="float64")), 1)
         if not np.isfinite(travel).all():  # a model bug, never the client's: fail loudly
             raise RuntimeError(f"model {self.version} returned non-finite predictions")
         # Rows come out in request order, stops in order (request_pairs builds them so and the
@@ -224,6 +243,7 @@ class ModelRunner:
                     stop_id=r.stop_id,
                     model_version=self.version,
                     predictions=preds,
+                    missing_inputs=missing_inputs(r),
                 )
             )
         return out

@@ -48,6 +48,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+class RecentTravel(_Strict):
+    """What the other vehicles of the line did recently over u -> this stop (a client that follows
+    the real-time feed knows it: ``mbta_ray.realtime``)."""
+
+    median_seconds: Annotated[float, Field(ge=0, le=21_600)] = Field(
+        description="median u -> s travel time of the last vehicles that did it"
+    )
+    vehicles: Annotated[int, Field(ge=1, le=50)] = Field(description="how many vehicles that median has")
+    age_seconds: Annotated[float, Field(ge=0, le=21_600)] = Field(
+        description="how long before the prediction moment the latest of them reached this stop"
+    )
+
+
 class StopAhead(_Strict):
     """A stop the vehicle has not reached yet."""
 
@@ -56,6 +69,7 @@ class StopAhead(_Strict):
         None, description="its position on the trip (GTFS stop_sequence); a loop route visits a stop twice"
     )
     scheduled_arrival: AwareTime | None = Field(None, description="scheduled arrival at this stop, if known")
+    recent_travel: RecentTravel | None = Field(None, description="real-time input: other vehicles' recent u -> s")
 
 
 class PreviousStop(_Strict):
@@ -84,6 +98,12 @@ class PredictRequest(_Strict):
     headway_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = None
     scheduled_headway_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = None
     stops_ahead: Annotated[list[StopAhead], Field(min_length=1, max_length=MAX_STOPS_AHEAD)]
+    moment: AwareTime | None = Field(
+        None, description="real-time input: when the prediction is made (default: actual_arrival; up to 6 h after)"
+    )
+    headway_ahead_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = Field(
+        None, description="real-time input: actual_arrival - the previous vehicle's arrival at u (route, direction)"
+    )
 
     @model_validator(mode="after")
     def _times_are_consistent(self) -> PredictRequest:
@@ -100,6 +120,8 @@ class PredictRequest(_Strict):
                 raise ValueError(f"{name} is more than {MAX_SCHEDULE_GAP} from actual_arrival")
         if self.service_date is not None and abs((self.service_date - self.actual_arrival.date()).days) > 1:
             raise ValueError(f"service_date {self.service_date} is more than a day from actual_arrival")
+        if self.moment is not None and not dt.timedelta(0) <= self.moment - self.actual_arrival <= MAX_SCHEDULE_GAP:
+            raise ValueError(f"moment must be from actual_arrival to {MAX_SCHEDULE_GAP} after it")
         if self.previous_stop is not None and self.previous_stop.actual_arrival > self.actual_arrival:
             raise ValueError("previous_stop.actual_arrival is after actual_arrival at u")
         # Stops ahead are identified by their position, not their id: a loop route visits a stop
@@ -126,12 +148,20 @@ class StopPrediction(BaseModel):
     predicted_delay_seconds: float | None = Field(None, description="predicted - scheduled arrival, if scheduled")
 
 
+#: The real-time inputs a request may carry; an answer lists those it lacked (``missing_inputs``).
+REALTIME_INPUTS = ("moment", "headway_ahead_seconds", "stops_ahead[].recent_travel")
+
+
 class PredictResponse(BaseModel):
     route_id: str
     trip_id: str | None
     stop_id: str
     model_version: str
     predictions: list[StopPrediction]
+    missing_inputs: list[str] = Field(
+        default_factory=list,
+        description="real-time inputs the request lacked: the model answered from the rest (less accurately)",
+    )
 
 
 class BatchResponse(BaseModel):

@@ -75,6 +75,17 @@ def _number(value) -> float | None:
     return None if pd.isna(value) else float(value)
 
 
+def _recent(row) -> dict | None:
+    """A row's recent-travel input as the API takes it (None: no other vehicle known)."""
+    if not np.isfinite(getattr(row, "recent_travel_s", np.nan)):
+        return None
+    return {
+        "median_seconds": float(row.recent_travel_s),
+        "vehicles": int(row.recent_travel_n),
+        "age_seconds": float(row.recent_travel_age_s),
+    }
+
+
 def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Example]:
     """Up to ``n`` requests, one per sampled (trip, visit of stop u) of the split's example rows. A
     visit is a stop sequence: a loop route passes the same stop twice, and each pass is its own u."""
@@ -103,10 +114,18 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
             "headway_seconds": _number(first["headway_u"]),
             "scheduled_headway_seconds": _number(first["scheduled_headway_u"]),
             "stops_ahead": [
-                {"stop_id": s, "stop_sequence": int(q), "scheduled_arrival": _time(t)}
-                for s, q, t in zip(rows["to_stop_id"], rows["to_stop_sequence"], rows["scheduled_arrival_s"])
+                {"stop_id": s, "stop_sequence": int(q), "scheduled_arrival": _time(t), "recent_travel": _recent(r)}
+                for s, q, t, r in zip(
+                    rows["to_stop_id"], rows["to_stop_sequence"], rows["scheduled_arrival_s"], rows.itertuples()
+                )
             ],
+            # The real-time inputs the ETL computed for this moment (the arrival at u).
+            "moment": _time(first["actual_arrival_u"]),
+            "headway_ahead_seconds": _number(first["headway_ahead_s"]),
         }
+        for stop in body["stops_ahead"]:
+            if stop["recent_travel"] is None:
+                del stop["recent_travel"]
         key = (first["trip_key"], first["from_stop_sequence"])
         if key in prev.index:
             p = prev.loc[key]

@@ -1,0 +1,86 @@
+"""Real-time features of (vehicle at u, stop s, moment t) rows, from the network state known at t.
+
+One function for every caller: the ETL builds a ``NetworkState`` per route, direction and service
+day from its stop events and asks it about each example's moment; the race and the live service ask
+the state they replay or follow. The values therefore cannot differ between training and serving.
+
+- ``recent_travel_s``: median u -> s travel time of the last ``RECENT_N`` other vehicles that did
+  u -> s, both arrivals known at t (NaN: none known); ``recent_travel_n`` how many (0..N);
+  ``recent_travel_age_s`` how long before t the most recent of them reached s.
+- ``elapsed_s``: t - the arrival at u (0 for a prediction made at the arrival).
+- ``headway_ahead_s``: the arrival at u - the last arrival at u by another vehicle of the route and
+  direction before it, known at t (the headway the vehicle is running on).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from mbta_ray.realtime.feeds import STOPPED_AT, VEHICLE_COLUMNS
+from mbta_ray.realtime.state import NetworkState
+from mbta_ray.timeutil import epoch_seconds
+
+#: How many other vehicles' recent traversals the median takes (TheTransitClock uses a few).
+RECENT_N = 5
+#: Traversals older than this (at t) say nothing about now.
+RECENT_MAX_AGE_S = 3 * 3600.0
+REALTIME_FEATURES = ("recent_travel_s", "recent_travel_n", "recent_travel_age_s", "elapsed_s", "headway_ahead_s")
+#: What a query row needs.
+QUERY_COLUMNS = (
+    "trip_key",
+    "route_id",
+    "direction_id",
+    "from_stop_id",
+    "from_stop_sequence",
+    "to_stop_id",
+    "arrival_u",  # epoch s
+    "moment",  # epoch s, >= arrival_u
+)
+
+
+def realtime_features(state: NetworkState, queries: pd.DataFrame, n: int = RECENT_N) -> pd.DataFrame:
+    """The ``REALTIME_FEATURES`` of each query row (same index), each from what was known at its moment."""
+    out = {name: np.full(len(queries), np.nan) for name in REALTIME_FEATURES}
+    cols = [queries[c].tolist() for c in QUERY_COLUMNS]
+    for i, (key, route, direction, u, _, s, arrival_u, moment) in enumerate(zip(*cols, strict=True)):
+        direction = None if direction is None or direction is pd.NA else int(direction)
+        done = state.recent_travel(route, direction, u, s, moment, n=n, exclude=key, max_age_s=RECENT_MAX_AGE_S)
+        out["recent_travel_n"][i] = len(done)
+        if done:
+            out["recent_travel_s"][i] = float(np.median([d.travel_s for d in done]))
+            out["recent_travel_age_s"][i] = min(d.age_s for d in done)
+        out["elapsed_s"][i] = float(moment) - float(arrival_u)
+        ahead = state.last_passed(route, direction, u, moment, exclude=key, before=arrival_u)
+        if ahead is not None:
+            out["headway_ahead_s"][i] = float(arrival_u) - float(ahead.time)
+    return pd.DataFrame(out, index=queries.index)
+
+
+def observations_from_events(events: pd.DataFrame) -> pd.DataFrame:
+    """Canonical stop events (``schema.EVENT_SCHEMA`` columns, with a ``trip_key``-free identity) as
+    VehiclePositions rows a ``NetworkState`` takes: one STOPPED_AT report per arrival, known at the
+    arrival itself (the sources the ETL reads are published after the fact; the live feed is
+    known at its snapshot time, which the race and the service use)."""
+    seconds = epoch_seconds(events["actual_arrival"])
+    service = pd.to_datetime(events["service_date"]).dt.strftime("%Y%m%d")
+    frame = pd.DataFrame(
+        {
+            "feed_timestamp": seconds,
+            "timestamp": seconds,
+            "vehicle_id": events["vehicle_id"].astype("string") if "vehicle_id" in events else pd.NA,
+            "trip_id": events["trip_id"].astype("string"),
+            "route_id": events["route_id"].astype("string"),
+            "direction_id": pd.to_numeric(events["direction_id"]).astype("Int8"),
+            "start_date": service.astype("string"),
+            "stop_id": events["stop_id"].astype("string"),
+            "stop_sequence": pd.to_numeric(events["stop_sequence"]).astype("float64"),
+            "status": STOPPED_AT,
+            "latitude": math.nan,
+            "longitude": math.nan,
+        },
+        index=events.index,
+    )
+    return frame[list(VEHICLE_COLUMNS)]
