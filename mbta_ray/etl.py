@@ -222,8 +222,30 @@ def line_state(events: pd.DataFrame) -> NetworkState:
     return state
 
 
+#: Share of the vehicles at u whose prediction moment is drawn after the arrival (the rest are at it).
+IN_TRANSIT_SHARE = 0.5
+
+
+def prediction_moments(pairs: pd.DataFrame) -> np.ndarray:
+    """Each pair's prediction moment, epoch s: one per (trip, u), deterministic. Half are the
+    arrival at u; the other half a moment drawn uniformly between it and the arrival at the next
+    observed stop, when the vehicle has left u or is still standing there. So the models see the
+    time elapsed since u vary as a live client's moments do; what was known at such a moment is
+    what the state answers there (nothing of the trip's own later stops)."""
+    arrival_u = epoch_seconds(pairs["actual_arrival_u"]).to_numpy()
+    visit = pairs[TRIP_KEY].astype("string") + "|" + pairs["from_stop_sequence"].astype("string")
+    draw = pd.util.hash_array(visit.fillna("").to_numpy(dtype=object)) % 1_000_003 / 1_000_003
+    # Rows come grouped by (trip, u) with stops ahead ascending: the first row of a group is u -> next.
+    first = ~pd.Series(visit.to_numpy()).duplicated().to_numpy()
+    next_arrival = pd.Series(np.where(first, epoch_seconds(pairs["actual_arrival_s"]).to_numpy(), np.nan)).ffill()
+    gap = np.maximum(next_arrival.to_numpy() - arrival_u, 0)
+    later = draw < IN_TRANSIT_SHARE
+    delta = np.floor(gap * (draw / IN_TRANSIT_SHARE))  # uniform in [0, gap) given ``later``
+    return (arrival_u + np.where(later, delta, 0)).astype("int64")
+
+
 def realtime_for_pairs(pairs: pd.DataFrame, state: NetworkState) -> pd.DataFrame:
-    """The pairs with their real-time features, each as of its prediction moment (the arrival at u)."""
+    """The pairs with their real-time features, each as of its prediction moment."""
     arrival_u = epoch_seconds(pairs["actual_arrival_u"])
     service = pd.to_datetime(pairs["service_date"]).dt.strftime("%Y%m%d")
     queries = pd.DataFrame(
@@ -235,7 +257,7 @@ def realtime_for_pairs(pairs: pd.DataFrame, state: NetworkState) -> pd.DataFrame
             "from_stop_sequence": pairs["from_stop_sequence"].to_numpy(dtype="float64"),
             "to_stop_id": pairs["to_stop_id"].to_numpy(),
             "arrival_u": arrival_u.to_numpy(),
-            "moment": arrival_u.to_numpy(),
+            "moment": prediction_moments(pairs) if len(pairs) else arrival_u.to_numpy(),
         },
         index=pairs.index,
     )
