@@ -69,18 +69,11 @@ class EtlConfig:
 
 def _holdout_window(window: tuple[str, str] | list[str]) -> tuple[str, str]:
     """Two ISO times (UTC when no offset), the first before the second, normalized to UTC ISO."""
-    import datetime as dt
+    from mbta_ray.timeutil import parse_utc  # pandas: not at import time (the CLI imports this module)
 
     if len(window) != 2:
         raise ConfigError(f"holdout must be (from, until), got {window!r}")
-    out = []
-    for name, value in zip(("from", "until"), window):
-        try:
-            when = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigError(f"holdout {name} {value!r} is not an ISO time such as 2023-05-08T12:20:00Z") from None
-        when = when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-        out.append(when.astimezone(dt.UTC).isoformat())
+    out = [parse_utc(value, f"holdout {name}").isoformat() for name, value in zip(("from", "until"), window)]
     if out[1] <= out[0]:
         raise ConfigError(f"holdout until {window[1]} is not after from {window[0]}")
     return out[0], out[1]
@@ -237,8 +230,9 @@ class RaceSettings:
         last (an arrival scored is at most 30 min after its moment; a day leaves no doubt)."""
         import datetime as dt
 
-        until = dt.datetime.fromisoformat(self.until.replace("Z", "+00:00")) + dt.timedelta(days=1)
-        return self.start, until.isoformat()
+        from mbta_ray.timeutil import parse_utc
+
+        return self.start, (parse_utc(self.until, "race until") + dt.timedelta(days=1)).isoformat()
 
 
 def embedded_race() -> RaceSettings:

@@ -8,11 +8,13 @@ DST-change days it keeps wall-clock times right (08:00 scheduled is 08:00 on the
 
 from __future__ import annotations
 
+import datetime as dt
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
+from mbta_ray.errors import ConfigError
 from mbta_ray.schema import TIMEZONE
 
 _TZ = ZoneInfo(TIMEZONE)
@@ -67,3 +69,13 @@ def tod_sin_cos(service_seconds: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def epoch_seconds(when: pd.Series) -> pd.Series:
     """UTC timestamps (any resolution) as whole epoch seconds (int64), floored."""
     return ((pd.to_datetime(when, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")
+
+
+def parse_utc(value: str, what: str) -> dt.datetime:
+    """An ISO time a user gave (``Z`` or an offset; UTC when none) as an aware UTC datetime; a
+    ``ConfigError`` naming ``what`` (the option or setting) when it is not one."""
+    try:
+        when = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not an ISO time such as 2023-05-08T12:20:00Z") from None
+    return (when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mbta_ray.errors import MissingFileError
+from mbta_ray.errors import ConfigError, MissingFileError
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.state import NetworkState, trip_key
 
@@ -523,7 +523,7 @@ def test_the_race_window_and_its_errors(tmp_path):
     assert one.summary["window"]["moments"] == 1 and one.summary["rows"]["mbta_matched"] == 3
     with pytest.raises(DataError, match="no TripUpdates snapshot in the window .* at least 30 min before"):
         race.run([vp], [tu], runner, tmp_path / "o2", start=RACE_T0 + 1000, end=RACE_T0 + 1100)
-    with pytest.raises(race.ConfigError, match="--from 'noon' is not an ISO time"):
+    with pytest.raises(ConfigError, match="--from 'noon' is not an ISO time"):
         race.parse_time("noon", "--from")
     assert (
         race.parse_time("2023-05-08T12:00:00Z", "--from") == RACE_T0 == race.parse_time("2023-05-08T08:00-04:00", "x")

@@ -33,17 +33,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mbta_ray.errors import ConfigError, DataError
+from mbta_ray.errors import DataError
 from mbta_ray.evaluate import HORIZON_BINS, accurate_in_bins, horizon_bin
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.features import realtime_features
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.schema import mode_for_route
+from mbta_ray.timeutil import parse_utc
 
 #: Predictions further ahead than this are out of the race (MBTA's standard stops at 30 min).
 MAX_HORIZON_S = 1800
-#: The recent-segment rule's window: the last N other vehicles over u -> s.
-RECENT_N = 5
 METHODS = ("mbta", "model", "recent_segment")
 
 
@@ -57,13 +56,7 @@ class RaceResult:
 
 def parse_time(value: str, option: str) -> int:
     """An ISO time (with offset, or UTC when none) as epoch seconds; a clear error naming the option."""
-    try:
-        when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{option} {value!r} is not an ISO time such as 2023-05-08T12:20:00Z") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp())
+    return int(parse_utc(value, option).timestamp())
 
 
 def _iso(epoch: float) -> str:
@@ -96,8 +89,9 @@ def rows_in_scope(trip_updates: pd.DataFrame, at: np.ndarray, state: NetworkStat
     counts = {"mbta_matched": len(matched), "in_scope": 0, "scored": 0, "not_started": 0, "no_actual": 0}
     counts["already_arrived"] = 0
     keep, actual = [], []
+    matched["trip_key"] = [trip_key(*k) for k in zip(matched["start_date"], matched["route_id"], matched["trip_id"])]
     for r in matched.itertuples(index=False):
-        key = trip_key(r.start_date, r.route_id, r.trip_id)
+        key = r.trip_key
         seq = None if math.isnan(r.stop_sequence) else r.stop_sequence
         if state.position(key, r.feed_timestamp) is None:
             counts["not_started"] += 1
@@ -116,23 +110,35 @@ def rows_in_scope(trip_updates: pd.DataFrame, at: np.ndarray, state: NetworkStat
         counts["no_actual" if arrival is None else "scored"] += 1
     matched["actual"] = actual
     scope = matched[np.asarray(keep, dtype=bool)].copy()
-    scope["trip_key"] = [trip_key(*k) for k in zip(scope["start_date"], scope["route_id"], scope["trip_id"])]
     scope["horizon_s"] = scope["arrival_time"] - scope["feed_timestamp"]
     scope["bin"] = horizon_bin(scope["horizon_s"])
     return scope.reset_index(drop=True), counts
 
 
-def recent_segment(scope: pd.DataFrame, state: NetworkState, n: int = RECENT_N) -> np.ndarray:
-    """Last arrival at u + median u -> s travel of the last ``n`` other vehicles (NaN: none known)."""
+def recent_segment(scope: pd.DataFrame, state: NetworkState) -> np.ndarray:
+    """Last arrival at u + the ``recent_travel_s`` feature for u -> s: the median travel time of the
+    last ``realtime.features.RECENT_N`` other vehicles (NaN: none known)."""
     out = np.full(len(scope), np.nan)
     for i, r in enumerate(scope.itertuples(index=False)):
         t = r.feed_timestamp
         last = state.last_arrival(r.trip_key, t)
         if last is None:
             continue
-        done = state.recent_travel(r.route_id, r.direction_id, last.stop_id, r.stop_id, t, n=n, exclude=r.trip_key)
-        if done:
-            out[i] = max(float(t), last.time + float(np.median([d.travel_s for d in done])))
+        query = pd.DataFrame(
+            {
+                "trip_key": [r.trip_key],
+                "route_id": [r.route_id],
+                "direction_id": [r.direction_id],
+                "from_stop_id": [last.stop_id],
+                "from_stop_sequence": [last.stop_sequence],
+                "to_stop_id": [r.stop_id],
+                "arrival_u": [last.time],
+                "moment": [t],
+            }
+        )
+        recent = realtime_features(state, query)["recent_travel_s"].iloc[0]
+        if np.isfinite(recent):
+            out[i] = max(float(t), last.time + float(recent))
     return out
 
 
