@@ -256,6 +256,7 @@ def realtime_for_pairs(pairs: pd.DataFrame, state: NetworkState) -> pd.DataFrame
             "from_stop_id": pairs["from_stop_id"].to_numpy(),
             "from_stop_sequence": pairs["from_stop_sequence"].to_numpy(dtype="float64"),
             "to_stop_id": pairs["to_stop_id"].to_numpy(),
+            "hop_from_stop_id": pairs["hop_from_stop_id"].to_numpy(),
             "arrival_u": arrival_u.to_numpy(),
             "moment": prediction_moments(pairs) if len(pairs) else arrival_u.to_numpy(),
         },

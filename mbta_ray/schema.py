@@ -16,7 +16,7 @@ import pyarrow as pa
 
 #: Bump when the feature code changes in a way that changes its output: it is part of a dataset
 #: version hash, so old datasets are never silently mixed with new features.
-FEATURE_CODE_VERSION = "2"
+FEATURE_CODE_VERSION = "3"
 
 #: Local time of every MBTA source (schedules and service days are local wall-clock time).
 TIMEZONE = "America/New_York"
@@ -160,6 +160,20 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature("recent_travel_n", pa.float64(), Kind.NUMERIC, "how many other vehicles that median has (0-5)"),
     Feature("recent_travel_age_s", pa.float64(), Kind.NUMERIC, "seconds since the latest of them reached s", True),
+    Feature(
+        "recent_hop_s",
+        pa.float64(),
+        Kind.NUMERIC,
+        "median travel of the last 5 other vehicles over the hop into s (from the stop before s)",
+        True,
+    ),
+    Feature(
+        "path_travel_s",
+        pa.float64(),
+        Kind.NUMERIC,
+        "sum of the hops u -> s: each hop's recent time, else its training median (features.path_travel)",
+        True,
+    ),
     Feature("elapsed_s", pa.float64(), Kind.NUMERIC, "seconds from the arrival at u to the prediction moment"),
     Feature(
         "headway_ahead_s",

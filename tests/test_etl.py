@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -212,7 +213,7 @@ def test_code_changes_make_a_new_version():
     assert etl.code_version().startswith(FEATURE_CODE_VERSION + "+")
 
 
-REALTIME = ["recent_travel_s", "recent_travel_n", "recent_travel_age_s", "elapsed_s", "headway_ahead_s"]
+REALTIME = ["recent_travel_s", "recent_travel_n", "recent_travel_age_s", "recent_hop_s", "elapsed_s", "headway_ahead_s"]
 
 
 def _realtime_trips(tmp_path: Path, late_shift: int = 0, cut: int = 0) -> dict:
@@ -264,6 +265,8 @@ def test_realtime_features_in_the_dataset_equal_the_state_and_never_look_ahead(r
     state.observe(observations_from_events(events))
     arrival_u = epoch_seconds(ex["actual_arrival_u"])
     moment = arrival_u + ex["elapsed_s"].astype("int64")
+    # The hop into s starts at the stop before it on the trip (u for the next stop).
+    hop_from = np.where(ex["stops_ahead"] == 1, ex["from_stop_id"], ex["to_stop_id"].shift(1))
     queries = pd.DataFrame(
         {
             "trip_key": [trip_key("20240207", "Red", t) for t in ex["trip_id"]],
@@ -272,11 +275,22 @@ def test_realtime_features_in_the_dataset_equal_the_state_and_never_look_ahead(r
             "from_stop_id": ex["from_stop_id"],
             "from_stop_sequence": ex["from_stop_sequence"].astype("float64"),
             "to_stop_id": ex["to_stop_id"],
+            "hop_from_stop_id": hop_from,
             "arrival_u": arrival_u,
             "moment": moment,
         }
     )
     pd.testing.assert_frame_equal(ex[REALTIME], realtime_features(state, queries)[REALTIME], check_dtype=False)
+    assert ex["recent_hop_s"].notna().mean() > 0.5
+    # The chained path: each hop's recent time, else the training median of the hop, summed from u.
+    medians = pd.read_parquet(result.path / "segment_medians.parquet")
+    hop_median = medians.set_index(["route_id", "from_stop_id", "to_stop_id"])["hist_median_travel_s"]
+    hop = ex["recent_hop_s"].fillna(
+        pd.Series(hop_median.reindex(list(zip(ex["route_id"], hop_from, ex["to_stop_id"]))).to_numpy(), index=ex.index)
+    )
+    path = hop.groupby((ex["stops_ahead"] == 1).cumsum()).transform(lambda h: h.cumsum().where(h.notna().cummin()))
+    np.testing.assert_allclose(ex["path_travel_s"], path)
+    assert ex["path_travel_s"].notna().mean() > 0.9
 
     cut = 300 * 6  # trips R6.. start at or after this
     (tmp_path / "slow").mkdir()

@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mbta_ray.features import compute_features, expected_pair_count, pair_events, segment_medians, travel_prior
+from mbta_ray.features import (
+    compute_features,
+    expected_pair_count,
+    pair_events,
+    path_travel,
+    segment_medians,
+    travel_prior,
+)
 from mbta_ray.gtfs import Stops
 from mbta_ray.schema import FEATURE_NAMES, TARGET
 from mbta_ray.timeutil import seconds_into_service_day, service_seconds_to_utc
@@ -190,8 +197,34 @@ def test_a_lone_late_spike_is_the_row_flagged_not_the_stops_after_it():
     assert out.reason.fillna("ok").tolist() == ["ok", "ok", "arrival_out_of_order", "ok", "ok"]
 
 
-def test_travel_prior_prefers_persistence_then_segment_median_then_fallback():
+def test_travel_prior_prefers_the_path_then_persistence_then_segment_median_then_fallback():
     df = pd.DataFrame(
-        {"scheduled_seconds_ahead": [300.0, np.nan, np.nan], "hist_median_travel_s": [250.0, 240.0, np.nan]}
+        {
+            "path_travel_s": [280.0, np.nan, np.nan, np.nan],
+            "scheduled_seconds_ahead": [300.0, 300.0, np.nan, np.nan],
+            "hist_median_travel_s": [250.0, 250.0, 240.0, np.nan],
+        }
     )
-    assert travel_prior(df, fallback_s=400.0).tolist() == [300.0, 240.0, 400.0]
+    assert travel_prior(df, fallback_s=400.0).tolist() == [280.0, 300.0, 240.0, 400.0]
+
+
+def test_path_travel_chains_recent_hops_else_their_medians():
+    """Two vehicles' stops ahead: hops A->B (recent 100), B->C (no recent: median 50), C->D (neither:
+    the path stops being known); then X->Y (median 70) and a row that does not continue its group."""
+    medians = pd.DataFrame(
+        {"route_id": ["Red"] * 3, "from_stop_id": ["A", "B", "X"], "to_stop_id": ["B", "C", "Y"],
+         "hist_median_travel_s": [90.0, 50.0, 70.0]}
+    )  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "route_id": "Red",
+            "from_stop_id": ["A", "A", "A", "X", "X"],
+            "hop_from_stop_id": ["A", "B", "C", "X", "Y"],
+            "to_stop_id": ["B", "C", "D", "Y", "Z"],
+            "stops_ahead": [1, 2, 3, 1, 3],
+            "recent_hop_s": [100.0, np.nan, np.nan, np.nan, 30.0],
+        }
+    )
+    got = path_travel(rows, medians)
+    np.testing.assert_array_equal(got, [100.0, 150.0, np.nan, 70.0, np.nan])
+    assert np.isnan(path_travel(rows.drop(columns="hop_from_stop_id"), medians)).all()

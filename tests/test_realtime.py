@@ -473,15 +473,16 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     assert rule["0-3 min"]["mae"] == 20.0 and rule["0-3 min"]["bias"] == -20.0  # 725 vs 740, 925 vs 950
     assert rule["3-6 min"]["mae"] == 35.0 and rule["6-12 min"]["bias"] == -45.0  # 910/950, 1050/1080; 1035/1080
     # The model: what the API answers for the same vehicle (u, its stops ahead in order, and the
-    # real-time inputs worked out by hand from t1 and t2: recent travel (median, n, age), headway).
+    # real-time inputs worked out by hand from t1 and t2: recent travel (median, n, age), the hop
+    # into each stop (A->B 120/130, B->C 180/190, C->D 120/130 s: medians 125, 185, 125), headway).
     rows = result.rows.set_index(["feed_timestamp", "stop_id"])
     vp_feed, tu_feed = feeds.read_vehicle_positions([vp]), feeds.read_trip_updates([tu])
     state = NetworkState()
     state.observe(vp_feed.frame)
     race_requests, _ = race.model_requests(result.rows, tu_feed.frame, state, runner)
     cases = (
-        (680, "A", 600, 400.0, {"B": (125.0, 350.0), "C": (310.0, 160.0), "D": (435.0, 30.0)}),
-        (800, "B", 740, 410.0, {"C": (185.0, 280.0), "D": (310.0, 150.0)}),
+        (680, "A", 600, 400.0, {"B": (125.0, 350.0, 125.0), "C": (310.0, 160.0, 185.0), "D": (435.0, 30.0, 125.0)}),
+        (800, "B", 740, 410.0, {"C": (185.0, 280.0, 185.0), "D": (310.0, 150.0, 125.0)}),
     )
     for moment, u, at_u, headway, ahead in cases:
         request = PredictRequest.model_validate(
@@ -494,8 +495,12 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
                 "moment": pd.Timestamp(RACE_T0 + moment, unit="s", tz="UTC").isoformat(),
                 "headway_ahead_seconds": headway,
                 "stops_ahead": [
-                    {"stop_id": x, "recent_travel": {"median_seconds": m, "vehicles": 2, "age_seconds": age}}
-                    for x, (m, age) in ahead.items()
+                    {
+                        "stop_id": x,
+                        "recent_travel": {"median_seconds": m, "vehicles": 2, "age_seconds": age},
+                        "recent_hop_seconds": hop,
+                    }
+                    for x, (m, age, hop) in ahead.items()
                 ],
             }
         )
@@ -557,6 +562,7 @@ def test_realtime_features_by_hand():
         "recent_travel_s": 110.0,  # t1 100 s, t2 120 s
         "recent_travel_n": 2.0,
         "recent_travel_age_s": 605.0 - 420.0,
+        "recent_hop_s": 110.0,  # the first stop ahead: its hop is u -> s
         "elapsed_s": 5.0,
         "headway_ahead_s": 300.0,  # t2 left A 300 s before t3
     }
@@ -564,6 +570,12 @@ def test_realtime_features_by_hand():
     assert got.iloc[2][["recent_travel_s", "recent_travel_n", "headway_ahead_s"]].tolist() == [100.0, 1.0, 300.0]
     first = got.iloc[3]
     assert first["recent_travel_n"] == 0.0 and np.isnan(first["recent_travel_s"]) and np.isnan(first["headway_ahead_s"])
+    # A stop two ahead: its hop is from the stop before it (B -> C: t1 60 s, t2 80 s; t2's C known
+    # at 500, so at 499 only t1's hop counts).
+    s.observe(vp([(160, "t1", "STOPPED_AT", "C", 3), (500, "t2", "STOPPED_AT", "C", 3)]))
+    query = _queries([("t3", "A", 1, "C", 600, 700), ("t9", "A", 1, "C", 450, 499)]).assign(hop_from_stop_id="B")
+    two = realtime_features(s, query)
+    assert two["recent_travel_s"].tolist()[0] == 180.0 and two["recent_hop_s"].tolist() == [70.0, 60.0]
 
 
 def test_realtime_features_from_stop_events_ignore_everything_after_the_moment():

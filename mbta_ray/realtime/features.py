@@ -7,6 +7,9 @@ the state they replay or follow. The values therefore cannot differ between trai
 - ``recent_travel_s``: median u -> s travel time of the last ``RECENT_N`` other vehicles that did
   u -> s, both arrivals known at t (NaN: none known); ``recent_travel_n`` how many (0..N);
   ``recent_travel_age_s`` how long before t the most recent of them reached s.
+- ``recent_hop_s``: the same median for the hop into s: from the stop before s on the vehicle's
+  path (u itself for the first stop ahead) to s. Hops are short, so many vehicles have done them
+  minutes ago even where few did the whole u -> s; ``features.path_travel`` chains them.
 - ``elapsed_s``: t - the arrival at u (0 for a prediction made at the arrival).
 - ``headway_ahead_s``: the arrival at u - the last arrival at u by another vehicle of the route and
   direction before it, known at t (the headway the vehicle is running on).
@@ -27,7 +30,14 @@ from mbta_ray.timeutil import epoch_seconds
 RECENT_N = 5
 #: Traversals older than this (at t) say nothing about now.
 RECENT_MAX_AGE_S = 3 * 3600.0
-REALTIME_FEATURES = ("recent_travel_s", "recent_travel_n", "recent_travel_age_s", "elapsed_s", "headway_ahead_s")
+REALTIME_FEATURES = (
+    "recent_travel_s",
+    "recent_travel_n",
+    "recent_travel_age_s",
+    "recent_hop_s",
+    "elapsed_s",
+    "headway_ahead_s",
+)
 #: What a query row needs.
 QUERY_COLUMNS = (
     "trip_key",
@@ -36,6 +46,7 @@ QUERY_COLUMNS = (
     "from_stop_id",
     "from_stop_sequence",
     "to_stop_id",
+    "hop_from_stop_id",  # the stop before s on the path (optional: from_stop_id, the first stop ahead)
     "arrival_u",  # epoch s
     "moment",  # epoch s, >= arrival_u
 )
@@ -44,14 +55,25 @@ QUERY_COLUMNS = (
 def realtime_features(state: NetworkState, queries: pd.DataFrame, n: int = RECENT_N) -> pd.DataFrame:
     """The ``REALTIME_FEATURES`` of each query row (same index), each from what was known at its moment."""
     out = {name: np.full(len(queries), np.nan) for name in REALTIME_FEATURES}
-    cols = [queries[c].tolist() for c in QUERY_COLUMNS]
-    for i, (key, route, direction, u, _, s, arrival_u, moment) in enumerate(zip(*cols, strict=True)):
+    cols = [
+        queries[c if c in queries.columns or c != "hop_from_stop_id" else "from_stop_id"].tolist()
+        for c in QUERY_COLUMNS
+    ]
+    for i, (key, route, direction, u, _, s, hop_from, arrival_u, moment) in enumerate(zip(*cols, strict=True)):
         direction = None if direction is None or direction is pd.NA else int(direction)
         done = state.recent_travel(route, direction, u, s, moment, n=n, exclude=key, max_age_s=RECENT_MAX_AGE_S)
         out["recent_travel_n"][i] = len(done)
         if done:
             out["recent_travel_s"][i] = float(np.median([d.travel_s for d in done]))
             out["recent_travel_age_s"][i] = min(d.age_s for d in done)
+        if hop_from == u:
+            out["recent_hop_s"][i] = out["recent_travel_s"][i]
+        else:
+            hop = state.recent_travel(
+                route, direction, hop_from, s, moment, n=n, exclude=key, max_age_s=RECENT_MAX_AGE_S
+            )
+            if hop:
+                out["recent_hop_s"][i] = float(np.median([d.travel_s for d in hop]))
         out["elapsed_s"][i] = float(moment) - float(arrival_u)
         ahead = state.last_passed(route, direction, u, moment, exclude=key, before=arrival_u)
         if ahead is not None:

@@ -194,6 +194,7 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
                     "from_stop_id": last.stop_id,
                     "from_stop_sequence": last.stop_sequence,
                     "to_stop_id": stop_ids,
+                    "hop_from_stop_id": [last.stop_id, *stop_ids[:-1]],
                     "arrival_u": last.time,
                     "moment": t,
                 }
@@ -205,6 +206,7 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
                 stop_sequence=None,
                 scheduled_arrival=None,
                 recent_travel=_recent_travel(f) if f.recent_travel_n > 0 else None,
+                recent_hop_seconds=float(f.recent_hop_s) if np.isfinite(f.recent_hop_s) else None,
             )
             for stop_id, f in zip(stop_ids, known.itertuples())
         ]

@@ -48,6 +48,7 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
             else np.nan
         )
         moment = r.moment or r.actual_arrival
+        hop_from = r.stop_id
         for j, stop in enumerate(r.stops_ahead, start=1):
             recent = stop.recent_travel
             rows.append(
@@ -59,6 +60,7 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
                     "trip_id": r.trip_id,
                     "from_stop_id": r.stop_id,
                     "to_stop_id": stop.stop_id,
+                    "hop_from_stop_id": hop_from,
                     "stops_ahead": j,
                     "service_date": r.service_date or service_date_of(r.actual_arrival),
                     "actual_arrival_u": r.actual_arrival,
@@ -70,10 +72,12 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
                     "recent_travel_s": recent.median_seconds if recent else None,
                     "recent_travel_n": recent.vehicles if recent else 0,
                     "recent_travel_age_s": recent.age_seconds if recent else None,
+                    "recent_hop_s": stop.recent_hop_seconds,
                     "elapsed_s": (moment - r.actual_arrival).total_seconds(),
                     "headway_ahead_s": r.headway_ahead_seconds,
                 }
             )
+            hop_from = stop.stop_id
     df = pd.DataFrame(rows)
     for col in ("actual_arrival_u", "scheduled_arrival_u", "scheduled_arrival_s"):
         df[col] = pd.to_datetime(df[col], utc=True)
@@ -90,6 +94,7 @@ def missing_inputs(request: PredictRequest) -> list[str]:
         "moment": request.moment is not None,
         "headway_ahead_seconds": request.headway_ahead_seconds is not None,
         "stops_ahead[].recent_travel": any(s.recent_travel is not None for s in request.stops_ahead),
+        "stops_ahead[].recent_hop_seconds": any(s.recent_hop_seconds is not None for s in request.stops_ahead),
     }
     return [name for name in REALTIME_INPUTS if not sent[name]]
 

@@ -70,6 +70,11 @@ class StopAhead(_Strict):
     )
     scheduled_arrival: AwareTime | None = Field(None, description="scheduled arrival at this stop, if known")
     recent_travel: RecentTravel | None = Field(None, description="real-time input: other vehicles' recent u -> s")
+    recent_hop_seconds: Annotated[float, Field(ge=0, le=21_600)] | None = Field(
+        None,
+        description="real-time input: median travel time of the last vehicles from the stop before this one "
+        "(stop_id for the first stop ahead) to this one",
+    )
 
 
 class PreviousStop(_Strict):
@@ -149,7 +154,12 @@ class StopPrediction(BaseModel):
 
 
 #: The real-time inputs a request may carry; an answer lists those it lacked (``missing_inputs``).
-REALTIME_INPUTS = ("moment", "headway_ahead_seconds", "stops_ahead[].recent_travel")
+REALTIME_INPUTS = (
+    "moment",
+    "headway_ahead_seconds",
+    "stops_ahead[].recent_travel",
+    "stops_ahead[].recent_hop_seconds",
+)
 
 
 class PredictResponse(BaseModel):

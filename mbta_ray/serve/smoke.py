@@ -114,7 +114,13 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
             "headway_seconds": _number(first["headway_u"]),
             "scheduled_headway_seconds": _number(first["scheduled_headway_u"]),
             "stops_ahead": [
-                {"stop_id": s, "stop_sequence": int(q), "scheduled_arrival": _time(t), "recent_travel": _recent(r)}
+                {
+                    "stop_id": s,
+                    "stop_sequence": int(q),
+                    "scheduled_arrival": _time(t),
+                    "recent_travel": _recent(r),
+                    "recent_hop_seconds": _number(getattr(r, "recent_hop_s", np.nan)),
+                }
                 for s, q, t, r in zip(
                     rows["to_stop_id"], rows["to_stop_sequence"], rows["scheduled_arrival_s"], rows.itertuples()
                 )
@@ -124,8 +130,9 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
             "headway_ahead_seconds": _number(first["headway_ahead_s"]),
         }
         for stop in body["stops_ahead"]:
-            if stop["recent_travel"] is None:
-                del stop["recent_travel"]
+            for name in ("recent_travel", "recent_hop_seconds"):
+                if stop[name] is None:
+                    del stop[name]
         key = (first["trip_key"], first["from_stop_sequence"])
         if key in prev.index:
             p = prev.loc[key]
