@@ -55,30 +55,35 @@ QUERY_COLUMNS = (
 def realtime_features(state: NetworkState, queries: pd.DataFrame, n: int = RECENT_N) -> pd.DataFrame:
     """The ``REALTIME_FEATURES`` of each query row (same index), each from what was known at its moment."""
     out = {name: np.full(len(queries), np.nan) for name in REALTIME_FEATURES}
-    cols = [
-        queries[c if c in queries.columns or c != "hop_from_stop_id" else "from_stop_id"].tolist()
-        for c in QUERY_COLUMNS
-    ]
+    if "hop_from_stop_id" not in queries.columns:  # every row is the first stop ahead: its hop is u -> s
+        queries = queries.assign(hop_from_stop_id=queries["from_stop_id"])
+    cols = [queries[c].tolist() for c in QUERY_COLUMNS]
     for i, (key, route, direction, u, _, s, hop_from, arrival_u, moment) in enumerate(zip(*cols, strict=True)):
         direction = None if direction is None or direction is pd.NA else int(direction)
         done = state.recent_travel(route, direction, u, s, moment, n=n, exclude=key, max_age_s=RECENT_MAX_AGE_S)
         out["recent_travel_n"][i] = len(done)
+        out["recent_travel_s"][i] = _median_travel(done)
         if done:
-            out["recent_travel_s"][i] = float(np.median([d.travel_s for d in done]))
             out["recent_travel_age_s"][i] = min(d.age_s for d in done)
-        if hop_from == u:
-            out["recent_hop_s"][i] = out["recent_travel_s"][i]
-        else:
-            hop = state.recent_travel(
+        # The first stop ahead's hop is u -> s itself: asked once.
+        hop = (
+            done
+            if hop_from == u
+            else state.recent_travel(
                 route, direction, hop_from, s, moment, n=n, exclude=key, max_age_s=RECENT_MAX_AGE_S
             )
-            if hop:
-                out["recent_hop_s"][i] = float(np.median([d.travel_s for d in hop]))
+        )
+        out["recent_hop_s"][i] = _median_travel(hop)
         out["elapsed_s"][i] = float(moment) - float(arrival_u)
         ahead = state.last_passed(route, direction, u, moment, exclude=key, before=arrival_u)
         if ahead is not None:
             out["headway_ahead_s"][i] = float(arrival_u) - float(ahead.time)
     return pd.DataFrame(out, index=queries.index)
+
+
+def _median_travel(done: list) -> float:
+    """Median travel seconds of some traversals (NaN: none)."""
+    return float(np.median([d.travel_s for d in done])) if done else math.nan
 
 
 def observations_from_events(events: pd.DataFrame) -> pd.DataFrame:
