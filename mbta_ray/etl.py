@@ -19,6 +19,7 @@ pair count is checked against an independent count from the trip sizes.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ from mbta_ray.gtfs import Stops
 from mbta_ray.models.bundle import SEGMENT_MEDIANS_FILE
 from mbta_ray.paths import DEFAULT_INPUTS, DEFAULT_STOPS
 from mbta_ray.realtime.features import observations_from_events, realtime_features
+from mbta_ray.realtime.feeds import read_vehicle_positions
 from mbta_ray.realtime.state import NetworkState
 from mbta_ray.realtime.state import trip_key as state_trip_key
 from mbta_ray.runtime import ensure_ray
@@ -67,6 +69,7 @@ from mbta_ray.schema import (
     conform,
 )
 from mbta_ray.sources import InputFile, inspect_input, plan_pieces, read_piece
+from mbta_ray.sources.gtfsrt import READER as GTFSRT_READER
 from mbta_ray.timeutil import epoch_seconds
 from mbta_ray.validate import ValidationConfig, check_rows, check_trips, trip_keys
 
@@ -215,11 +218,51 @@ def _trip_ranges(trip: np.ndarray, size: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def line_state(events: pd.DataFrame) -> NetworkState:
-    """The network state of a bucket's lines (routes, directions, days), each event known at its arrival."""
+#: The source whose archives hold every snapshot (not only arrivals): its lines' state is built from them.
+GTFSRT_SOURCE = GTFSRT_READER.name
+
+
+def line_state(
+    events: pd.DataFrame, feed_files: dict[str, tuple[str, ...]] | None = None, before: str | None = None
+) -> NetworkState:
+    """The network state of a bucket's lines (routes, directions, days). GTFS-realtime lines from
+    their archives' own reports, every snapshot known at its feed time: where the vehicles were in
+    transit, when they left a stop, their positions (what the race and the live service see).
+    Other sources from their stop events, each known at its arrival (departures from the dwell).
+    ``feed_files``: the archives' paths by the name events carry in ``source_file``; ``before``: the
+    holdout's start, no report published from then on is used."""
     state = NetworkState()
-    state.observe(observations_from_events(events))
+    from_feed = (events["source"] == GTFSRT_SOURCE).to_numpy()
+    state.observe(observations_from_events(events[~from_feed]))
+    for name, group in events[from_feed].groupby("source_file", sort=True):
+        for path in (feed_files or {}).get(str(name), ()):
+            state.observe(_line_reports(path, group, before))
     return state
+
+
+def _line_reports(path: str, events: pd.DataFrame, before: str | None) -> pd.DataFrame:
+    """The VehiclePositions reports of ``path`` on the lines (route, direction, start date) of ``events``."""
+    stat = os.stat(path)
+    reports = _feed_reports(path, stat.st_mtime_ns, stat.st_size)
+    lines = set(
+        zip(
+            events["route_id"].astype("string"),
+            pd.to_numeric(events["direction_id"]).astype("int64"),
+            pd.to_datetime(events["service_date"]).dt.strftime("%Y%m%d"),
+        )
+    )
+    keys = zip(reports["route_id"], reports["direction_id"].fillna(-1).astype("int64"), reports["start_date"])
+    keep = np.fromiter((k in lines for k in keys), dtype=bool, count=len(reports))
+    if before is not None:
+        keep &= (reports["feed_timestamp"] < int(pd.Timestamp(before).timestamp())).to_numpy()
+    return reports[keep]
+
+
+@functools.lru_cache(maxsize=2)
+def _feed_reports(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    """A VehiclePositions archive read once per worker and version of the file (each of its
+    buckets asks for it)."""
+    return read_vehicle_positions([path]).frame
 
 
 #: Share of the vehicles at u whose prediction moment is drawn after the arrival (the rest are at it).
@@ -265,9 +308,17 @@ def realtime_for_pairs(pairs: pd.DataFrame, state: NetworkState) -> pd.DataFrame
     return pairs.join(realtime_features(state, queries))
 
 
-def _examples(df: pd.DataFrame, k: int, cutoffs: dict, stops: Stops | None, medians: pd.DataFrame) -> pa.Table:
+def _examples(
+    df: pd.DataFrame,
+    k: int,
+    cutoffs: dict,
+    stops: Stops | None,
+    medians: pd.DataFrame,
+    feed_files: dict[str, tuple[str, ...]],
+    before: str | None,
+) -> pa.Table:
     events = _sorted_trips(df)
-    state = line_state(events)
+    state = line_state(events, feed_files, before)
     tables = []
     for lo, hi in _trip_ranges(events[TRIP_KEY].to_numpy(), _PAIR_CHUNK_EVENTS):
         pairs = realtime_for_pairs(pair_events(events.iloc[lo:hi], k), state)
@@ -445,7 +496,7 @@ def _pipeline(files: list[InputFile], stops_path: str | None, config: EtlConfig,
     events = _read_and_check(files, stops, config)
     splits = _split(events.clean, config)
     medians = _segment_medians(events, splits, config)
-    _write_examples(events, splits, stops, medians, config, out)
+    _write_examples(events, splits, stops, medians, _feed_files(files), config, out)
     return _accounting(events, splits, medians, out)
 
 
@@ -494,8 +545,24 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
     return medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)
 
 
+def _feed_files(files: list[InputFile]) -> dict[str, tuple[str, ...]]:
+    """The GTFS-realtime archives by the name their events carry (``source_file``, a base name:
+    two archives of one name in different folders are both read, on their lines only)."""
+    by_name: dict[str, list[str]] = {}
+    for f in files:
+        if f.format == GTFSRT_SOURCE:
+            by_name.setdefault(os.path.basename(f.path), []).append(f.path)
+    return {name: tuple(paths) for name, paths in by_name.items()}
+
+
 def _write_examples(
-    events: _Checked, splits: _Splits, stops: Stops | None, medians: pd.DataFrame, config: EtlConfig, out: Path
+    events: _Checked,
+    splits: _Splits,
+    stops: Stops | None,
+    medians: pd.DataFrame,
+    feed_files: dict[str, tuple[str, ...]],
+    config: EtlConfig,
+    out: Path,
 ) -> None:
     """Pairs and features per trip bucket -> train/valid/test parquet; the quarantine; the medians."""
     examples_dir = out / "_examples"
@@ -504,7 +571,14 @@ def _write_examples(
         .map_groups(
             _examples,
             batch_format="pandas",
-            fn_kwargs={"k": config.k, "cutoffs": splits.cutoffs, "stops": stops, "medians": medians},
+            fn_kwargs={
+                "k": config.k,
+                "cutoffs": splits.cutoffs,
+                "stops": stops,
+                "medians": medians,
+                "feed_files": feed_files,
+                "before": config.holdout[0] if config.holdout else None,
+            },
         )
         .write_parquet(str(examples_dir), partition_cols=["split"])
     )

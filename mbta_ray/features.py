@@ -19,6 +19,10 @@ from mbta_ray.timeutil import day_of_week, seconds_into_service_day, tod_sin_cos
 SEGMENT_KEY = ["route_id", "from_stop_id", "to_stop_id"]
 HIST_MEDIAN = "hist_median_travel_s"
 PATH_TRAVEL = "path_travel_s"
+PROGRESS = "progress"
+#: Where the vehicle last reported itself once it left u (``realtime.features`` or a request's
+#: ``position``): the inputs of ``progress``, not features themselves.
+POSITION_COLUMNS = ("vehicle_lat", "vehicle_lon")
 
 
 def trip_starts(trip: np.ndarray) -> np.ndarray:
@@ -150,7 +154,8 @@ def compute_features(
         out[TARGET] = (pd.to_datetime(out["actual_arrival_s"], utc=True) - arrival_u).dt.total_seconds()
     out = add_segment_medians(out, segment_medians)
     out = add_realtime_defaults(out)
-    out[PATH_TRAVEL] = path_travel(out, segment_medians)
+    out[PATH_TRAVEL] = path_travel(out, segment_medians, stops)
+    out[PROGRESS] = progress(out, stops)
     return out
 
 
@@ -162,6 +167,7 @@ REALTIME_DEFAULTS = {
     "recent_travel_age_s": np.nan,
     "recent_hop_s": np.nan,
     "elapsed_s": 0.0,
+    "departed_s": np.nan,
     "headway_ahead_s": np.nan,
 }
 
@@ -204,10 +210,11 @@ def add_segment_medians(df: pd.DataFrame, medians: pd.DataFrame | pd.Series | No
     return merged
 
 
-def path_travel(df: pd.DataFrame, medians: pd.DataFrame | pd.Series | None) -> np.ndarray:
+def path_travel(df: pd.DataFrame, medians: pd.DataFrame | pd.Series | None, stops: Stops | None = None) -> np.ndarray:
     """Travel u -> s as the sum of its hops (stop before s -> s, ``hop_from_stop_id``): each hop's
     recent time by other vehicles (``recent_hop_s``) where known at the moment, else the training
-    split's median for the hop. NaN where a hop has neither.
+    split's median for the hop, else the hop's GTFS distance at its route's typical pace
+    (``hop_by_distance``). NaN where a hop has none of these.
 
     Rows must come as the ETL and the server build them: the stops ahead of one u in order, each
     group starting at stops_ahead 1 (a row that does not continue its group gets NaN). Why: a
@@ -224,13 +231,64 @@ def path_travel(df: pd.DataFrame, medians: pd.DataFrame | pd.Series | None) -> n
     hist = add_segment_medians(hops, medians)[HIST_MEDIAN].to_numpy(dtype="float64")
     recent = pd.to_numeric(df["recent_hop_s"], errors="coerce").to_numpy(dtype="float64")
     hop = np.where(np.isfinite(recent), recent, hist)
+    unknown = ~np.isfinite(hop)
+    if unknown.any() and stops is not None:
+        hop[unknown] = hop_by_distance(hops[unknown], medians, stops)
+    group, in_order = _stop_groups(df)
+    bad = pd.Series(~np.isfinite(hop) | ~in_order).groupby(group).cummax()
+    total = pd.Series(np.where(np.isfinite(hop), hop, 0.0)).groupby(group).cumsum()
+    return np.where(bad.to_numpy(), np.nan, total.to_numpy())
+
+
+def hop_by_distance(hops: pd.DataFrame, medians: pd.DataFrame | pd.Series | None, stops: Stops) -> np.ndarray:
+    """Seconds for hops (``SEGMENT_KEY`` columns) that have no training median: their GTFS
+    distance times the route's median pace over its training segments (seconds per metre, dwells
+    included), else the median pace of all routes. Why: a stop the training data never saw (a
+    platform id, a line closed that day) would otherwise leave the whole path unknown and the
+    prior at the training mean of all segments (703 s for one stop, measured on the Red line).
+    NaN where a stop has no coordinates or no pace is known."""
+    if medians is None or len(medians) == 0 or len(hops) == 0:
+        return np.full(len(hops), np.nan)
+    table = medians.reset_index() if isinstance(medians, pd.Series) else medians
+    metres = stops.distance_m(table["from_stop_id"], table["to_stop_id"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pace = pd.Series(table[HIST_MEDIAN].to_numpy(dtype="float64") / metres, index=table["route_id"].to_numpy())
+    pace = pace[np.isfinite(pace.to_numpy()) & (metres > 0)]
+    if pace.empty:
+        return np.full(len(hops), np.nan)
+    by_route = pace.groupby(level=0).median()
+    route_pace = by_route.reindex(hops["route_id"].to_numpy()).to_numpy(dtype="float64")
+    route_pace = np.where(np.isfinite(route_pace), route_pace, float(pace.median()))
+    return route_pace * stops.distance_m(hops["from_stop_id"], hops["to_stop_id"])
+
+
+def _stop_groups(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group (the stops ahead of one u, starting at stops_ahead 1) and whether the row
+    continues its group in order (False: the rows are not one u's stops in order)."""
     ahead = pd.to_numeric(df["stops_ahead"], errors="coerce").to_numpy(dtype="float64")
     start = ahead == 1
     group = np.cumsum(start)
     continues = np.r_[False, ahead[1:] == ahead[:-1] + 1]
-    bad = pd.Series(~np.isfinite(hop) | ~(start | continues) | (group == 0)).groupby(group).cummax()
-    total = pd.Series(np.where(np.isfinite(hop), hop, 0.0)).groupby(group).cumsum()
-    return np.where(bad.to_numpy(), np.nan, total.to_numpy())
+    bad = pd.Series(~(start | continues) | (group == 0)).groupby(group).cummax().to_numpy()
+    return group, ~bad
+
+
+def progress(df: pd.DataFrame, stops: Stops | None) -> np.ndarray:
+    """How far the vehicle has come from u towards the next stop, 0..1 by straight-line distance,
+    from its latest reported position (``vehicle_lat`` / ``vehicle_lon``, set once it has left u).
+    The same for every stop ahead of one u. NaN without a position (still at u, or a source with
+    none), without GTFS coordinates, or where rows are not one u's stops in order."""
+    if stops is None or len(df) == 0 or not set(POSITION_COLUMNS) <= set(df.columns):
+        return np.full(len(df), np.nan)
+    group, in_order = _stop_groups(df)
+    first = pd.Series(df["to_stop_id"].to_numpy(), dtype="object").where(df["stops_ahead"].to_numpy() == 1)
+    next_stop = first.groupby(group).ffill()
+    lat, lon = (pd.to_numeric(df[c], errors="coerce").to_numpy(dtype="float64") for c in POSITION_COLUMNS)
+    hop_m = stops.distance_m(df["from_stop_id"].reset_index(drop=True), next_stop.fillna(""))
+    left_m = stops.distance_to_m(next_stop.fillna(""), lat, lon)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.clip(1.0 - left_m / hop_m, 0.0, 1.0)
+    return np.where(in_order & (hop_m > 0) & np.isfinite(share), share, np.nan)
 
 
 def travel_prior(df: pd.DataFrame, fallback_s: float) -> np.ndarray:
@@ -272,6 +330,8 @@ __all__ = [
     "pair_events",
     "travel_prior",
     "path_travel",
+    "hop_by_distance",
+    "progress",
     "pair_positions",
     "compute_features",
     "segment_medians",

@@ -46,6 +46,11 @@ class Stops:
         b = self.coords.reindex(to_ids.astype("string").to_numpy())
         return haversine_m(a["lat"].to_numpy(), a["lon"].to_numpy(), b["lat"].to_numpy(), b["lon"].to_numpy())
 
+    def distance_to_m(self, stop_ids: pd.Series, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Great-circle distance from points to stops; NaN where the stop is not in GTFS."""
+        b = self.coords.reindex(stop_ids.astype("string").to_numpy())
+        return haversine_m(lat, lon, b["lat"].to_numpy(), b["lon"].to_numpy())
+
 
 def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
     """Great-circle distance in metres between arrays of points in degrees."""

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 #: Bump when the feature code changes in a way that changes its output: it is part of a dataset
 #: version hash, so old datasets are never silently mixed with new features.
-FEATURE_CODE_VERSION = "3"
+FEATURE_CODE_VERSION = "5"
 
 #: Local time of every MBTA source (schedules and service days are local wall-clock time).
 TIMEZONE = "America/New_York"
@@ -175,6 +175,20 @@ FEATURES: tuple[Feature, ...] = (
         True,
     ),
     Feature("elapsed_s", pa.float64(), Kind.NUMERIC, "seconds from the arrival at u to the prediction moment"),
+    Feature(
+        "departed_s",
+        pa.float64(),
+        Kind.NUMERIC,
+        "seconds since the vehicle left u, if known at the moment to have left (NaN: still at u)",
+        True,
+    ),
+    Feature(
+        "progress",
+        pa.float64(),
+        Kind.NUMERIC,
+        "0..1 of the way from u to the next stop at the vehicle's latest reported position, once it left u",
+        True,
+    ),
     Feature(
         "headway_ahead_s",
         pa.float64(),

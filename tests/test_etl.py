@@ -213,7 +213,15 @@ def test_code_changes_make_a_new_version():
     assert etl.code_version().startswith(FEATURE_CODE_VERSION + "+")
 
 
-REALTIME = ["recent_travel_s", "recent_travel_n", "recent_travel_age_s", "recent_hop_s", "elapsed_s", "headway_ahead_s"]
+REALTIME = [
+    "recent_travel_s",
+    "recent_travel_n",
+    "recent_travel_age_s",
+    "recent_hop_s",
+    "elapsed_s",
+    "departed_s",
+    "headway_ahead_s",
+]
 
 
 def _realtime_trips(tmp_path: Path, late_shift: int = 0, cut: int = 0) -> dict:
@@ -237,19 +245,48 @@ def _examples_of(result) -> pd.DataFrame:
     return pd.concat([_read_split(result.path, s) for s in SPLITS], ignore_index=True)
 
 
+def _blue_feed(tmp_path: Path) -> tuple[str, list[str]]:
+    """The embedded GTFS-realtime hour's Blue line, its first 25 minutes of snapshots (real
+    in-transit reports and positions), in the archive's own layout; and the stops it names."""
+    import pyarrow.compute as pc
+
+    from mbta_ray.paths import GTFSRT_VEHICLE_POSITIONS
+
+    table = pq.read_table(GTFSRT_VEHICLE_POSITIONS)
+    keep = pc.and_(
+        pc.equal(table["vehicle.trip.route_id"], "Blue"),
+        pc.less(table["feed_timestamp"], pc.min(table["feed_timestamp"]).as_py() + 1500),
+    )
+    path = tmp_path / "blue_vp.parquet"
+    pq.write_table(table.filter(keep), path)
+    return str(path), sorted(set(table.filter(keep)["vehicle.stop_id"].drop_null().to_pylist()))
+
+
 def test_realtime_features_in_the_dataset_equal_the_state_and_never_look_ahead(ray_local, tmp_path):
     """Parity: the ETL's real-time features (Ray Data, grouped by route, direction and day) equal
-    what a NetworkState built from the same events answers at each example's moment (the arrival at
-    u + the elapsed time). Leak: making every trip that starts after a moment run slower changes no
+    what a NetworkState answers at each example's moment (the arrival at u + the elapsed time), built
+    from the same events (LAMP) or the same feed's every snapshot (GTFS-realtime: departures and
+    positions too). Leak: making every trip that starts after a moment run slower changes no
     feature at that moment."""
+    from mbta_ray.features import POSITION_COLUMNS, progress
+    from mbta_ray.gtfs import Stops
+    from mbta_ray.paths import DEFAULT_STOPS
     from mbta_ray.realtime.features import observations_from_events, realtime_features
+    from mbta_ray.realtime.feeds import read_vehicle_positions
     from mbta_ray.realtime.state import NetworkState, trip_key
     from mbta_ray.sources import read_file
     from mbta_ray.timeutil import epoch_seconds
 
     data = _realtime_trips(tmp_path)
-    result = ingest(data["inputs"], root=tmp_path / "art", config=EtlConfig(k=3), stops_path=data["stops"])
+    feed, blue_stops = _blue_feed(tmp_path)
+    real = pq.read_table(DEFAULT_STOPS, columns=["stop_id", "stop_lat", "stop_lon"]).to_pandas()
+    stops_path = tmp_path / "stops_all.parquet"
+    stops_table = pd.concat([pd.read_parquet(data["stops"]), real[real["stop_id"].isin(blue_stops)]])
+    stops_table.to_parquet(stops_path, index=False)
+    result = ingest([*data["inputs"], feed], root=tmp_path / "art", config=EtlConfig(k=3), stops_path=str(stops_path))
     ex = _examples_of(result).sort_values(["trip_key", "from_stop_sequence", "stops_ahead"], ignore_index=True)
+    lamp, rt = (ex["source"] == "lamp").to_numpy(), (ex["source"] == "gtfsrt").to_numpy()
+    assert lamp.sum() > 100 and rt.sum() > 100
     assert (ex["recent_travel_n"] > 0).mean() > 0.5 and ex["headway_ahead_s"].notna().mean() > 0.5
     # Half the moments are the arrival at u, the others drawn before the next stop's arrival.
     next_stop = ex[ex["stops_ahead"] == 1].set_index(["trip_key", "from_stop_sequence"])["actual_arrival_s"]
@@ -263,13 +300,15 @@ def test_realtime_features_in_the_dataset_equal_the_state_and_never_look_ahead(r
     events = read_file(data["inputs"][0]).to_pandas()
     state = NetworkState()
     state.observe(observations_from_events(events))
+    state.observe(read_vehicle_positions([feed]).frame)
     arrival_u = epoch_seconds(ex["actual_arrival_u"])
     moment = arrival_u + ex["elapsed_s"].astype("int64")
     # The hop into s starts at the stop before it on the trip (u for the next stop).
     hop_from = np.where(ex["stops_ahead"] == 1, ex["from_stop_id"], ex["to_stop_id"].shift(1))
+    service = pd.to_datetime(ex["service_date"]).dt.strftime("%Y%m%d")
     queries = pd.DataFrame(
         {
-            "trip_key": [trip_key("20240207", "Red", t) for t in ex["trip_id"]],
+            "trip_key": [trip_key(d, r, t) for d, r, t in zip(service, ex["route_id"], ex["trip_id"])],
             "route_id": ex["route_id"],
             "direction_id": ex["direction_id"],
             "from_stop_id": ex["from_stop_id"],
@@ -280,23 +319,58 @@ def test_realtime_features_in_the_dataset_equal_the_state_and_never_look_ahead(r
             "moment": moment,
         }
     )
-    pd.testing.assert_frame_equal(ex[REALTIME], realtime_features(state, queries)[REALTIME], check_dtype=False)
+    known = realtime_features(state, queries)
+    pd.testing.assert_frame_equal(ex[REALTIME], known[REALTIME], check_dtype=False)
     assert ex["recent_hop_s"].notna().mean() > 0.5
-    # The chained path: each hop's recent time, else the training median of the hop, summed from u.
+    # Departures (arrival + LAMP's dwell, 30 s here) are known for the moments drawn after them.
+    left = ex["departed_s"].notna().to_numpy()
+    assert (
+        0.1 < left[lamp].mean() < 0.5
+        and (ex.loc[left & lamp, "elapsed_s"] - ex.loc[left & lamp, "departed_s"] == 30).all()
+    )
+    # The feed's own reports: departures, and where the vehicle was since (LAMP has no positions).
+    located = ex["progress"].notna().to_numpy()
+    assert left[rt].mean() > 0.2 and located[rt].mean() > 0.2 and not located[lamp].any()
+    expected = progress(
+        ex[["from_stop_id", "to_stop_id", "stops_ahead"]].join(known[list(POSITION_COLUMNS)]),
+        Stops.load(str(stops_path)),
+    )
+    np.testing.assert_allclose(ex["progress"], expected)
+    assert ((ex.loc[located, "progress"] >= 0) & (ex.loc[located, "progress"] <= 1)).all()
+    # The chained path: each hop's recent time, else the training median of the hop, else its
+    # distance at the route's median pace (seconds per metre over its training segments), summed from u.
     medians = pd.read_parquet(result.path / "segment_medians.parquet")
     hop_median = medians.set_index(["route_id", "from_stop_id", "to_stop_id"])["hist_median_travel_s"]
-    hop = ex["recent_hop_s"].fillna(
-        pd.Series(hop_median.reindex(list(zip(ex["route_id"], hop_from, ex["to_stop_id"]))).to_numpy(), index=ex.index)
+    all_stops = Stops.load(str(stops_path))
+    pace = (
+        pd.Series(
+            medians["hist_median_travel_s"].to_numpy()
+            / all_stops.distance_m(medians["from_stop_id"], medians["to_stop_id"]),
+            index=medians["route_id"].to_numpy(),
+        )
+        .groupby(level=0)
+        .median()
+    )
+    by_distance = pace.reindex(ex["route_id"]).to_numpy() * all_stops.distance_m(pd.Series(hop_from), ex["to_stop_id"])
+    hop = (
+        ex["recent_hop_s"]
+        .fillna(
+            pd.Series(
+                hop_median.reindex(list(zip(ex["route_id"], hop_from, ex["to_stop_id"]))).to_numpy(), index=ex.index
+            )
+        )
+        .fillna(pd.Series(by_distance, index=ex.index))
     )
     path = hop.groupby((ex["stops_ahead"] == 1).cumsum()).transform(lambda h: h.cumsum().where(h.notna().cummin()))
     np.testing.assert_allclose(ex["path_travel_s"], path)
-    assert ex["path_travel_s"].notna().mean() > 0.9
+    assert ex["path_travel_s"].notna().mean() > 0.95
 
     cut = 300 * 6  # trips R6.. start at or after this
     (tmp_path / "slow").mkdir()
     slower = _realtime_trips(tmp_path / "slow", late_shift=40, cut=cut)
     changed = ingest(slower["inputs"], root=tmp_path / "art2", config=EtlConfig(k=3), stops_path=slower["stops"])
     ex2 = _examples_of(changed).sort_values(["trip_key", "from_stop_sequence", "stops_ahead"], ignore_index=True)
+    ex, moment = ex[lamp].reset_index(drop=True), moment[lamp].reset_index(drop=True)
     before = moment < BASE + cut
     assert (
         before.sum() > 20

@@ -228,3 +228,33 @@ def test_path_travel_chains_recent_hops_else_their_medians():
     got = path_travel(rows, medians)
     np.testing.assert_array_equal(got, [100.0, 150.0, np.nan, 70.0, np.nan])
     assert np.isnan(path_travel(rows.drop(columns="hop_from_stop_id"), medians)).all()
+    # With GTFS stops, C -> D (no recent time, no median) is its distance at the Red line's median
+    # pace: A->B 90 s / 1000 m, B->C 50 s / 500 m, X->Y 70 s / 1000 m -> 0.09 s/m; C->D is 2000 m.
+    deg = 1 / 111_195.0  # degrees of latitude per metre on the mean-radius sphere
+    at = {"A": 0, "B": 1000, "C": 1500, "D": 3500, "X": 5000, "Y": 6000}
+    stops = Stops(pd.DataFrame({"lat": [42 + m * deg for m in at.values()], "lon": -71.0}, index=list(at)))
+    np.testing.assert_allclose(path_travel(rows, medians, stops), [100.0, 150.0, 330.0, 70.0, np.nan])
+
+
+def test_progress_is_the_share_of_the_way_to_the_next_stop_by_hand():
+    """Stops on a meridian 1000 m apart: a vehicle 250 m past A towards B has done 0.25 of the hop,
+    for every stop ahead of it; one farther from the next stop than u counts 0; no position, an unknown stop or a row
+    that does not continue its group give NaN."""
+    from mbta_ray.features import progress
+    from mbta_ray.gtfs import Stops
+
+    deg = 1000 / 111_195.0  # metres per degree of latitude on the mean-radius sphere
+    stops = Stops(pd.DataFrame({"lat": [42.0, 42.0 + deg, 42.0 + 2 * deg], "lon": [-71.0] * 3}, index=["A", "B", "C"]))
+    rows = pd.DataFrame(
+        {
+            "from_stop_id": ["A", "A", "A", "B", "A", "A"],
+            "to_stop_id": ["B", "C", "B", "C", "Q", "C"],
+            "stops_ahead": [1, 2, 1, 1, 1, 3],
+            "vehicle_lat": [42.0 + deg / 4, 42.0 + deg / 4, np.nan, 42.0 + 3 * deg, 42.0, 42.0],
+            "vehicle_lon": -71.0,
+        }
+    )
+    got = progress(rows, stops)
+    np.testing.assert_allclose(got[:2], [0.25, 0.25], atol=1e-6)
+    assert np.isnan(got[2]) and got[3] == 0.0 and np.isnan(got[4]) and np.isnan(got[5])
+    assert np.isnan(progress(rows, None)).all() and np.isnan(progress(rows.drop(columns="vehicle_lat"), stops)).all()

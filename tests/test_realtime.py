@@ -481,10 +481,18 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     state.observe(vp_feed.frame)
     race_requests, _ = race.model_requests(result.rows, tu_feed.frame, state, runner)
     cases = (
-        (680, "A", 600, 400.0, {"B": (125.0, 350.0, 125.0), "C": (310.0, 160.0, 185.0), "D": (435.0, 30.0, 125.0)}),
-        (800, "B", 740, 410.0, {"C": (185.0, 280.0, 185.0), "D": (310.0, 150.0, 125.0)}),
+        # (moment, u, arrival at u, headway, left u at (t3 in transit to B at 660; not yet left B at 800), ...)
+        (
+            680,
+            "A",
+            600,
+            400.0,
+            660,
+            {"B": (125.0, 350.0, 125.0), "C": (310.0, 160.0, 185.0), "D": (435.0, 30.0, 125.0)},
+        ),
+        (800, "B", 740, 410.0, None, {"C": (185.0, 280.0, 185.0), "D": (310.0, 150.0, 125.0)}),
     )
-    for moment, u, at_u, headway, ahead in cases:
+    for moment, u, at_u, headway, left, ahead in cases:
         request = PredictRequest.model_validate(
             {
                 "route_id": "Red",
@@ -494,6 +502,8 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
                 "actual_arrival": pd.Timestamp(RACE_T0 + at_u, unit="s", tz="UTC").isoformat(),
                 "moment": pd.Timestamp(RACE_T0 + moment, unit="s", tz="UTC").isoformat(),
                 "headway_ahead_seconds": headway,
+                "departure": None if left is None else pd.Timestamp(RACE_T0 + left, unit="s", tz="UTC").isoformat(),
+                "position": None if left is None else {"latitude": 42.4, "longitude": -71.1},  # its report at 660
                 "stops_ahead": [
                     {
                         "stop_id": x,
@@ -505,7 +515,7 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
             }
         )
         (answer,) = runner.predict([request])
-        assert answer.missing_inputs == []
+        assert answer.missing_inputs == ([] if left is not None else ["departure", "position"])
         raced = [r for r in race_requests if r.moment.timestamp() == RACE_T0 + moment]
         pd.testing.assert_frame_equal(runner.features(raced), runner.features([request]), check_like=True)
         for p in answer.predictions:
@@ -558,7 +568,8 @@ def test_realtime_features_by_hand():
                   (600, "t3", "STOPPED_AT", "A", 1), (750, "t3", "STOPPED_AT", "B", 2)]))  # fmt: skip
     got = realtime_features(s, _queries([("t3", "A", 1, "B", 600, 605), ("t3", "A", 1, "B", 600, 700),
                                          ("t2", "A", 1, "B", 300, 305), ("t1", "A", 1, "B", 0, 5)]))  # fmt: skip
-    assert got.iloc[0].to_dict() == {
+    assert np.isnan(got[["departed_s", "vehicle_lat", "vehicle_lon"]].to_numpy()).all()  # nobody has left
+    assert got.iloc[0].drop(["departed_s", "vehicle_lat", "vehicle_lon"]).to_dict() == {
         "recent_travel_s": 110.0,  # t1 100 s, t2 120 s
         "recent_travel_n": 2.0,
         "recent_travel_age_s": 605.0 - 420.0,
@@ -576,6 +587,12 @@ def test_realtime_features_by_hand():
     query = _queries([("t3", "A", 1, "C", 600, 700), ("t9", "A", 1, "C", 450, 499)]).assign(hop_from_stop_id="B")
     two = realtime_features(s, query)
     assert two["recent_travel_s"].tolist()[0] == 180.0 and two["recent_hop_s"].tolist() == [70.0, 60.0]
+    # t3 reported in transit to B at 640 (published at 645): it left A then, as known from 645 on.
+    s.observe(vp([(640, "t3", "IN_TRANSIT_TO", "B", 2)]))
+    left = realtime_features(s, _queries([("t3", "A", 1, "B", 600, 700), ("t3", "A", 1, "B", 600, 644)]))
+    np.testing.assert_array_equal(left["departed_s"], [60.0, np.nan])
+    # Its position once it left is where it reported itself then; none before it is known to have left.
+    np.testing.assert_array_equal(left[["vehicle_lat", "vehicle_lon"]].to_numpy(), [[42.3, -71.1], [np.nan] * 2])
 
 
 def test_realtime_features_from_stop_events_ignore_everything_after_the_moment():

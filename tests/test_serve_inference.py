@@ -149,6 +149,19 @@ def test_service_day_rolls_over_at_3am_local():
         ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
         ({"headway_seconds": -5}, "headway_seconds", "greater than or equal to 0"),
         ({"service_date": "9999-01-01"}, "", "more than a day from actual_arrival"),
+        ({"departure": "2024-03-12T11:00:00Z"}, "", "departure must be from actual_arrival to moment"),
+        (
+            {"moment": "2024-03-12T12:08:00Z", "departure": "2024-03-12T12:09:00Z"},
+            "",
+            "departure must be from actual_arrival to moment",
+        ),
+        ({"departure": "12:06"}, "departure", "valid datetime"),
+        ({"position": {"latitude": 42.3, "longitude": -71.1}}, "", "send its departure too"),
+        (
+            {"moment": "2024-03-12T12:08:00Z", "departure": "2024-03-12T12:07:00Z", "position": {"latitude": 91}},
+            "position",
+            "less than or equal to 90",
+        ),
     ],
 )
 def test_bad_requests_name_the_field_and_the_reason(override, where, why):

@@ -10,8 +10,8 @@ predictions per row, each from what was known at the moment only:
 - ``mbta``: MBTA's published arrival time;
 - ``model``: the registry's model, from the trip's last arrival u known at the moment (the same
   request the API takes: route, direction, u, its arrival, the stops ahead in order, and the
-  real-time inputs from the state: the moment, the headway to the vehicle ahead, each segment's
-  recent travel time by other vehicles);
+  real-time inputs from the state: the moment, the headway to the vehicle ahead, when it left u and
+  where it is since, each segment's and hop's recent travel time by other vehicles);
 - ``recent_segment``: the last arrival at u + the median u -> s travel time of the last 5 other
   vehicles that did u -> s (known at the moment).
 A prediction for a vehicle that has not arrived is never earlier than the moment itself (for the
@@ -211,6 +211,7 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
             for stop_id, f in zip(stop_ids, known.itertuples())
         ]
         headway = known["headway_ahead_s"].iloc[0]
+        departed = known["departed_s"].iloc[0]
         request = PredictRequest.model_construct(
             route_id=first["route_id"],
             direction_id=int(first["direction_id"]),
@@ -227,12 +228,22 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
             stops_ahead=ahead,
             moment=dt.datetime.fromtimestamp(t, dt.UTC),
             headway_ahead_seconds=None if math.isnan(headway) else float(headway),
+            departure=None if math.isnan(departed) else dt.datetime.fromtimestamp(t - departed, dt.UTC),
+            position=_position(known.iloc[0]),
         )
         if runner.refusal(request) is not None:
             continue
         requests.append(request)
         targets.append((t, where))
     return requests, targets
+
+
+def _position(f: pd.Series):
+    from mbta_ray.serve.schemas import VehiclePosition
+
+    if not (np.isfinite(f["vehicle_lat"]) and np.isfinite(f["vehicle_lon"])):
+        return None
+    return VehiclePosition.model_construct(latitude=float(f["vehicle_lat"]), longitude=float(f["vehicle_lon"]))
 
 
 def _recent_travel(f):

@@ -12,7 +12,8 @@ published it), so every query filters on that, whatever else has been fed since.
 - Stop visits are told apart by stop sequence (a loop route visits a stop twice), by stop id where
   a feed has no sequence.
 - Where a trip's vehicle is at t: its report with the latest vehicle timestamp known at t (the stop
-  it is at or heading to, status, position), and its last arrival before then.
+  it is at or heading to, status, position), and its last arrival before then; when it left a
+  stop (its first report after the arrival that no longer has it STOPPED_AT there).
 - Segments: per route, direction and stop, the arrivals of every trip, so "the last N vehicles that
   went u -> s" and "when did the vehicle ahead pass u" are answered from other trips' arrivals.
 A trip is ``start_date|route_id|trip_id`` (trip ids repeat across days); a vehicle that switches
@@ -222,6 +223,23 @@ class NetworkState:
         return Position(
             rest[0], rest[1], rest[2], rest[3], rest[4], rest[5], rest[6], rest[7], rest[8], timestamp, known
         )
+
+    def departure(self, key: str, arrival: Arrival, t: float) -> int | None:
+        """When the trip's vehicle left the stop of ``arrival``, as known at t: the earliest vehicle
+        timestamp after the arrival of a report that no longer has it STOPPED_AT that stop (None:
+        not known to have left)."""
+        reports = self._positions.get(key)
+        if reports is None:
+            return None
+        left = None
+        for p in reports.values[: bisect.bisect_right(reports.known, t)]:
+            if (
+                p[0] > arrival.time
+                and (p[6] != STOPPED_AT or p[7] != arrival.stop_id)
+                and (left is None or p[0] < left)
+            ):
+                left = p[0]
+        return left
 
     def last_arrival(self, key: str, t: float) -> Arrival | None:
         """The trip's most recent arrival known at t."""

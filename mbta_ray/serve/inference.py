@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from mbta_ray.features import REALTIME_DEFAULTS, compute_features, median_lookup
+from mbta_ray.features import POSITION_COLUMNS, REALTIME_DEFAULTS, compute_features, median_lookup
 from mbta_ray.gtfs import Stops
 from mbta_ray.models import bundle
 from mbta_ray.paths import DEFAULT_STOPS
@@ -74,7 +74,10 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
                     "recent_travel_age_s": recent.age_seconds if recent else None,
                     "recent_hop_s": stop.recent_hop_seconds,
                     "elapsed_s": (moment - r.actual_arrival).total_seconds(),
+                    "departed_s": (moment - r.departure).total_seconds() if r.departure is not None else None,
                     "headway_ahead_s": r.headway_ahead_seconds,
+                    "vehicle_lat": r.position.latitude if r.position else None,
+                    "vehicle_lon": r.position.longitude if r.position else None,
                 }
             )
             hop_from = stop.stop_id
@@ -83,7 +86,7 @@ def request_pairs(requests: list[PredictRequest]) -> pd.DataFrame:
         df[col] = pd.to_datetime(df[col], utc=True)
     df["direction_id"] = df["direction_id"].astype("int8")
     df["stops_ahead"] = df["stops_ahead"].astype("int16")
-    for col in ("delay_prev", "headway_u", "scheduled_headway_u", *REALTIME_DEFAULTS):
+    for col in ("delay_prev", "headway_u", "scheduled_headway_u", *REALTIME_DEFAULTS, *POSITION_COLUMNS):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
 
@@ -93,6 +96,8 @@ def missing_inputs(request: PredictRequest) -> list[str]:
     sent = {
         "moment": request.moment is not None,
         "headway_ahead_seconds": request.headway_ahead_seconds is not None,
+        "departure": request.departure is not None,
+        "position": request.position is not None,
         "stops_ahead[].recent_travel": any(s.recent_travel is not None for s in request.stops_ahead),
         "stops_ahead[].recent_hop_seconds": any(s.recent_hop_seconds is not None for s in request.stops_ahead),
     }

@@ -77,6 +77,13 @@ class StopAhead(_Strict):
     )
 
 
+class VehiclePosition(_Strict):
+    """Where the vehicle last reported itself (WGS84 degrees, as GTFS-realtime gives it)."""
+
+    latitude: Annotated[float, Field(ge=-90, le=90)]
+    longitude: Annotated[float, Field(ge=-180, le=180)]
+
+
 class PreviousStop(_Strict):
     """The stop observed before u on this trip (gives the delay trend)."""
 
@@ -109,6 +116,15 @@ class PredictRequest(_Strict):
     headway_ahead_seconds: Annotated[float, Field(ge=0, le=86_400)] | None = Field(
         None, description="real-time input: actual_arrival - the previous vehicle's arrival at u (route, direction)"
     )
+    departure: AwareTime | None = Field(
+        None,
+        description="real-time input: when the vehicle left u, if it has by the moment (from actual_arrival to moment)",
+    )
+    position: VehiclePosition | None = Field(
+        None,
+        description="real-time input: the vehicle's latest reported position since it left u (needs departure); "
+        "gives its progress towards the next stop",
+    )
 
     @model_validator(mode="after")
     def _times_are_consistent(self) -> PredictRequest:
@@ -127,6 +143,12 @@ class PredictRequest(_Strict):
             raise ValueError(f"service_date {self.service_date} is more than a day from actual_arrival")
         if self.moment is not None and not dt.timedelta(0) <= self.moment - self.actual_arrival <= MAX_SCHEDULE_GAP:
             raise ValueError(f"moment must be from actual_arrival to {MAX_SCHEDULE_GAP} after it")
+        if self.departure is not None and not self.actual_arrival <= self.departure <= (
+            self.moment or self.actual_arrival
+        ):
+            raise ValueError("departure must be from actual_arrival to moment (a vehicle that has not left sends none)")
+        if self.position is not None and self.departure is None:
+            raise ValueError("position is where the vehicle is since it left u: send its departure too")
         if self.previous_stop is not None and self.previous_stop.actual_arrival > self.actual_arrival:
             raise ValueError("previous_stop.actual_arrival is after actual_arrival at u")
         # Stops ahead are identified by their position, not their id: a loop route visits a stop
@@ -157,6 +179,8 @@ class StopPrediction(BaseModel):
 REALTIME_INPUTS = (
     "moment",
     "headway_ahead_seconds",
+    "departure",
+    "position",
     "stops_ahead[].recent_travel",
     "stops_ahead[].recent_hop_seconds",
 )

@@ -86,6 +86,12 @@ def _recent(row) -> dict | None:
     }
 
 
+def _moment(row: pd.Series) -> pd.Timestamp:
+    """The example's prediction moment: the arrival at u + the elapsed time the ETL drew."""
+    elapsed = float(row.get("elapsed_s", 0.0))
+    return pd.Timestamp(row["actual_arrival_u"]) + pd.Timedelta(seconds=elapsed if np.isfinite(elapsed) else 0.0)
+
+
 def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Example]:
     """Up to ``n`` requests, one per sampled (trip, visit of stop u) of the split's example rows. A
     visit is a stop sequence: a loop route passes the same stop twice, and each pass is its own u."""
@@ -125,8 +131,11 @@ def examples_from_split(test: pd.DataFrame, n: int, seed: int = 0) -> list[Examp
                     rows["to_stop_id"], rows["to_stop_sequence"], rows["scheduled_arrival_s"], rows.itertuples()
                 )
             ],
-            # The real-time inputs the ETL computed for this moment (the arrival at u).
-            "moment": _time(first["actual_arrival_u"]),
+            # The real-time inputs the ETL computed at its moment for this u (the arrival + elapsed_s).
+            "moment": _time(_moment(first)),
+            "departure": _time(_moment(first) - pd.Timedelta(seconds=first["departed_s"]))
+            if np.isfinite(first.get("departed_s", np.nan))
+            else None,
             "headway_ahead_seconds": _number(first["headway_ahead_s"]),
         }
         for stop in body["stops_ahead"]:
