@@ -13,6 +13,7 @@ from ray import tune
 
 from mbta_ray.errors import ConfigError
 from mbta_ray.paths import DEFAULT_TUNE_SPACE as DEFAULT_CONFIG
+from mbta_ray.schema import NUMERIC_FEATURES
 
 _LOG = "log10_"
 
@@ -40,6 +41,14 @@ def load(path: str | Path | None = None) -> dict:
             low, high = next(iter(dom.values()))
             if not low < high or (next(iter(dom)) == "log_uniform" and low <= 0):
                 raise SearchSpaceError(f"{path}: {family}.search.{name}: bad range [{low}, {high}]")
+        increasing = (spec.get("fixed") or {}).get("increasing")
+        if increasing is not None and (
+            not isinstance(increasing, list) or not set(map(str, increasing)) <= set(NUMERIC_FEATURES)
+        ):
+            raise SearchSpaceError(
+                f"{path}: {family}.fixed.increasing: expected a list of numeric features "
+                f"({', '.join(NUMERIC_FEATURES)}), got {increasing!r}"
+            )
     return data
 
 

@@ -17,7 +17,7 @@ from mbta_ray.tune import TrialResources, TuneSettings, run_search
 TINY_SPACE = {
     "xgboost": {
         "search": {"eta": {"log_uniform": [0.05, 0.3]}, "max_depth": {"int": [3, 6]}},
-        "fixed": {"num_boost_round": 15, "early_stopping_rounds": 5},
+        "fixed": {"num_boost_round": 15, "early_stopping_rounds": 5, "increasing": ["path_travel_s"]},
     },
     "dnn": {
         "search": {"lr": {"log_uniform": [0.001, 0.01]}, "hidden_width": {"int": [16, 48]}},
@@ -32,7 +32,13 @@ def test_decode_rounds_ints_and_undoes_log_scale():
     space = search_space.param_space(spec)
     assert set(space) == {"log10_eta", "max_depth"}
     params = search_space.decode({"log10_eta": -1.0, "max_depth": 4.6}, spec)
-    assert params == {"eta": pytest.approx(0.1), "max_depth": 5, "num_boost_round": 15, "early_stopping_rounds": 5}
+    assert params == {
+        "eta": pytest.approx(0.1),
+        "max_depth": 5,
+        "num_boost_round": 15,
+        "early_stopping_rounds": 5,
+        "increasing": ["path_travel_s"],
+    }
     assert isinstance(params["max_depth"], int)
 
 
@@ -41,6 +47,43 @@ def test_bad_search_space_names_file_and_parameter(tmp_path):
     bad.write_text(yaml.safe_dump({"xgboost": {"search": {"eta": {"log_uniform": [0.0, 0.3]}}}}))
     with pytest.raises(search_space.SearchSpaceError, match=r"space.yaml: xgboost.search.eta: bad range"):
         search_space.load(bad)
+    bad.write_text(yaml.safe_dump({"xgboost": {"fixed": {"increasing": ["to_stop_id"]}}}))
+    with pytest.raises(search_space.SearchSpaceError, match=r"xgboost.fixed.increasing: expected a list of numeric"):
+        search_space.load(bad)
+
+
+def test_the_trees_never_lower_an_arrival_for_a_longer_recent_path():
+    """With ``increasing: [path_travel_s]`` the trees' correction is non-decreasing in the path, even
+    where the training rows reward pulling long paths back (here: travel is flat above 600 s)."""
+    import numpy as np
+    import xgboost as xgb
+
+    from mbta_ray.encoding import FeatureEncoder
+    from mbta_ray.errors import ConfigError
+    from mbta_ray.models import xgboost_model
+    from tests.test_registry import example_rows
+
+    df = example_rows(2000, seed=1)
+    rng = np.random.default_rng(1)
+    df["path_travel_s"] = rng.uniform(100, 1200, len(df))
+    df["travel_seconds"] = np.minimum(df["path_travel_s"], 600) + rng.normal(0, 10, len(df))
+    enc = FeatureEncoder.fit(df)
+    dtrain = xgboost_model.dmatrix(df, enc, residual=True)
+    params = {"objective": "reg:absoluteerror", "base_score": 0.0, "max_depth": 4, "nthread": 1}
+
+    def correction(constraints: str | None) -> np.ndarray:
+        extra = {"monotone_constraints": constraints} if constraints else {}
+        booster = xgb.train({**params, **extra}, dtrain, num_boost_round=30)
+        grid = df.iloc[[0] * 50].copy()
+        grid["path_travel_s"] = np.linspace(100, 1200, 50)
+        return booster.predict(xgboost_model.dmatrix(grid, enc, residual=False, label=False))
+
+    free = correction(None)
+    assert np.diff(free).min() < -1  # unconstrained, it learns to pull the long paths back
+    tied = correction(xgboost_model.monotone_constraints(enc, ["path_travel_s"]))
+    assert np.diff(tied).min() >= -1e-6
+    with pytest.raises(ConfigError, match="increasing: nope not among the model's inputs"):
+        xgboost_model.monotone_constraints(enc, ["nope"])
 
 
 def test_gpu_request_is_built_when_gpus_are_declared():

@@ -21,6 +21,7 @@ from ray.train.xgboost import XGBoostTrainer
 from mbta_ray.config import WorkerResources
 from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import FeatureEncoder
+from mbta_ray.errors import ConfigError
 from mbta_ray.models.bundle import XGB_MODEL_FILE as MODEL_FILE  # XGBoost's own binary JSON: no pickle
 from mbta_ray.models.params import round_ints
 from mbta_ray.schema import TARGET
@@ -47,6 +48,21 @@ def _matrix(shard, encoder: FeatureEncoder, residual: bool) -> xgb.DMatrix:
     return dmatrix(shard.materialize().to_pandas(), encoder, residual)
 
 
+def monotone_constraints(encoder: FeatureEncoder, increasing: list[str]) -> str:
+    """XGBoost's constraint vector: the trees' output never falls as one of ``increasing`` rises.
+
+    For ``path_travel_s`` (the other vehicles' recent hops, chained): trained on one LAMP day, the
+    trees learned to pull a long recent path back towards that day's medians; in a feed of another
+    season (the race: May 2023's Red-line slow zones) the recent path was right and the pull cost
+    up to 13 s of MAE at 12-30 min (bench/RESULTS.md). A real-time predictor should never answer
+    "earlier" because the vehicles ahead were slower."""
+    names = list(encoder.tree_feature_names)
+    unknown = sorted(set(increasing) - set(names))
+    if unknown:
+        raise ConfigError(f"increasing: {', '.join(unknown)} not among the model's inputs ({', '.join(names)})")
+    return "(" + ",".join("1" if n in increasing else "0" for n in names) + ")"
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker; rank 0 saves the model in the final checkpoint."""
     config = round_ints(config, INT_PARAMS)
@@ -70,6 +86,8 @@ def train_loop_per_worker(config: dict) -> None:
     }
     if residual:  # the margin already holds the prior: start the trees from a zero correction
         params["base_score"] = 0.0
+    if config.get("increasing"):
+        params["monotone_constraints"] = monotone_constraints(encoder, config["increasing"])
     xgb.train(
         params,
         dtrain,
