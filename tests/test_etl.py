@@ -14,6 +14,7 @@ from conftest import lamp_rows, write_lamp
 
 from mbta_ray import etl, sources, versioning
 from mbta_ray.etl import EtlConfig, ingest
+from mbta_ray.realtime.features import REALTIME_FEATURES
 from mbta_ray.schema import EXAMPLE_SCHEMA, FEATURE_CODE_VERSION, QUARANTINE_SCHEMA, SPLITS
 
 BASE = 1707321600  # 2024-02-07T16:00:00Z = 11:00 EST on the service day 2024-02-07
@@ -213,15 +214,7 @@ def test_code_changes_make_a_new_version():
     assert etl.code_version().startswith(FEATURE_CODE_VERSION + "+")
 
 
-REALTIME = [
-    "recent_travel_s",
-    "recent_travel_n",
-    "recent_travel_age_s",
-    "recent_hop_s",
-    "elapsed_s",
-    "departed_s",
-    "headway_ahead_s",
-]
+REALTIME = list(REALTIME_FEATURES)
 
 
 def _realtime_trips(tmp_path: Path, late_shift: int = 0, cut: int = 0) -> dict:
