@@ -43,8 +43,7 @@ class Stops:
     def distance_m(self, from_ids: pd.Series, to_ids: pd.Series) -> np.ndarray:
         """Great-circle distance between stops; NaN where either stop is not in GTFS."""
         a = self.coords.reindex(from_ids.astype("string").to_numpy())
-        b = self.coords.reindex(to_ids.astype("string").to_numpy())
-        return haversine_m(a["lat"].to_numpy(), a["lon"].to_numpy(), b["lat"].to_numpy(), b["lon"].to_numpy())
+        return self.distance_to_m(to_ids, a["lat"].to_numpy(), a["lon"].to_numpy())
 
     def distance_to_m(self, stop_ids: pd.Series, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """Great-circle distance from points to stops; NaN where the stop is not in GTFS."""

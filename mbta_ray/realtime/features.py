@@ -69,7 +69,8 @@ def realtime_features(state: NetworkState, queries: pd.DataFrame, n: int = RECEN
     if "hop_from_stop_id" not in queries.columns:  # every row is the first stop ahead: its hop is u -> s
         queries = queries.assign(hop_from_stop_id=queries["from_stop_id"])
     cols = [queries[c].tolist() for c in QUERY_COLUMNS]
-    left: dict[tuple, int | None] = {}  # the stops ahead of one vehicle at one moment share u's departure
+    # The stops ahead of one vehicle at one moment share u's departure and its position since.
+    left: dict[tuple, tuple[int | None, tuple[float, float]]] = {}
     for i, (key, route, direction, u, u_seq, s, hop_from, arrival_u, moment) in enumerate(zip(*cols, strict=True)):
         direction = None if direction is None or direction is pd.NA else int(direction)
         done = state.recent_travel(route, direction, u, s, moment, n=n, exclude=key, max_age_s=RECENT_MAX_AGE_S)
