@@ -147,6 +147,14 @@ class Feed:
     report: FeedReport
 
 
+@dataclass
+class Snapshot:
+    """One snapshot read from bytes: its header timestamp (epoch s) and its rows."""
+
+    timestamp: int
+    feed: Feed
+
+
 def read_vehicle_positions(paths: Iterable[str | os.PathLike]) -> Feed:
     """VehiclePositions from files in any of the three forms (mixed is fine), as one table."""
     return _read(paths, "VehiclePositions")
@@ -207,7 +215,7 @@ def _read(paths: Iterable[str | os.PathLike], kind: str) -> Feed:
             if _form(head) == "parquet":
                 frames.extend(_archive_frames(path, kind, report))
             else:
-                flat = _snapshot_rows(path, kind, head)
+                _, flat = _snapshot_rows(path.read_bytes(), path, kind)
                 report.snapshots += 1
                 frames.append(pd.DataFrame(flat) if flat else pd.DataFrame())
         except FeedError as exc:
@@ -226,10 +234,26 @@ def _read(paths: Iterable[str | os.PathLike], kind: str) -> Feed:
 # --- snapshots: JSON and protobuf -------------------------------------------------------------------
 
 
-def _snapshot_rows(path: Path, kind: str, head: bytes) -> list[dict]:
-    """One snapshot file (JSON, gzipped JSON or protobuf) as flattened rows with feed_timestamp."""
-    data = path.read_bytes()
-    form = _form(head)
+def read_snapshot(data: bytes, kind: str, where: str) -> Snapshot:
+    """One snapshot (protobuf, JSON or gzipped JSON bytes, e.g. fetched from a feed URL) as a table
+    and its header timestamp (an empty snapshot still has one); ``where`` names it in errors.
+    Raises ``FeedError`` for a snapshot that cannot be read."""
+    if kind not in ("VehiclePositions", "TripUpdates"):
+        raise ValueError(f"kind must be VehiclePositions or TripUpdates, got {kind!r}")
+    if _form(data[:8]) == "parquet":
+        raise FeedError(f"{where}: a parquet archive, not one snapshot")
+    report = FeedReport(kind=kind, files=1, snapshots=1)
+    timestamp, flat = _snapshot_rows(data, where, kind)
+    fields = VEHICLE_FIELDS if kind == "VehiclePositions" else TRIP_UPDATE_FIELDS
+    frame = _normalize(pd.DataFrame(flat) if flat else pd.DataFrame(), kind, fields, report)
+    report.rows = len(frame)
+    return Snapshot(timestamp, Feed(frame, report))
+
+
+def _snapshot_rows(data: bytes, path: Path | str, kind: str) -> tuple[int, list[dict]]:
+    """One snapshot (JSON, gzipped JSON or protobuf bytes): its header timestamp and its entities as
+    flattened rows with feed_timestamp."""
+    form = _form(data[:8])
     if form == "gzip":
         try:
             data = gzip.decompress(data)
@@ -259,10 +283,10 @@ def _snapshot_rows(path: Path, kind: str, head: bytes) -> list[dict]:
     rows: list[dict] = []
     for entity in entities:
         rows.extend(_entity_rows(entity, kind, feed_timestamp))
-    return rows
+    return feed_timestamp, rows
 
 
-def _protobuf_to_dict(path: Path, data: bytes) -> dict:
+def _protobuf_to_dict(path: Path | str, data: bytes) -> dict:
     from google.protobuf import json_format
     from google.protobuf.message import DecodeError
     from google.transit import gtfs_realtime_pb2

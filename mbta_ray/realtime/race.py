@@ -37,6 +37,7 @@ from mbta_ray.errors import DataError
 from mbta_ray.evaluate import HORIZON_BINS, accurate_in_bins, horizon_bin
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.features import realtime_features
+from mbta_ray.realtime.requests import vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.schema import mode_for_route
 from mbta_ray.timeutil import parse_utc
@@ -159,8 +160,6 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
     """One API request per trip and moment (the trip's last arrival u known then, its stops after u
     in order, the real-time inputs from the state), and for each the moment and the scope row of
     each stop ahead (None for a stop not raced)."""
-    from mbta_ray.serve.schemas import PredictRequest, StopAhead
-
     stop_lists = {
         k: g.sort_values("stop_sequence")
         for k, g in trip_updates[trip_updates["feed_timestamp"].isin(scope["feed_timestamp"].unique())].groupby(
@@ -184,76 +183,22 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
             continue
         where = where[: raced[-1] + 1]  # no stop past the last one raced
         stop_ids = listed["stop_id"].iloc[: len(where)].tolist()
-        known = realtime_features(
+        request = vehicle_request(
             state,
-            pd.DataFrame(
-                {
-                    "trip_key": first["trip_key"],
-                    "route_id": first["route_id"],
-                    "direction_id": first["direction_id"],
-                    "from_stop_id": last.stop_id,
-                    "from_stop_sequence": last.stop_sequence,
-                    "to_stop_id": stop_ids,
-                    "hop_from_stop_id": [last.stop_id, *stop_ids[:-1]],
-                    "arrival_u": last.time,
-                    "moment": t,
-                }
-            ),
-        )
-        ahead = [
-            StopAhead.model_construct(
-                stop_id=stop_id,
-                stop_sequence=None,
-                scheduled_arrival=None,
-                recent_travel=_recent_travel(f) if f.recent_travel_n > 0 else None,
-                recent_hop_seconds=float(f.recent_hop_s) if np.isfinite(f.recent_hop_s) else None,
-            )
-            for stop_id, f in zip(stop_ids, known.itertuples())
-        ]
-        headway = known["headway_ahead_s"].iloc[0]
-        departed = known["departed_s"].iloc[0]
-        request = PredictRequest.model_construct(
-            route_id=first["route_id"],
-            direction_id=int(first["direction_id"]),
-            stop_id=last.stop_id,
-            stop_sequence=None,
-            actual_arrival=dt.datetime.fromtimestamp(last.time, dt.UTC),
-            scheduled_arrival=None,
-            trip_id=trip,
-            mode=None,
-            service_date=dt.datetime.strptime(first["start_date"], "%Y%m%d").date(),
-            previous_stop=None,
-            headway_seconds=None,
-            scheduled_headway_seconds=None,
-            stops_ahead=ahead,
-            moment=dt.datetime.fromtimestamp(t, dt.UTC),
-            headway_ahead_seconds=None if math.isnan(headway) else float(headway),
-            departure=None if math.isnan(departed) else dt.datetime.fromtimestamp(t - departed, dt.UTC),
-            position=_position(known.iloc[0]),
+            first["trip_key"],
+            last,
+            first["route_id"],
+            int(first["direction_id"]),
+            trip,
+            dt.datetime.strptime(first["start_date"], "%Y%m%d").date(),
+            stop_ids,
+            t,
         )
         if runner.refusal(request) is not None:
             continue
         requests.append(request)
         targets.append((t, where))
     return requests, targets
-
-
-def _position(f: pd.Series):
-    from mbta_ray.serve.schemas import VehiclePosition
-
-    if not (np.isfinite(f["vehicle_lat"]) and np.isfinite(f["vehicle_lon"])):
-        return None
-    return VehiclePosition.model_construct(latitude=float(f["vehicle_lat"]), longitude=float(f["vehicle_lon"]))
-
-
-def _recent_travel(f):
-    from mbta_ray.serve.schemas import RecentTravel
-
-    return RecentTravel.model_construct(
-        median_seconds=float(f.recent_travel_s),
-        vehicles=int(f.recent_travel_n),
-        age_seconds=float(f.recent_travel_age_s),
-    )
 
 
 def score(scope: pd.DataFrame, predictions: dict[str, np.ndarray]) -> list[dict]:

@@ -1,0 +1,104 @@
+"""The API request for a vehicle at a moment, from the network state: what the race sends for each
+trip it scores and what the live service sends for each active vehicle (one builder, so the race
+measures exactly what the live feed publishes).
+
+The request is the one a client sends (``serve.schemas.PredictRequest``): the trip's last arrival u
+known at the moment, the stops after u in order, and the real-time inputs the state knows then (the
+moment, the headway to the vehicle ahead, when the vehicle left u and where it is since, each
+segment's and hop's recent travel time by other vehicles).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from mbta_ray.realtime.features import realtime_features
+from mbta_ray.realtime.state import Arrival, NetworkState
+
+
+def vehicle_request(
+    state: NetworkState,
+    key: str,
+    last: Arrival,
+    route_id: str,
+    direction_id: int,
+    trip_id: str,
+    service_date: dt.date,
+    stop_ids: Sequence[str],
+    moment: float,
+):
+    """The ``PredictRequest`` for trip ``key`` (last arrival ``last``) to ``stop_ids`` (the stops
+    after u, in order), with everything the state knew at ``moment``."""
+    from mbta_ray.serve.schemas import PredictRequest, StopAhead
+
+    stop_ids = list(stop_ids)
+    known = realtime_features(
+        state,
+        pd.DataFrame(
+            {
+                "trip_key": key,
+                "route_id": route_id,
+                "direction_id": direction_id,
+                "from_stop_id": last.stop_id,
+                "from_stop_sequence": last.stop_sequence,
+                "to_stop_id": stop_ids,
+                "hop_from_stop_id": [last.stop_id, *stop_ids[:-1]],
+                "arrival_u": last.time,
+                "moment": moment,
+            }
+        ),
+    )
+    ahead = [
+        StopAhead.model_construct(
+            stop_id=stop_id,
+            stop_sequence=None,
+            scheduled_arrival=None,
+            recent_travel=_recent_travel(f) if f.recent_travel_n > 0 else None,
+            recent_hop_seconds=float(f.recent_hop_s) if np.isfinite(f.recent_hop_s) else None,
+        )
+        for stop_id, f in zip(stop_ids, known.itertuples())
+    ]
+    headway = known["headway_ahead_s"].iloc[0]
+    departed = known["departed_s"].iloc[0]
+    return PredictRequest.model_construct(
+        route_id=route_id,
+        direction_id=int(direction_id),
+        stop_id=last.stop_id,
+        stop_sequence=None,
+        actual_arrival=dt.datetime.fromtimestamp(last.time, dt.UTC),
+        scheduled_arrival=None,
+        trip_id=trip_id,
+        mode=None,
+        service_date=service_date,
+        previous_stop=None,
+        headway_seconds=None,
+        scheduled_headway_seconds=None,
+        stops_ahead=ahead,
+        moment=dt.datetime.fromtimestamp(moment, dt.UTC),
+        headway_ahead_seconds=None if math.isnan(headway) else float(headway),
+        departure=None if math.isnan(departed) else dt.datetime.fromtimestamp(moment - departed, dt.UTC),
+        position=_position(known.iloc[0]),
+    )
+
+
+def _position(f: pd.Series):
+    from mbta_ray.serve.schemas import VehiclePosition
+
+    if not (np.isfinite(f["vehicle_lat"]) and np.isfinite(f["vehicle_lon"])):
+        return None
+    return VehiclePosition.model_construct(latitude=float(f["vehicle_lat"]), longitude=float(f["vehicle_lon"]))
+
+
+def _recent_travel(f):
+    from mbta_ray.serve.schemas import RecentTravel
+
+    return RecentTravel.model_construct(
+        median_seconds=float(f.recent_travel_s),
+        vehicles=int(f.recent_travel_n),
+        age_seconds=float(f.recent_travel_age_s),
+    )
