@@ -51,6 +51,24 @@ class Stops:
         return haversine_m(lat, lon, b["lat"].to_numpy(), b["lon"].to_numpy())
 
 
+def station_platforms(path: str) -> dict[str, frozenset[str]]:
+    """Each stop id to the stop ids it stands for: a parent station (``place-pktrm``) to its
+    platforms and itself, any other stop to itself."""
+    try:
+        if str(path).lower().endswith((".txt", ".csv")):
+            df = pd.read_csv(path, usecols=["stop_id", "parent_station"], dtype="string")
+        else:
+            df = pq.read_table(path, columns=["stop_id", "parent_station"]).to_pandas()
+    except (ValueError, KeyError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: not a GTFS stops table with stop_id, parent_station ({exc})") from exc
+    df = df.dropna(subset=["stop_id"]).astype({"stop_id": "string", "parent_station": "string"})
+    out: dict[str, set[str]] = {sid: {sid} for sid in df["stop_id"]}
+    for sid, parent in zip(df["stop_id"], df["parent_station"]):
+        if isinstance(parent, str) and parent:
+            out.setdefault(parent, {parent}).add(sid)
+    return {k: frozenset(v) for k, v in out.items()}
+
+
 def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
     """Great-circle distance in metres between arrays of points in degrees."""
     lat1, lon1, lat2, lon2 = (np.radians(np.asarray(x, dtype="float64")) for x in (lat1, lon1, lat2, lon2))

@@ -38,7 +38,10 @@ def _deploy(root, **args) -> None:
 
     from mbta_ray.serve.app import build
 
-    serve.run(build({"registry": str(root), **args}, ONE_REPLICA), name="mbta", route_prefix="/", blocking=False)
+    # Without the live deployment (tests/test_live.py runs it): these tests follow the model replica.
+    serve.run(
+        build({"registry": str(root), **args}, ONE_REPLICA, live=False), name="mbta", route_prefix="/", blocking=False
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -390,7 +393,7 @@ def test_a_killed_model_replica_costs_no_requests_and_comes_back(served, tmp_pat
     version = _ensure_model(served, tmp_path)
     two = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
     serve.run(
-        build({"registry": str(served), "version": version}, predictor_options=two),
+        build({"registry": str(served), "version": version}, predictor_options=two, live=False),
         name="mbta",
         route_prefix="/",
         blocking=False,
@@ -646,7 +649,12 @@ def test_a_broken_production_pointer_degrades_the_service_instead_of_taking_it_d
     from mbta_ray.serve.app import build
 
     options = {**ONE_REPLICA, "ray_actor_options": {"num_cpus": 0.45}}
-    serve.run(build({"registry": str(served), "poll_s": "1"}, options), name="mbta", route_prefix="/", blocking=False)
+    serve.run(
+        build({"registry": str(served), "poll_s": "1"}, options, live=False),
+        name="mbta",
+        route_prefix="/",
+        blocking=False,
+    )
     deadline = time.time() + 90
     while health().get("model_version") != good:
         assert time.time() < deadline, health()

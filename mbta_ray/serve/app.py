@@ -16,12 +16,13 @@
 """
 
 import asyncio
+import datetime
 import logging
 import math
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from fastapi import FastAPI, Request
@@ -33,11 +34,13 @@ from ray.serve.handle import DeploymentHandle
 
 from mbta_ray.defaults import MODEL_NAME, REGISTRY_ENV, SERVE_APP_NAME
 from mbta_ray.errors import MbtaRayError
-from mbta_ray.paths import DEFAULT_ROOT
+from mbta_ray.gtfs import station_platforms
+from mbta_ray.paths import DEFAULT_ROOT, DEFAULT_STOPS, GTFSRT_VEHICLE_POSITIONS
+from mbta_ray.realtime.live import LiveConfig, LiveTracker, open_source
 from mbta_ray.registry import Registry, RegistryError
 from mbta_ray.serve import metrics
 from mbta_ray.serve.inference import Answer, ModelRunner, Refusal
-from mbta_ray.serve.schemas import BatchRequest, BatchResponse, PredictRequest, PredictResponse
+from mbta_ray.serve.schemas import BatchRequest, BatchResponse, PredictRequest, PredictResponse, StopId
 
 JSON = "application/json"
 
@@ -236,6 +239,117 @@ class Predictor:
             metrics.predictions().inc(sum(len(r.stops_ahead) for r in flat), tags=tags)
         return out
 
+    def predict_live(self, requests: list[PredictRequest]) -> list[PredictResponse | None]:
+        """The live service's one call per snapshot: every active vehicle's request in one model call;
+        a request the model cannot handle (an unknown route or stop) gets None, not the batch's failure."""
+        runner = self.runner
+        if runner is None:
+            raise RuntimeError(self.error or "no model loaded")
+        accepted = [i for i, r in enumerate(requests) if runner.refusal(r) is None]
+        out: list[PredictResponse | None] = [None] * len(requests)
+        if accepted:
+            for i, response in zip(accepted, runner.predict([requests[i] for i in accepted]), strict=True):
+                out[i] = response
+            tags = {"model_version": runner.version}
+            metrics.requests_served().inc(len(accepted), tags=tags)
+            metrics.predictions().inc(sum(len(requests[i].stops_ahead) for i in accepted), tags=tags)
+        return out
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, num_replicas=1, max_ongoing_requests=64)
+class Live:
+    """The live service: polls a VehiclePositions source every ``poll_s``, keeps the network state
+    (``realtime.live.LiveTracker``, the one state implementation) and, for each new snapshot, predicts
+    every active vehicle's stops ahead in one call to the ``Predictor``. One replica: it is the state.
+
+    ``user_config`` (``realtime.live.LIVE_DEFAULTS``): feed_url (an http(s) URL, a snapshot file
+    rewritten in place, or parquet archives to replay; none: the embedded GTFS-realtime hour),
+    poll_s, max_age_s, timeout_s, vehicle_timeout_s, replay_speed, replay_start, max_stops_ahead.
+    """
+
+    def __init__(self, predictor: DeploymentHandle, live: DeploymentHandle | None = None) -> None:
+        self.predictor = predictor
+        self.live = live
+        self.tracker: LiveTracker | None = None
+        self.error: str | None = None
+        self._task: asyncio.Task | None = None
+        self._platforms = station_platforms(DEFAULT_STOPS)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """A new config starts a new state from the source it names (a bad one fails the deploy)."""
+        cfg = LiveConfig.from_dict(config)
+        self.tracker = LiveTracker(await asyncio.to_thread(open_source, cfg, GTFSRT_VEHICLE_POSITIONS), cfg)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            tracker = self.tracker
+            try:
+                await self._step(tracker)
+                self.error = None
+            except Exception as exc:  # noqa: BLE001 -- the loop must outlive any one failure
+                self.error = f"{type(exc).__name__}: {exc}"
+                logger.exception("live: a poll failed; keeping the last good predictions")
+            await asyncio.sleep(tracker.config.poll_s)
+
+    async def _step(self, tracker: LiveTracker) -> None:
+        before = dict(tracker.errors)
+        changed = await asyncio.to_thread(tracker.poll)
+        for reason, n in tracker.errors.items():
+            if n > before.get(reason, 0):
+                metrics.feed_errors().inc(n - before.get(reason, 0), tags={"reason": reason})
+        age = tracker.feed_age_s()
+        if age is not None:
+            metrics.feed_age().set(age)
+        if not changed:
+            return
+        started = time.perf_counter()
+        now = tracker.now()
+        pairs = await asyncio.to_thread(tracker.requests, now)
+        responses = await self.predictor.predict_live.remote([r for _, r in pairs]) if pairs else []
+        tracker.publish(now, [(v, r) for (v, _), r in zip(pairs, responses, strict=True) if r is not None])
+        metrics.publish_latency().observe(time.perf_counter() - started)
+
+    def health(self) -> dict:
+        if self.tracker is None:
+            return {"status": "starting", "reason": "not configured yet"}
+        out = self.tracker.health()
+        if self.error and out["status"] == "ok":
+            out.update(status="degraded", reason=f"predictions failed: {self.error}")
+        out["vehicles"] = len(self.tracker.vehicles)
+        out["predictions"] = len(self.tracker.current())
+        return out
+
+    def trip_updates(self, as_json: bool) -> bytes | dict:
+        message = self.tracker.trip_updates()
+        if as_json:
+            from google.protobuf import json_format
+
+            return json_format.MessageToDict(message, preserving_proto_field_name=True)
+        return message.SerializeToString()
+
+    def arrivals(self, stop_id: str) -> dict | None:
+        """None: a stop GTFS does not know."""
+        stops = self._platforms.get(stop_id)
+        if stops is None:
+            return None
+        now = self.tracker.now()
+        return {
+            "stop_id": stop_id,
+            "stops": sorted(stops),
+            "at": _iso(now),
+            "arrivals": self.tracker.arrivals(set(stops), now),
+        }
+
+    def vehicles(self) -> dict:
+        now = self.tracker.now()
+        return {"at": _iso(now), "vehicles": [v.to_dict(now) for v in self.tracker.active(now)]}
+
+
+def _iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat().replace("+00:00", "Z")
+
 
 api = FastAPI(
     title="mbta_ray predictions",
@@ -360,8 +474,9 @@ def _refused(refusal: Refusal) -> JSONResponse:
 )
 @serve.ingress(api)
 class Api:
-    def __init__(self, predictor: DeploymentHandle) -> None:
+    def __init__(self, predictor: DeploymentHandle, live: DeploymentHandle | None = None) -> None:
         self.predictor = predictor
+        self.live = live
 
     async def _call(self, requests: list[PredictRequest], loc: tuple) -> Answer | Refusal:
         return await self._retrying(lambda: self.predictor.predict.remote(requests, loc))
@@ -413,6 +528,13 @@ class Api:
         out = {"ready": True, "model_version": info["version"]}
         if info.get("degraded"):
             out.update(status="degraded", detail=info["degraded"])
+        if self.live is not None:
+            live = await self._live("health")
+            out["live"] = (
+                live if isinstance(live, dict) else {"status": "degraded", "reason": "live service unavailable"}
+            )
+            if out["live"]["status"] == "degraded" and "status" not in out:
+                out.update(status="degraded", detail=f"live feed: {out['live']['reason']}")
         return out
 
     @api.get("/model", responses={503: {"description": "no model loaded yet (the reason in detail)"}})
@@ -422,11 +544,58 @@ class Api:
             return JSONResponse(status_code=503, content={"detail": info["error"]})
         return info
 
+    async def _live(self, method: str, *args):
+        """A call to the live deployment, or a JSONResponse(503) when there is none or it is down."""
+        if self.live is None:
+            return JSONResponse(status_code=503, content={"detail": "this app runs without the live service"})
+        try:
+            return await getattr(self.live, method).remote(*args)
+        except _REPLICA_GONE as exc:
+            return JSONResponse(status_code=503, content={"detail": f"live service unavailable ({type(exc).__name__})"})
 
-def build(args: dict[str, str] | None = None, predictor_options: dict | None = None) -> serve.Application:
+    @api.get(
+        "/gtfs-rt/TripUpdates.pb",
+        responses={
+            200: {"description": "GTFS-realtime FeedMessage (protobuf; ?format=json: the same as JSON)"},
+            503: {"description": "no live service"},
+        },
+    )
+    async def trip_updates(self, format: Literal["pb", "json"] = "pb"):  # noqa: A002 -- the query name
+        """The predictions of every active trip as GTFS-realtime TripUpdates (FULL_DATASET; arrival
+        time and uncertainty per stop ahead). Empty while the feed is older than max_age_s."""
+        out = await self._live("trip_updates", format == "json")
+        if isinstance(out, Response):
+            return out
+        return JSONResponse(out) if format == "json" else Response(out, media_type="application/x-protobuf")
+
+    @api.get("/stops/{stop_id}/arrivals", responses={404: {"description": "a stop GTFS does not know"}})
+    async def stop_arrivals(self, stop_id: StopId):
+        """The next predicted arrivals at a stop, soonest first (a parent station such as
+        ``place-pktrm`` covers its platforms): route, direction, trip, vehicle, predicted time,
+        seconds away, and how old the vehicle's observation is."""
+        out = await self._live("arrivals", stop_id)
+        if out is None:
+            return JSONResponse(status_code=404, content={"detail": f"stop {stop_id!r} is not in GTFS"})
+        return out
+
+    @api.get("/vehicles")
+    async def vehicles(self):
+        """The active vehicles: trip, route, direction, status, stop, position and last update."""
+        return await self._live("vehicles")
+
+    @api.get("/live/healthz")
+    async def live_health(self):
+        """The live feed: ``ok``, ``degraded`` (the reason and the feed's age) or ``starting``."""
+        return await self._live("health")
+
+
+def build(
+    args: dict[str, str] | None = None, predictor_options: dict | None = None, live: dict | bool | None = None
+) -> serve.Application:
     """The application; ``args`` (from ``serve run ... key=value`` or a config) go to the model's
     user_config: registry, model_name, version (and poll_s). ``predictor_options`` override the model
-    deployment's options (e.g. its autoscaling_config) when built from code."""
+    deployment's options (e.g. its autoscaling_config) when built from code. ``live`` is the live
+    deployment's user_config (None: replay the embedded hour; False: an app without it)."""
     args = dict(args or {})
     # Relative paths resolve in the replica's working directory (the repo root under `serve run`).
     config = {
@@ -436,7 +605,12 @@ def build(args: dict[str, str] | None = None, predictor_options: dict | None = N
     }
     if "poll_s" in args:
         config["poll_s"] = float(args["poll_s"])
-    return Api.bind(Predictor.options(user_config=config, **(predictor_options or {})).bind())
+    predictor = Predictor.options(user_config=config, **(predictor_options or {})).bind()
+    if live is False:
+        return Api.bind(predictor)
+    return Api.bind(
+        predictor, Live.options(user_config=LiveConfig.from_dict(live or {}).to_user_config()).bind(predictor)
+    )
 
 
 def deploy(

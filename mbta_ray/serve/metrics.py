@@ -11,6 +11,9 @@ the Ray dashboard's Metrics page when Prometheus/Grafana are set up:
 - ``ray_mbta_model_loaded{model_version}``: 1 for the version a model replica serves, 0 after it
   was replaced.
 - ``ray_mbta_batch_size``: vehicle requests per model call (what ``@serve.batch`` achieved).
+- ``ray_mbta_live_feed_errors_total{reason}``: live feed polls that failed (``unreachable``,
+  ``timeout``, ``http_error``, ``garbage``, ``stale``, ``empty``, ...); ``ray_mbta_live_feed_age_seconds``:
+  how old the newest good snapshot is; ``ray_mbta_live_publish_seconds``: snapshot in to TripUpdates out.
 
 Each replica process creates its metrics once, on first use (Serve adds deployment/replica tags).
 """
@@ -62,3 +65,22 @@ def batch_size() -> metrics.Histogram:
 
 def reject(reason: str) -> None:
     rejected().inc(tags={"reason": reason})
+
+
+@cache
+def feed_errors() -> metrics.Counter:
+    return metrics.Counter("mbta_live_feed_errors", "Live feed polls that failed, by reason.", tag_keys=("reason",))
+
+
+@cache
+def feed_age() -> metrics.Gauge:
+    return metrics.Gauge("mbta_live_feed_age_seconds", "Age of the newest good live feed snapshot.")
+
+
+@cache
+def publish_latency() -> metrics.Histogram:
+    return metrics.Histogram(
+        "mbta_live_publish_seconds",
+        "From taking in a new snapshot to published TripUpdates.",
+        boundaries=[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0],
+    )

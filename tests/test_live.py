@@ -1,0 +1,335 @@
+"""The live service: a real local HTTP server (in the test) serves protobuf VehiclePositions snapshots
+built from the embedded GTFS-realtime hour, one snapshot per request, with faults on demand; the
+tracker (and, in the last test, the real Serve app) consumes it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from mbta_ray.errors import ConfigError
+from mbta_ray.paths import GTFSRT_VEHICLE_POSITIONS
+from mbta_ray.realtime import feeds
+from mbta_ray.realtime.live import HttpSource, LiveConfig, LiveTracker, ReplaySource, open_source, uncertainty_s
+from mbta_ray.serve.inference import ModelRunner
+from tests.test_registry import make_model
+
+_STATUS = {"INCOMING_AT": 0, "STOPPED_AT": 1, "IN_TRANSIT_TO": 2}
+
+
+@pytest.fixture(scope="module")
+def hour() -> pd.DataFrame:
+    return feeds.read_vehicle_positions([GTFSRT_VEHICLE_POSITIONS]).frame
+
+
+def snapshot_bytes(rows: pd.DataFrame, header_ts: int, shift: int = 0) -> bytes:
+    """A VehiclePositions FeedMessage of normalized rows (vehicle timestamps moved by ``shift``)."""
+    from google.transit import gtfs_realtime_pb2
+
+    message = gtfs_realtime_pb2.FeedMessage()
+    message.header.gtfs_realtime_version = "2.0"
+    message.header.timestamp = int(header_ts)
+    for i, r in enumerate(rows.itertuples(index=False)):
+        e = message.entity.add()
+        e.id = f"{r.vehicle_id}-{i}"
+        v = e.vehicle
+        v.trip.trip_id, v.trip.route_id, v.trip.start_date = r.trip_id, r.route_id, r.start_date
+        if r.direction_id is not pd.NA:
+            v.trip.direction_id = int(r.direction_id)
+        v.vehicle.id = r.vehicle_id
+        v.stop_id = r.stop_id
+        if np.isfinite(r.stop_sequence):
+            v.current_stop_sequence = int(r.stop_sequence)
+        v.current_status = _STATUS[r.status]
+        v.timestamp = int(r.timestamp) + shift
+        if np.isfinite(r.latitude):
+            v.position.latitude, v.position.longitude = float(r.latitude), float(r.longitude)
+    return message.SerializeToString()
+
+
+class FeedServer:
+    """Serves the hour's snapshots in order, one per request (every ``step``-th snapshot); ``faults``
+    (a queue) replaces the next answers: ("status", 500), ("bytes", b"..."), ("sleep", s), "stale"
+    (the previous snapshot again), "empty" (a header, no entities). With ``live_clock`` each
+    snapshot is moved to the time it is served (header = now), as a live feed would be."""
+
+    def __init__(self, hour: pd.DataFrame, step: int = 3, live_clock: bool = False) -> None:
+        self.groups = [g for _, g in hour.groupby("feed_timestamp", sort=True)][::step]
+        self.faults: deque = deque()
+        self.served = 0
+        self.live_clock = live_clock
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                status, body = outer.answer()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout fault)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/VehiclePositions.pb"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def snapshot(self, i: int) -> bytes:
+        g = self.groups[min(i, len(self.groups) - 1)]
+        ts = int(g["feed_timestamp"].iloc[0])
+        shift = int(time.time()) - ts if self.live_clock else 0
+        return snapshot_bytes(g, ts + shift, shift)
+
+    def answer(self) -> tuple[int, bytes]:
+        fault = self.faults.popleft() if self.faults else None
+        if fault is None:
+            self.served += 1
+            return 200, self.snapshot(self.served - 1)
+        if fault == "stale":
+            return 200, self.snapshot(max(self.served - 2, 0)) if not self.live_clock else self._older()
+        if fault == "empty":
+            return 200, snapshot_bytes(
+                self.groups[0].iloc[:0], int(time.time()) if self.live_clock else self.ts(self.served)
+            )
+        kind, value = fault
+        if kind == "sleep":
+            time.sleep(value)
+            return 200, self.snapshot(self.served)
+        return (value, b"server error") if kind == "status" else (200, value)
+
+    def _older(self) -> bytes:
+        g = self.groups[0]
+        return snapshot_bytes(g, int(time.time()) - 3600, 0)
+
+    def ts(self, i: int) -> int:
+        return int(self.groups[min(i, len(self.groups) - 1)]["feed_timestamp"].iloc[0])
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def red_model(tmp_path_factory) -> ModelRunner:
+    """A real tiny XGBoost model that knows the Red and Orange lines (tests.test_registry)."""
+    return ModelRunner(make_model(tmp_path_factory.mktemp("live-model"), mae=90.0))
+
+
+def _tracker(server: FeedServer, **config) -> LiveTracker:
+    cfg = LiveConfig.from_dict({"feed_url": server.url, "timeout_s": 1.0, **config})
+    tracker = LiveTracker(HttpSource(server.url, cfg.timeout_s), cfg)
+    tracker.source._clock = lambda: (tracker.latest or 0) + 1.0  # the test's clock: just after the feed
+    return tracker
+
+
+def _predict(tracker: LiveTracker, runner: ModelRunner) -> list:
+    now = tracker.now()
+    pairs = [(v, r) for v, r in tracker.requests(now) if runner.refusal(r) is None]
+    responses = runner.predict([r for _, r in pairs]) if pairs else []
+    tracker.publish(now, list(zip([v for v, _ in pairs], responses, strict=True)))
+    return pairs
+
+
+def test_live_config_names_the_bad_key():
+    with pytest.raises(ConfigError, match="poll_s"):
+        LiveConfig.from_dict({"poll_s": -1})
+    with pytest.raises(ConfigError, match="feed_ulr"):
+        LiveConfig.from_dict({"feed_ulr": "http://x"})
+    with pytest.raises(ConfigError, match="replay_start"):
+        LiveConfig.from_dict({"replay_start": "yesterday"})
+    with pytest.raises(ConfigError, match="feed_url"):
+        open_source(LiveConfig.from_dict({"feed_url": "/no/such/file.pb"}), GTFSRT_VEHICLE_POSITIONS)
+    assert uncertainty_s(30) == 60 and uncertainty_s(900) == 360
+
+
+def test_trip_updates_from_a_polled_feed_equal_the_models_predictions(hour, red_model):
+    from google.transit import gtfs_realtime_pb2
+
+    server = FeedServer(hour, step=3)
+    try:
+        tracker = _tracker(server)
+        for _ in range(150):  # ~15 minutes of the hour, a snapshot every ~6 s
+            assert tracker.poll(), tracker.last_error
+        pairs = _predict(tracker, red_model)
+    finally:
+        server.close()
+    assert tracker.health()["status"] == "ok" and tracker.snapshots == 150
+    assert len(pairs) >= 5, "Red-line vehicles with a last stop and stops ahead"
+    message = gtfs_realtime_pb2.FeedMessage()
+    message.ParseFromString(tracker.trip_updates().SerializeToString())  # what /gtfs-rt/TripUpdates.pb sends
+    assert message.header.incrementality == gtfs_realtime_pb2.FeedHeader.FULL_DATASET
+    assert message.header.timestamp == int(tracker.now())
+    published = {
+        (e.trip_update.trip.trip_id, u.stop_id): (u.arrival.time, u.arrival.uncertainty)
+        for e in message.entity
+        for u in e.trip_update.stop_time_update
+    }
+    # The same requests answered again by the model: the feed says exactly what it predicts.
+    now = tracker.now()
+    expected = {}
+    for (v, _), response in zip(pairs, red_model.predict([r for _, r in pairs]), strict=True):
+        arrival = now
+        for p in response.predictions:  # never before the moment, nor before the stop before
+            arrival = max(arrival, p.predicted_arrival.timestamp())
+            expected[(v.trip_id, p.stop_id)] = round(arrival)
+    assert set(published) == set(expected)
+    for k, (arrival, uncertainty) in published.items():
+        assert arrival == expected[k]
+        assert uncertainty == uncertainty_s(arrival - now)
+    # Stops ahead follow the line: each trip's stops in one TripUpdate, in the order vehicles went.
+    for e in message.entity:
+        stops = [u.stop_id for u in e.trip_update.stop_time_update]
+        assert len(stops) == len(set(stops))
+        times = [u.arrival.time for u in e.trip_update.stop_time_update]
+        assert times == sorted(times)
+    # A stop's arrivals: soonest first and the same times as the TripUpdates.
+    stop = next(iter(published))[1]
+    arrivals = tracker.arrivals({stop})
+    assert arrivals and [a["seconds_away"] for a in arrivals] == sorted(a["seconds_away"] for a in arrivals)
+    for a in arrivals:
+        assert published[(a["trip_id"], stop)][0] == round(pd.Timestamp(a["predicted_arrival"]).timestamp())
+
+
+def test_every_feed_fault_keeps_the_last_good_state_and_says_degraded(hour, red_model):
+    server = FeedServer(hour, step=3)
+    try:
+        tracker = _tracker(server)
+        for _ in range(60):
+            tracker.poll()
+        _predict(tracker, red_model)
+        good = (tracker.latest, len(tracker.vehicles), len(tracker.predictions))
+        assert good[2] > 0
+        faults = [
+            (("status", 500), "http_error", "HTTP 500"),
+            (("bytes", b"\x00garbage\xff" * 10), "garbage", "not a GTFS-realtime"),
+            (("sleep", 2.0), "timeout", "no answer within"),
+            ("stale", "stale", "not newer than"),
+            ("empty", "empty", "no vehicles"),
+        ]
+        for fault, reason, words in faults:
+            server.faults.append(fault)
+            assert tracker.poll() is False
+            health = tracker.health()
+            assert health["status"] == "degraded" and words in health["reason"], health
+            assert tracker.errors[reason] == 1
+            assert (tracker.latest, len(tracker.vehicles), len(tracker.predictions)) == good  # nothing lost
+            assert tracker.current(), "predictions stay while the feed is younger than max_age_s"
+            assert tracker.poll() is True and tracker.health()["status"] == "ok"  # and it recovers
+            good = (tracker.latest, len(tracker.vehicles), len(tracker.predictions))
+    finally:
+        server.close()
+    # Unreachable: nothing listens any more.
+    assert tracker.poll() is False and tracker.errors["unreachable"] == 1
+    assert "unreachable" in tracker.health()["reason"]
+    # An old feed: predictions are withdrawn, not served stale.
+    tracker.source._clock = lambda: tracker.latest + tracker.config.max_age_s + 1
+    assert tracker.current() == [] and len(tracker.trip_updates().entity) == 0
+    assert "old" in tracker.health()["reason"]
+
+
+def test_vehicles_time_out_and_a_trip_follows_its_new_vehicle(hour):
+    rows = hour[hour["feed_timestamp"] == hour["feed_timestamp"].min()].head(3).copy()
+    cfg = LiveConfig.from_dict({"vehicle_timeout_s": 60})
+    tracker = LiveTracker(HttpSource("http://127.0.0.1:9/", 1.0, clock=lambda: 0.0), cfg)
+    tracker.take(rows)
+    t0 = int(rows["feed_timestamp"].iloc[0])
+    assert {v.vehicle_id for v in tracker.active(t0)} == set(rows["vehicle_id"])
+    swapped = rows.iloc[[0]].assign(vehicle_id="NEW", feed_timestamp=t0 + 30, timestamp=t0 + 30)
+    tracker.take(swapped)
+    trip = rows["trip_id"].iloc[0]
+    assert [v.vehicle_id for v in tracker.active(t0 + 30) if v.trip_id == trip] == ["NEW"]
+    assert {v.vehicle_id for v in tracker.active(t0 + 80)} == {"NEW"}  # the others not heard for 80 s
+
+
+def test_a_replay_follows_its_virtual_clock():
+    now = [0.0]
+    source = ReplaySource([GTFSRT_VEHICLE_POSITIONS], speed=10.0, clock=lambda: now[0])
+    first = source.fetch()
+    assert first is not None and first.timestamp == source.times[0]
+    assert source.fetch() is None  # the clock has not moved
+    now[0] = 6.0  # 60 s of feed
+    second = source.fetch()
+    assert second.timestamp <= source.times[0] + 60 and second.feed.frame["feed_timestamp"].nunique() > 20
+    assert second.feed.frame["feed_timestamp"].min() > first.timestamp
+
+
+def test_the_serve_app_publishes_a_live_feed_and_survives_its_faults(ray_local, hour, tmp_path):
+    from google.transit import gtfs_realtime_pb2
+    from ray import serve
+
+    from mbta_ray.registry import Registry, evaluation_of
+    from mbta_ray.serve.app import build
+
+    port = 8771
+    url = f"http://127.0.0.1:{port}"
+    registry = Registry(tmp_path)
+    model_dir = make_model(tmp_path / "m", mae=90.0)
+    assert registry.promote(registry.register(model_dir, evaluation=evaluation_of(model_dir))["version"]).accepted
+    server = FeedServer(hour, step=3, live_clock=True)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        one = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+        live = {"feed_url": server.url, "poll_s": 0.3, "timeout_s": 1.0, "max_age_s": 60}
+        serve.run(build({"registry": str(tmp_path)}, one, live=live), name="live", route_prefix="/", blocking=False)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                health = requests.get(f"{url}/live/healthz", timeout=5)
+                if health.status_code == 200 and health.json().get("snapshots", 0) >= 5:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        vehicles = requests.get(f"{url}/vehicles", timeout=10)
+        assert vehicles.status_code == 200 and len(vehicles.json()["vehicles"]) > 20
+        message = gtfs_realtime_pb2.FeedMessage()
+        deadline = time.time() + 120
+        while time.time() < deadline:  # stops ahead are learned as the Red line's trains pass by
+            pb = requests.get(f"{url}/gtfs-rt/TripUpdates.pb", timeout=10)
+            assert pb.status_code == 200 and pb.headers["content-type"] == "application/x-protobuf"
+            message.ParseFromString(pb.content)
+            if len(message.entity) >= 3:
+                break
+            time.sleep(0.5)
+        assert message.header.incrementality == gtfs_realtime_pb2.FeedHeader.FULL_DATASET
+        assert len(message.entity) >= 3, "the model knows the Red line: its trips get TripUpdates"
+        update = max((e.trip_update for e in message.entity), key=lambda u: len(u.stop_time_update))
+        stop = update.stop_time_update[-1].stop_id  # the furthest: still ahead at the next publish
+        arrivals = requests.get(f"{url}/stops/{stop}/arrivals", timeout=10).json()["arrivals"]
+        assert [a["seconds_away"] for a in arrivals] == sorted(a["seconds_away"] for a in arrivals)
+        assert update.trip.trip_id in {a["trip_id"] for a in arrivals}
+        js = requests.get(f"{url}/gtfs-rt/TripUpdates.pb?format=json", timeout=10)
+        assert js.status_code == 200 and "header" in js.json()
+        assert requests.get(f"{url}/stops/place-pktrm/arrivals", timeout=10).json()["stops"][0]
+        assert requests.get(f"{url}/stops/no-such-stop/arrivals", timeout=10).status_code == 404
+        assert requests.get(f"{url}/stops/bad%20%3Cid%3E/arrivals", timeout=10).status_code == 422
+        for fault in (("status", 500), ("bytes", b"garbage")):
+            server.faults.extend([fault] * 20)
+            seen = None
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                r = requests.get(f"{url}/healthz", timeout=10)
+                assert r.status_code < 500 or r.status_code == 503, r.text
+                if r.json().get("live", {}).get("status") == "degraded":
+                    seen = r.json()
+                    break
+                time.sleep(0.3)
+            assert seen is not None and "live feed" in seen.get("detail", ""), seen
+            for path in ("/vehicles", "/gtfs-rt/TripUpdates.pb", "/stops/place-pktrm/arrivals"):
+                assert requests.get(f"{url}{path}", timeout=10).status_code == 200
+            server.faults.clear()
+    finally:
+        serve.shutdown()
+        server.close()
