@@ -706,6 +706,41 @@ def smoke_cmd(
         raise typer.Exit(code=1)
 
 
+live_app = _App(help="The live feed: record it.", no_args_is_help=True)
+app.add_typer(live_app, name="live")
+
+
+@live_app.command("record")
+def live_record_cmd(
+    url: Annotated[str, typer.Option("--url", help="A GTFS-realtime feed URL (protobuf or enhanced JSON).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the parquet archives.")],
+    every: Annotated[float, typer.Option("--every", help="Seconds between polls.")] = 5.0,
+    duration: Annotated[
+        Optional[str], typer.Option("--duration", help="How long: seconds, or 30m, 2h (default: until Ctrl-C).")
+    ] = None,
+    snapshots: Annotated[Optional[int], typer.Option("--snapshots", help="Stop after this many snapshots.")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="vehicle-positions or trip-updates.")] = "vehicle-positions",
+    flush_every: Annotated[int, typer.Option("--flush-every", help="Snapshots per parquet file.")] = 60,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds a poll may wait for the feed.")] = 4.0,
+) -> None:
+    """Archive a feed's snapshots as parquet in the flattened layout the readers take (race, live
+    replay, `mbta-ray data ingest`)."""
+    from mbta_ray.realtime.record import parse_duration, record
+
+    report = record(
+        url,
+        out,
+        kind=kind,
+        every_s=every,
+        duration_s=parse_duration(duration),
+        snapshots=snapshots,
+        flush_every=flush_every,
+        timeout_s=timeout,
+        log=lambda m: console.print(m, soft_wrap=True, markup=False, highlight=False),
+    )
+    console.print(f"recorded {report.summary()} into {out}", soft_wrap=True)
+
+
 @app.command("race")
 def race_cmd(
     vehicle_positions: Annotated[

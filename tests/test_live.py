@@ -333,3 +333,44 @@ def test_the_serve_app_publishes_a_live_feed_and_survives_its_faults(ray_local, 
     finally:
         serve.shutdown()
         server.close()
+
+
+def test_record_archives_a_feed_that_every_reader_takes(hour, tmp_path):
+    from mbta_ray.realtime.record import record
+    from mbta_ray.sources import inspect_input
+
+    server = FeedServer(hour, step=3)
+    server.faults.extend(["stale", ("status", 503), ("bytes", b"not a feed")])
+    logged: list[str] = []
+    try:
+        report = record(
+            server.url, tmp_path / "rec", every_s=0.01, snapshots=7, flush_every=3, timeout_s=2, log=logged.append
+        )
+    finally:
+        server.close()
+    assert report.snapshots == 7 and len(report.files) == 3  # 3 + 3 + the last one at the end
+    assert report.skipped["failed polls"] == 2 and any("HTTP 503" in m for m in logged)
+    # The served snapshots, exactly: the first 7 of the hour (every 3rd), read back in the archive form.
+    # (The stale fault came first: it repeated snapshot 0, which the recorder had not seen yet.)
+    recorded = feeds.read_vehicle_positions([tmp_path / "rec"]).frame
+    served = pd.concat(server.groups[:7]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        recorded.drop(columns=["direction_id"]), served.drop(columns=["direction_id"]), check_dtype=False
+    )
+    assert recorded["direction_id"].tolist() == served["direction_id"].tolist()
+    # `mbta-ray data ingest` recognises the files as GTFS-realtime archives.
+    assert {inspect_input(f).format for f in report.files} == {"gtfsrt"}
+
+
+def test_record_cli_refuses_bad_options_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    for args, words in (
+        (["--url", "ftp://example.org/x.pb"], "http(s) URL"),
+        (["--url", "http://127.0.0.1:9/x.pb", "--duration", "soon"], "--duration"),
+        (["--url", "http://127.0.0.1:9/x.pb", "--kind", "alerts"], "--kind"),
+    ):
+        result = CliRunner().invoke(app, ["live", "record", *args, "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output

@@ -250,6 +250,16 @@ def read_snapshot(data: bytes, kind: str, where: str) -> Snapshot:
     return Snapshot(timestamp, Feed(frame, report))
 
 
+def flatten_snapshot(data: bytes, kind: str, where: str) -> tuple[int, list[dict], Counter]:
+    """One snapshot's header timestamp and its entities as rows in the archives' flattened layout
+    (what ``mbta-ray live record`` writes), and the entities left out, by reason."""
+    if kind not in ("VehiclePositions", "TripUpdates"):
+        raise ValueError(f"kind must be VehiclePositions or TripUpdates, got {kind!r}")
+    timestamp, rows = _snapshot_rows(data, where, kind)
+    skipped = Counter(r["_skip"] for r in rows if "_skip" in r)
+    return timestamp, [r for r in rows if "_skip" not in r], skipped
+
+
 def _snapshot_rows(data: bytes, path: Path | str, kind: str) -> tuple[int, list[dict]]:
     """One snapshot (JSON, gzipped JSON or protobuf bytes): its header timestamp and its entities as
     flattened rows with feed_timestamp."""

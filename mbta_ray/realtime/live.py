@@ -135,21 +135,28 @@ class HttpSource:
         return self._clock()
 
     def fetch(self) -> Snapshot:
-        request = urllib.request.Request(self.name, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310 -- http(s) only
-                data = answer.read(MAX_FEED_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            raise FeedError(f"{self.name}: HTTP {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            raise FeedError(f"{self.name}: unreachable ({exc.reason})") from None
-        except TimeoutError:
-            raise FeedError(f"{self.name}: no answer within {self.timeout_s:g} s") from None
-        except OSError as exc:  # a connection reset or dropped mid-answer
-            raise FeedError(f"{self.name}: connection failed ({exc})") from None
-        if len(data) > MAX_FEED_BYTES:
-            raise FeedError(f"{self.name}: answer larger than {MAX_FEED_BYTES} bytes")
-        return feeds.read_snapshot(data, "VehiclePositions", self.name)
+        return feeds.read_snapshot(fetch_bytes(self.name, self.timeout_s), "VehiclePositions", self.name)
+
+
+def fetch_bytes(url: str, timeout_s: float) -> bytes:
+    """A feed URL's answer (http or https); ``FeedError`` naming the URL and what went wrong."""
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{url!r} is not an http(s) URL")
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:  # noqa: S310 -- http(s) only
+            data = answer.read(MAX_FEED_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise FeedError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise FeedError(f"{url}: unreachable ({exc.reason})") from None
+    except TimeoutError:
+        raise FeedError(f"{url}: no answer within {timeout_s:g} s") from None
+    except OSError as exc:  # a connection reset or dropped mid-answer
+        raise FeedError(f"{url}: connection failed ({exc})") from None
+    if len(data) > MAX_FEED_BYTES:
+        raise FeedError(f"{url}: answer larger than {MAX_FEED_BYTES} bytes")
+    return data
 
 
 class FileSource:
