@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ROOT ?= artifacts
 
-.PHONY: run serve test test-fast lint format install check-manifests image image-gpu bench-etl clean
+.PHONY: run serve test test-fast lint format install browser check-manifests image image-gpu bench-etl clean
 
 # torch goes in first, pinned: an unpinned torch (or one pulled in by another package) is a
 # multi-GB CUDA build. For a CUDA build, install it into .venv before `make install` (README).
@@ -29,8 +29,14 @@ serve: $(STAMP)
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 $(BIN)/serve run serve_config.yaml
 
 ## make test: lint, then the whole test suite on a real local Ray cluster (tiny data).
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q tests
+
+## make browser: Debian's chromium and chromedriver for the live page's test (not Selenium's or
+## Playwright's own download, which cannot work offline).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 ## make test-fast: the tests that need no Ray cluster (under a minute).
 test-fast: $(STAMP)

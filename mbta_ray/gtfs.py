@@ -51,19 +51,27 @@ class Stops:
         return haversine_m(lat, lon, b["lat"].to_numpy(), b["lon"].to_numpy())
 
 
-def station_platforms(path: str) -> dict[str, frozenset[str]]:
-    """Each stop id to the stop ids it stands for: a parent station (``place-pktrm``) to its
-    platforms and itself, any other stop to itself."""
+def stop_table(path: str) -> pd.DataFrame:
+    """GTFS stops with what a page and a station lookup need: stop_id, stop_name, parent_station,
+    lat, lon (strings as ``string``, coordinates as float64)."""
+    cols = ["stop_id", "stop_name", "parent_station", "stop_lat", "stop_lon"]
     try:
         if str(path).lower().endswith((".txt", ".csv")):
-            df = pd.read_csv(path, usecols=["stop_id", "parent_station"], dtype="string")
+            df = pd.read_csv(path, usecols=cols, dtype=dict.fromkeys(cols[:3], "string"))
         else:
-            df = pq.read_table(path, columns=["stop_id", "parent_station"]).to_pandas()
+            df = pq.read_table(path, columns=cols).to_pandas()
     except (ValueError, KeyError, pa.ArrowException) as exc:
-        raise DataError(f"{path}: not a GTFS stops table with stop_id, parent_station ({exc})") from exc
-    df = df.dropna(subset=["stop_id"]).astype({"stop_id": "string", "parent_station": "string"})
-    out: dict[str, set[str]] = {sid: {sid} for sid in df["stop_id"]}
-    for sid, parent in zip(df["stop_id"], df["parent_station"]):
+        raise DataError(f"{path}: not a GTFS stops table with {', '.join(cols)} ({exc})") from exc
+    df = df.dropna(subset=["stop_id"]).drop_duplicates("stop_id")
+    df = df.astype({"stop_id": "string", "stop_name": "string", "parent_station": "string"})
+    return df.rename(columns={"stop_lat": "lat", "stop_lon": "lon"}).astype({"lat": "float64", "lon": "float64"})
+
+
+def station_platforms(table: pd.DataFrame) -> dict[str, frozenset[str]]:
+    """Each stop id (of ``stop_table``) to the stop ids it stands for: a parent station
+    (``place-pktrm``) to its platforms and itself, any other stop to itself."""
+    out: dict[str, set[str]] = {sid: {sid} for sid in table["stop_id"]}
+    for sid, parent in zip(table["stop_id"], table["parent_station"]):
         if isinstance(parent, str) and parent:
             out.setdefault(parent, {parent}).add(sid)
     return {k: frozenset(v) for k, v in out.items()}

@@ -4,10 +4,12 @@ tracker (and, in the last test, the real Serve app) consumes it."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,13 +59,16 @@ def snapshot_bytes(rows: pd.DataFrame, header_ts: int, shift: int = 0) -> bytes:
 class FeedServer:
     """Serves the hour's snapshots in order, one per request (every ``step``-th snapshot); ``faults``
     (a queue) replaces the next answers: ("status", 500), ("bytes", b"..."), ("sleep", s), "stale"
-    (the previous snapshot again), "empty" (a header, no entities). With ``live_clock`` each
+    (an older snapshot), "again" (the last answer's bytes again), "empty" (a header, no entities);
+    ``paused`` answers the last bytes again until cleared. With ``live_clock`` each
     snapshot is moved to the time it is served (header = now), as a live feed would be."""
 
     def __init__(self, hour: pd.DataFrame, step: int = 3, live_clock: bool = False) -> None:
         self.groups = [g for _, g in hour.groupby("feed_timestamp", sort=True)][::step]
         self.faults: deque = deque()
         self.served = 0
+        self.paused = False
+        self.last = b""
         self.live_clock = live_clock
         outer = self
 
@@ -94,9 +99,12 @@ class FeedServer:
 
     def answer(self) -> tuple[int, bytes]:
         fault = self.faults.popleft() if self.faults else None
-        if fault is None:
+        if fault is None and not self.paused:
             self.served += 1
-            return 200, self.snapshot(self.served - 1)
+            self.last = self.snapshot(self.served - 1)
+            return 200, self.last
+        if fault is None or fault == "again":  # paused, or asked for: the very same bytes again
+            return 200, self.last
         if fault == "stale":
             return 200, self.snapshot(max(self.served - 2, 0)) if not self.live_clock else self._older()
         if fault == "empty":
@@ -215,9 +223,11 @@ def test_every_feed_fault_keeps_the_last_good_state_and_says_degraded(hour, red_
             (("status", 500), "http_error", "HTTP 500"),
             (("bytes", b"\x00garbage\xff" * 10), "garbage", "not a GTFS-realtime"),
             (("sleep", 2.0), "timeout", "no answer within"),
-            ("stale", "stale", "not newer than"),
+            ("stale", "stale", "older than"),
             ("empty", "empty", "no vehicles"),
         ]
+        server.faults.append("again")  # the same snapshot again: polled faster than the feed updates
+        assert tracker.poll() is False and tracker.health()["status"] == "ok" and not tracker.errors
         for fault, reason, words in faults:
             server.faults.append(fault)
             assert tracker.poll() is False
@@ -303,13 +313,23 @@ def test_the_serve_app_publishes_a_live_feed_and_survives_its_faults(ray_local, 
             if len(message.entity) >= 3:
                 break
             time.sleep(0.5)
-        assert message.header.incrementality == gtfs_realtime_pb2.FeedHeader.FULL_DATASET
         assert len(message.entity) >= 3, "the model knows the Red line: its trips get TripUpdates"
+        # The test feed runs ~20x real time: hold it (the same snapshot again, no fault) so the answers
+        # below describe one published state.
+        server.paused = True
+        time.sleep(1.0)
+        message.ParseFromString(requests.get(f"{url}/gtfs-rt/TripUpdates.pb", timeout=10).content)
+        assert message.header.incrementality == gtfs_realtime_pb2.FeedHeader.FULL_DATASET
         update = max((e.trip_update for e in message.entity), key=lambda u: len(u.stop_time_update))
         stop = update.stop_time_update[-1].stop_id  # the furthest: still ahead at the next publish
         arrivals = requests.get(f"{url}/stops/{stop}/arrivals", timeout=10).json()["arrivals"]
         assert [a["seconds_away"] for a in arrivals] == sorted(a["seconds_away"] for a in arrivals)
         assert update.trip.trip_id in {a["trip_id"] for a in arrivals}
+        lines = requests.get(f"{url}/lines", timeout=10).json()["lines"]
+        assert lines and all(len(x["stops"]) >= 2 and "lat" in x["stops"][0] for x in lines)
+        _the_page_shows_vehicles_and_a_stops_arrivals(url, tmp_path / "live-page.png")
+        assert requests.get(f"{url}/live/healthz", timeout=10).json()["status"] == "ok"
+        server.paused = False
         js = requests.get(f"{url}/gtfs-rt/TripUpdates.pb?format=json", timeout=10)
         assert js.status_code == 200 and "header" in js.json()
         assert requests.get(f"{url}/stops/place-pktrm/arrivals", timeout=10).json()["stops"][0]
@@ -374,3 +394,50 @@ def test_record_cli_refuses_bad_options_in_one_line(tmp_path):
     ):
         result = CliRunner().invoke(app, ["live", "record", *args, "--out", str(tmp_path / "o")])
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output
+
+
+def _the_page_shows_vehicles_and_a_stops_arrivals(url: str, screenshot: Path) -> None:
+    """The page in Debian's headless chromium (the Makefile installs it): it loads only from the app,
+    draws the lines and vehicles, and a click on a stop lists that stop's arrivals."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = requests.get(f"{url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert not re.search(r"(src|href)=[\"']?(https?:)?//", page.text), "the page loads nothing from elsewhere"
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser and driver_path, "Debian's chromium and chromium-driver are missing: run `make browser`"
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--no-first-run", "--window-size=1200,800"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    try:
+        driver.get(f"{url}/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "circle.vehicle")) > 0)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "polyline.line")) > 0
+        # The stop predicted furthest ahead (the feed is held: it stays ahead).
+        feed = requests.get(f"{url}/gtfs-rt/TripUpdates.pb?format=json", timeout=10).json()
+        updates = [u for e in feed.get("entity", []) for u in e["trip_update"]["stop_time_update"]]
+        stop = max(updates, key=lambda u: int(u["arrival"]["time"]))["stop_id"]
+        dot = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'circle.stop[data-stop="{stop}"]'))
+        # A real click event on the stop's dot (a vehicle drawn on top of it must not take it).
+        driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", dot)
+        try:
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#arrivals tr.arrival")) > 0)
+        except TimeoutException:
+            table = driver.find_element(By.ID, "arrivals").get_attribute("innerHTML")[:300]
+            api = requests.get(f"{url}/stops/{stop}/arrivals", timeout=10).text[:300]
+            title = driver.find_element(By.ID, "stop-title").text
+            raise AssertionError(f"no arrivals shown for {stop}: title {title!r}, table {table!r}, api {api}") from None
+        assert stop in driver.find_element(By.ID, "stop-title").text
+        driver.save_screenshot(str(screenshot))
+    finally:
+        driver.quit()

@@ -9,7 +9,8 @@ Sources (``open_source``, chosen from ``feed_url``):
   real time, each poll taking every snapshot published up to the clock.
 
 Faults never stop the tracker: an unreachable or slow feed (timeout), an HTTP error, bytes that are
-no feed, a snapshot not newer than the last one, or an empty one are counted by reason and logged;
+no feed, a snapshot older than the last one, or an empty one are counted by reason and logged (the
+same snapshot again is no fault: a poll faster than the feed updates);
 the last good state is kept. The tracker is ``degraded`` (with the reason and the feed's age) while
 the last poll failed or the newest snapshot is older than ``max_age_s``; predictions are withdrawn
 (not served stale) once it is older than that. A vehicle not reported for ``vehicle_timeout_s`` is
@@ -351,10 +352,13 @@ class LiveTracker:
         if snapshot is None:
             self.last_poll_ok = True
             return False
-        if self.latest is not None and snapshot.timestamp <= self.latest:
+        if snapshot.timestamp == self.latest:  # polled faster than the feed updates: nothing new
+            self.last_poll_ok = True
+            return False
+        if self.latest is not None and snapshot.timestamp < self.latest:
             return self._fault(
                 "stale",
-                f"{self.source.name}: snapshot of {_iso(snapshot.timestamp)} is not newer than {_iso(self.latest)}",
+                f"{self.source.name}: snapshot of {_iso(snapshot.timestamp)} is older than {_iso(self.latest)}",
             )
         if snapshot.feed.frame.empty:
             return self._fault("empty", f"{self.source.name}: snapshot of {_iso(snapshot.timestamp)} has no vehicles")
@@ -460,6 +464,24 @@ class LiveTracker:
                 break
             seen.add(stop)
             out.append(stop)
+        return out
+
+    @_locked
+    def lines(self) -> list[dict]:
+        """Each route and direction's stops in the order vehicles were seen to go, one list per
+        branch (for a page to draw): [{"route_id", "direction_id", "stops": [stop_id, ...]}]."""
+        out = []
+        graph: dict[tuple, dict[str, str]] = {}
+        for (route, direction, u), following in self._next.items():
+            graph.setdefault((route, direction), {})[u] = following.most_common(1)[0][0]
+        for (route, direction), edges in sorted(graph.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            heads = sorted(set(edges) - set(edges.values())) or sorted(edges)[:1]
+            for head in heads:
+                stops, stop = [head], head
+                while stop in edges and edges[stop] not in stops:
+                    stop = edges[stop]
+                    stops.append(stop)
+                out.append({"route_id": route, "direction_id": direction, "stops": stops})
         return out
 
     @_locked

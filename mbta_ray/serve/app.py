@@ -24,22 +24,25 @@ import threading
 import time
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 import ray
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from mbta_ray.defaults import MODEL_NAME, REGISTRY_ENV, SERVE_APP_NAME
 from mbta_ray.errors import MbtaRayError
-from mbta_ray.gtfs import station_platforms
+from mbta_ray.gtfs import station_platforms, stop_table
 from mbta_ray.paths import DEFAULT_ROOT, DEFAULT_STOPS, GTFSRT_VEHICLE_POSITIONS
 from mbta_ray.realtime.live import LiveConfig, LiveTracker, open_source
 from mbta_ray.registry import Registry, RegistryError
 from mbta_ray.serve import metrics
 from mbta_ray.serve.inference import Answer, ModelRunner, Refusal
+from mbta_ray.serve.page import PAGE
 from mbta_ray.serve.schemas import BatchRequest, BatchResponse, PredictRequest, PredictResponse, StopId
 
 JSON = "application/json"
@@ -273,7 +276,8 @@ class Live:
         self.tracker: LiveTracker | None = None
         self.error: str | None = None
         self._task: asyncio.Task | None = None
-        self._platforms = station_platforms(DEFAULT_STOPS)
+        self._stops = stop_table(DEFAULT_STOPS).set_index("stop_id")
+        self._platforms = station_platforms(self._stops.reset_index())
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """A new config starts a new state from the source it names (a bad one fails the deploy)."""
@@ -341,6 +345,20 @@ class Live:
             "at": _iso(now),
             "arrivals": self.tracker.arrivals(set(stops), now),
         }
+
+    def lines(self) -> dict:
+        """The lines as the feed's vehicles run them, with GTFS names and coordinates (the page's map)."""
+        out = []
+        for line in self.tracker.lines():
+            found = self._stops.reindex(line["stops"])
+            stops = [
+                {"stop_id": sid, "name": None if pd.isna(r.stop_name) else r.stop_name, "lat": r.lat, "lon": r.lon}
+                for sid, r in zip(line["stops"], found.itertuples())
+                if np.isfinite(r.lat) and np.isfinite(r.lon)
+            ]
+            if len(stops) >= 2:
+                out.append({**line, "stops": stops})
+        return {"lines": out}
 
     def vehicles(self) -> dict:
         now = self.tracker.now()
@@ -577,6 +595,17 @@ class Api:
         if out is None:
             return JSONResponse(status_code=404, content={"detail": f"stop {stop_id!r} is not in GTFS"})
         return out
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self):
+        """The live page: the lines from GTFS stop coordinates, the vehicles on them, a stop's arrivals
+        counting down after a click (everything it loads comes from this app)."""
+        return HTMLResponse(PAGE)
+
+    @api.get("/lines")
+    async def lines(self):
+        """The lines as the feed's vehicles run them: stops in order with names and coordinates."""
+        return await self._live("lines")
 
     @api.get("/vehicles")
     async def vehicles(self):
