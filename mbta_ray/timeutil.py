@@ -71,6 +71,12 @@ def epoch_seconds(when: pd.Series) -> pd.Series:
     return ((pd.to_datetime(when, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")
 
 
+def iso_z(epoch: float) -> str:
+    """Epoch seconds as an ISO UTC time ending in ``Z`` (what the race, the live service and its
+    API write)."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def parse_utc(value: str, what: str) -> dt.datetime:
     """An ISO time a user gave (``Z`` or an offset; UTC when none) as an aware UTC datetime; a
     ``ConfigError`` naming ``what`` (the option or setting) when it is not one."""

@@ -46,7 +46,7 @@ from mbta_ray.realtime import feeds
 from mbta_ray.realtime.feeds import FeedError, Snapshot
 from mbta_ray.realtime.requests import vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
-from mbta_ray.timeutil import parse_utc
+from mbta_ray.timeutil import iso_z, parse_utc
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,8 @@ class ReplaySource:
         self.name = ", ".join(str(p) for p in paths)
         feed = feeds.read_vehicle_positions(paths)  # FeedError when nothing can be read
         self.frame = feed.frame
-        self.times = np.unique(self.frame["feed_timestamp"].to_numpy())
+        self._stamps = self.frame["feed_timestamp"].to_numpy()
+        self.times = np.unique(self._stamps)
         self.start = float(start) if start is not None else float(self.times[0])
         self.speed, self._clock = speed, clock
         self._t0: float | None = None
@@ -203,18 +204,15 @@ class ReplaySource:
             self._t0 = self._clock()
         return self.start + (self._clock() - self._t0) * self.speed
 
-    @property
-    def ended(self) -> bool:
-        return self._delivered >= self.times[-1]
-
     def fetch(self) -> Snapshot | None:
-        now = self.now()
-        times = self.frame["feed_timestamp"].to_numpy()
-        new = (times > self._delivered) & (times <= now)
-        if not new.any():
+        # The frame is sorted by feed_timestamp (feeds normalizes so): the new rows are one slice.
+        times = self._stamps
+        lo = int(np.searchsorted(times, self._delivered, side="right"))
+        hi = int(np.searchsorted(times, self.now(), side="right"))
+        if hi <= lo:
             return None
-        rows = self.frame[new]
-        self._delivered = float(rows["feed_timestamp"].max())
+        rows = self.frame.iloc[lo:hi]
+        self._delivered = float(times[hi - 1])
         report = feeds.FeedReport(
             kind="VehiclePositions", snapshots=int(rows["feed_timestamp"].nunique()), rows=len(rows)
         )
@@ -274,7 +272,7 @@ class Vehicle:
             "stop_sequence": None if math.isnan(self.stop_sequence) else int(self.stop_sequence),
             "latitude": None if math.isnan(self.latitude) else self.latitude,
             "longitude": None if math.isnan(self.longitude) else self.longitude,
-            "updated_at": _iso(self.timestamp),
+            "updated_at": iso_z(self.timestamp),
             "age_s": round(max(0.0, now - self.timestamp), 1),
         }
 
@@ -358,10 +356,10 @@ class LiveTracker:
         if self.latest is not None and snapshot.timestamp < self.latest:
             return self._fault(
                 "stale",
-                f"{self.source.name}: snapshot of {_iso(snapshot.timestamp)} is older than {_iso(self.latest)}",
+                f"{self.source.name}: snapshot of {iso_z(snapshot.timestamp)} is older than {iso_z(self.latest)}",
             )
         if snapshot.feed.frame.empty:
-            return self._fault("empty", f"{self.source.name}: snapshot of {_iso(snapshot.timestamp)} has no vehicles")
+            return self._fault("empty", f"{self.source.name}: snapshot of {iso_z(snapshot.timestamp)} has no vehicles")
         self.take(snapshot.feed.frame)
         self.latest = snapshot.timestamp
         self.snapshots += 1
@@ -419,7 +417,7 @@ class LiveTracker:
         age = self.feed_age_s(now)
         out = {"feed": self.source.name, "snapshots": self.snapshots, "errors": dict(self.errors)}
         out["feed_age_s"] = None if age is None else round(age, 1)
-        out["feed_timestamp"] = None if self.latest is None else _iso(self.latest)
+        out["feed_timestamp"] = None if self.latest is None else iso_z(self.latest)
         if self.latest is None:
             status, reason = "starting", self.last_error or "no snapshot yet"
         elif age > self.config.max_age_s:
@@ -591,7 +589,7 @@ class LiveTracker:
                 "direction_id": p.vehicle.direction_id,
                 "trip_id": p.vehicle.trip_id,
                 "vehicle_id": p.vehicle.vehicle_id,
-                "predicted_arrival": _iso(p.arrival),
+                "predicted_arrival": iso_z(p.arrival),
                 "seconds_away": round(max(0.0, p.arrival - now), 1),
                 "uncertainty_s": p.uncertainty_s(now),
                 "observation_age_s": round(max(0.0, now - p.vehicle.timestamp), 1),
@@ -602,10 +600,6 @@ class LiveTracker:
 
 def _num(x) -> float:
     return float("nan") if x is None or x is pd.NA else float(x)
-
-
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _reason(message: str) -> str:

@@ -40,7 +40,7 @@ from mbta_ray.realtime.features import realtime_features
 from mbta_ray.realtime.requests import vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.schema import mode_for_route
-from mbta_ray.timeutil import parse_utc
+from mbta_ray.timeutil import iso_z, parse_utc
 
 #: Predictions further ahead than this are out of the race (MBTA's standard stops at 30 min).
 MAX_HORIZON_S = 1800
@@ -58,10 +58,6 @@ class RaceResult:
 def parse_time(value: str, option: str) -> int:
     """An ISO time (with offset, or UTC when none) as epoch seconds; a clear error naming the option."""
     return int(parse_utc(value, option).timestamp())
-
-
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 # --- steps ---------------------------------------------------------------------------------------
@@ -260,8 +256,8 @@ def run(
     if len(at) == 0:
         raise DataError(
             "no TripUpdates snapshot in the window"
-            + (f" [{_iso(start)}, {_iso(end)})" if start is not None and end is not None else "")
-            + f" at least 30 min before the VehiclePositions end ({_iso(data_end)})"
+            + (f" [{iso_z(start)}, {iso_z(end)})" if start is not None and end is not None else "")
+            + f" at least 30 min before the VehiclePositions end ({iso_z(data_end)})"
         )
     scope, counts = rows_in_scope(tu.frame, at, state)
     predictions = {
@@ -276,12 +272,12 @@ def run(
     summary = {
         "model_version": runner.version,
         "window": {
-            "from": _iso(start if start is not None else at[0]),
-            "until": _iso(min(end, last_allowed + 1) if end is not None else at[-1] + 1),
+            "from": iso_z(start if start is not None else at[0]),
+            "until": iso_z(min(end, last_allowed + 1) if end is not None else at[-1] + 1),
             "moments": int(len(at)),
         },
         "window_cut": (
-            f"moments end at {_iso(last_allowed)}, 30 min before the VehiclePositions end ({_iso(data_end)})"
+            f"moments end at {iso_z(last_allowed)}, 30 min before the VehiclePositions end ({iso_z(data_end)})"
             if cut
             else None
         ),

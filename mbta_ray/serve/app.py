@@ -16,7 +16,6 @@
 """
 
 import asyncio
-import datetime
 import logging
 import math
 import os
@@ -44,6 +43,7 @@ from mbta_ray.serve import metrics
 from mbta_ray.serve.inference import Answer, ModelRunner, Refusal
 from mbta_ray.serve.page import PAGE
 from mbta_ray.serve.schemas import BatchRequest, BatchResponse, PredictRequest, PredictResponse, StopId
+from mbta_ray.timeutil import iso_z
 
 JSON = "application/json"
 
@@ -342,7 +342,7 @@ class Live:
         return {
             "stop_id": stop_id,
             "stops": sorted(stops),
-            "at": _iso(now),
+            "at": iso_z(now),
             "arrivals": self.tracker.arrivals(set(stops), now),
         }
 
@@ -362,11 +362,7 @@ class Live:
 
     def vehicles(self) -> dict:
         now = self.tracker.now()
-        return {"at": _iso(now), "vehicles": [v.to_dict(now) for v in self.tracker.active(now)]}
-
-
-def _iso(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat().replace("+00:00", "Z")
+        return {"at": iso_z(now), "vehicles": [v.to_dict(now) for v in self.tracker.active(now)]}
 
 
 api = FastAPI(
