@@ -518,8 +518,9 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
         assert answer.missing_inputs == ([] if left is not None else ["departure", "position"])
         raced = [r for r in race_requests if r.moment.timestamp() == RACE_T0 + moment]
         pd.testing.assert_frame_equal(runner.features(raced), runner.features([request]), check_like=True)
+        expected = RACE_T0 + moment  # never before the moment, nor before the stop before
         for p in answer.predictions:
-            expected = max(RACE_T0 + moment, p.predicted_arrival.timestamp())
+            expected = max(expected, p.predicted_arrival.timestamp())
             assert rows.loc[(RACE_T0 + moment, p.stop_id), "model"] == pytest.approx(expected)
     saved = json.loads((tmp_path / "out" / "race.json").read_text())
     assert saved["bins"] == s["bins"] and (tmp_path / "out" / "race.png").stat().st_size > 1000
@@ -543,6 +544,38 @@ def test_the_race_window_and_its_errors(tmp_path):
     assert (
         race.parse_time("2023-05-08T12:00:00Z", "--from") == RACE_T0 == race.parse_time("2023-05-08T08:00-04:00", "x")
     )
+
+
+def test_a_published_feed_is_read_as_a_rider_saw_it_at_each_moment():
+    from mbta_ray.realtime.race import as_published
+
+    def row(t, trip, stop, arrival, date="20230508"):
+        return {"feed_timestamp": t, "trip_id": trip, "start_date": date, "stop_id": stop, "arrival_time": arrival}
+
+    published = pd.DataFrame(
+        [
+            row(100, "A", "s1", 300.0),
+            row(100, "A", "s2", 400.0),
+            row(100, "B", "s1", 500.0, date="20230507"),  # another service day's trip B
+            row(130, "A", "s1", 310.0),  # newer than moment 120: not seen then
+            row(200, "A", "s1", 150.0),  # already past at moment 250
+            row(200, "A", "s2", np.nan),  # no arrival published
+        ]
+    )
+    scope = pd.DataFrame(
+        [
+            row(120, "A", "s1", np.nan),  # -> 300 (the snapshot of 100, not the later 130)
+            row(120, "A", "s2", np.nan),  # -> 400
+            row(120, "B", "s1", np.nan),  # -> NaN: B of 20230508 was not published
+            row(99, "A", "s1", np.nan),  # -> NaN: nothing published yet
+            row(250, "A", "s1", np.nan),  # -> 250: an arrival past at the moment counts as the moment
+            row(250, "A", "s2", np.nan),  # -> NaN: no arrival in the newest snapshot
+            row(400, "A", "s1", np.nan),  # -> NaN: the newest snapshot is 200 s old (> max_lag_s 60)
+        ]
+    )
+    got = as_published(scope, published, max_lag_s=60)
+    np.testing.assert_array_equal(got, [300.0, 400.0, np.nan, np.nan, 250.0, np.nan, np.nan])
+    assert np.isnan(as_published(scope, published.iloc[:0])).all()
 
 
 # --- real-time features ---------------------------------------------------------------------------

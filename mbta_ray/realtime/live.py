@@ -6,7 +6,8 @@ Sources (``open_source``, chosen from ``feed_url``):
 - a local snapshot file that something rewrites in place, re-read when it changes;
 - recorded archives (parquet, ``feeds``' flattened layout; a file or a folder), replayed on a
   virtual clock: ``replay_start`` (default: the first snapshot) advancing ``replay_speed`` times
-  real time, each poll taking every snapshot published up to the clock.
+  real time, each poll taking every snapshot published up to the clock; at the archive's end it
+  starts again from ``replay_start`` with a fresh state (``replay_loop``, the default).
 
 Faults never stop the tracker: an unreachable or slow feed (timeout), an HTTP error, bytes that are
 no feed, a snapshot older than the last one, or an empty one are counted by reason and logged (the
@@ -18,7 +19,9 @@ dropped; a trip that changes vehicle follows its newest report.
 
 The stops ahead of a trip come from the stops vehicles were seen to go to next on the same route and
 direction (learned from the feed as it runs: a trip's current stop changing from u to s), so a newly
-started tracker predicts further ahead as the line's vehicles pass by.
+started tracker predicts further ahead as the line's vehicles pass by. They end at a branch point
+(Red's JFK/UMass southbound): the feed does not say a trip's branch, so the stops past it are
+predicted once the trip has taken one.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +47,7 @@ from mbta_ray.errors import ConfigError
 from mbta_ray.evaluate import HORIZON_BINS
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.feeds import FeedError, Snapshot
-from mbta_ray.realtime.requests import vehicle_request
+from mbta_ray.realtime.requests import published_arrivals, vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.timeutil import iso_z, parse_utc
 
@@ -60,7 +63,14 @@ LIVE_DEFAULTS: dict[str, object] = {
     "replay_speed": 1.0,
     "replay_start": None,  # ISO time; None: the archive's first snapshot
     "max_stops_ahead": 20,
+    "replay_loop": True,  # replays only: at the archive's end, start again from replay_start
 }
+#: A stop whose second most common next stop took at least this share of the vehicles is a branch
+#: point: a trip's stops are predicted up to it, and on once the trip has shown its branch. (A next
+#: stop seen rarely is a stop a vehicle passed between two snapshots, not a branch.)
+BRANCH_SHARE = 0.2
+#: How many publishes the tracker keeps the timings of (for /live/healthz and bench/live.py).
+PUBLISH_LOG = 2000
 #: A feed answer larger than this is refused (MBTA's whole VehiclePositions is ~1 MB).
 MAX_FEED_BYTES = 64 << 20
 _USER_AGENT = "mbta-ray-live/1 (+https://github.com/)"
@@ -76,6 +86,7 @@ class LiveConfig:
     replay_speed: float
     replay_start: str | None
     max_stops_ahead: int
+    replay_loop: bool
 
     @classmethod
     def from_dict(cls, raw: dict | None) -> LiveConfig:
@@ -100,6 +111,8 @@ class LiveConfig:
             ) from None
         if not 1 <= values["max_stops_ahead"] <= 20:
             raise ConfigError(f"live config: max_stops_ahead must be 1-20, got {values['max_stops_ahead']}")
+        if not isinstance(values["replay_loop"], bool):
+            raise ConfigError(f"live config: replay_loop must be true or false, got {values['replay_loop']!r}")
         if values["replay_start"] is not None:
             values["replay_start"] = str(values["replay_start"])
             parse_utc(values["replay_start"], "live config: replay_start")
@@ -204,6 +217,17 @@ class ReplaySource:
             self._t0 = self._clock()
         return self.start + (self._clock() - self._t0) * self.speed
 
+    def finished(self) -> bool:
+        """Every snapshot delivered and the clock past the last one."""
+        return self._delivered >= self.times[-1] and self.now() > self.times[-1]
+
+    def rewound(self) -> ReplaySource:
+        """The same replay from its start again, on a clock that starts at the next poll."""
+        again = object.__new__(ReplaySource)
+        again.__dict__.update(self.__dict__)
+        again._t0, again._delivered = None, -math.inf
+        return again
+
     def fetch(self) -> Snapshot | None:
         # The frame is sorted by feed_timestamp (feeds normalizes so): the new rows are one slice.
         times = self._stamps
@@ -237,6 +261,16 @@ def open_source(config: LiveConfig, default_archive: str | Path) -> Source:
 def _replay(paths: list, config: LiveConfig) -> ReplaySource:
     start = parse_utc(config.replay_start, "replay_start").timestamp() if config.replay_start else None
     return ReplaySource(paths, speed=config.replay_speed, start=start)
+
+
+def looped(tracker: LiveTracker) -> LiveTracker | None:
+    """A new tracker replaying from the start again when ``tracker``'s replay has ended and
+    ``replay_loop`` is on (a fresh state: the replayed time starts over); None otherwise."""
+    source = tracker.source
+    if not (tracker.config.replay_loop and isinstance(source, ReplaySource) and source.finished()):
+        return None
+    logger.info("live: the replay of %s ended; starting it again", source.name)
+    return LiveTracker(source.rewound(), tracker.config)
 
 
 # --- the tracker --------------------------------------------------------------------------------------
@@ -325,6 +359,11 @@ class LiveTracker:
     predictions: list[Prediction] = field(default_factory=list)
     predicted_at: float | None = None  # the moment the published predictions were made at
     vehicles: dict[str, Vehicle] = field(default_factory=dict)
+    #: Seconds from a poll's start (the fetch) to the TripUpdates published, and the feed's age then
+    #: (how long the newest snapshot waited for the poll), for the last publishes.
+    publish_s: deque = field(default_factory=lambda: deque(maxlen=PUBLISH_LOG), repr=False)
+    publish_lag_s: deque = field(default_factory=lambda: deque(maxlen=PUBLISH_LOG), repr=False)
+    _feed: tuple | None = field(default=None, repr=False)  # (FeedMessage, its bytes) as published
     _next: dict[tuple, Counter] = field(default_factory=dict)  # (route, direction, u) -> next stops
     _current: dict[str, tuple[str, float]] = field(default_factory=dict)  # trip -> (stop, sequence)
     #: The live deployment polls in a worker thread while HTTP readers ask on its event loop: every
@@ -418,6 +457,7 @@ class LiveTracker:
         out = {"feed": self.source.name, "snapshots": self.snapshots, "errors": dict(self.errors)}
         out["feed_age_s"] = None if age is None else round(age, 1)
         out["feed_timestamp"] = None if self.latest is None else iso_z(self.latest)
+        out.update(self.timings())
         if self.latest is None:
             status, reason = "starting", self.last_error or "no snapshot yet"
         elif age > self.config.max_age_s:
@@ -450,19 +490,33 @@ class LiveTracker:
     @_locked
     def stops_after(self, route: str, direction: int | None, stop: str) -> list[str]:
         """The stops after ``stop`` in order, as vehicles on the route and direction went (the most
-        common next stop each time), up to ``max_stops_ahead``; stops at a loop or an unknown next."""
+        common next stop each time), up to ``max_stops_ahead``; stops at a loop, an unknown next,
+        or a branch point (a second next stop taken by ``BRANCH_SHARE`` of the vehicles or more)."""
         out: list[str] = []
         seen = {stop}
         while len(out) < self.config.max_stops_ahead:
             following = self._next.get((route, direction, stop))
             if not following:
                 break
-            stop = following.most_common(1)[0][0]
+            (stop, _), *other = following.most_common(2)
+            if other and other[0][1] >= BRANCH_SHARE * following.total():
+                break  # a branch (Red at JFK/UMass): the feed does not say which way this trip goes
             if stop in seen:
                 break
             seen.add(stop)
             out.append(stop)
         return out
+
+    def _stops_ahead(self, v: Vehicle, last) -> list[str]:
+        """The stops a vehicle will arrive at, in order, given its trip's last arrival ``last``."""
+        known = not (math.isnan(v.stop_sequence) or math.isnan(last.stop_sequence))
+        if v.stop_id != last.stop_id and (not known or v.stop_sequence > last.stop_sequence):
+            # In transit to (or just at) a stop after u: that stop first.
+            return [v.stop_id, *self.stops_after(v.route_id, v.direction_id, v.stop_id)]
+        # At u, or at another stop id with u's sequence (a terminal's track: Oak Grove's 70036 then
+        # Oak Grove-02), where the vehicle already is: what follows the stop it is at.
+        here = v.stop_id if known and v.stop_sequence == last.stop_sequence else last.stop_id
+        return self.stops_after(v.route_id, v.direction_id, here)
 
     @_locked
     def lines(self) -> list[dict]:
@@ -490,10 +544,7 @@ class LiveTracker:
             last = self.state.last_arrival(v.trip_key, now)
             if last is None:
                 continue  # not yet at any stop of this trip (e.g. before its first): nothing to start from
-            if v.stop_id != last.stop_id:  # in transit to (or at) a stop after u
-                stops = [v.stop_id, *self.stops_after(v.route_id, v.direction_id, v.stop_id)]
-            else:
-                stops = self.stops_after(v.route_id, v.direction_id, last.stop_id)
+            stops = self._stops_ahead(v, last)
             stops = stops[: self.config.max_stops_ahead]
             if not stops:
                 continue
@@ -521,16 +572,39 @@ class LiveTracker:
 
     @_locked
     def publish(self, now: float, answered: list[tuple[Vehicle, object]]) -> None:
-        """Keep the predictions of (vehicle, PredictResponse) pairs made at ``now``: each stop's
-        arrival no earlier than the moment nor than the trip's stop before it."""
+        """Keep the predictions of (vehicle, PredictResponse) pairs made at ``now`` (each stop's
+        arrival no earlier than the moment nor than the trip's stop before it), and build the
+        TripUpdates feed from them once: what ``/gtfs-rt/TripUpdates.pb`` serves until the next."""
         out = []
         for vehicle, response in answered:
-            arrival = now
-            for p in response.predictions:
-                # Along a trip arrivals never go backwards (the model predicts each stop on its own).
-                arrival = max(arrival, p.predicted_arrival.timestamp())
+            for p, arrival in zip(response.predictions, published_arrivals(now, response), strict=True):
                 out.append(Prediction(vehicle, p.stop_id, p.stops_ahead, arrival))
         self.predictions, self.predicted_at = out, now
+        message = self._feed_message(now, out)
+        self._feed = (message, message.SerializeToString())
+
+    @_locked
+    def note_publish(self, seconds: float) -> None:
+        """Record how long the last publish took from its poll's start (the caller times the whole
+        step: fetch, state, requests, the model, the feed)."""
+        self.publish_s.append(seconds)
+        if self.latest is not None and self.predicted_at is not None:
+            self.publish_lag_s.append(max(0.0, self.predicted_at - self.latest))
+
+    @_locked
+    def timings(self) -> dict:
+        """p50 / p99 / max of the recorded publish times and feed ages at publish (seconds)."""
+        out = {}
+        for name, values in (("publish_s", self.publish_s), ("feed_age_at_publish_s", self.publish_lag_s)):
+            if values:
+                v = np.fromiter(values, float)
+                out[name] = {
+                    "n": len(v),
+                    "p50": round(float(np.percentile(v, 50)), 4),
+                    "p99": round(float(np.percentile(v, 99)), 4),
+                    "max": round(float(v.max()), 4),
+                }
+        return out
 
     @_locked
     def current(self, now: float | None = None) -> list[Prediction]:
@@ -546,16 +620,34 @@ class LiveTracker:
 
     @_locked
     def trip_updates(self, now: float | None = None):
-        """A GTFS-realtime FeedMessage (FULL_DATASET): one TripUpdate per trip with predictions."""
+        """The published GTFS-realtime FeedMessage (FULL_DATASET, header timestamp = the moment its
+        predictions were made): one TripUpdate per trip with predictions. Empty before the first
+        publish and while the feed is older than ``max_age_s`` (withdrawn, not served stale)."""
+        return self._published(now)[0]
+
+    @_locked
+    def trip_updates_pb(self, now: float | None = None) -> bytes:
+        """``trip_updates`` serialized (once per publish)."""
+        return self._published(now)[1]
+
+    def _published(self, now: float | None) -> tuple:
+        now = self.now() if now is None else now
+        age = self.feed_age_s(now)
+        if self._feed is None or age is None or age > self.config.max_age_s:
+            message = self._feed_message(now, [])
+            return message, message.SerializeToString()
+        return self._feed
+
+    @staticmethod
+    def _feed_message(now: float, predictions: list[Prediction]):
         from google.transit import gtfs_realtime_pb2
 
-        now = self.now() if now is None else now
         message = gtfs_realtime_pb2.FeedMessage()
         message.header.gtfs_realtime_version = "2.0"
         message.header.incrementality = gtfs_realtime_pb2.FeedHeader.FULL_DATASET
         message.header.timestamp = int(now)
         by_trip: dict[str, list[Prediction]] = {}
-        for p in self.current(now):
+        for p in predictions:
             by_trip.setdefault(p.vehicle.trip_key, []).append(p)
         for key, preds in by_trip.items():
             v = preds[0].vehicle

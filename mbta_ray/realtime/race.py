@@ -15,9 +15,10 @@ predictions per row, each from what was known at the moment only:
 - ``recent_segment``: the last arrival at u + the median u -> s travel time of the last 5 other
   vehicles that did u -> s (known at the moment).
 A prediction for a vehicle that has not arrived is never earlier than the moment itself (for the
-model and the rule; MBTA publishes its own). The stops ahead of a trip, in order, come from the
-trip's TripUpdates stop list at the moment (its pattern, which static GTFS would also give), never
-from MBTA's times. Rows are binned by MBTA's predicted horizon and scored on MBTA's accuracy windows.
+model and the rule; MBTA publishes its own), and the model's arrivals along a trip never go
+backwards (``requests.published_arrivals``: what the live service publishes). The stops ahead of a
+trip, in order, come from the trip's TripUpdates stop list at the moment (its pattern, which static
+GTFS would also give), never from MBTA's times. Rows are binned by MBTA's predicted horizon and scored on MBTA's accuracy windows.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mbta_ray.errors import DataError
 from mbta_ray.evaluate import HORIZON_BINS, accurate_in_bins, horizon_bin
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.features import realtime_features
-from mbta_ray.realtime.requests import vehicle_request
+from mbta_ray.realtime.requests import published_arrivals, vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.schema import mode_for_route
 from mbta_ray.timeutil import iso_z, parse_utc
@@ -146,9 +147,9 @@ def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Ne
     if not requests:
         return out
     for response, (t, where) in zip(runner.predict(requests), targets, strict=True):
-        for prediction, row in zip(response.predictions, where, strict=True):
+        for arrival, row in zip(published_arrivals(t, response), where, strict=True):
             if row is not None:
-                out[row] = max(float(t), prediction.predicted_arrival.timestamp())
+                out[row] = arrival
     return out
 
 
@@ -195,6 +196,32 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
         requests.append(request)
         targets.append((t, where))
     return requests, targets
+
+
+def as_published(scope: pd.DataFrame, published: pd.DataFrame, max_lag_s: float = 60) -> np.ndarray:
+    """Each race row's arrival in a published TripUpdates feed (``feeds``' flattened layout, e.g.
+    the live service's feed as a client fetched it): from the newest published snapshot at or
+    before the row's moment (what a rider saw then), at most ``max_lag_s`` older; the same trip
+    (trip_id and start_date) and stop. NaN where it published none. Like the model's, an arrival
+    already past at the moment counts as the moment."""
+    out = np.full(len(scope), np.nan)
+    if published.empty or scope.empty:
+        return out
+    stamps = np.sort(published["feed_timestamp"].unique())
+    moment = scope["feed_timestamp"].to_numpy(dtype="int64")
+    pos = np.searchsorted(stamps, moment, side="right") - 1
+    seen = np.where(pos >= 0, stamps[np.clip(pos, 0, None)], -1)
+    fresh = (pos >= 0) & (moment - seen <= max_lag_s)
+    keys = ["feed_timestamp", "trip_id", "start_date", "stop_id"]
+    first = published.dropna(subset=["arrival_time"]).drop_duplicates(keys)  # a stop twice: its first
+    lookup = pd.DataFrame(
+        {"feed_timestamp": seen, "trip_id": scope["trip_id"].to_numpy(), "start_date": scope["start_date"].to_numpy(),
+         "stop_id": scope["stop_id"].to_numpy()}
+    ).merge(first[[*keys, "arrival_time"]], on=keys, how="left")  # fmt: skip
+    arrival = lookup["arrival_time"].to_numpy(dtype="float64")
+    ok = fresh & np.isfinite(arrival)
+    out[ok] = np.maximum(arrival[ok], moment[ok])
+    return out
 
 
 def score(scope: pd.DataFrame, predictions: dict[str, np.ndarray]) -> list[dict]:

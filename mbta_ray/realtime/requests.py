@@ -5,7 +5,8 @@ measures exactly what the live feed publishes).
 The request is the one a client sends (``serve.schemas.PredictRequest``): the trip's last arrival u
 known at the moment, the stops after u in order, and the real-time inputs the state knows then (the
 moment, the headway to the vehicle ahead, when the vehicle left u and where it is since, each
-segment's and hop's recent travel time by other vehicles).
+segment's and hop's recent travel time by other vehicles). ``published_arrivals`` turns the
+model's answer into the times both publish.
 """
 
 from __future__ import annotations
@@ -84,6 +85,17 @@ def vehicle_request(
         departure=None if math.isnan(departed) else dt.datetime.fromtimestamp(moment - departed, dt.UTC),
         position=_position(known.iloc[0]),
     )
+
+
+def published_arrivals(moment: float, response) -> list[float]:
+    """The arrival times published for a ``PredictResponse`` made at ``moment``, stop by stop: never
+    before the moment (the vehicle has not arrived), nor before the trip's stop before it (the
+    model predicts each stop on its own, a vehicle arrives in order)."""
+    out, arrival = [], float(moment)
+    for p in response.predictions:
+        arrival = max(arrival, p.predicted_arrival.timestamp())
+        out.append(arrival)
+    return out
 
 
 def _position(f: pd.Series):

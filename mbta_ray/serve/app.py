@@ -37,7 +37,7 @@ from mbta_ray.defaults import MODEL_NAME, REGISTRY_ENV, SERVE_APP_NAME
 from mbta_ray.errors import MbtaRayError
 from mbta_ray.gtfs import station_platforms, stop_table
 from mbta_ray.paths import DEFAULT_ROOT, DEFAULT_STOPS, GTFSRT_VEHICLE_POSITIONS
-from mbta_ray.realtime.live import LiveConfig, LiveTracker, open_source
+from mbta_ray.realtime.live import LiveConfig, LiveTracker, looped, open_source
 from mbta_ray.registry import Registry, RegistryError
 from mbta_ray.serve import metrics
 from mbta_ray.serve.inference import Answer, ModelRunner, Refusal
@@ -267,7 +267,8 @@ class Live:
 
     ``user_config`` (``realtime.live.LIVE_DEFAULTS``): feed_url (an http(s) URL, a snapshot file
     rewritten in place, or parquet archives to replay; none: the embedded GTFS-realtime hour),
-    poll_s, max_age_s, timeout_s, vehicle_timeout_s, replay_speed, replay_start, max_stops_ahead.
+    poll_s, max_age_s, timeout_s, vehicle_timeout_s, replay_speed, replay_start, max_stops_ahead,
+    replay_loop.
     """
 
     def __init__(self, predictor: DeploymentHandle, live: DeploymentHandle | None = None) -> None:
@@ -288,6 +289,7 @@ class Live:
 
     async def _run(self) -> None:
         while True:
+            self.tracker = looped(self.tracker) or self.tracker  # a replay at its end starts again
             tracker = self.tracker
             try:
                 await self._step(tracker)
@@ -299,6 +301,7 @@ class Live:
 
     async def _step(self, tracker: LiveTracker) -> None:
         before = dict(tracker.errors)
+        started = time.perf_counter()  # snapshot -> published feed: from the fetch on
         changed = await asyncio.to_thread(tracker.poll)
         for reason, n in tracker.errors.items():
             if n > before.get(reason, 0):
@@ -308,12 +311,14 @@ class Live:
             metrics.feed_age().set(age)
         if not changed:
             return
-        started = time.perf_counter()
         now = tracker.now()
         pairs = await asyncio.to_thread(tracker.requests, now)
         responses = await self.predictor.predict_live.remote([r for _, r in pairs]) if pairs else []
-        tracker.publish(now, [(v, r) for (v, _), r in zip(pairs, responses, strict=True) if r is not None])
-        metrics.publish_latency().observe(time.perf_counter() - started)
+        answered = [(v, r) for (v, _), r in zip(pairs, responses, strict=True) if r is not None]
+        await asyncio.to_thread(tracker.publish, now, answered)
+        seconds = time.perf_counter() - started
+        tracker.note_publish(seconds)
+        metrics.publish_latency().observe(seconds)
 
     def health(self) -> dict:
         if self.tracker is None:
@@ -326,12 +331,20 @@ class Live:
         return out
 
     def trip_updates(self, as_json: bool) -> bytes | dict:
-        message = self.tracker.trip_updates()
         if as_json:
             from google.protobuf import json_format
 
-            return json_format.MessageToDict(message, preserving_proto_field_name=True)
-        return message.SerializeToString()
+            return json_format.MessageToDict(self.tracker.trip_updates(), preserving_proto_field_name=True)
+        return self.tracker.trip_updates_pb()
+
+    def config(self) -> dict | None:
+        """The live user_config in force (``deploy`` keeps it when it switches the model)."""
+        return None if self.tracker is None else self.tracker.config.to_user_config()
+
+    def timings(self) -> dict:
+        """Every recorded publish time and feed age at publish, in seconds (for bench/live.py)."""
+        t = self.tracker
+        return {"publish_s": list(t.publish_s), "feed_age_at_publish_s": list(t.publish_lag_s)} if t else {}
 
     def arrivals(self, stop_id: str) -> dict | None:
         """None: a stop GTFS does not know."""
@@ -649,7 +662,10 @@ def deploy(
 
     "production" is resolved to the version the pointer names now, so after a promotion the
     user_config changes and Serve calls ``Predictor.reconfigure`` on the running replicas: the
-    model is swapped in place, with no restart and no failed requests. Returns the version.
+    model is swapped in place, with no restart and no failed requests. The running app's live
+    feed settings are kept (its ``Live`` deployment is asked for them; default when none runs);
+    its state starts again from that feed (Serve replaces the Live replica on this redeploy).
+    Returns the version.
     """
     reg = Registry(registry, model_name)  # refuses a model name that is not a plain registry name
     if version == "production":
@@ -659,12 +675,20 @@ def deploy(
         version = prod["version"]
     reg.metadata(version)  # a plain version name that exists, checked before anything is deployed
     serve.run(
-        build({"registry": registry, "model_name": model_name, "version": version}),
+        build({"registry": registry, "model_name": model_name, "version": version}, live=_running_live_config(name)),
         name=name,
         route_prefix=route_prefix,
         blocking=False,
     )
     return version
+
+
+def _running_live_config(app_name: str) -> dict | None:
+    """The user_config of the running app's live deployment; None when there is none (yet)."""
+    try:
+        return serve.get_deployment_handle("Live", app_name=app_name).config.remote().result(timeout_s=30)
+    except Exception:  # noqa: BLE001 -- no such app or deployment, or not answering: the default
+        return None
 
 
 app = build()
