@@ -228,6 +228,67 @@ def ingest_cmd(
     console.print(_quarantine_table(result.manifest))
 
 
+@data_app.command("fetch")
+def fetch_cmd(
+    start: Annotated[str, typer.Option("--from", help="First service date, YYYY-MM-DD.")],
+    until: Annotated[Optional[str], typer.Option("--until", help="Last service date (default: --from).")] = None,
+    source: Annotated[
+        Optional[list[str]],
+        typer.Option("--source", "-s", help="lamp-subway, lamp-bus or gtfs; repeat for more (default: all three)."),
+    ] = None,
+    cache: Annotated[Path, typer.Option(help="Where the files go (and fetch.json, their sizes and sha256).")] = Path(
+        "data/cache"
+    ),
+    parallel: Annotated[int, typer.Option(help="Downloads at once.")] = 4,
+    retries: Annotated[int, typer.Option(help="Retries per file (exponential backoff from 1 s).")] = 4,
+    timeout: Annotated[float, typer.Option(help="Seconds without data before a retry.")] = 60.0,
+    performance_url: Annotated[str, typer.Option(help="LAMP's server (or a mirror with its layout).")] = (
+        "https://performancedata.mbta.com"
+    ),
+    cdn_url: Annotated[str, typer.Option(help="The GTFS archive's server (or a mirror).")] = "https://cdn.mbta.com",
+) -> None:
+    """Download MBTA's public archives (LAMP subway and bus, static GTFS) for a range of service dates."""
+    from mbta_ray import fetch
+
+    first = fetch.parse_date(start, "--from")
+    last = fetch.parse_date(until, "--until") if until else first
+    sources = source or list(fetch.SOURCES)
+    done: dict[str, int] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(bar_width=30), TextColumn("{task.fields[size]}"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, TaskID] = {}
+
+        def progress(path: str, n: int, total: int | None) -> None:
+            if path not in tasks:
+                tasks[path] = bar.add_task(path, total=total, size="")
+            done[path] = done.get(path, 0) + n
+            bar.update(tasks[path], advance=n, size=f"{done[path] / 1e6:,.1f} MB")
+
+        report = fetch.fetch(
+            sources,
+            first,
+            last,
+            cache,
+            performance_url,
+            cdn_url,
+            parallel,
+            retries,
+            timeout_s=timeout,
+            progress=progress,
+        )
+    for f in sorted(report.fetched, key=lambda f: f["path"]):
+        console.print(f"fetched {f['path']} ({f['size']:,} bytes, sha256 {f['sha256'][:12]})", soft_wrap=True)
+    for m in report.missing:
+        console.print(f"[yellow]missing[/] {m['source']} {m['date']}: {m['reason']}", soft_wrap=True)
+    for f in report.failed:
+        console.print(f"[red]failed[/] {f['source']} {', '.join(f['dates'])}: {f['reason']}", soft_wrap=True)
+    console.print(f"[bold]{report.summary()}[/] in {cache} (records: {cache / fetch.MANIFEST})", soft_wrap=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
 @data_app.command("list")
 def list_cmd(
     name: Annotated[Optional[str], typer.Option(help="Only this dataset.")] = None, root: RootOpt = Path(DEFAULT_ROOT)

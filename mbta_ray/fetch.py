@@ -1,0 +1,389 @@
+"""``mbta-ray data fetch``: MBTA's public archives by service date into a local cache.
+
+Sources, each in its published layout (``--performance-url`` and ``--cdn-url`` point elsewhere, e.g.
+a mirror or a test server with the same paths):
+
+- ``lamp-subway``: LAMP subway on-time performance, one parquet per service date, listed in
+  ``{performance}/lamp/subway-on-time-performance-v1/index.csv`` (service_date, file_url,
+  size_bytes, ...). A date in the range that the index does not list is reported, not fetched.
+- ``lamp-bus``: LAMP bus vehicle events, ``{performance}/lamp/bus_vehicle_events/{YYYYMMDD}.parquet``
+  (no index: a 404 says the day has no file).
+- ``gtfs``: the static GTFS in force on each date, from ``{cdn}/archive/archived_feeds.txt``
+  (feed_start_date, feed_end_date, archive_url): one zip per feed, fetched once for all its dates.
+
+Downloads run in parallel with retries and exponential backoff (a connection error, a timeout, an
+HTTP 429 or 5xx, or a body shorter than announced); a partial file is kept as ``<name>.part`` and
+resumed with an HTTP Range request. Each finished file is checked (parquet: its footer; zip: its
+directory), and its size and sha256 are recorded in ``<cache>/fetch.json`` with the URL and the
+dates it covers; a file already there with the recorded size is not fetched again. A 404 for a day
+is reported and skipped; a file that fails its check is removed and reported by URL. Nothing is
+ever written outside the cache: file names come from this module's layouts, never from the server.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import re
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mbta_ray.errors import ConfigError, DataError, MbtaRayError
+from mbta_ray.paths import sha256_file
+
+PERFORMANCE_URL = "https://performancedata.mbta.com"
+CDN_URL = "https://cdn.mbta.com"
+SOURCES = ("lamp-subway", "lamp-bus", "gtfs")
+LAMP_SUBWAY_DIR = "lamp/subway-on-time-performance-v1"
+MANIFEST = "fetch.json"
+_CHUNK = 1 << 16
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+class FetchError(MbtaRayError):
+    """A file that could not be fetched or failed its check; the message names the URL."""
+
+
+class _Missing(Exception):
+    """The server has no such file (HTTP 404)."""
+
+
+class _Retry(Exception):
+    """A failure worth trying again (connection, timeout, 429/5xx, a short body)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to fetch: its source, URL, path under the cache and the service dates it covers."""
+
+    source: str
+    url: str
+    path: str  # relative to the cache, from this module's layouts only
+    dates: tuple[str, ...]
+    size: int | None = None  # announced by an index, when it says
+
+
+@dataclass
+class FetchReport:
+    """What a fetch did: files fetched or already cached, days missing, files failed (with why)."""
+
+    fetched: list[dict] = field(default_factory=list)
+    cached: list[dict] = field(default_factory=list)
+    missing: list[dict] = field(default_factory=list)  # {"source", "date", "reason"}
+    failed: list[dict] = field(default_factory=list)  # {"source", "url", "dates", "reason"}
+    bytes: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.fetched)} file(s) fetched ({self.bytes:,} bytes), {len(self.cached)} already cached, "
+            f"{len(self.missing)} day(s) missing, {len(self.failed)} failed"
+        )
+
+
+def parse_date(value: str, option: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{option} {value!r}: give a date as YYYY-MM-DD") from None
+
+
+def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
+    """Every date from ``start`` to ``end``, both included."""
+    if end < start:
+        raise ConfigError(f"--until {end} is before --from {start}")
+    if (end - start).days > 3660:
+        raise ConfigError(f"--from {start} --until {end}: more than ten years of days")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+# --- planning: which files cover which dates -------------------------------------------------------
+
+
+def plan(
+    sources: Iterable[str],
+    dates: list[dt.date],
+    performance_url: str = PERFORMANCE_URL,
+    cdn_url: str = CDN_URL,
+    get: Callable[[str], bytes] | None = None,
+) -> tuple[list[Item], list[dict]]:
+    """The files to fetch for ``dates`` from each source, and the days no file covers (with why)."""
+    get = get or _get_small
+    items: list[Item] = []
+    missing: list[dict] = []
+    for source in sources:
+        if source == "lamp-subway":
+            found, gone = _plan_lamp_subway(dates, performance_url.rstrip("/"), get)
+        elif source == "lamp-bus":
+            found, gone = _plan_lamp_bus(dates, performance_url.rstrip("/")), []
+        elif source == "gtfs":
+            found, gone = _plan_gtfs(dates, cdn_url.rstrip("/"), get)
+        else:
+            raise ConfigError(f"--source {source!r}: one of {', '.join(SOURCES)}")
+        items += found
+        missing += gone
+    return items, missing
+
+
+def _plan_lamp_subway(dates: list[dt.date], base: str, get) -> tuple[list[Item], list[dict]]:
+    index_url = f"{base}/{LAMP_SUBWAY_DIR}/index.csv"
+    listed: dict[str, int | None] = {}
+    for row in _csv_rows(get(index_url), index_url, ("service_date",)):
+        size = row.get("size_bytes") or ""
+        listed[row["service_date"].strip()[:10]] = int(float(size)) if size.strip() else None
+    items, missing = [], []
+    for d in dates:
+        day = d.isoformat()
+        if day not in listed:
+            missing.append({"source": "lamp-subway", "date": day, "reason": f"not listed in {index_url}"})
+            continue
+        name = f"{day}-subway-on-time-performance-v1.parquet"
+        items.append(
+            Item("lamp-subway", f"{base}/{LAMP_SUBWAY_DIR}/{name}", f"lamp-subway/{name}", (day,), listed[day])
+        )
+    return items, missing
+
+
+def _plan_lamp_bus(dates: list[dt.date], base: str) -> list[Item]:
+    return [
+        Item("lamp-bus", f"{base}/lamp/bus_vehicle_events/{d:%Y%m%d}.parquet", f"lamp-bus/{d:%Y%m%d}.parquet", (d.isoformat(),))
+        for d in dates
+    ]  # fmt: skip
+
+
+def _plan_gtfs(dates: list[dt.date], base: str, get) -> tuple[list[Item], list[dict]]:
+    index_url = f"{base}/archive/archived_feeds.txt"
+    feeds = []
+    for n, row in enumerate(_csv_rows(get(index_url), index_url, ("feed_start_date", "feed_end_date", "archive_url"))):
+        try:
+            start = dt.datetime.strptime(row["feed_start_date"].strip(), "%Y%m%d").date()
+            end = dt.datetime.strptime(row["feed_end_date"].strip(), "%Y%m%d").date()
+        except ValueError:
+            raise DataError(f"{index_url}: row {n + 2}: feed_start_date/feed_end_date are not YYYYMMDD") from None
+        feeds.append((n, start, end, row["archive_url"].strip()))
+    by_url: dict[str, list[str]] = {}
+    missing = []
+    for d in dates:
+        # The archive lists newest first; where feeds overlap, the newest one in force wins.
+        covering = [f for f in feeds if f[1] <= d <= f[2]]
+        if not covering:
+            missing.append({"source": "gtfs", "date": d.isoformat(), "reason": f"no feed in {index_url} covers it"})
+            continue
+        _, _, _, url = min(covering, key=lambda f: f[0])
+        by_url.setdefault(url, []).append(d.isoformat())
+    items = []
+    for url, days in by_url.items():
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        if not _SAFE_NAME.match(name) or not name.lower().endswith(".zip"):
+            raise DataError(f"{index_url}: archive_url {url!r} does not end in a plain .zip file name")
+        items.append(Item("gtfs", url, f"gtfs/{name}", tuple(days)))
+    return items, missing
+
+
+def _csv_rows(data: bytes, where: str, required: tuple[str, ...]) -> list[dict]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: not UTF-8 text") from None
+    reader = csv.DictReader(io.StringIO(text))
+    absent = [c for c in required if c not in (reader.fieldnames or [])]
+    if absent:
+        raise DataError(f"{where}: no column {', '.join(absent)} (columns: {', '.join(reader.fieldnames or [])})")
+    return list(reader)
+
+
+def _get_small(url: str, timeout_s: float = 30.0) -> bytes:
+    """An index file's bytes (with the downloads' retries)."""
+    import requests
+
+    last = None
+    for attempt in range(4):
+        try:
+            r = requests.get(url, timeout=timeout_s)
+            if r.status_code == 404:
+                raise FetchError(f"{url}: HTTP 404 (no such index)")
+            if r.status_code == 429 or r.status_code >= 500:
+                raise _Retry(f"HTTP {r.status_code}")
+            if r.status_code >= 400:
+                raise FetchError(f"{url}: HTTP {r.status_code}")
+            return r.content
+        except (requests.RequestException, _Retry) as exc:
+            last = exc
+            time.sleep(0.5 * 2**attempt)
+    raise FetchError(f"{url}: failed after 4 attempts ({last})")
+
+
+# --- downloading --------------------------------------------------------------------------------------
+
+
+def download(
+    item: Item,
+    cache: Path,
+    retries: int = 4,
+    backoff_s: float = 1.0,
+    timeout_s: float = 60.0,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict:
+    """Fetch one file into the cache (resuming a partial one), check it and return its record;
+    ``_Missing`` for a 404, ``FetchError`` when it cannot be had."""
+    import requests
+
+    dest = cache / item.path
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with requests.get(item.url, headers=headers, stream=True, timeout=timeout_s) as r:
+                if r.status_code == 404:
+                    raise _Missing(item.url)
+                if r.status_code == 416:  # nothing after what we have: start again from zero
+                    part.unlink(missing_ok=True)
+                    raise _Retry("HTTP 416 for the partial file")
+                if r.status_code == 429 or r.status_code >= 500:
+                    raise _Retry(f"HTTP {r.status_code}")
+                if r.status_code >= 400:
+                    raise FetchError(f"{item.url}: HTTP {r.status_code} {r.reason}")
+                resumed = r.status_code == 206 and have > 0
+                length = r.headers.get("Content-Length")
+                expected = (have if resumed else 0) + int(length) if length and length.isdigit() else None
+                with open(part, "ab" if resumed else "wb") as f:  # no 206: the server starts from zero
+                    for chunk in r.iter_content(_CHUNK):
+                        f.write(chunk)
+                        progress(len(chunk))
+            size = part.stat().st_size
+            if expected is not None and size < expected:
+                raise _Retry(f"connection closed after {size:,} of {expected:,} bytes")
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retry) as exc:
+            last = exc
+            continue
+        if item.size is not None and size != item.size:
+            part.unlink(missing_ok=True)
+            raise FetchError(f"{item.url}: {size:,} bytes, the index says {item.size:,}: removed")
+        try:
+            _check(part, item)
+        except FetchError:
+            part.unlink(missing_ok=True)
+            raise
+        record = {"url": item.url, "source": item.source, "dates": list(item.dates), "size": size}
+        record["sha256"] = sha256_file(part)
+        record["fetched_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        os.replace(part, dest)
+        return record
+    raise FetchError(f"{item.url}: failed after {retries + 1} attempts ({last}); the partial file is kept to resume")
+
+
+def _check(path: Path, item: Item) -> None:
+    """A parquet's footer and schema read, a zip's directory read; FetchError naming the URL."""
+    if item.path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            pq.ParquetFile(path).schema_arrow  # noqa: B018 -- reading the footer is the check
+        except Exception as exc:  # noqa: BLE001 -- any reader error means a corrupt file
+            raise FetchError(f"{item.url}: not a readable parquet file ({exc}): removed") from None
+    elif item.path.endswith(".zip"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except zipfile.BadZipFile as exc:
+            raise FetchError(f"{item.url}: not a readable zip file ({exc}): removed") from None
+        if bad is not None:
+            raise FetchError(f"{item.url}: {bad} in the zip fails its CRC: removed")
+
+
+# --- the whole fetch -------------------------------------------------------------------------------
+
+
+def read_manifest(cache: Path) -> dict:
+    path = cache / MANIFEST
+    if not path.exists():
+        return {"files": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); remove it to fetch again") from None
+
+
+def fetch(
+    sources: Iterable[str],
+    start: dt.date,
+    end: dt.date,
+    cache: str | Path,
+    performance_url: str = PERFORMANCE_URL,
+    cdn_url: str = CDN_URL,
+    parallel: int = 4,
+    retries: int = 4,
+    backoff_s: float = 1.0,
+    timeout_s: float = 60.0,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> FetchReport:
+    """Fetch every source's files for the dates ``start``..``end`` into ``cache``; ``progress(path,
+    bytes, total)`` is called as bytes arrive. Missing days and failed files are reported, not raised."""
+    if parallel < 1:
+        raise ConfigError(f"--parallel {parallel}: at least 1")
+    if retries < 0:
+        raise ConfigError(f"--retries {retries}: 0 or more")
+    sources = list(dict.fromkeys(sources))
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(cache)
+    items, missing = plan(sources, date_range(start, end), performance_url, cdn_url)
+    report = FetchReport(missing=missing)
+    todo = []
+    for item in items:
+        known = manifest["files"].get(item.path)
+        if known and (cache / item.path).exists() and (cache / item.path).stat().st_size == known["size"]:
+            known["dates"] = sorted(set(known["dates"]) | set(item.dates))
+            report.cached.append({"path": item.path, **known})
+        else:
+            todo.append(item)
+    lock = threading.Lock()
+
+    def one(item: Item) -> dict:
+        return download(
+            item, cache, retries, backoff_s, timeout_s,
+            progress=(lambda n: progress(item.path, n, item.size)) if progress else (lambda n: None),
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(one, item): item for item in todo}
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                record = future.result()
+            except _Missing:
+                for day in item.dates:
+                    report.missing.append({"source": item.source, "date": day, "reason": f"HTTP 404 for {item.url}"})
+                continue
+            except FetchError as exc:
+                report.failed.append(
+                    {"source": item.source, "url": item.url, "dates": list(item.dates), "reason": str(exc)}
+                )
+                continue
+            with lock:
+                manifest["files"][item.path] = record
+                report.fetched.append({"path": item.path, **record})
+                report.bytes += record["size"]
+                _write_manifest(cache, manifest)  # after each file: an interrupted fetch keeps its records
+    _write_manifest(cache, manifest)
+    report.missing.sort(key=lambda m: (m["source"], m["date"]))
+    return report
+
+
+def _write_manifest(cache: Path, manifest: dict) -> None:
+    path = cache / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

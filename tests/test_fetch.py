@@ -1,0 +1,205 @@
+"""`mbta-ray data fetch` against a real local HTTP server with MBTA's URL layouts: a 404 day, a
+connection dropped mid-file (resumed with a Range request), a corrupt file, a day the index does not
+list, the GTFS feed in force per date. No test reaches the internet."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mbta_ray import fetch
+from mbta_ray.errors import ConfigError
+from mbta_ray.paths import LAMP_SAMPLE
+
+
+class ArchiveServer:
+    """Serves ``files`` (path -> bytes) with HTTP Range support; a path in ``drop_once`` has its
+    connection closed halfway through the first time it is asked for."""
+
+    def __init__(self, files: dict[str, bytes], drop_once: set[str] = frozenset()) -> None:
+        self.files, self.drop_once = dict(files), set(drop_once)
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 -- the http.server API
+                rng = self.headers.get("Range")
+                server.requests.append((self.path, rng))
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
+                if start >= len(body):
+                    self.send_error(416)
+                    return
+                part = body[start:]
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(part)))
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.end_headers()
+                if self.path in server.drop_once:
+                    server.drop_once.discard(self.path)
+                    self.wfile.write(part[: len(part) // 2])
+                    self.wfile.flush()
+                    self.connection.close()  # the rest never comes
+                    return
+                self.wfile.write(part)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def gets(self, path: str) -> list[str | None]:
+        return [r for p, r in self.requests if p == path]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _zip(name: str) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("stops.txt", f"stop_id,stop_name\n{name},{name}\n")
+    return out.getvalue()
+
+
+@pytest.fixture
+def archive(tmp_path):
+    lamp = LAMP_SAMPLE.read_bytes()  # a real LAMP file (parquet)
+    bus = pd.DataFrame({"service_date": ["20240207"], "route_id": ["1"]}).to_parquet()
+    subway = "/lamp/subway-on-time-performance-v1"
+    index = "service_date,file_url,size_bytes,last_modified\n" + "".join(
+        f"{d},https://performancedata.mbta.com{subway}/{d}-subway-on-time-performance-v1.parquet,{size},2024-02-09\n"
+        for d, size in (("2024-02-06", len(lamp)), ("2024-02-07", len(lamp)), ("2024-02-08", 1000))
+    )  # 2024-02-09 is not listed; 02-08 is corrupt on the server
+    feeds = (
+        "feed_start_date,feed_end_date,feed_version,archive_url,archive_note\n"
+        "20240207,20240315,Winter 2024 v2,{url}/archive/20240207.zip,\n"
+        "20231215,20240210,Winter 2024,{url}/archive/20231215.zip,\n"
+    )
+    files = {
+        f"{subway}/index.csv": index.encode(),
+        f"{subway}/2024-02-06-subway-on-time-performance-v1.parquet": lamp,
+        f"{subway}/2024-02-07-subway-on-time-performance-v1.parquet": lamp,
+        f"{subway}/2024-02-08-subway-on-time-performance-v1.parquet": b"PAR1 but not really" + b"\0" * 981,
+        "/lamp/bus_vehicle_events/20240206.parquet": bus,
+        "/lamp/bus_vehicle_events/20240207.parquet": bus,
+        "/lamp/bus_vehicle_events/20240209.parquet": bus,  # 20240208 has no file: a 404
+        "/archive/20240207.zip": _zip("new"),
+        "/archive/20231215.zip": _zip("old"),
+    }
+    server = ArchiveServer(files, drop_once={f"{subway}/2024-02-07-subway-on-time-performance-v1.parquet"})
+    server.files["/archive/archived_feeds.txt"] = feeds.format(url=server.url).encode()
+    yield server
+    server.close()
+
+
+def _fetch(server: ArchiveServer, cache: Path, **kw) -> fetch.FetchReport:
+    return fetch.fetch(
+        fetch.SOURCES, dt.date(2024, 2, 6), dt.date(2024, 2, 9), cache,
+        performance_url=server.url, cdn_url=server.url, parallel=3, retries=2, backoff_s=0.01, timeout_s=5, **kw,
+    )  # fmt: skip
+
+
+def test_fetch_downloads_resumes_reports_and_records(archive, tmp_path):
+    cache = tmp_path / "cache"
+    seen: dict[str, int] = {}
+    report = _fetch(archive, cache, progress=lambda path, n, total: seen.__setitem__(path, seen.get(path, 0) + n))
+    fetched = {f["path"] for f in report.fetched}
+    assert fetched == {
+        "lamp-subway/2024-02-06-subway-on-time-performance-v1.parquet",
+        "lamp-subway/2024-02-07-subway-on-time-performance-v1.parquet",
+        "lamp-bus/20240206.parquet",
+        "lamp-bus/20240207.parquet",
+        "lamp-bus/20240209.parquet",
+        "gtfs/20231215.zip",
+        "gtfs/20240207.zip",
+    }
+    # Missing days are reported, never fatal: the bus 404 and the subway day the index does not list.
+    assert {(m["source"], m["date"]) for m in report.missing} == {
+        ("lamp-bus", "2024-02-08"),
+        ("lamp-subway", "2024-02-09"),
+    }
+    assert any("404" in m["reason"] for m in report.missing)
+    # The corrupt file is named by its URL and not kept.
+    (failed,) = report.failed
+    assert failed["dates"] == ["2024-02-08"] and "2024-02-08-subway-on-time-performance-v1.parquet" in failed["reason"]
+    assert "not a readable parquet" in failed["reason"] or "the index says" in failed["reason"]
+    assert not list(cache.glob("lamp-subway/2024-02-08*"))
+    # The dropped connection was resumed from where it stopped (a Range request), and the file is whole.
+    dropped = "/lamp/subway-on-time-performance-v1/2024-02-07-subway-on-time-performance-v1.parquet"
+    ranges = archive.gets(dropped)
+    assert ranges[0] is None and len(ranges) == 2 and ranges[1].startswith("bytes=") and ranges[1] != "bytes=0-"
+    assert (
+        cache / "lamp-subway/2024-02-07-subway-on-time-performance-v1.parquet"
+    ).read_bytes() == LAMP_SAMPLE.read_bytes()
+    assert not list(cache.rglob("*.part"))
+    # Each service date gets the GTFS in force that day (the newest feed where two overlap).
+    manifest = json.loads((cache / fetch.MANIFEST).read_text())
+    files = manifest["files"]
+    assert files["gtfs/20231215.zip"]["dates"] == ["2024-02-06"]
+    assert files["gtfs/20240207.zip"]["dates"] == ["2024-02-07", "2024-02-08", "2024-02-09"]
+    for path, record in files.items():  # size and checksum recorded per file
+        data = (cache / path).read_bytes()
+        assert record["size"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
+        assert record["url"].startswith(archive.url)
+    assert seen["lamp-bus/20240206.parquet"] == files["lamp-bus/20240206.parquet"]["size"]
+    # A second run fetches nothing it already has.
+    before = len(archive.requests)
+    again = _fetch(archive, cache)
+    assert not again.fetched and len(again.cached) == 7 and len(again.failed) == 1
+    assert {p for p, _ in archive.requests[before:]} <= {
+        "/lamp/subway-on-time-performance-v1/index.csv",
+        "/archive/archived_feeds.txt",
+        "/lamp/bus_vehicle_events/20240208.parquet",
+        "/lamp/subway-on-time-performance-v1/2024-02-08-subway-on-time-performance-v1.parquet",
+    }
+
+
+def test_fetch_cli_says_what_happened_in_lines(archive, tmp_path):
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    runner = CliRunner()
+    cache = tmp_path / "c"
+    args = ["data", "fetch", "--from", "2024-02-06", "--until", "2024-02-07", "--cache", str(cache)]
+    args += ["--performance-url", archive.url, "--cdn-url", archive.url, "--source", "lamp-bus", "--source", "gtfs"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "fetched lamp-bus/20240206.parquet" in result.output and "0 failed" in result.output
+    bad = runner.invoke(app, ["data", "fetch", "--from", "2024-02-30", "--cache", str(cache)])
+    assert bad.exit_code == 2 and "--from '2024-02-30'" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, ["data", "fetch", "--from", "2024-02-06", "--source", "lamp-train", "--cache", str(cache)])
+    assert bad.exit_code == 2 and "--source 'lamp-train'" in bad.output
+    failing = runner.invoke(
+        app,
+        ["data", "fetch", "--from", "2024-02-08", "--source", "lamp-subway", "--cache", str(cache),
+         "--performance-url", archive.url, "--retries", "0"],
+    )  # fmt: skip
+    assert failing.exit_code == 1 and "failed lamp-subway 2024-02-08" in failing.output
+
+
+def test_date_range_and_its_errors():
+    assert fetch.date_range(dt.date(2024, 2, 28), dt.date(2024, 3, 1)) == [
+        dt.date(2024, 2, 28),
+        dt.date(2024, 2, 29),
+        dt.date(2024, 3, 1),
+    ]
+    with pytest.raises(ConfigError, match="before --from"):
+        fetch.date_range(dt.date(2024, 3, 1), dt.date(2024, 2, 1))
