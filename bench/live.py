@@ -231,7 +231,8 @@ def main() -> None:
                 start = REAL_START if speed == 1 else HOUR
                 seconds = args.real_minutes * 60 if speed == 1 else 3600 / speed
                 poll = FEED_POLL_S / speed
-                config = {"replay_speed": speed, "replay_start": start, "poll_s": poll}
+                # One pass (a loop would start a new state, and new timings, at the hour's end).
+                config = {"replay_speed": speed, "replay_start": start, "poll_s": poll, "replay_loop": False}
                 print(f"{speed:g}x: replay from {start}, poll every {poll:g} s, {seconds:.0f} s")
                 serve.run(build({"registry": registry, "version": version}, live=config), name=APP, route_prefix="/")
                 began = race.parse_time(start, "start")

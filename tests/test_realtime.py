@@ -353,7 +353,58 @@ def test_nothing_after_t_changes_an_answer_at_t(events, t):
             )
     for stop in ("S1", "S2", "S3", "S4"):
         assert full.last_passed("Red", 0, stop, at) == past.last_passed("Red", 0, stop, at)
+        for trip in ("t1", "t2", "t3"):
+            assert full.remaining_from("Red", 0, stop, 42.3, -71.1, at, exclude=key(trip)) == past.remaining_from(
+                "Red", 0, stop, 42.3, -71.1, at, exclude=key(trip)
+            )
     assert sorted(full.trips(at)) == sorted(past.trips(at))
+
+
+def test_remaining_time_from_where_the_last_vehicles_were():
+    """Other trips' reports near a point on the way to a stop, and how long after them they arrived;
+    the request's moment anchors a vehicle between stops on it."""
+    from types import SimpleNamespace
+
+    from mbta_ray.realtime.requests import published_arrivals
+
+    rows = vp(
+        [
+            (0, "t1", "IN_TRANSIT_TO", "B", 2),
+            (40, "t1", "IN_TRANSIT_TO", "B", 2),
+            (100, "t1", "STOPPED_AT", "B", 2),  # t1: 60 s from the second point to B
+            (300, "t2", "IN_TRANSIT_TO", "B", 2),
+            (350, "t2", "STOPPED_AT", "B", 2),  # t2: 50 s from its first point
+            (600, "t3", "STOPPED_AT", "A", 1),
+            (640, "t3", "IN_TRANSIT_TO", "B", 2),
+        ]
+    )
+    # Along the way: 0 m (t1 at 0), 1 km (t1 at 40, t2 at 300, t3 at 640).
+    north = [0.0, 1000.0, 1000.0, 1000.0, 1000.0, 0.0, 1000.0]
+    rows["latitude"] = 42.3 + np.degrees(np.asarray(north) / 6_371_000.0)
+    s = NetworkState()
+    s.observe(rows)
+    at = T0 + 650
+    lat = float(rows["latitude"].iloc[-1])
+    assert s.remaining_from("Red", 0, "B", lat, -71.1, at, exclude=key("t3")) == [50.0, 60.0]  # newest first
+    assert s.remaining_from("Red", 0, "B", lat, -71.1, at, exclude=key("t3"), n=1) == [50.0]
+    assert s.remaining_from("Red", 0, "B", 42.3, -71.1, at, exclude=key("t3")) == [100.0]  # t1 from 0 m
+    assert s.remaining_from("Red", 0, "B", lat + 0.01, -71.1, at) == []  # 1.1 km away: nobody passed there
+    assert s.remaining_from("Red", 0, "B", lat, -71.1, T0 + 352, exclude=key("t3")) == [60.0]  # t2 at B not known
+    assert s.remaining_from("Red", 0, "B", lat, -71.1, at, max_age_s=300) == []  # reports older than 5 min
+
+    # The anchor: t3 reported at 640 on its way to B; the last vehicles took 55 s (median) from there.
+    def answer(*times):
+        stops = ("B", "C", "D")
+        return SimpleNamespace(
+            predictions=[
+                SimpleNamespace(stop_id=x, predicted_arrival=pd.Timestamp(T0 + t, unit="s", tz="UTC"))
+                for x, t in zip(stops, times)
+            ]
+        )
+
+    got = published_arrivals(s, key("t3"), at, answer(720, 700, 900))
+    assert got == [T0 + 695.0, T0 + 695.0, T0 + 875.0]  # 720 -> 695: every stop moved by -25 s, in order
+    assert published_arrivals(s, key("t2"), at, answer(720, 700, 900)) == [T0 + 720.0, T0 + 720.0, T0 + 900.0]
 
 
 def test_the_real_hour_replays_into_state_quickly():

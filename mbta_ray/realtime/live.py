@@ -577,7 +577,8 @@ class LiveTracker:
         TripUpdates feed from them once: what ``/gtfs-rt/TripUpdates.pb`` serves until the next."""
         out = []
         for vehicle, response in answered:
-            for p, arrival in zip(response.predictions, published_arrivals(now, response), strict=True):
+            arrivals = published_arrivals(self.state, vehicle.trip_key, now, response)
+            for p, arrival in zip(response.predictions, arrivals, strict=True):
                 out.append(Prediction(vehicle, p.stop_id, p.stops_ahead, arrival))
         self.predictions, self.predicted_at = out, now
         message = self._feed_message(now, out)

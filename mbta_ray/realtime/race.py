@@ -15,8 +15,9 @@ predictions per row, each from what was known at the moment only:
 - ``recent_segment``: the last arrival at u + the median u -> s travel time of the last 5 other
   vehicles that did u -> s (known at the moment).
 A prediction for a vehicle that has not arrived is never earlier than the moment itself (for the
-model and the rule; MBTA publishes its own), and the model's arrivals along a trip never go
-backwards (``requests.published_arrivals``: what the live service publishes). The stops ahead of a
+model and the rule; MBTA publishes its own); the model's arrivals along a trip never go backwards,
+and for a vehicle on its way to its next stop they are anchored on its position (the last
+vehicles' time from there; ``requests.published_arrivals``: what the live service publishes). The stops ahead of a
 trip, in order, come from the trip's TripUpdates stop list at the moment (its pattern, which static
 GTFS would also give), never from MBTA's times. Rows are binned by MBTA's predicted horizon and scored on MBTA's accuracy windows.
 """
@@ -146,8 +147,8 @@ def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Ne
     requests, targets = model_requests(scope, trip_updates, state, runner)
     if not requests:
         return out
-    for response, (t, where) in zip(runner.predict(requests), targets, strict=True):
-        for arrival, row in zip(published_arrivals(t, response), where, strict=True):
+    for response, (t, key, where) in zip(runner.predict(requests), targets, strict=True):
+        for arrival, row in zip(published_arrivals(state, key, t, response), where, strict=True):
             if row is not None:
                 out[row] = arrival
     return out
@@ -155,8 +156,8 @@ def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Ne
 
 def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner) -> tuple[list, list]:
     """One API request per trip and moment (the trip's last arrival u known then, its stops after u
-    in order, the real-time inputs from the state), and for each the moment and the scope row of
-    each stop ahead (None for a stop not raced)."""
+    in order, the real-time inputs from the state), and for each the moment, the trip and the scope
+    row of each stop ahead (None for a stop not raced)."""
     stop_lists = {
         k: g.sort_values("stop_sequence")
         for k, g in trip_updates[trip_updates["feed_timestamp"].isin(scope["feed_timestamp"].unique())].groupby(
@@ -194,7 +195,7 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
         if runner.refusal(request) is not None:
             continue
         requests.append(request)
-        targets.append((t, where))
+        targets.append((t, first["trip_key"], where))
     return requests, targets
 
 

@@ -6,7 +6,8 @@ The request is the one a client sends (``serve.schemas.PredictRequest``): the tr
 known at the moment, the stops after u in order, and the real-time inputs the state knows then (the
 moment, the headway to the vehicle ahead, when the vehicle left u and where it is since, each
 segment's and hop's recent travel time by other vehicles). ``published_arrivals`` turns the
-model's answer into the times both publish.
+model's answer into the times both publish (anchored on the vehicle's position where it is on its
+way to its next stop).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from mbta_ray.realtime.features import realtime_features
+from mbta_ray.realtime.feeds import STOPPED_AT
 from mbta_ray.realtime.state import Arrival, NetworkState
 
 
@@ -87,15 +89,41 @@ def vehicle_request(
     )
 
 
-def published_arrivals(moment: float, response) -> list[float]:
-    """The arrival times published for a ``PredictResponse`` made at ``moment``, stop by stop: never
-    before the moment (the vehicle has not arrived), nor before the trip's stop before it (the
-    model predicts each stop on its own, a vehicle arrives in order)."""
+def published_arrivals(state: NetworkState, key: str, moment: float, response) -> list[float]:
+    """The arrival times published for trip ``key``'s ``PredictResponse`` made at ``moment``, stop by
+    stop: never before the moment (the vehicle has not arrived), nor before the trip's stop before
+    it (the model predicts each stop on its own, a vehicle arrives in order); and, when the vehicle
+    is on its way to the first of them, anchored on where it is (``position_anchor``): every stop
+    moved by what the anchor says about the first one."""
     out, arrival = [], float(moment)
     for p in response.predictions:
         arrival = max(arrival, p.predicted_arrival.timestamp())
         out.append(arrival)
+    if out:
+        anchor = position_anchor(state, key, moment, response.predictions[0].stop_id)
+        if anchor is not None:
+            shift = anchor - out[0]
+            out = [max(float(moment), a + shift) for a in out]  # the same shift keeps the order
     return out
+
+
+def position_anchor(state: NetworkState, key: str, moment: float, stop_id: str) -> float | None:
+    """When trip ``key``'s vehicle will reach ``stop_id``, the stop it is heading to at ``moment``,
+    from where it last reported: its report time + the median time the last vehicles took from
+    the nearest point of their way there (``NetworkState.remaining_from``). None when it is not on
+    its way there, has no position, or no other vehicle passed near it recently. As TheTransitClock
+    and MBTA's own predictions do, the vehicle's position beats any travel time from its last stop
+    for the next one (issue 14: 12.3 s MAE against 26.6 s for the model on the race's in-transit
+    next-stop rows)."""
+    pos = state.position(key, moment)
+    if pos is None or pos.status == STOPPED_AT or pos.stop_id != stop_id:
+        return None
+    if math.isnan(pos.latitude) or math.isnan(pos.longitude):
+        return None
+    taken = state.remaining_from(
+        pos.route_id, pos.direction_id, stop_id, pos.latitude, pos.longitude, moment, exclude=key
+    )
+    return max(float(moment), pos.timestamp + float(np.median(taken))) if taken else None
 
 
 def _position(f: pd.Series):

@@ -15,7 +15,9 @@ published it), so every query filters on that, whatever else has been fed since.
   it is at or heading to, status, position), and its last arrival before then; when it left a
   stop (its first report after the arrival that no longer has it STOPPED_AT there).
 - Segments: per route, direction and stop, the arrivals of every trip, so "the last N vehicles that
-  went u -> s" and "when did the vehicle ahead pass u" are answered from other trips' arrivals.
+  went u -> s" and "when did the vehicle ahead pass u" are answered from other trips' arrivals; and
+  the positions vehicles reported on their way there, so "how long did the last vehicles take from
+  here" is answered for a vehicle between stops.
 A trip is ``start_date|route_id|trip_id`` (trip ids repeat across days); a vehicle that switches
 trips starts a new trip.
 """
@@ -31,6 +33,10 @@ import pandas as pd
 
 from mbta_ray.realtime.feeds import STOPPED_AT
 
+#: Earth's mean radius (m), for the short distances between position reports.
+EARTH_M = 6_371_000.0
+#: How near another vehicle's report must be to a position to say how long the rest of the way takes.
+NEAR_M = 150.0
 #: How far a vehicle's clock may run ahead of the feed's: a report is assumed to describe an arrival
 #: no later than this after its publication (searches stop early on it).
 CLOCK_SKEW_S = 600
@@ -130,6 +136,9 @@ class NetworkState:
         self._at_stop: dict[tuple, tuple[list[int], list[tuple[str, object]]]] = {}
         # trip -> stop_id -> its visit keys (a loop route has two), so a stop is found without a scan
         self._stop_visits: dict[str, dict[str, list]] = {}
+        # (route, direction, stop_id) -> sorted known_at, and the positioned reports of vehicles
+        # heading there (timestamp, trip, latitude, longitude): where they were how long before arriving
+        self._heading: dict[tuple, tuple[list[int], list[tuple]]] = {}
         self.rows_seen = 0
 
     # --- feeding ---------------------------------------------------------------------------------
@@ -169,6 +178,11 @@ class NetworkState:
         )
         self._positions.setdefault(key, _Reports()).add(known, position, _later)
         if status != STOPPED_AT:
+            if not (math.isnan(position[9]) or math.isnan(position[10])):
+                known_list, entries = self._heading.setdefault((route, direction, stop), ([], []))
+                i = bisect.bisect_right(known_list, known)
+                known_list.insert(i, known)
+                entries.insert(i, (timestamp, key, position[9], position[10]))
             return
         visit = seq if not math.isnan(seq) else stop
         visits = self._visits.setdefault(key, {})
@@ -311,3 +325,38 @@ class NetworkState:
             if key != exclude and (best is None or (arrival.time, key) > (best[0].time, best[1])):
                 best = (arrival, key)
         return best[0] if best else None
+
+    def remaining_from(
+        self,
+        route_id: str,
+        direction_id: int | None,
+        stop_id: str,
+        latitude: float,
+        longitude: float,
+        t: float,
+        exclude: str | None = None,
+        n: int = 5,
+        max_m: float = NEAR_M,
+        max_age_s: float = 1800,
+    ) -> list[float]:
+        """How long the last ``n`` other trips heading to ``stop_id`` took to arrive there from the
+        point of their way nearest (within ``max_m``) to ``latitude, longitude``: seconds from that
+        report to their arrival, most recent arrival first. Only reports and arrivals known at t,
+        published within ``max_age_s`` before it (TheTransitClock's "where the last vehicles were")."""
+        known_list, entries = self._heading.get((route_id, direction_id, stop_id), ([], []))
+        hi = bisect.bisect_right(known_list, t)
+        lo = bisect.bisect_left(known_list, t - max_age_s)
+        nearest: dict[str, tuple[float, int]] = {}
+        scale = math.cos(math.radians(latitude))
+        for timestamp, key, lat, lon in entries[lo:hi]:
+            if key == exclude:
+                continue
+            d = EARTH_M * math.hypot(math.radians(lat - latitude), math.radians(lon - longitude) * scale)
+            if d <= max_m and (key not in nearest or (d, timestamp) < nearest[key]):
+                nearest[key] = (d, timestamp)
+        found = []
+        for key, (_, timestamp) in nearest.items():
+            arrival = self.arrival_at(key, stop_id, t)
+            if arrival is not None and arrival.time >= timestamp:
+                found.append((arrival.time, key, float(arrival.time - timestamp)))
+        return [r for _, _, r in sorted(found, reverse=True)[:n]]
