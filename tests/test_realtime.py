@@ -357,6 +357,9 @@ def test_nothing_after_t_changes_an_answer_at_t(events, t):
             assert full.remaining_from("Red", 0, stop, 42.3, -71.1, at, exclude=key(trip)) == past.remaining_from(
                 "Red", 0, stop, 42.3, -71.1, at, exclude=key(trip)
             )
+            assert full.dwell_and_run("Red", 0, "S1", stop, at, exclude=key(trip)) == past.dwell_and_run(
+                "Red", 0, "S1", stop, at, exclude=key(trip)
+            )
     assert sorted(full.trips(at)) == sorted(past.trips(at))
 
 
@@ -627,6 +630,43 @@ def test_a_published_feed_is_read_as_a_rider_saw_it_at_each_moment():
     got = as_published(scope, published, max_lag_s=60)
     np.testing.assert_array_equal(got, [300.0, 400.0, np.nan, np.nan, 250.0, np.nan, np.nan])
     assert np.isnan(as_published(scope, published.iloc[:0])).all()
+
+
+def test_a_vehicle_standing_at_a_stop_leaves_and_arrives_as_the_last_vehicles_did():
+    from types import SimpleNamespace
+
+    from mbta_ray.realtime.requests import published_arrivals, standing_anchor
+
+    s = NetworkState()
+    s.observe(
+        vp(
+            [
+                (0, "t1", "STOPPED_AT", "A", 1),
+                (30, "t1", "IN_TRANSIT_TO", "B", 2),  # t1 stood 30 s at A, then 90 s to B
+                (120, "t1", "STOPPED_AT", "B", 2),
+                (300, "t2", "STOPPED_AT", "A", 1),
+                (350, "t2", "IN_TRANSIT_TO", "B", 2),  # t2: 50 s, then 70 s
+                (420, "t2", "STOPPED_AT", "B", 2),
+                (600, "t3", "STOPPED_AT", "A", 1),
+                (610, "t3", "STOPPED_AT", "A", 1),  # t3 standing at A since 600
+            ]
+        )
+    )
+    at = T0 + 620
+    assert s.dwell_and_run("Red", 0, "A", "B", at, exclude=key("t3")) == [(50.0, 70.0), (30.0, 90.0)]
+    assert s.dwell_and_run("Red", 0, "A", "B", T0 + 400, exclude=key("t3")) == [(30.0, 90.0)]  # t2 at B not yet
+    assert s.dwell_and_run("Red", 0, "A", "B", at, max_age_s=100) == []
+    # t3 leaves at 600 + 40 (the median stay) and takes 80 s (the median run): B at 720.
+    assert standing_anchor(s, key("t3"), at, "B") == T0 + 720.0
+    assert standing_anchor(s, key("t3"), T0 + 700, "B") == T0 + 780.0  # stood longer: it leaves now
+    assert standing_anchor(s, key("t2"), at, "B") is None  # t2 stands at B, its last stop: nothing ahead known
+    answer = SimpleNamespace(
+        predictions=[
+            SimpleNamespace(stop_id=x, predicted_arrival=pd.Timestamp(T0 + t, unit="s", tz="UTC"))
+            for x, t in (("B", 700), ("C", 900))
+        ]
+    )
+    assert published_arrivals(s, key("t3"), at, answer) == [T0 + 720.0, T0 + 920.0]
 
 
 # --- real-time features ---------------------------------------------------------------------------

@@ -16,10 +16,11 @@ predictions per row, each from what was known at the moment only:
   vehicles that did u -> s (known at the moment).
 A prediction for a vehicle that has not arrived is never earlier than the moment itself (for the
 model and the rule; MBTA publishes its own); the model's arrivals along a trip never go backwards,
-and for a vehicle on its way to its next stop they are anchored on its position (the last
-vehicles' time from there; ``requests.published_arrivals``: what the live service publishes). The stops ahead of a
-trip, in order, come from the trip's TripUpdates stop list at the moment (its pattern, which static
-GTFS would also give), never from MBTA's times. Rows are binned by MBTA's predicted horizon and scored on MBTA's accuracy windows.
+and they are anchored on where the vehicle is (on its way to its next stop: the last vehicles'
+time from there; standing at a stop: their stay and run; ``requests.published_arrivals``: what the
+live service publishes). The stops ahead of a trip, in order, come from the trip's TripUpdates
+stop list at the moment (its pattern, which static GTFS would also give), never from MBTA's times.
+Rows are binned by MBTA's predicted horizon and scored on MBTA's accuracy windows.
 """
 
 from __future__ import annotations

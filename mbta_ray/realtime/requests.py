@@ -92,15 +92,18 @@ def vehicle_request(
 def published_arrivals(state: NetworkState, key: str, moment: float, response) -> list[float]:
     """The arrival times published for trip ``key``'s ``PredictResponse`` made at ``moment``, stop by
     stop: never before the moment (the vehicle has not arrived), nor before the trip's stop before
-    it (the model predicts each stop on its own, a vehicle arrives in order); and, when the vehicle
-    is on its way to the first of them, anchored on where it is (``position_anchor``): every stop
-    moved by what the anchor says about the first one."""
+    it (the model predicts each stop on its own, a vehicle arrives in order); and anchored on where
+    the vehicle is: on its way to the first of them (``position_anchor``) or standing at a stop
+    (``standing_anchor``), every stop moved by what the anchor says about the first one."""
     out, arrival = [], float(moment)
     for p in response.predictions:
         arrival = max(arrival, p.predicted_arrival.timestamp())
         out.append(arrival)
     if out:
-        anchor = position_anchor(state, key, moment, response.predictions[0].stop_id)
+        first = response.predictions[0].stop_id
+        anchor = position_anchor(state, key, moment, first)
+        if anchor is None:
+            anchor = standing_anchor(state, key, moment, first)
         if anchor is not None:
             shift = anchor - out[0]
             out = [max(float(moment), a + shift) for a in out]  # the same shift keeps the order
@@ -124,6 +127,26 @@ def position_anchor(state: NetworkState, key: str, moment: float, stop_id: str) 
         pos.route_id, pos.direction_id, stop_id, pos.latitude, pos.longitude, moment, exclude=key
     )
     return max(float(moment), pos.timestamp + float(np.median(taken))) if taken else None
+
+
+def standing_anchor(state: NetworkState, key: str, moment: float, stop_id: str) -> float | None:
+    """When trip ``key``'s vehicle, standing at a stop at ``moment``, will reach ``stop_id`` next:
+    it leaves after the median time the last vehicles stood there (or now, if it has stood longer),
+    then takes their median time from leaving to arriving at ``stop_id``
+    (``NetworkState.dwell_and_run``). None when it is not standing at its last arrival's stop, or no
+    other vehicle went that way recently. Issue 14: on the race's rows of standing vehicles this
+    beats MBTA at 3-30 min ahead, where the model does not."""
+    pos = state.position(key, moment)
+    last = state.last_arrival(key, moment)
+    if pos is None or last is None or pos.status != STOPPED_AT or pos.stop_id != last.stop_id:
+        return None
+    if stop_id == last.stop_id:
+        return None
+    seen = state.dwell_and_run(pos.route_id, pos.direction_id, last.stop_id, stop_id, moment, exclude=key)
+    if not seen:
+        return None
+    leaves = max(float(moment), last.time + float(np.median([d for d, _ in seen])))
+    return leaves + float(np.median([r for _, r in seen]))
 
 
 def _position(f: pd.Series):

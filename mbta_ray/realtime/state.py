@@ -360,3 +360,30 @@ class NetworkState:
             if arrival is not None and arrival.time >= timestamp:
                 found.append((arrival.time, key, float(arrival.time - timestamp)))
         return [r for _, _, r in sorted(found, reverse=True)[:n]]
+
+    def dwell_and_run(
+        self,
+        route_id: str,
+        direction_id: int | None,
+        from_stop: str,
+        to_stop: str,
+        t: float,
+        exclude: str | None = None,
+        n: int = 5,
+        max_age_s: float = 1800,
+    ) -> list[tuple[float, float]]:
+        """(seconds standing at ``from_stop``, seconds from leaving it to arriving at ``to_stop``) of
+        the last ``n`` other trips that went ``from_stop`` -> ``to_stop``, as known at t (arrivals at
+        ``to_stop`` published within ``max_age_s``), most recent first."""
+        found = []
+        for key, at_s in self._recent_at_stop(route_id, direction_id, to_stop, t, max_age_s=max_age_s):
+            if key == exclude or any(key == f[1] for f in found):
+                continue
+            at_u = self.arrival_at(key, from_stop, t)
+            if at_u is None or at_u.time >= at_s.time:
+                continue
+            left = self.departure(key, at_u, t)
+            if left is None or left > at_s.time:
+                continue
+            found.append((at_s.time, key, float(left - at_u.time), float(at_s.time - left)))
+        return [(dwell, run) for *_, dwell, run in sorted(found, reverse=True)[:n]]
