@@ -363,6 +363,13 @@ def test_nothing_after_t_changes_an_answer_at_t(events, t):
     assert sorted(full.trips(at)) == sorted(past.trips(at))
 
 
+def hops(*seconds):
+    """A request's stops ahead with the given recent hop times (None: no other vehicle did it)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(stops_ahead=[SimpleNamespace(recent_hop_seconds=h) for h in seconds])
+
+
 def test_remaining_time_from_where_the_last_vehicles_were():
     """Other trips' reports near a point on the way to a stop, and how long after them they arrived;
     the request's moment anchors a vehicle between stops on it."""
@@ -405,9 +412,17 @@ def test_remaining_time_from_where_the_last_vehicles_were():
             ]
         )
 
-    got = published_arrivals(s, key("t3"), at, answer(720, 700, 900))
+    got = published_arrivals(s, key("t3"), at, hops(None, None, None), answer(720, 700, 900))
     assert got == [T0 + 695.0, T0 + 695.0, T0 + 875.0]  # 720 -> 695: every stop moved by -25 s, in order
-    assert published_arrivals(s, key("t2"), at, answer(720, 700, 900)) == [T0 + 720.0, T0 + 720.0, T0 + 900.0]
+    plain = published_arrivals(s, key("t2"), at, hops(None, None, None), answer(720, 700, 900))
+    assert plain == [T0 + 720.0, T0 + 720.0, T0 + 900.0]
+    # Where other vehicles did a hop recently, the stop follows the one before by their time.
+    assert published_arrivals(s, key("t3"), at, hops(None, 150.0, None), answer(720, 700, 900)) == [
+        T0 + 695.0,
+        T0 + 845.0,  # B + 150 s (C's recent hop), not the model's B -> C step (0 s)
+        T0 + 1025.0,  # C + the model's C -> D step (its times made monotone: 720 -> 900): no recent hop
+    ]
+    assert published_arrivals(s, key("t2"), at, hops(None, None, 60.0), answer(720, 700, 900))[-1] == T0 + 780.0
 
 
 def test_the_real_hour_replays_into_state_quickly():
@@ -666,7 +681,7 @@ def test_a_vehicle_standing_at_a_stop_leaves_and_arrives_as_the_last_vehicles_di
             for x, t in (("B", 700), ("C", 900))
         ]
     )
-    assert published_arrivals(s, key("t3"), at, answer) == [T0 + 720.0, T0 + 920.0]
+    assert published_arrivals(s, key("t3"), at, hops(None, None), answer) == [T0 + 720.0, T0 + 920.0]
 
 
 # --- real-time features ---------------------------------------------------------------------------

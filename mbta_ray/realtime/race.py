@@ -16,9 +16,10 @@ predictions per row, each from what was known at the moment only:
   vehicles that did u -> s (known at the moment).
 A prediction for a vehicle that has not arrived is never earlier than the moment itself (for the
 model and the rule; MBTA publishes its own); the model's arrivals along a trip never go backwards,
-and they are anchored on where the vehicle is (on its way to its next stop: the last vehicles'
-time from there; standing at a stop: their stay and run; ``requests.published_arrivals``: what the
-live service publishes). The stops ahead of a trip, in order, come from the trip's TripUpdates
+the next stop is anchored on where the vehicle is (on its way there: the last vehicles' time from
+there; standing at a stop: their stay and run), and each stop after it follows the stop before by
+the hop's recent time where other vehicles did it (``requests.published_arrivals``: what the live
+service publishes). The stops ahead of a trip, in order, come from the trip's TripUpdates
 stop list at the moment (its pattern, which static GTFS would also give), never from MBTA's times.
 Rows are binned by MBTA's predicted horizon and scored on MBTA's accuracy windows.
 """
@@ -148,8 +149,8 @@ def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Ne
     requests, targets = model_requests(scope, trip_updates, state, runner)
     if not requests:
         return out
-    for response, (t, key, where) in zip(runner.predict(requests), targets, strict=True):
-        for arrival, row in zip(published_arrivals(state, key, t, response), where, strict=True):
+    for request, response, (t, key, where) in zip(requests, runner.predict(requests), targets, strict=True):
+        for arrival, row in zip(published_arrivals(state, key, t, request, response), where, strict=True):
             if row is not None:
                 out[row] = arrival
     return out
