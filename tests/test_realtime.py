@@ -360,6 +360,10 @@ def test_nothing_after_t_changes_an_answer_at_t(events, t):
             assert full.dwell_and_run("Red", 0, "S1", stop, at, exclude=key(trip)) == past.dwell_and_run(
                 "Red", 0, "S1", stop, at, exclude=key(trip)
             )
+            assert full.dwell_and_run("Red", 0, {"S1", "S2"}, stop, at, exclude=key(trip)) == past.dwell_and_run(
+                "Red", 0, {"S1", "S2"}, stop, at, exclude=key(trip)
+            )
+    assert full.stops_near("Red", 0, 42.3, -71.1, at) == past.stops_near("Red", 0, 42.3, -71.1, at)
     assert sorted(full.trips(at)) == sorted(past.trips(at))
 
 
@@ -682,6 +686,50 @@ def test_a_vehicle_standing_at_a_stop_leaves_and_arrives_as_the_last_vehicles_di
         ]
     )
     assert published_arrivals(s, key("t3"), at, hops(None, None), answer) == [T0 + 720.0, T0 + 920.0]
+
+
+def test_a_vehicle_waiting_at_a_terminal_leaves_as_the_last_ones_from_its_other_tracks_did():
+    """A terminal has several tracks (stop ids Braintree-01, Braintree-02, and the arrival platform
+    70105, metres apart): where no vehicle left from this vehicle's track recently, the last ones
+    from the other tracks of the same place say how long it stands and runs; a stop down the line
+    is another place."""
+    from mbta_ray.realtime.requests import standing_anchor
+
+    rows = vp(
+        [
+            (0, "t1", "STOPPED_AT", "T-01", 1),
+            (600, "t1", "IN_TRANSIT_TO", "B", 2),  # t1: stood 600 s at track 1, then 120 s to B
+            (720, "t1", "STOPPED_AT", "B", 2),
+            (300, "t2", "STOPPED_AT", "T-02", 1),
+            (1100, "t2", "IN_TRANSIT_TO", "B", 2),  # t2: 800 s at track 2, then 100 s
+            (1200, "t2", "STOPPED_AT", "B", 2),
+            (1000, "t3", "STOPPED_AT", "T-MAIN", 1),  # t3 arrives at the terminal's main platform id...
+            (1010, "t3", "STOPPED_AT", "T-01", 1),  # ...and stands at track 1 (the same visit)
+            (1250, "t3", "STOPPED_AT", "T-01", 1),
+            (0, "t9", "STOPPED_AT", "C", 1),  # C: a stop 1 km away, where no one waits for B
+            (30, "t9", "IN_TRANSIT_TO", "B", 2),
+            (90, "t9", "STOPPED_AT", "B", 2),
+        ]
+    )
+    north = {"T-01": 0.0, "T-02": 12.0, "T-MAIN": 5.0, "B": 2000.0, "C": 1000.0}
+    rows["latitude"] = 42.3 + np.degrees(rows["stop_id"].map(north).to_numpy() / 6_371_000.0)
+    s = NetworkState()
+    s.observe(rows)
+    at = T0 + 1260
+    lat = float(rows["latitude"].iloc[0])
+    assert s.stops_near("Red", 0, lat, -71.1, at) == {"T-01", "T-02", "T-MAIN"}
+    assert s.stops_near("Red", 0, lat, -71.1, T0 + 200) == {"T-01"}  # T-02 first stood at 300 (known 305)
+    assert s.stops_near("Red", 1, lat, -71.1, at) == set()  # the other direction: none
+    # From track 1 alone: t1 (600 s, 120 s); from the place's tracks: t2 and t1, newest first.
+    assert s.dwell_and_run("Red", 0, "T-01", "B", at, exclude=key("t3")) == [(600.0, 120.0)]
+    tracks = {"T-01", "T-02", "T-MAIN"}
+    assert s.dwell_and_run("Red", 0, tracks, "B", at, exclude=key("t3")) == [(800.0, 100.0), (600.0, 120.0)]
+    # t3's last arrival is at T-MAIN (no one left from there): the other tracks say it leaves at
+    # 1000 + 700 (the median stay) and takes 110 s (the median run): B at 1810.
+    assert s.dwell_and_run("Red", 0, "T-MAIN", "B", at, exclude=key("t3")) == []
+    assert standing_anchor(s, key("t3"), at, "B") == T0 + 1810.0
+    # Before t2 reached B (1205) only t1's stay and run were known.
+    assert standing_anchor(s, key("t3"), T0 + 1150, "B") == T0 + 1000 + 600.0 + 120.0
 
 
 # --- real-time features ---------------------------------------------------------------------------

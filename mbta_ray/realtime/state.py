@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -37,6 +37,9 @@ from mbta_ray.realtime.feeds import STOPPED_AT
 EARTH_M = 6_371_000.0
 #: How near another vehicle's report must be to a position to say how long the rest of the way takes.
 NEAR_M = 150.0
+#: How near vehicles stood for their stops to be one place: a terminal's tracks (Braintree-01 and -02,
+#: Oak Grove-01 and 70036) stand metres apart, consecutive stops of a line hundreds of metres.
+SAME_PLACE_M = 60.0
 #: How far a vehicle's clock may run ahead of the feed's: a report is assumed to describe an arrival
 #: no later than this after its publication (searches stop early on it).
 CLOCK_SKEW_S = 600
@@ -139,6 +142,9 @@ class NetworkState:
         # (route, direction, stop_id) -> sorted known_at, and the positioned reports of vehicles
         # heading there (timestamp, trip, latitude, longitude): where they were how long before arriving
         self._heading: dict[tuple, tuple[list[int], list[tuple]]] = {}
+        # (route, direction) -> stop_id -> (known_at, latitude, longitude) of the first STOPPED_AT
+        # report there (the earliest published): where vehicles stand at that stop
+        self._stood: dict[tuple, dict[str, tuple[int, float, float]]] = {}
         self.rows_seen = 0
 
     # --- feeding ---------------------------------------------------------------------------------
@@ -184,6 +190,10 @@ class NetworkState:
                 known_list.insert(i, known)
                 entries.insert(i, (timestamp, key, position[9], position[10]))
             return
+        if not (math.isnan(position[9]) or math.isnan(position[10])):
+            stood = self._stood.setdefault((route, direction), {})
+            if stop not in stood or known < stood[stop][0]:
+                stood[stop] = (known, position[9], position[10])
         visit = seq if not math.isnan(seq) else stop
         visits = self._visits.setdefault(key, {})
         if visit not in visits:
@@ -361,11 +371,24 @@ class NetworkState:
                 found.append((arrival.time, key, float(arrival.time - timestamp)))
         return [r for _, _, r in sorted(found, reverse=True)[:n]]
 
+    def stops_near(
+        self, route_id: str, direction_id: int | None, latitude: float, longitude: float, t: float, max_m: float = SAME_PLACE_M
+    ) -> set[str]:
+        """The route and direction's stops where vehicles stood within ``max_m`` of a point, as known
+        at t: the other tracks of a terminal a vehicle stands at."""
+        scale = math.cos(math.radians(latitude))
+        return {
+            stop
+            for stop, (known, lat, lon) in self._stood.get((route_id, direction_id), {}).items()
+            if known <= t
+            and EARTH_M * math.hypot(math.radians(lat - latitude), math.radians(lon - longitude) * scale) <= max_m
+        }
+
     def dwell_and_run(
         self,
         route_id: str,
         direction_id: int | None,
-        from_stop: str,
+        from_stop: str | Collection[str],
         to_stop: str,
         t: float,
         exclude: str | None = None,
@@ -374,14 +397,17 @@ class NetworkState:
     ) -> list[tuple[float, float]]:
         """(seconds standing at ``from_stop``, seconds from leaving it to arriving at ``to_stop``) of
         the last ``n`` other trips that went ``from_stop`` -> ``to_stop``, as known at t (arrivals at
-        ``to_stop`` published within ``max_age_s``), most recent first."""
+        ``to_stop`` published within ``max_age_s``), most recent first. ``from_stop`` may be several
+        stops (one place's tracks): a trip's latest arrival at any of them before ``to_stop``."""
+        froms = [from_stop] if isinstance(from_stop, str) else sorted(from_stop)
         found = []
         for key, at_s in self._recent_at_stop(route_id, direction_id, to_stop, t, max_age_s=max_age_s):
             if key == exclude or any(key == f[1] for f in found):
                 continue
-            at_u = self.arrival_at(key, from_stop, t)
-            if at_u is None or at_u.time >= at_s.time:
+            before = [a for a in (self.arrival_at(key, u, t) for u in froms) if a is not None and a.time < at_s.time]
+            if not before:
                 continue
+            at_u = max(before, key=lambda a: (a.time, a.stop_id))
             left = self.departure(key, at_u, t)
             if left is None or left > at_s.time:
                 continue
