@@ -154,7 +154,7 @@ def _predict(tracker: LiveTracker, runner: ModelRunner) -> list:
     now = tracker.now()
     pairs = [(v, r) for v, r in tracker.requests(now) if runner.refusal(r) is None]
     responses = runner.predict([r for _, r in pairs]) if pairs else []
-    tracker.publish(now, [(v, q, r) for (v, q), r in zip(pairs, responses, strict=True)])
+    tracker.publish(now, list(zip([v for v, _ in pairs], responses, strict=True)))
     return pairs
 
 
@@ -197,10 +197,10 @@ def test_trip_updates_from_a_polled_feed_equal_the_models_predictions(hour, red_
     # The same requests answered again by the model: the feed says exactly what it predicts, each
     # stop never before the moment nor before the stop before; the first one at the anchor where
     # the vehicle is on its way there or standing at a stop, each later one the stop before plus the
-    # hop's recent time where other vehicles did it (else the model's step).
+    # hop as the line does it now (the response's path), else the model's step.
     now = tracker.now()
     expected, anchored, chained = {}, 0, 0
-    for (v, request), response in zip(pairs, red_model.predict([r for _, r in pairs]), strict=True):
+    for (v, _), response in zip(pairs, red_model.predict([r for _, r in pairs]), strict=True):
         first = response.predictions[0].stop_id
         anchor = position_anchor(tracker.state, v.trip_key, now, first)
         if anchor is None:
@@ -209,13 +209,14 @@ def test_trip_updates_from_a_polled_feed_equal_the_models_predictions(hour, red_
         modelled = np.maximum.accumulate([max(now, p.predicted_arrival.timestamp()) for p in response.predictions])
         arrival = max(now, anchor if anchor is not None else modelled[0])
         for j, p in enumerate(response.predictions):
-            hop = request.stops_ahead[j].recent_hop_seconds
             if j:
-                arrival += modelled[j] - modelled[j - 1] if hop is None else hop
-                chained += hop is not None
+                path = (response.predictions[j - 1].path_travel_seconds, p.path_travel_seconds)
+                known = None not in path
+                arrival += path[1] - path[0] if known else modelled[j] - modelled[j - 1]
+                chained += known
             expected[(v.trip_id, p.stop_id)] = round(arrival)
     assert anchored >= 2, "vehicles anchored on where they are"
-    assert chained >= 10, "stops after the next one, by the line's recent hops"
+    assert chained >= 10, "stops after the next one, by the line's hops"
     assert set(published) == set(expected)
     for k, (arrival, uncertainty) in published.items():
         assert arrival == expected[k]

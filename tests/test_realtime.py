@@ -367,13 +367,6 @@ def test_nothing_after_t_changes_an_answer_at_t(events, t):
     assert sorted(full.trips(at)) == sorted(past.trips(at))
 
 
-def hops(*seconds):
-    """A request's stops ahead with the given recent hop times (None: no other vehicle did it)."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(stops_ahead=[SimpleNamespace(recent_hop_seconds=h) for h in seconds])
-
-
 def test_remaining_time_from_where_the_last_vehicles_were():
     """Other trips' reports near a point on the way to a stop, and how long after them they arrived;
     the request's moment anchors a vehicle between stops on it."""
@@ -407,26 +400,27 @@ def test_remaining_time_from_where_the_last_vehicles_were():
     assert s.remaining_from("Red", 0, "B", lat, -71.1, at, max_age_s=300) == []  # reports older than 5 min
 
     # The anchor: t3 reported at 640 on its way to B; the last vehicles took 55 s (median) from there.
-    def answer(*times):
+    def answer(*times, path=(None, None, None)):
         stops = ("B", "C", "D")
         return SimpleNamespace(
             predictions=[
-                SimpleNamespace(stop_id=x, predicted_arrival=pd.Timestamp(T0 + t, unit="s", tz="UTC"))
-                for x, t in zip(stops, times)
+                SimpleNamespace(
+                    stop_id=x, predicted_arrival=pd.Timestamp(T0 + t, unit="s", tz="UTC"), path_travel_seconds=p
+                )
+                for x, t, p in zip(stops, times, path)
             ]
         )
 
-    got = published_arrivals(s, key("t3"), at, hops(None, None, None), answer(720, 700, 900))
+    got = published_arrivals(s, key("t3"), at, answer(720, 700, 900))
     assert got == [T0 + 695.0, T0 + 695.0, T0 + 875.0]  # 720 -> 695: every stop moved by -25 s, in order
-    plain = published_arrivals(s, key("t2"), at, hops(None, None, None), answer(720, 700, 900))
-    assert plain == [T0 + 720.0, T0 + 720.0, T0 + 900.0]
-    # Where other vehicles did a hop recently, the stop follows the one before by their time.
-    assert published_arrivals(s, key("t3"), at, hops(None, 150.0, None), answer(720, 700, 900)) == [
+    assert published_arrivals(s, key("t2"), at, answer(720, 700, 900)) == [T0 + 720.0, T0 + 720.0, T0 + 900.0]
+    # Where the line's time for a hop is known, the stop follows the one before by it.
+    assert published_arrivals(s, key("t3"), at, answer(720, 700, 900, path=(60.0, 210.0, None))) == [
         T0 + 695.0,
-        T0 + 845.0,  # B + 150 s (C's recent hop), not the model's B -> C step (0 s)
-        T0 + 1025.0,  # C + the model's C -> D step (its times made monotone: 720 -> 900): no recent hop
+        T0 + 845.0,  # B + 150 s (the path's B -> C hop), not the model's B -> C step (0 s)
+        T0 + 1025.0,  # C + the model's C -> D step (its times made monotone: 720 -> 900): no path to D
     ]
-    assert published_arrivals(s, key("t2"), at, hops(None, None, 60.0), answer(720, 700, 900))[-1] == T0 + 780.0
+    assert published_arrivals(s, key("t2"), at, answer(720, 700, 900, path=(None, 50.0, 110.0)))[-1] == T0 + 780.0
 
 
 def test_the_real_hour_replays_into_state_quickly():
@@ -681,11 +675,13 @@ def test_a_vehicle_standing_at_a_stop_leaves_and_arrives_as_the_last_vehicles_di
     assert standing_anchor(s, key("t2"), at, "B") is None  # t2 stands at B, its last stop: nothing ahead known
     answer = SimpleNamespace(
         predictions=[
-            SimpleNamespace(stop_id=x, predicted_arrival=pd.Timestamp(T0 + t, unit="s", tz="UTC"))
+            SimpleNamespace(
+                stop_id=x, predicted_arrival=pd.Timestamp(T0 + t, unit="s", tz="UTC"), path_travel_seconds=None
+            )
             for x, t in (("B", 700), ("C", 900))
         ]
     )
-    assert published_arrivals(s, key("t3"), at, hops(None, None), answer) == [T0 + 720.0, T0 + 920.0]
+    assert published_arrivals(s, key("t3"), at, answer) == [T0 + 720.0, T0 + 920.0]
 
 
 def test_a_vehicle_waiting_at_a_terminal_leaves_as_the_last_ones_from_its_other_tracks_did():

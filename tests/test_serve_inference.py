@@ -98,6 +98,12 @@ def test_predictions_equal_offline_predictions(offline):
     )
     assert d.scheduled_arrival is None and d.predicted_delay_seconds is None
     assert np.isfinite(expected[TARGET]).all()
+    # The line's path u -> s (the features' path_travel_s) is in the answer, for a publisher to
+    # chain stop to stop; with each hop's recent time given, it is their running sum.
+    np.testing.assert_allclose([p.path_travel_seconds for p in resp.predictions], expected["path_travel_s"], atol=0.05)
+    ahead = [{"stop_id": "C", "recent_hop_seconds": 320}, {"stop_id": "D", "recent_hop_seconds": 410}]
+    (hopped,) = runner.predict([request_at_b(stops_ahead=ahead)])
+    assert [p.path_travel_seconds for p in hopped.predictions] == [320.0, 730.0]
 
 
 def test_real_ids_with_spaces_are_valid():

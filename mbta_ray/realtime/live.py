@@ -571,13 +571,13 @@ class LiveTracker:
         return out
 
     @_locked
-    def publish(self, now: float, answered: list[tuple[Vehicle, object, object]]) -> None:
-        """Keep the predictions of (vehicle, PredictRequest, PredictResponse) made at ``now`` as
+    def publish(self, now: float, answered: list[tuple[Vehicle, object]]) -> None:
+        """Keep the predictions of (vehicle, PredictResponse) pairs made at ``now`` as
         ``requests.published_arrivals`` sets them, and build the TripUpdates feed from them once:
         what ``/gtfs-rt/TripUpdates.pb`` serves until the next."""
         out = []
-        for vehicle, request, response in answered:
-            arrivals = published_arrivals(self.state, vehicle.trip_key, now, request, response)
+        for vehicle, response in answered:
+            arrivals = published_arrivals(self.state, vehicle.trip_key, now, response)
             for p, arrival in zip(response.predictions, arrivals, strict=True):
                 out.append(Prediction(vehicle, p.stop_id, p.stops_ahead, arrival))
         self.predictions, self.predicted_at = out, now

@@ -149,8 +149,8 @@ def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Ne
     requests, targets = model_requests(scope, trip_updates, state, runner)
     if not requests:
         return out
-    for request, response, (t, key, where) in zip(requests, runner.predict(requests), targets, strict=True):
-        for arrival, row in zip(published_arrivals(state, key, t, request, response), where, strict=True):
+    for response, (t, key, where) in zip(runner.predict(requests), targets, strict=True):
+        for arrival, row in zip(published_arrivals(state, key, t, response), where, strict=True):
             if row is not None:
                 out[row] = arrival
     return out

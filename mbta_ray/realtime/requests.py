@@ -89,18 +89,20 @@ def vehicle_request(
     )
 
 
-def published_arrivals(state: NetworkState, key: str, moment: float, request, response) -> list[float]:
-    """The arrival times published for trip ``key`` at ``moment``, stop by stop, from the
-    ``PredictRequest`` built by ``vehicle_request`` and the model's ``PredictResponse`` to it.
+def published_arrivals(state: NetworkState, key: str, moment: float, response) -> list[float]:
+    """The arrival times published for trip ``key`` at ``moment``, stop by stop, from the model's
+    ``PredictResponse`` to the request ``vehicle_request`` built.
 
     The first stop: where the vehicle is says most (on its way there: ``position_anchor``; standing
     at a stop: ``standing_anchor``), else the model's time. Each later stop: the stop before it plus
-    the hop's recent time by other vehicles (``StopAhead.recent_hop_seconds``, what the line does
-    now), else the model's own step between the two. Never before the moment (the vehicle has not
-    arrived), never before the stop before (a vehicle arrives in order). Issue 14: on the race's
-    rows the chained recent hops beat the model's steps at every horizon (3-30 min most); the model's
-    learned corrections come from another season's line and pull slow zones back to that season's
-    medians, while the hops say what the line does this hour (TheTransitClock does the same)."""
+    the hop as the line does it now (``StopPrediction.path_travel_seconds``: the hop's recent time
+    by other vehicles, else its training median, else its distance at the route's pace), else the
+    model's own step. Never before the moment (the vehicle has not arrived), never before the stop
+    before (a vehicle arrives in order). Issue 14: on the race's rows the hops beat the model's
+    steps at every horizon (3-30 min most): a step is the difference of two predictions, each with
+    its own error, and the learned corrections come from another season's line (they pull slow
+    zones back to that season's medians), while the hops say what the line does this hour.
+    TheTransitClock predicts the same way."""
     modelled, arrival = [], float(moment)
     for p in response.predictions:  # the model's times, made monotone
         arrival = max(arrival, p.predicted_arrival.timestamp())
@@ -113,8 +115,8 @@ def published_arrivals(state: NetworkState, key: str, moment: float, request, re
         anchor = standing_anchor(state, key, moment, first)
     out = [max(float(moment), anchor if anchor is not None else modelled[0])]
     for j in range(1, len(modelled)):
-        hop = request.stops_ahead[j].recent_hop_seconds
-        step = modelled[j] - modelled[j - 1] if hop is None else max(0.0, float(hop))
+        before, here = response.predictions[j - 1].path_travel_seconds, response.predictions[j].path_travel_seconds
+        step = modelled[j] - modelled[j - 1] if before is None or here is None else max(0.0, here - before)
         out.append(out[-1] + step)
     return out
 

@@ -314,7 +314,7 @@ class Live:
         now = tracker.now()
         pairs = await asyncio.to_thread(tracker.requests, now)
         responses = await self.predictor.predict_live.remote([r for _, r in pairs]) if pairs else []
-        answered = [(v, q, r) for (v, q), r in zip(pairs, responses, strict=True) if r is not None]
+        answered = [(v, r) for (v, _), r in zip(pairs, responses, strict=True) if r is not None]
         await asyncio.to_thread(tracker.publish, now, answered)
         seconds = time.perf_counter() - started
         tracker.note_publish(seconds)

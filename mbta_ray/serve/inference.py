@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from mbta_ray.features import POSITION_COLUMNS, REALTIME_DEFAULTS, compute_features, median_lookup
+from mbta_ray.features import PATH_TRAVEL, POSITION_COLUMNS, REALTIME_DEFAULTS, compute_features, median_lookup
 from mbta_ray.gtfs import Stops
 from mbta_ray.models import bundle
 from mbta_ray.paths import DEFAULT_STOPS
@@ -229,6 +229,7 @@ class ModelRunner:
             1,
         )
         arrivals = list(arrival.dt.to_pydatetime())
+        path = np.round(rows[PATH_TRAVEL].to_numpy(dtype="float64"), 1)
         out, start = [], 0
         for r in requests:
             preds = []
@@ -243,6 +244,7 @@ class ModelRunner:
                         predicted_arrival=arrivals[k],
                         scheduled_arrival=stop.scheduled_arrival,
                         predicted_delay_seconds=float(delay[k]) if stop.scheduled_arrival is not None else None,
+                        path_travel_seconds=float(path[k]) if np.isfinite(path[k]) else None,
                     )
                 )
             start += len(r.stops_ahead)

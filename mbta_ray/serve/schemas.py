@@ -173,6 +173,11 @@ class StopPrediction(BaseModel):
     predicted_arrival: dt.datetime
     scheduled_arrival: dt.datetime | None = None
     predicted_delay_seconds: float | None = Field(None, description="predicted - scheduled arrival, if scheduled")
+    path_travel_seconds: float | None = Field(
+        None,
+        description="the line's time from u to here now, hop by hop: each hop's recent time by other vehicles, "
+        "else its training median, else its distance at the route's pace (None: a hop has none)",
+    )
 
 
 #: The real-time inputs a request may carry; an answer lists those it lacked (``missing_inputs``).
