@@ -671,7 +671,9 @@ def test_a_vehicle_standing_at_a_stop_leaves_and_arrives_as_the_last_vehicles_di
     assert s.dwell_and_run("Red", 0, "A", "B", at, max_age_s=100) == []
     # t3 leaves at 600 + 40 (the median stay) and takes 80 s (the median run): B at 720.
     assert standing_anchor(s, key("t3"), at, "B") == T0 + 720.0
-    assert standing_anchor(s, key("t3"), T0 + 700, "B") == T0 + 780.0  # stood longer: it leaves now
+    assert standing_anchor(s, key("t3"), T0 + 700, "B") == T0 + 780.0  # stood longer than any: it leaves now
+    # Stood 45 s, past the median stay (40 s): t2 stood 50 s, so 5 s more.
+    assert standing_anchor(s, key("t3"), T0 + 645, "B") == T0 + 650.0 + 80.0
     assert standing_anchor(s, key("t2"), at, "B") is None  # t2 stands at B, its last stop: nothing ahead known
     answer = SimpleNamespace(
         predictions=[

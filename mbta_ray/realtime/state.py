@@ -372,7 +372,13 @@ class NetworkState:
         return [r for _, _, r in sorted(found, reverse=True)[:n]]
 
     def stops_near(
-        self, route_id: str, direction_id: int | None, latitude: float, longitude: float, t: float, max_m: float = SAME_PLACE_M
+        self,
+        route_id: str,
+        direction_id: int | None,
+        latitude: float,
+        longitude: float,
+        t: float,
+        max_m: float = SAME_PLACE_M,
     ) -> set[str]:
         """The route and direction's stops where vehicles stood within ``max_m`` of a point, as known
         at t: the other tracks of a terminal a vehicle stands at."""
