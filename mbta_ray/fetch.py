@@ -35,9 +35,12 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from mbta_ray.errors import ConfigError, DataError, MbtaRayError
 from mbta_ray.paths import sha256_file
+
+T = TypeVar("T")
 
 PERFORMANCE_URL = "https://performancedata.mbta.com"
 CDN_URL = "https://cdn.mbta.com"
@@ -199,25 +202,43 @@ def _csv_rows(data: bytes, where: str, required: tuple[str, ...]) -> list[dict]:
     return list(reader)
 
 
-def _get_small(url: str, timeout_s: float = 30.0) -> bytes:
-    """An index file's bytes (with the downloads' retries)."""
+def _get_small(url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5) -> bytes:
+    """An index file's bytes, with the downloads' retries (a 404: no such index)."""
     import requests
 
-    last = None
-    for attempt in range(4):
+    def attempt() -> bytes:
+        r = requests.get(url, timeout=timeout_s)
+        _raise_for_status(url, r.status_code, r.reason, missing=lambda: FetchError(f"{url}: HTTP 404 (no such index)"))
+        return r.content
+
+    return _with_retries(url, attempt, retries, backoff_s)
+
+
+def _raise_for_status(url: str, status: int, reason: str, missing: Callable[[], Exception]) -> None:
+    """One rule for every request: a 404 is ``missing()``; 429 and 5xx are worth another try (the
+    server is busy or failing, not the request); any other 4xx is a ``FetchError``."""
+    if status == 404:
+        raise missing()
+    if status == 429 or status >= 500:
+        raise _Retry(f"HTTP {status}")
+    if status >= 400:
+        raise FetchError(f"{url}: HTTP {status} {reason}")
+
+
+def _with_retries(url: str, attempt: Callable[[], T], retries: int, backoff_s: float, kept: str = "") -> T:
+    """``attempt()``, tried again after a connection error, a timeout, a broken chunked answer or a
+    retryable status, waiting ``backoff_s`` x 1, 2, 4, ... between tries (never after the last)."""
+    import requests
+
+    last: Exception | None = None
+    for n in range(retries + 1):
+        if n:
+            time.sleep(backoff_s * 2 ** (n - 1))
         try:
-            r = requests.get(url, timeout=timeout_s)
-            if r.status_code == 404:
-                raise FetchError(f"{url}: HTTP 404 (no such index)")
-            if r.status_code == 429 or r.status_code >= 500:
-                raise _Retry(f"HTTP {r.status_code}")
-            if r.status_code >= 400:
-                raise FetchError(f"{url}: HTTP {r.status_code}")
-            return r.content
-        except (requests.RequestException, _Retry) as exc:
+            return attempt()
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retry) as exc:
             last = exc
-            time.sleep(0.5 * 2**attempt)
-    raise FetchError(f"{url}: failed after 4 attempts ({last})")
+    raise FetchError(f"{url}: failed after {retries + 1} attempts ({last}){kept}")
 
 
 # --- downloading --------------------------------------------------------------------------------------
@@ -238,50 +259,41 @@ def download(
     dest = cache / item.path
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    last: Exception | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
+
+    def attempt() -> int:
         have = part.stat().st_size if part.exists() else 0
         headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with requests.get(item.url, headers=headers, stream=True, timeout=timeout_s) as r:
-                if r.status_code == 404:
-                    raise _Missing(item.url)
-                if r.status_code == 416:  # nothing after what we have: start again from zero
-                    part.unlink(missing_ok=True)
-                    raise _Retry("HTTP 416 for the partial file")
-                if r.status_code == 429 or r.status_code >= 500:
-                    raise _Retry(f"HTTP {r.status_code}")
-                if r.status_code >= 400:
-                    raise FetchError(f"{item.url}: HTTP {r.status_code} {r.reason}")
-                resumed = r.status_code == 206 and have > 0
-                length = r.headers.get("Content-Length")
-                expected = (have if resumed else 0) + int(length) if length and length.isdigit() else None
-                with open(part, "ab" if resumed else "wb") as f:  # no 206: the server starts from zero
-                    for chunk in r.iter_content(_CHUNK):
-                        f.write(chunk)
-                        progress(len(chunk))
-            size = part.stat().st_size
-            if expected is not None and size < expected:
-                raise _Retry(f"connection closed after {size:,} of {expected:,} bytes")
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retry) as exc:
-            last = exc
-            continue
-        if item.size is not None and size != item.size:
-            part.unlink(missing_ok=True)
-            raise FetchError(f"{item.url}: {size:,} bytes, the index says {item.size:,}: removed")
-        try:
-            _check(part, item)
-        except FetchError:
-            part.unlink(missing_ok=True)
-            raise
-        record = {"url": item.url, "source": item.source, "dates": list(item.dates), "size": size}
-        record["sha256"] = sha256_file(part)
-        record["fetched_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        os.replace(part, dest)
-        return record
-    raise FetchError(f"{item.url}: failed after {retries + 1} attempts ({last}); the partial file is kept to resume")
+        with requests.get(item.url, headers=headers, stream=True, timeout=timeout_s) as r:
+            if r.status_code == 416:  # nothing after what we have: start again from zero
+                part.unlink(missing_ok=True)
+                raise _Retry("HTTP 416 for the partial file")
+            _raise_for_status(item.url, r.status_code, r.reason, missing=lambda: _Missing(item.url))
+            resumed = r.status_code == 206 and have > 0
+            length = r.headers.get("Content-Length")
+            expected = (have if resumed else 0) + int(length) if length and length.isdigit() else None
+            with open(part, "ab" if resumed else "wb") as f:  # no 206: the server starts from zero
+                for chunk in r.iter_content(_CHUNK):
+                    f.write(chunk)
+                    progress(len(chunk))
+        size = part.stat().st_size
+        if expected is not None and size < expected:
+            raise _Retry(f"connection closed after {size:,} of {expected:,} bytes")
+        return size
+
+    size = _with_retries(item.url, attempt, retries, backoff_s, kept="; the partial file is kept to resume")
+    if item.size is not None and size != item.size:
+        part.unlink(missing_ok=True)
+        raise FetchError(f"{item.url}: {size:,} bytes, the index says {item.size:,}: removed")
+    try:
+        _check(part, item)
+    except FetchError:
+        part.unlink(missing_ok=True)
+        raise
+    record = {"url": item.url, "source": item.source, "dates": list(item.dates), "size": size}
+    record["sha256"] = sha256_file(part)
+    record["fetched_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    os.replace(part, dest)
+    return record
 
 
 def _check(path: Path, item: Item) -> None:

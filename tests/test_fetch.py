@@ -23,10 +23,11 @@ from mbta_ray.paths import LAMP_SAMPLE
 
 class ArchiveServer:
     """Serves ``files`` (path -> bytes) with HTTP Range support; a path in ``drop_once`` has its
-    connection closed halfway through the first time it is asked for."""
+    connection closed halfway through the first time it is asked for, one in ``busy_once`` answers
+    503 the first time."""
 
-    def __init__(self, files: dict[str, bytes], drop_once: set[str] = frozenset()) -> None:
-        self.files, self.drop_once = dict(files), set(drop_once)
+    def __init__(self, files: dict[str, bytes], drop_once: set[str] = frozenset(), busy_once: set[str] = frozenset()):
+        self.files, self.drop_once, self.busy_once = dict(files), set(drop_once), set(busy_once)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         server = self
 
@@ -38,6 +39,10 @@ class ArchiveServer:
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
                 body = server.files.get(self.path)
+                if self.path in server.busy_once:
+                    server.busy_once.discard(self.path)
+                    self.send_error(503)
+                    return
                 if body is None:
                     self.send_error(404)
                     return
@@ -103,7 +108,11 @@ def archive(tmp_path):
         "/archive/20240207.zip": _zip("new"),
         "/archive/20231215.zip": _zip("old"),
     }
-    server = ArchiveServer(files, drop_once={f"{subway}/2024-02-07-subway-on-time-performance-v1.parquet"})
+    server = ArchiveServer(
+        files,
+        drop_once={f"{subway}/2024-02-07-subway-on-time-performance-v1.parquet"},
+        busy_once={"/archive/archived_feeds.txt", "/lamp/bus_vehicle_events/20240206.parquet"},
+    )
     server.files["/archive/archived_feeds.txt"] = feeds.format(url=server.url).encode()
     yield server
     server.close()
@@ -149,6 +158,9 @@ def test_fetch_downloads_resumes_reports_and_records(archive, tmp_path):
         cache / "lamp-subway/2024-02-07-subway-on-time-performance-v1.parquet"
     ).read_bytes() == LAMP_SAMPLE.read_bytes()
     assert not list(cache.rglob("*.part"))
+    # A busy server (503) is asked again, for an index and for a file alike.
+    assert len(archive.gets("/archive/archived_feeds.txt")) == 2
+    assert len(archive.gets("/lamp/bus_vehicle_events/20240206.parquet")) == 2
     # Each service date gets the GTFS in force that day (the newest feed where two overlap).
     manifest = json.loads((cache / fetch.MANIFEST).read_text())
     files = manifest["files"]
