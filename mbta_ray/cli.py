@@ -29,7 +29,7 @@ from rich.table import Table
 from mbta_ray import runtime, versioning
 from mbta_ray.config import DistillConfig, EtlConfig, PipelineSettings, TrialResources, TuneSettings
 from mbta_ray.defaults import DATASET_NAME, MODEL_NAME, REGISTRY_ENV, SERVE_APP_NAME
-from mbta_ray.errors import MbtaRayError
+from mbta_ray.errors import ConfigError, MbtaRayError
 from mbta_ray.models import bundle
 from mbta_ray.paths import DEFAULT_ROOT, DEFAULT_STOPS
 from mbta_ray.registry import Registry, dataset_rescorer, evaluation_of
@@ -208,19 +208,46 @@ def ingest_cmd(
     max_abs_delay: Annotated[
         float, typer.Option(help="Quarantine events with |delay| above this (s).")
     ] = EtlConfig.max_abs_delay_s,
-    stops: Annotated[Optional[str], typer.Option(help="GTFS stops file (default: embedded 2023-04).")] = None,
+    stops: Annotated[Optional[str], typer.Option(help="GTFS stops file or zip (default: embedded 2023-04).")] = None,
     no_stops: Annotated[bool, typer.Option("--no-stops", help="Skip GTFS stop checks and distances.")] = False,
+    cache: Annotated[
+        Optional[Path],
+        typer.Option(help="Read the days --from..--until from this `data fetch` cache instead of INPUTS."),
+    ] = None,
+    start: Annotated[Optional[str], typer.Option("--from", help="With --cache: first service date.")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="With --cache: last service date.")] = None,
     root: RootOpt = Path(DEFAULT_ROOT),
     verbose: VerboseOpt = False,
 ) -> None:
-    """Read, check and turn MBTA data into a versioned train/valid/test feature dataset."""
+    """Read, check and turn MBTA data into a versioned train/valid/test feature dataset; several
+    service days split by day (train on the earlier ones)."""
     from mbta_ray.etl import ingest
 
     config = EtlConfig(k=k, max_abs_delay_s=max_abs_delay)
+    feeds = None
+    if cache is not None or start or until:
+        from mbta_ray import fetch
+
+        if cache is None or not start:
+            raise ConfigError("--cache and --from go together (--until defaults to --from)")
+        if inputs:
+            raise ConfigError("give INPUTS or --cache, not both")
+        first = fetch.parse_date(start, "--from")
+        cached = fetch.cached_inputs(cache, first, fetch.parse_date(until, "--until") if until else first)
+        inputs, feeds = cached.inputs, None if no_stops or stops else cached.gtfs_feeds or None
+        for line in cached.skipped:
+            console.print(f"[yellow]skipped[/] {line}")
+        if cached.missing_days:
+            console.print(f"[yellow]no subway file cached for[/] {', '.join(cached.missing_days)}")
     console.print(f"[bold]ingest[/] {len(inputs or [])} input file(s) (none: the embedded samples), K={k}")
     with _ray_output(root, "ingest", verbose), console.status("reading, checking and building examples..."):
         result = ingest(
-            inputs, root=root, name=name, config=config, stops_path=None if no_stops else (stops or DEFAULT_STOPS)
+            inputs,
+            root=root,
+            name=name,
+            config=config,
+            stops_path=None if no_stops else (stops or DEFAULT_STOPS),
+            gtfs_feeds=feeds,
         )
     verb = "created" if result.created else "already exists (inputs, config and code unchanged: nothing to do)"
     console.print(f"[bold green]dataset {result.name}/{result.version} {verb}[/] at {result.path}")

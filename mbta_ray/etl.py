@@ -81,6 +81,7 @@ _TRIP_SCHEMA = pa.schema(
         (TRIP_KEY, pa.string()),
         ("trip_start", EXAMPLE_SCHEMA.field("trip_start").type),
         ("trip_size", pa.int64()),
+        ("service_date", pa.date32()),
     ]
 )
 _SEGMENT_SCHEMA = pa.schema(
@@ -151,7 +152,10 @@ def _trip_table(df: pd.DataFrame) -> pa.Table:
     """Per-block partial trip table (a trip may span blocks: ``_combine_trips`` merges the parts)."""
     g = df.groupby(TRIP_KEY, sort=False)
     trips = g.agg(
-        source=("source", "first"), trip_start=("actual_arrival", "min"), trip_size=("actual_arrival", "size")
+        source=("source", "first"),
+        trip_start=("actual_arrival", "min"),
+        trip_size=("actual_arrival", "size"),
+        service_date=("service_date", "min"),
     ).reset_index()
     return conform(pa.Table.from_pandas(trips, preserve_index=False), _TRIP_SCHEMA)
 
@@ -159,7 +163,10 @@ def _trip_table(df: pd.DataFrame) -> pa.Table:
 def _combine_trips(parts: pd.DataFrame) -> pd.DataFrame:
     g = parts.groupby(TRIP_KEY, sort=False)
     return g.agg(
-        source=("source", "first"), trip_start=("trip_start", "min"), trip_size=("trip_size", "sum")
+        source=("source", "first"),
+        trip_start=("trip_start", "min"),
+        trip_size=("trip_size", "sum"),
+        service_date=("service_date", "min"),
     ).reset_index()
 
 
@@ -340,18 +347,48 @@ def _by_bucket(ds: ray.data.Dataset, buckets: int):
 def split_cutoffs(
     trips: pd.DataFrame, fractions: tuple[float, float, float]
 ) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
-    """Per source, the trip start times where valid and test begin (trips ordered by start)."""
+    """Per source, the trip start times where valid and test begin. A source of several service
+    days splits by day, train on the earlier days and valid and test on later ones (so a model is
+    tested on days it never saw, and the day of week means something): with two days valid and
+    test share the second by start time. One day splits its trips by start time."""
     cutoffs = {}
+    far = pd.Timestamp.max.tz_localize("UTC")
     for source, group in trips.groupby("source"):
-        starts = pd.to_datetime(group["trip_start"], utc=True).sort_values().reset_index(drop=True)
-        n = len(starts)
-        i_valid = min(int(np.floor(fractions[0] * n)), n - 1)
-        i_test = min(int(np.floor((fractions[0] + fractions[1]) * n)), n - 1)
-        far = pd.Timestamp.max.tz_localize("UTC")
-        valid_from = starts[i_valid] if fractions[1] + fractions[2] > 0 else far
-        test_from = starts[i_test] if fractions[2] > 0 else far
+        starts = pd.to_datetime(group["trip_start"], utc=True)
+        days = sorted(group["service_date"].dropna().unique()) if "service_date" in group else []
+        if len(days) >= 2 and fractions[1] + fractions[2] > 0:
+            first_of = starts.groupby(group["service_date"].to_numpy()).min()
+            valid_day, test_day = _split_days(len(days), fractions)
+            valid_from = first_of[days[valid_day]]
+            if test_day is None:  # two days: valid and test share the later one by start time
+                later = starts[starts >= valid_from].sort_values().reset_index(drop=True)
+                share = fractions[1] / (fractions[1] + fractions[2])
+                test_from = later[min(int(np.floor(share * len(later))), len(later) - 1)] if fractions[2] > 0 else far
+            else:
+                test_from = first_of[days[test_day]] if fractions[2] > 0 else far
+        else:
+            ordered = starts.sort_values().reset_index(drop=True)
+            n = len(ordered)
+            i_valid = min(int(np.floor(fractions[0] * n)), n - 1)
+            i_test = min(int(np.floor((fractions[0] + fractions[1]) * n)), n - 1)
+            valid_from = ordered[i_valid] if fractions[1] + fractions[2] > 0 else far
+            test_from = ordered[i_test] if fractions[2] > 0 else far
         cutoffs[str(source)] = (valid_from, max(valid_from, test_from))
     return cutoffs
+
+
+def _split_days(n_days: int, fractions: tuple[float, float, float]) -> tuple[int, int | None]:
+    """The index of the first valid day and of the first test day (None: valid and test share the
+    last day) among ``n_days`` >= 2 ordered days: at least one day for train, and one for valid and
+    test together (each one of its own from three days on, where both are wanted)."""
+    if n_days == 2:
+        return 1, None
+    both = fractions[1] > 0 and fractions[2] > 0
+    n_train = min(max(1, round(fractions[0] * n_days)), n_days - (2 if both else 1))
+    if not both:  # the one of them wanted starts at n_train (the caller leaves the other empty)
+        return n_train, n_train
+    n_valid = min(max(1, round(fractions[1] * n_days)), n_days - n_train - 1)
+    return n_train, n_train + n_valid
 
 
 def parse_input_spec(spec: str) -> tuple[str, str | None]:
@@ -393,14 +430,19 @@ def ingest(
     name: str = DATASET_NAME,
     config: EtlConfig | None = None,
     stops_path: str | None = DEFAULT_STOPS,
+    gtfs_feeds: list[tuple[str, list[dt.date]]] | None = None,
 ) -> IngestResult:
-    """Build (or find) the dataset version for ``inputs`` and return where it is."""
+    """Build (or find) the dataset version for ``inputs`` and return where it is. ``gtfs_feeds``
+    (GTFS zips with the service days each is in force on, newest first) replace ``stops_path``:
+    each row's stop is checked against the schedule in force on its service date."""
     config = config or EtlConfig()
     files = plan_inputs(list(inputs or DEFAULT_INPUTS))
-    stops_file = inspect_stops(stops_path)
+    stops_file = None if gtfs_feeds else inspect_stops(stops_path)
+    feeds = [{**inspect_stops(path), "days": sorted(d.isoformat() for d in days)} for path, days in gtfs_feeds or []]
     checksums = [(f.format, f.sha256) for f in files]
     if stops_file:
         checksums.append(("gtfs_stops", stops_file["sha256"]))
+    checksums += [("gtfs_feed", f"{f['sha256']}:{','.join(f['days'])}") for f in feeds]
     version = versioning.compute_version(checksums, config.version_dict(), code_version())
     if versioning.exists(root, name, version):
         return IngestResult(
@@ -414,7 +456,11 @@ def ingest(
     manifest: dict = {}
 
     def write(tmp: Path) -> None:
-        manifest.update(_run(files, stops_path, config, tmp))
+        if gtfs_feeds:
+            stops = Stops.from_feeds(gtfs_feeds)
+        else:
+            stops = Stops.load(stops_path) if stops_path else None
+        manifest.update(_run(files, stops, config, tmp))
         manifest.update(
             name=name,
             version=version,
@@ -422,6 +468,7 @@ def ingest(
             created_at=dt.datetime.now(dt.UTC).isoformat(),
             inputs=[f.to_dict() for f in files],
             gtfs_stops=stops_file,
+            **({"gtfs_feeds": feeds} if feeds else {}),
             config=config.version_dict(),
             schema={
                 "features": [
@@ -459,14 +506,14 @@ def inspect_stops(stops_path: str | None) -> dict | None:
     return {"path": path, "sha256": paths.sha256_file(path)}
 
 
-def _run(files: list[InputFile], stops_path: str | None, config: EtlConfig, out: Path) -> dict:
+def _run(files: list[InputFile], stops: Stops | None, config: EtlConfig, out: Path) -> dict:
     """The Ray Data pipeline. Writes train/valid/test, quarantine and segment medians under ``out``."""
     ensure_ray()
     ctx = ray.data.DataContext.get_current()
     previous = ctx.shuffle_strategy
     ctx.shuffle_strategy = ShuffleStrategy(config.shuffle)
     try:
-        return _pipeline(files, stops_path, config, out)
+        return _pipeline(files, stops, config, out)
     finally:
         ctx.shuffle_strategy = previous
 
@@ -491,8 +538,7 @@ class _Splits:
     expected_pairs: int
 
 
-def _pipeline(files: list[InputFile], stops_path: str | None, config: EtlConfig, out: Path) -> dict:
-    stops = Stops.load(stops_path) if stops_path else None
+def _pipeline(files: list[InputFile], stops: Stops | None, config: EtlConfig, out: Path) -> dict:
     events = _read_and_check(files, stops, config)
     splits = _split(events.clean, config)
     medians = _segment_medians(events, splits, config)
@@ -606,7 +652,8 @@ def _accounting(events: _Checked, splits: _Splits, medians: pd.DataFrame, out: P
         raise EtlIntegrityError(
             f"pair count {sum(split_rows.values())} != {splits.expected_pairs} expected from trip sizes"
         )
-    split_trips = assign_splits(splits.trips, splits.cutoffs).value_counts().to_dict()
+    trip_split = assign_splits(splits.trips, splits.cutoffs)
+    split_trips = trip_split.value_counts().to_dict()
     return {
         "counts": {
             "rows_in": rows_in,
@@ -621,4 +668,15 @@ def _accounting(events: _Checked, splits: _Splits, medians: pd.DataFrame, out: P
             "segments_with_median": len(medians),
         },
         "split_cutoffs": {s: [a.isoformat(), b.isoformat()] for s, (a, b) in splits.cutoffs.items()},
+        "days_by_split": days_by_split(splits.trips, trip_split),
     }
+
+
+def days_by_split(trips: pd.DataFrame, split: pd.Series) -> dict[str, dict[str, list[str]]]:
+    """Per source and split, the service days its trips come from (ISO dates, in order)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    frame = pd.DataFrame({"source": trips["source"].to_numpy(), "split": split.to_numpy(),
+                          "day": pd.to_datetime(trips["service_date"]).dt.strftime("%Y-%m-%d").to_numpy()})  # fmt: skip
+    for (source, name), days in frame.dropna(subset=["day"]).groupby(["source", "split"])["day"]:
+        out.setdefault(str(source), {s: [] for s in SPLITS})[str(name)] = sorted(days.unique().tolist())
+    return out

@@ -1,7 +1,11 @@
-"""Static GTFS reference data: stop coordinates for distances and the set of known stop ids."""
+"""Static GTFS reference data: stop coordinates for distances and the set of known stop ids, from a
+stops table (parquet, stops.txt) or a GTFS zip, or from several zips each in force on some days."""
 
 from __future__ import annotations
 
+import datetime as dt
+import zipfile
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,29 +20,47 @@ _EARTH_RADIUS_M = 6_371_008.8
 
 @dataclass(frozen=True)
 class Stops:
-    """GTFS stops indexed by stop_id (lat/lon in degrees)."""
+    """GTFS stops indexed by stop_id (lat/lon in degrees); where several feeds were loaded
+    (``from_feeds``), the stop ids of the feed in force on each service date."""
 
     coords: pd.DataFrame  # index stop_id, columns lat, lon
+    #: (service days, stop ids) per feed; None: one stops table for every day
+    feeds: tuple[tuple[frozenset[dt.date], frozenset[str]], ...] | None = None
 
     @classmethod
     def load(cls, path: str) -> Stops:
-        """Read a GTFS stops table (parquet, or stops.txt/CSV)."""
-        cols = ["stop_id", "stop_lat", "stop_lon"]
-        try:
-            if str(path).lower().endswith((".txt", ".csv")):
-                df = pd.read_csv(path, usecols=cols, dtype={"stop_id": "string"})
-            else:
-                df = pq.read_table(path, columns=cols).to_pandas()
-        except (ValueError, KeyError, pa.ArrowException) as exc:  # missing columns, not a table
-            raise DataError(f"{path}: not a GTFS stops table with {', '.join(cols)} ({exc})") from exc
-        df = df.dropna(subset=["stop_id"]).drop_duplicates("stop_id")
-        df["stop_id"] = df["stop_id"].astype("string")
-        coords = df.set_index("stop_id").rename(columns={"stop_lat": "lat", "stop_lon": "lon"})
-        return cls(coords[["lat", "lon"]].astype("float64"))
+        """Read a GTFS stops table (parquet, stops.txt/CSV, or a GTFS zip's stops.txt)."""
+        return cls(_coords(_read_stops(str(path), ["stop_id", "stop_lat", "stop_lon"])))
 
-    def known(self, stop_ids: pd.Series) -> pd.Series:
-        """True where the stop id is in GTFS."""
-        return stop_ids.isin(self.coords.index)
+    @classmethod
+    def from_feeds(cls, feeds: Sequence[tuple[str, Collection[dt.date]]]) -> Stops:
+        """GTFS zips (or stops tables), each with the service days it is in force on (a day in one
+        feed only: ``fetch`` gives each day the newest feed in force), newest first: a row is checked
+        against the stops of its service date's feed; coordinates are the newest feed's."""
+        if not feeds:
+            raise DataError("no GTFS feed given")
+        frames, spans, seen = [], [], set()
+        for path, days in feeds:
+            days = frozenset(days)
+            if days & seen:
+                raise DataError(f"{path}: days {sorted(str(d) for d in days & seen)} already have a GTFS feed")
+            seen |= days
+            df = _read_stops(str(path), ["stop_id", "stop_lat", "stop_lon"])
+            frames.append(df)
+            spans.append((days, frozenset(df["stop_id"].dropna().astype(str))))
+        return cls(_coords(pd.concat(frames, ignore_index=True)), tuple(spans))
+
+    def known(self, stop_ids: pd.Series, service_dates: pd.Series | None = None) -> pd.Series:
+        """True where the stop id is in GTFS: in the feed of the row's service date where feeds by
+        day were loaded and the date is given (a day no feed covers: in any of them)."""
+        out = stop_ids.isin(self.coords.index)
+        if self.feeds is None or service_dates is None:
+            return out
+        days = pd.to_datetime(service_dates, errors="coerce").dt.date
+        for feed_days, ids in self.feeds:
+            mine = days.isin(feed_days)
+            out[mine] = stop_ids[mine].isin(ids)
+        return out
 
     def distance_m(self, from_ids: pd.Series, to_ids: pd.Series) -> np.ndarray:
         """Great-circle distance between stops; NaN where either stop is not in GTFS."""
@@ -51,17 +73,36 @@ class Stops:
         return haversine_m(lat, lon, b["lat"].to_numpy(), b["lon"].to_numpy())
 
 
+def _read_stops(path: str, cols: list[str]) -> pd.DataFrame:
+    """The columns ``cols`` of a stops table: parquet, stops.txt/CSV, or the stops.txt in a GTFS zip
+    (read in place). DataError naming the file for anything else."""
+    text = dict.fromkeys([c for c in cols if not c.startswith("stop_l")], "string")
+    try:
+        if path.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as z:
+                if "stops.txt" not in z.namelist():
+                    raise DataError(f"{path}: a zip without stops.txt is not a GTFS feed")
+                with z.open("stops.txt") as f:
+                    return pd.read_csv(f, usecols=cols, dtype=text)
+        if path.lower().endswith((".txt", ".csv")):
+            return pd.read_csv(path, usecols=cols, dtype=text)
+        return pq.read_table(path, columns=cols).to_pandas()
+    except (ValueError, KeyError, pa.ArrowException, zipfile.BadZipFile) as exc:  # missing columns, not a table
+        raise DataError(f"{path}: not a GTFS stops table with {', '.join(cols)} ({exc})") from exc
+
+
+def _coords(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.dropna(subset=["stop_id"]).drop_duplicates("stop_id")
+    df["stop_id"] = df["stop_id"].astype("string")
+    coords = df.set_index("stop_id").rename(columns={"stop_lat": "lat", "stop_lon": "lon"})
+    return coords[["lat", "lon"]].astype("float64")
+
+
 def stop_table(path: str) -> pd.DataFrame:
     """GTFS stops with what a page and a station lookup need: stop_id, stop_name, parent_station,
     lat, lon (strings as ``string``, coordinates as float64)."""
     cols = ["stop_id", "stop_name", "parent_station", "stop_lat", "stop_lon"]
-    try:
-        if str(path).lower().endswith((".txt", ".csv")):
-            df = pd.read_csv(path, usecols=cols, dtype=dict.fromkeys(cols[:3], "string"))
-        else:
-            df = pq.read_table(path, columns=cols).to_pandas()
-    except (ValueError, KeyError, pa.ArrowException) as exc:
-        raise DataError(f"{path}: not a GTFS stops table with {', '.join(cols)} ({exc})") from exc
+    df = _read_stops(str(path), cols)
     df = df.dropna(subset=["stop_id"]).drop_duplicates("stop_id")
     df = df.astype({"stop_id": "string", "stop_name": "string", "parent_station": "string"})
     return df.rename(columns={"stop_lat": "lat", "stop_lon": "lon"}).astype({"lat": "float64", "lon": "float64"})

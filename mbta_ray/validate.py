@@ -58,7 +58,7 @@ def check_rows(df: pd.DataFrame, config: ValidationConfig, stops: Stops | None) 
         _flag(df, held, Reason.HELD_OUT, f"arrival in the holdout window {config.holdout[0]} .. {config.holdout[1]}")
     if stops is not None:
         gtfs_rows = df["source"].map(lambda s: READERS[s].gtfs_stop_ids)
-        unknown = gtfs_rows & df["stop_id"].notna() & ~stops.known(df["stop_id"])
+        unknown = gtfs_rows & df["stop_id"].notna() & ~stops.known(df["stop_id"], df["service_date"])
         _flag(df, unknown, Reason.UNKNOWN_STOP, "stop_id " + df["stop_id"].fillna("") + " not in GTFS stops")
     return df
 

@@ -370,3 +370,66 @@ def test_realtime_features_in_the_dataset_equal_the_state_and_never_look_ahead(r
         and (ex2.loc[~before.to_numpy(), REALTIME] != ex.loc[~before.to_numpy(), REALTIME]).any().any()
     )
     pd.testing.assert_frame_equal(ex2.loc[before.to_numpy(), REALTIME], ex.loc[before.to_numpy(), REALTIME])
+
+
+def _days_trips(days: int, per_day: int = 3) -> dict[int, list[dict]]:
+    """``per_day`` trips on each of ``days`` consecutive service days from 2024-02-05."""
+    out = {}
+    for d in range(days):
+        service_date = int((pd.Timestamp("2024-02-05") + pd.Timedelta(days=d)).strftime("%Y%m%d"))
+        rows = []
+        for i in range(per_day):
+            start = 86400 * (d - 2) + 900 * i  # BASE is 2024-02-07: day 2
+            stops = [
+                (f"S{j}", 10 * (j + 1), BASE + start + 120 * j + 60, 11 * 3600 + 900 * i + 120 * j) for j in range(5)
+            ]
+            rows += lamp_rows(f"D{d}T{i}", "Red", stops, service_date=service_date)
+        out[service_date] = rows
+    return out
+
+
+def test_several_service_days_split_by_day(ray_local, tmp_path):
+    """Train on the earlier days, valid and test on later ones, whole days each; the manifest says
+    which days went where."""
+    inputs = [str(write_lamp(tmp_path / f"{day}.parquet", rows)) for day, rows in _days_trips(5).items()]
+    stops = _stops(tmp_path / "stops.parquet", [f"S{i}" for i in range(5)])
+    result = ingest(inputs, root=tmp_path / "art", config=EtlConfig(k=2), stops_path=stops)
+    days = result.manifest["days_by_split"]["lamp"]
+    assert days == {
+        "train": ["2024-02-05", "2024-02-06", "2024-02-07"],
+        "valid": ["2024-02-08"],
+        "test": ["2024-02-09"],
+    }
+    for split, expected in days.items():
+        frame = _read_split(result.path, split)
+        assert sorted(pd.to_datetime(frame["service_date"]).dt.strftime("%Y-%m-%d").unique()) == expected
+        assert frame["day_of_week"].nunique() == len(expected)  # Mon..Wed, Thu, Fri
+
+
+def test_split_cutoffs_by_day_and_by_time():
+    def trips(days: dict[str, int]) -> pd.DataFrame:
+        rows = []
+        for day, n in days.items():
+            for i in range(n):
+                start = pd.Timestamp(day, tz="UTC") + pd.Timedelta(hours=10, minutes=10 * i)
+                rows.append({"source": "lamp", "trip_start": start, "service_date": pd.Timestamp(day).date()})
+        return pd.DataFrame(rows)
+
+    fractions = (0.7, 0.15, 0.15)
+    # One day: by start time, 70 / 15 / 15 % of the trips.
+    one = trips({"2024-02-07": 20})
+    split = etl.assign_splits(one, etl.split_cutoffs(one, fractions))
+    assert split.value_counts().to_dict() == {"train": 14, "valid": 3, "test": 3}
+    # Two days: train on the first, valid and test share the second by start time.
+    two = trips({"2024-02-07": 10, "2024-02-08": 10})
+    split = etl.assign_splits(two, etl.split_cutoffs(two, fractions))
+    assert (split[:10] == "train").all() and (split[10:15] == "valid").all() and (split[15:] == "test").all()
+    # Ten days: 7 / 2 / 1 whole days (at least one each); uneven days do not move the cut.
+    ten = trips({f"2024-02-{d:02d}": 3 + d for d in range(1, 11)})
+    split = etl.assign_splits(ten, etl.split_cutoffs(ten, fractions))
+    days = etl.days_by_split(ten, split)["lamp"]
+    assert [len(days[s]) for s in SPLITS] == [7, 2, 1]
+    assert days["train"][-1] < days["valid"][0] <= days["valid"][-1] < days["test"][0]
+    # No valid or test wanted: all train.
+    split = etl.assign_splits(ten, etl.split_cutoffs(ten, (1.0, 0.0, 0.0)))
+    assert (split == "train").all()

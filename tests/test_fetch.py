@@ -14,10 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from mbta_ray import fetch
-from mbta_ray.errors import ConfigError
+from mbta_ray.errors import ConfigError, DataError
 from mbta_ray.paths import LAMP_SAMPLE
 
 
@@ -205,6 +206,14 @@ def test_fetch_cli_says_what_happened_in_lines(archive, tmp_path):
          "--performance-url", archive.url, "--retries", "0"],
     )  # fmt: skip
     assert failing.exit_code == 1 and "failed lamp-subway 2024-02-08" in failing.output
+    # Ingest from the cache: its options go together, and a range with no subway file says what to fetch.
+    for bad_args, says in (
+        (["--cache", str(cache)], "--cache and --from go together"),
+        (["x.parquet", "--cache", str(cache), "--from", "2024-02-06"], "INPUTS or --cache"),
+        (["--cache", str(cache), "--from", "2024-02-06"], "run `mbta-ray data fetch --from 2024-02-06"),
+    ):
+        bad = runner.invoke(app, ["data", "ingest", *bad_args, "--root", str(tmp_path / "art")])
+        assert bad.exit_code == 2 and says in bad.output and "Traceback" not in bad.output, bad.output
 
 
 def test_date_range_and_its_errors():
@@ -215,3 +224,93 @@ def test_date_range_and_its_errors():
     ]
     with pytest.raises(ConfigError, match="before --from"):
         fetch.date_range(dt.date(2024, 3, 1), dt.date(2024, 2, 1))
+
+
+def _gtfs_zip(stop_ids: list[str]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        rows = "".join(f"{s},{s},,{42.0 + i * 0.01},-71.0\n" for i, s in enumerate(stop_ids))
+        z.writestr("stops.txt", "stop_id,stop_name,parent_station,stop_lat,stop_lon\n" + rows)
+    return out.getvalue()
+
+
+def test_ingest_from_the_cache_by_date_checks_each_day_against_its_gtfs(ray_local, tmp_path):
+    """Three fetched LAMP days and two GTFS feeds: stop S4 is in the older feed only, so its rows
+    are good on the day that feed is in force and quarantined on the later days; the days split
+    train / valid / test."""
+    from conftest import write_lamp
+
+    from mbta_ray.etl import EtlConfig, ingest
+    from tests.test_etl import _days_trips
+
+    subway = "/lamp/subway-on-time-performance-v1"
+    files, index = {}, "service_date,file_url,size_bytes\n"
+    for day, rows in _days_trips(3, per_day=2).items():
+        iso = f"{str(day)[:4]}-{str(day)[4:6]}-{str(day)[6:]}"
+        data = write_lamp(tmp_path / f"{iso}.parquet", rows).read_bytes()
+        files[f"{subway}/{iso}-subway-on-time-performance-v1.parquet"] = data
+        index += f"{iso},x,{len(data)}\n"
+    files[f"{subway}/index.csv"] = index.encode()
+    files["/archive/old.zip"] = _gtfs_zip(["S0", "S1", "S2", "S3", "S4"])
+    files["/archive/new.zip"] = _gtfs_zip(["S0", "S1", "S2", "S3"])
+    server = ArchiveServer(files)
+    server.files["/archive/archived_feeds.txt"] = (
+        "feed_start_date,feed_end_date,archive_url\n"
+        f"20240206,20240331,{server.url}/archive/new.zip\n"
+        f"20240101,20240205,{server.url}/archive/old.zip\n"
+    ).encode()
+    cache = tmp_path / "cache"
+    try:
+        report = fetch.fetch(
+            ["lamp-subway", "gtfs"], dt.date(2024, 2, 5), dt.date(2024, 2, 7), cache,
+            performance_url=server.url, cdn_url=server.url, retries=0, timeout_s=5,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert not report.failed and not report.missing
+    cached = fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 7))
+    assert len(cached.inputs) == 3 and not cached.missing_days
+    assert [(Path(p).name, [str(d) for d in days]) for p, days in cached.gtfs_feeds] == [
+        ("new.zip", ["2024-02-06", "2024-02-07"]),
+        ("old.zip", ["2024-02-05"]),
+    ]
+    result = ingest(cached.inputs, root=tmp_path / "art", config=EtlConfig(k=2), gtfs_feeds=cached.gtfs_feeds)
+    q = pq.read_table(result.path / "quarantine").to_pandas()
+    unknown = q[q.reason == "unknown_stop"]
+    assert set(unknown.stop_id) == {"S4"}
+    assert sorted(pd.to_datetime(unknown.service_date).dt.strftime("%Y-%m-%d").unique()) == ["2024-02-06", "2024-02-07"]
+    assert result.manifest["counts"]["quarantined_by_reason"] == {"unknown_stop": 4}  # 2 trips x 2 days
+    assert result.manifest["days_by_split"]["lamp"] == {
+        "train": ["2024-02-05"], "valid": ["2024-02-06"], "test": ["2024-02-07"]
+    }  # fmt: skip
+    assert [Path(f["path"]).name for f in result.manifest["gtfs_feeds"]] == ["new.zip", "old.zip"]
+    # The range names the days: asked for one outside the cache, it says what to fetch.
+    with pytest.raises(DataError, match="data fetch --from 2024-03-01"):
+        fetch.cached_inputs(cache, dt.date(2024, 3, 1), dt.date(2024, 3, 2))
+
+
+def test_gtfs_zips_are_read_in_place_and_each_day_has_its_own_stops(tmp_path):
+    from mbta_ray.gtfs import Stops, stop_table
+
+    old, new = tmp_path / "old.zip", tmp_path / "new.zip"
+    old.write_bytes(_gtfs_zip(["A", "B", "GONE"]))
+    new.write_bytes(_gtfs_zip(["A", "B", "NEW"]))
+    assert Stops.load(str(new)).coords.index.tolist() == ["A", "B", "NEW"]
+    assert stop_table(str(old))["stop_id"].tolist() == ["A", "B", "GONE"]
+    d1, d2, d3 = dt.date(2024, 2, 5), dt.date(2024, 2, 6), dt.date(2024, 3, 1)
+    stops = Stops.from_feeds([(str(new), [d2]), (str(old), [d1])])
+    ids = pd.Series(["GONE", "GONE", "NEW", "NEW", "GONE", "ELSEWHERE"])
+    days = pd.Series([d1, d2, d1, d2, d3, d2])
+    # Each row against its day's feed; a day no feed covers: against any of them.
+    assert stops.known(ids, days).tolist() == [True, False, False, True, True, False]
+    assert stops.known(ids).tolist() == [True, True, True, True, True, False]
+    with pytest.raises(DataError, match="already have a GTFS feed"):
+        Stops.from_feeds([(str(new), [d1, d2]), (str(old), [d1])])
+    no_stops = tmp_path / "bad.zip"
+    with zipfile.ZipFile(no_stops, "w") as z:
+        z.writestr("routes.txt", "route_id\nRed\n")
+    with pytest.raises(DataError, match="without stops.txt"):
+        Stops.load(str(no_stops))
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="junk.zip"):
+        Stops.load(str(tmp_path / "junk.zip"))
