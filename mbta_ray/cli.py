@@ -200,7 +200,7 @@ def ingest_cmd(
         Optional[list[str]],
         typer.Argument(
             help="Input files (parquet/CSV), format detected from the columns; 'path::format' names it "
-            "(lamp, tm, massdot, gtfsrt). Default: the embedded real MBTA samples."
+            "(lamp, lamp_bus, tm, massdot, gtfsrt). Default: the embedded real MBTA samples."
         ),
     ] = None,
     name: Annotated[str, typer.Option(help="Dataset name.")] = DATASET_NAME,
@@ -235,10 +235,8 @@ def ingest_cmd(
         first = fetch.parse_date(start, "--from")
         cached = fetch.cached_inputs(cache, first, fetch.parse_date(until, "--until") if until else first)
         inputs, feeds = cached.inputs, None if no_stops or stops else cached.gtfs_feeds or None
-        for line in cached.skipped:
-            console.print(f"[yellow]skipped[/] {line}")
         if cached.missing_days:
-            console.print(f"[yellow]no subway file cached for[/] {', '.join(cached.missing_days)}")
+            console.print(f"[yellow]no LAMP file cached for[/] {', '.join(cached.missing_days)}")
     console.print(f"[bold]ingest[/] {len(inputs or [])} input file(s) (none: the embedded samples), K={k}")
     with _ray_output(root, "ingest", verbose), console.status("reading, checking and building examples..."):
         result = ingest(

@@ -410,18 +410,18 @@ class CachedInputs:
 
     inputs: list[str]  # 'path::format' specs for ``etl.ingest``
     gtfs_feeds: list[tuple[str, list[dt.date]]]  # zips with the days each is in force on, newest first
-    skipped: list[str] = field(default_factory=list)  # why some cached files are not read
-    missing_days: list[str] = field(default_factory=list)  # days in the range with no subway file
+    missing_days: list[str] = field(default_factory=list)  # days in the range with no LAMP file
 
 
 def cached_inputs(cache: str | Path, start: dt.date, end: dt.date) -> CachedInputs:
-    """The cached files (``fetch.json``) covering ``start``..``end``: the LAMP subway days, and the
-    GTFS zip in force on each of them. A file listed but gone or changed since (its size) is an
-    error naming it; nothing cached for the range is an error saying what to fetch."""
+    """The cached files (``fetch.json``) covering ``start``..``end``: the LAMP subway and bus days,
+    and the GTFS zip in force on each of them. A file listed but gone or changed since (its size) is
+    an error naming it; nothing cached for the range is an error saying what to fetch."""
     cache = Path(cache)
     files = read_manifest(cache)["files"]
     days = {d.isoformat() for d in date_range(start, end)}
-    inputs, feeds, skipped = [], [], []
+    inputs, feeds = [], []
+    formats = {"lamp-subway": "lamp", "lamp-bus": "lamp_bus"}
     covered: set[str] = set()
     for path, record in sorted(files.items()):
         mine = sorted(days & set(record.get("dates", [])))
@@ -431,17 +431,15 @@ def cached_inputs(cache: str | Path, start: dt.date, end: dt.date) -> CachedInpu
         if not full.is_file() or full.stat().st_size != record.get("size"):
             raise DataError(f"{full}: listed in {cache / MANIFEST} but missing or changed; fetch it again")
         source = record.get("source")
-        if source == "lamp-subway":
-            inputs.append(f"{full}::lamp")
+        if source in formats:
+            inputs.append(f"{full}::{formats[source]}")
             covered.update(mine)
         elif source == "gtfs":
             feeds.append((str(full), [dt.date.fromisoformat(d) for d in mine]))
-        else:  # lamp-bus: its vehicle events have no reader yet (no real sample to build one against)
-            skipped.append(f"{path}: no reader for {source} files yet")
     if not inputs:
         raise DataError(
-            f"{cache}: no LAMP subway file cached for {start}..{end}; run `mbta-ray data fetch --from {start} "
+            f"{cache}: no LAMP file cached for {start}..{end}; run `mbta-ray data fetch --from {start} "
             f"--until {end} --cache {cache}` first"
         )
     feeds.sort(key=lambda f: max(f[1]), reverse=True)  # newest first
-    return CachedInputs(inputs, feeds, skipped, sorted(days - covered))
+    return CachedInputs(inputs, feeds, sorted(days - covered))

@@ -59,7 +59,7 @@ TRIP_KEY = "trip_key"
 #: Columns that every reader produces, in this order.
 EVENT_SCHEMA = pa.schema(
     [
-        pa.field("source", pa.string(), nullable=False),  # reader name: lamp, tm, massdot, gtfsrt
+        pa.field("source", pa.string(), nullable=False),  # reader name: lamp, lamp_bus, tm, massdot, gtfsrt
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_row", pa.int64(), nullable=False),  # 0-based row in source_file
         pa.field("mode", pa.string()),

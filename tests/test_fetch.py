@@ -210,7 +210,8 @@ def test_fetch_cli_says_what_happened_in_lines(archive, tmp_path):
     for bad_args, says in (
         (["--cache", str(cache)], "--cache and --from go together"),
         (["x.parquet", "--cache", str(cache), "--from", "2024-02-06"], "INPUTS or --cache"),
-        (["--cache", str(cache), "--from", "2024-02-06"], "run `mbta-ray data fetch --from 2024-02-06"),
+        (["--cache", str(cache), "--from", "2024-03-01"], "run `mbta-ray data fetch --from 2024-03-01"),
+        (["--cache", str(cache), "--from", "2024-02-06"], "not a valid 'lamp_bus' file"),  # the test's 2 columns
     ):
         bad = runner.invoke(app, ["data", "ingest", *bad_args, "--root", str(tmp_path / "art")])
         assert bad.exit_code == 2 and says in bad.output and "Traceback" not in bad.output, bad.output

@@ -706,12 +706,12 @@ def test_unknown_format(tmp_path: Path) -> None:
     path = tmp_path / "weather.csv"
     path.write_text("date,temp_f,wind_mph\n2024-02-07,31,12\n")
     message = _error(path)
-    assert "unknown input format. Known formats: lamp, tm, massdot, gtfsrt" in message
+    assert "unknown input format. Known formats: lamp, lamp_bus, tm, massdot, gtfsrt" in message
 
 
 def test_unknown_format_name(tmp_path: Path) -> None:
     """Naming a format that does not exist is an error too."""
-    assert _error(LAMP_SAMPLE, "xml").endswith("unknown format 'xml'; known: lamp, tm, massdot, gtfsrt")
+    assert _error(LAMP_SAMPLE, "xml").endswith("unknown format 'xml'; known: lamp, lamp_bus, tm, massdot, gtfsrt")
 
 
 def test_explicit_wrong_format() -> None:
@@ -838,3 +838,69 @@ def test_day_of_week_and_tod() -> None:
     sin, cos = timeutil.tod_sin_cos(pd.Series([3_600.0, 90_000.0, 21_600.0]))
     assert sin[0] == pytest.approx(sin[1]) and cos[0] == pytest.approx(cos[1])
     assert (sin[2], cos[2]) == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-12))
+
+
+# --- LAMP bus vehicle events --------------------------------------------------------------------
+
+#: A bus trip of service date 2024-02-07 (EST): one stop at 05:10 local (10:10 UTC), one at 12:00
+#: local (17:00 UTC), one at 00:40 local the next morning (05:40 UTC on 02-08): past midnight.
+_BUS_UTC = ["2024-02-07T10:10:00", "2024-02-07T17:00:00", "2024-02-08T05:40:00"]
+_BUS_LOCAL = ["2024-02-07T05:10:00", "2024-02-07T12:00:00", "2024-02-08T00:40:00"]
+
+
+def _bus_file(path: Path, times: pa.Array, scheduled: pa.Array | None = None) -> Path:
+    n = len(times)
+    columns = {
+        "service_date": pa.array([dt.date(2024, 2, 7)] * n, pa.date32()),
+        "route_id": ["1"] * n,
+        "direction_id": pa.array([0] * n, pa.int8()),
+        "trip_id": ["61234567"] * n,
+        "stop_id": ["64", "1", "10590"][:n],
+        "stop_sequence": pa.array(list(range(1, n + 1)), pa.int64()),
+        "vehicle_label": ["1850"] * n,
+        "stop_arrival_dt": times,
+        "tm_scheduled_time_dt": scheduled if scheduled is not None else times,
+        "route_direction_headway_seconds": pa.array([600] * n, pa.int64()),
+    }
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        pa.array(pd.to_datetime(_BUS_UTC).tz_localize("UTC"), pa.timestamp("us", tz="UTC")),  # LAMP's schema
+        pa.array(pd.to_datetime(_BUS_UTC), pa.timestamp("us")),  # naive UTC
+        pa.array(pd.to_datetime(_BUS_LOCAL), pa.timestamp("us")),  # naive Boston time
+        pa.array([t + "Z" for t in _BUS_UTC]),  # ISO text with its zone
+    ],
+    ids=["utc-zoned", "naive-utc", "naive-local", "iso-text"],
+)
+def test_lamp_bus_times_read_the_same_whatever_the_file_says(tmp_path: Path, times: pa.Array) -> None:
+    path = _bus_file(tmp_path / "20240207.parquet", times)
+    assert inspect_input(str(path)).format == "lamp_bus"
+    t = read_file(str(path)).to_pandas()
+    expected = pd.to_datetime(_BUS_UTC).tz_localize("UTC")
+    assert t["actual_arrival"].tolist() == list(expected)
+    assert t["scheduled_arrival"].tolist() == list(expected)
+    assert t["reason"].isna().all()
+    assert t.loc[0, "mode"] == "bus" and t.loc[0, "route_id"] == "1" and t.loc[0, "vehicle_id"] == "1850"
+    assert t.loc[0, "headway_seconds"] == 600
+
+
+def test_lamp_bus_naive_zone_from_the_values() -> None:
+    from mbta_ray.sources.lamp_bus import naive_zone
+
+    day = pd.Series(pd.to_datetime(["2024-02-07"] * 3))
+    assert naive_zone(pd.Series(pd.to_datetime(_BUS_LOCAL)), day) == "local"  # a bus before 07:00
+    assert naive_zone(pd.Series(pd.to_datetime(_BUS_UTC)), day) == "UTC"  # one past 27:00
+    midday = pd.Series(pd.to_datetime(["2024-02-07T12:00:00"] * 3))
+    assert naive_zone(midday, day) == "UTC"  # nothing tells: LAMP's convention
+
+
+def test_lamp_bus_bad_time_names_its_field(tmp_path: Path) -> None:
+    path = _bus_file(tmp_path / "bad.parquet", pa.array(["2024-02-07T10:10:00Z", "soon", None]))
+    t = read_file(str(path)).to_pandas()
+    assert t.loc[1, "reason"] == "bad_value" and "stop_arrival_dt" in t.loc[1, "detail"]
+    assert t.loc[2, "reason"] == "missing_actual_arrival"
+    assert t.loc[0, "actual_arrival"] == pd.Timestamp("2024-02-07T10:10:00Z")

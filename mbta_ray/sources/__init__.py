@@ -21,11 +21,13 @@ import pyarrow.parquet as pq
 from mbta_ray.errors import MbtaRayError
 from mbta_ray.paths import sha256_file
 from mbta_ray.schema import QUARANTINE_SCHEMA, Reason, conform
-from mbta_ray.sources import gtfsrt, lamp, massdot, tm
+from mbta_ray.sources import gtfsrt, lamp, lamp_bus, massdot, tm
 from mbta_ray.sources.base import Reader
 
 #: Known formats, in detection order.
-READERS: dict[str, Reader] = {r.name: r for r in (lamp.READER, tm.READER, massdot.READER, gtfsrt.READER)}
+READERS: dict[str, Reader] = {
+    r.name: r for r in (lamp.READER, lamp_bus.READER, tm.READER, massdot.READER, gtfsrt.READER)
+}
 
 #: A read piece holds at most about this many rows (parquet row groups are combined up to it).
 PIECE_ROWS = 1_000_000
