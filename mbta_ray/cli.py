@@ -237,6 +237,16 @@ def ingest_cmd(
         inputs, feeds = cached.inputs, None if no_stops or stops else cached.gtfs_feeds or None
         if cached.missing_days:
             console.print(f"[yellow]no LAMP file cached for[/] {', '.join(cached.missing_days)}")
+        if feeds is not None and cached.days_without_gtfs:
+            console.print(
+                f"[yellow]no GTFS zip cached for[/] {', '.join(cached.days_without_gtfs)}: their stops are checked "
+                "against the cached feeds' stops (`data fetch --source gtfs` for those days)"
+            )
+        elif feeds is None and not (no_stops or stops):
+            console.print(
+                "[yellow]no GTFS zip cached for the range[/]: stops are checked against the embedded 2023-04 "
+                "stops (`data fetch --source gtfs`, or --stops FILE, or --no-stops)"
+            )
     console.print(f"[bold]ingest[/] {len(inputs or [])} input file(s) (none: the embedded samples), K={k}")
     with _ray_output(root, "ingest", verbose), console.status("reading, checking and building examples..."):
         result = ingest(

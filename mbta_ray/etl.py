@@ -8,7 +8,8 @@ Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-
    every call holds whole trips -- many per call, which keeps the per-group overhead low. A trip is
    never split across batches, whatever the files or blocks looked like.
 3. splits: each trip goes to train/valid/test by its start time (per source, since the sources cover
-   different periods), so no trip is in two splits and valid/test come after train.
+   different periods), so no trip is in two splits and valid/test come after train; a source of
+   several service days splits at day boundaries (``split_cutoffs``).
 4. segment medians from the training pairs (``groupby().aggregate``), then pairs + features for all
    splits (``map_groups`` again), written as parquet per split.
 
@@ -437,7 +438,9 @@ def ingest(
     each row's stop is checked against the schedule in force on its service date."""
     config = config or EtlConfig()
     files = plan_inputs(list(inputs or DEFAULT_INPUTS))
-    stops_file = None if gtfs_feeds else inspect_stops(stops_path)
+    # With feeds by day, the newest one is the dataset's stops file: what a model trained on it
+    # serves with (coordinates, distances, the stops it answers for).
+    stops_file = inspect_stops(gtfs_feeds[0][0]) if gtfs_feeds else inspect_stops(stops_path)
     feeds = [{**inspect_stops(path), "days": sorted(d.isoformat() for d in days)} for path, days in gtfs_feeds or []]
     checksums = [(f.format, f.sha256) for f in files]
     if stops_file:

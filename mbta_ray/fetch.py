@@ -238,6 +238,8 @@ def _with_retries(url: str, attempt: Callable[[], T], retries: int, backoff_s: f
             return attempt()
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retry) as exc:
             last = exc
+        except requests.RequestException as exc:  # a malformed URL, a bad redirect: no retry mends it
+            raise FetchError(f"{url}: {exc}") from None
     raise FetchError(f"{url}: failed after {retries + 1} attempts ({last}){kept}")
 
 
@@ -411,6 +413,7 @@ class CachedInputs:
     inputs: list[str]  # 'path::format' specs for ``etl.ingest``
     gtfs_feeds: list[tuple[str, list[dt.date]]]  # zips with the days each is in force on, newest first
     missing_days: list[str] = field(default_factory=list)  # days in the range with no LAMP file
+    days_without_gtfs: list[str] = field(default_factory=list)  # LAMP days no cached GTFS zip covers
 
 
 def cached_inputs(cache: str | Path, start: dt.date, end: dt.date) -> CachedInputs:
@@ -420,8 +423,9 @@ def cached_inputs(cache: str | Path, start: dt.date, end: dt.date) -> CachedInpu
     cache = Path(cache)
     files = read_manifest(cache)["files"]
     days = {d.isoformat() for d in date_range(start, end)}
-    inputs, feeds = [], []
+    inputs, zips = [], {}
     formats = {"lamp-subway": "lamp", "lamp-bus": "lamp_bus"}
+    newest: dict[str, tuple[str, str]] = {}  # day -> (fetched_at, zip): a day two zips claim gets the last fetched
     covered: set[str] = set()
     for path, record in sorted(files.items()):
         mine = sorted(days & set(record.get("dates", [])))
@@ -435,11 +439,14 @@ def cached_inputs(cache: str | Path, start: dt.date, end: dt.date) -> CachedInpu
             inputs.append(f"{full}::{formats[source]}")
             covered.update(mine)
         elif source == "gtfs":
-            feeds.append((str(full), [dt.date.fromisoformat(d) for d in mine]))
+            for d in mine:
+                newest[d] = max(newest.get(d, ("", "")), (str(record.get("fetched_at", "")), str(full)))
     if not inputs:
         raise DataError(
             f"{cache}: no LAMP file cached for {start}..{end}; run `mbta-ray data fetch --from {start} "
             f"--until {end} --cache {cache}` first"
         )
-    feeds.sort(key=lambda f: max(f[1]), reverse=True)  # newest first
-    return CachedInputs(inputs, feeds, sorted(days - covered))
+    for d, (_, path) in newest.items():
+        zips.setdefault(path, []).append(dt.date.fromisoformat(d))
+    feeds = sorted(((p, sorted(ds)) for p, ds in zips.items()), key=lambda f: max(f[1]), reverse=True)  # newest first
+    return CachedInputs(inputs, feeds, sorted(days - covered), sorted(covered - set(newest)))

@@ -87,6 +87,8 @@ def _read_stops(path: str, cols: list[str]) -> pd.DataFrame:
         if path.lower().endswith((".txt", ".csv")):
             return pd.read_csv(path, usecols=cols, dtype=text)
         return pq.read_table(path, columns=cols).to_pandas()
+    except DataError:
+        raise
     except (ValueError, KeyError, pa.ArrowException, zipfile.BadZipFile) as exc:  # missing columns, not a table
         raise DataError(f"{path}: not a GTFS stops table with {', '.join(cols)} ({exc})") from exc
 

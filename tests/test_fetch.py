@@ -285,6 +285,7 @@ def test_ingest_from_the_cache_by_date_checks_each_day_against_its_gtfs(ray_loca
         "train": ["2024-02-05"], "valid": ["2024-02-06"], "test": ["2024-02-07"]
     }  # fmt: skip
     assert [Path(f["path"]).name for f in result.manifest["gtfs_feeds"]] == ["new.zip", "old.zip"]
+    assert result.manifest["gtfs_stops"]["path"].endswith("new.zip")  # what a model trained on it serves with
     # The range names the days: asked for one outside the cache, it says what to fetch.
     with pytest.raises(DataError, match="data fetch --from 2024-03-01"):
         fetch.cached_inputs(cache, dt.date(2024, 3, 1), dt.date(2024, 3, 2))
@@ -315,3 +316,33 @@ def test_gtfs_zips_are_read_in_place_and_each_day_has_its_own_stops(tmp_path):
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="junk.zip"):
         Stops.load(str(tmp_path / "junk.zip"))
+
+
+def test_cached_inputs_give_each_day_one_feed_and_say_what_is_missing(tmp_path):
+    """Two zips claiming a day (the archive index changed between fetches): the one fetched last
+    wins; a LAMP day no zip covers is named."""
+    cache = tmp_path / "c"
+    files = {
+        "lamp-subway/2024-02-05-subway-on-time-performance-v1.parquet": (b"a", "lamp-subway", ["2024-02-05"], "t1"),
+        "lamp-subway/2024-02-06-subway-on-time-performance-v1.parquet": (b"b", "lamp-subway", ["2024-02-06"], "t1"),
+        "gtfs/a.zip": (b"zip-a", "gtfs", ["2024-02-05"], "2024-02-01T00:00:00+00:00"),
+        "gtfs/b.zip": (b"zip-b", "gtfs", ["2024-02-05"], "2024-02-09T00:00:00+00:00"),
+    }
+    manifest = {"files": {}}
+    for path, (data, source, dates, when) in files.items():
+        (cache / path).parent.mkdir(parents=True, exist_ok=True)
+        (cache / path).write_bytes(data)
+        manifest["files"][path] = {"source": source, "dates": dates, "size": len(data), "fetched_at": when}
+    (cache / fetch.MANIFEST).write_text(json.dumps(manifest))
+    got = fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 7))
+    assert [(Path(p).name, [str(d) for d in ds]) for p, ds in got.gtfs_feeds] == [("b.zip", ["2024-02-05"])]
+    assert got.days_without_gtfs == ["2024-02-06"] and got.missing_days == ["2024-02-07"]
+    assert [spec.rsplit("::", 1)[1] for spec in got.inputs] == ["lamp", "lamp"]
+    (cache / "gtfs/b.zip").write_bytes(b"changed")
+    with pytest.raises(DataError, match="missing or changed"):
+        fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 5))
+
+
+def test_a_malformed_url_is_one_error_not_retried():
+    with pytest.raises(fetch.FetchError, match="performancedata.mbta.com/lamp"):
+        fetch.plan(["lamp-subway"], [dt.date(2024, 2, 5)], performance_url="performancedata.mbta.com")

@@ -848,10 +848,12 @@ _BUS_UTC = ["2024-02-07T10:10:00", "2024-02-07T17:00:00", "2024-02-08T05:40:00"]
 _BUS_LOCAL = ["2024-02-07T05:10:00", "2024-02-07T12:00:00", "2024-02-08T00:40:00"]
 
 
-def _bus_file(path: Path, times: pa.Array, scheduled: pa.Array | None = None) -> Path:
+def _bus_file(
+    path: Path, times: pa.Array, scheduled: pa.Array | None = None, day: dt.date = dt.date(2024, 2, 7)
+) -> Path:
     n = len(times)
     columns = {
-        "service_date": pa.array([dt.date(2024, 2, 7)] * n, pa.date32()),
+        "service_date": pa.array([day] * n, pa.date32()),
         "route_id": ["1"] * n,
         "direction_id": pa.array([0] * n, pa.int8()),
         "trip_id": ["61234567"] * n,
@@ -904,3 +906,32 @@ def test_lamp_bus_bad_time_names_its_field(tmp_path: Path) -> None:
     assert t.loc[1, "reason"] == "bad_value" and "stop_arrival_dt" in t.loc[1, "detail"]
     assert t.loc[2, "reason"] == "missing_actual_arrival"
     assert t.loc[0, "actual_arrival"] == pd.Timestamp("2024-02-07T10:10:00Z")
+
+
+def test_lamp_bus_zone_is_decided_once_per_file(tmp_path: Path) -> None:
+    """A naive local file: the zone comes from all its rows, so a batch of midday rows alone (which
+    says nothing) is still read as local time."""
+    from mbta_ray.sources.lamp_bus import canonicalize, file_zone
+
+    path = _bus_file(tmp_path / "local.parquet", pa.array(pd.to_datetime(_BUS_LOCAL), pa.timestamp("us")))
+    assert file_zone(str(path), "parquet") == {"zone": "local"}
+    midday = pq.read_table(path).to_pandas().iloc[[1]].reset_index(drop=True)
+    got = canonicalize(midday, zone="local")["actual_arrival"].iloc[0]
+    assert got == pd.Timestamp("2024-02-07T17:00:00Z")
+    assert canonicalize(midday)["actual_arrival"].iloc[0] == pd.Timestamp("2024-02-07T12:00:00Z")  # alone: UTC
+    zoned = _bus_file(tmp_path / "utc.parquet", pa.array(pd.to_datetime(_BUS_UTC).tz_localize("UTC")))
+    assert file_zone(str(zoned), "parquet") == {"zone": "UTC"}
+
+
+def test_lamp_bus_text_offsets_across_a_dst_change_and_missing_local_hours(tmp_path: Path) -> None:
+    # Spring forward (2024-03-10): each text time by its own offset; a zoneless one among them is bad.
+    text = pa.array(["2024-03-10T01:30:00-05:00", "2024-03-10T04:30:00-04:00", "2024-03-10T05:00:00"])
+    t = read_file(str(_bus_file(tmp_path / "dst.parquet", text, day=dt.date(2024, 3, 10)))).to_pandas()
+    assert t.loc[0, "actual_arrival"] == pd.Timestamp("2024-03-10T06:30:00Z")
+    assert t.loc[1, "actual_arrival"] == pd.Timestamp("2024-03-10T08:30:00Z")
+    assert t.loc[2, "reason"] == "bad_value" and "with its zone" in t.loc[2, "detail"]
+    # Naive local: 02:30 on that day never happened; the row says so instead of looking missing.
+    naive = pa.array(pd.to_datetime(["2024-03-10T05:10:00", "2024-03-10T02:30:00", "2024-03-10T12:00:00"]))
+    t = read_file(str(_bus_file(tmp_path / "gap.parquet", naive, day=dt.date(2024, 3, 10)))).to_pandas()
+    assert t.loc[0, "actual_arrival"] == pd.Timestamp("2024-03-10T09:10:00Z")  # EDT
+    assert t.loc[1, "reason"] == "bad_value" and "DST" in t.loc[1, "detail"]

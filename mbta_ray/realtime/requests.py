@@ -146,7 +146,8 @@ def standing_anchor(state: NetworkState, key: str, moment: float, stop_id: str) 
     (``NetworkState.dwell_and_run``). Where no vehicle went from that very stop recently, the last
     ones from the other tracks of the same place (``NetworkState.stops_near``: a terminal's
     platforms, where a train waits out its layover). None when it is not standing at its last
-    arrival's stop, or no other vehicle went that way recently. Issue 14: on the race's rows of
+    arrival's visit (that stop id, or another track with the visit's stop sequence), or no other
+    vehicle went that way recently. Issue 14: on the race's rows of
     standing vehicles this beats MBTA at 3-30 min ahead, where the model does not; the other tracks
     took the 12-30 min bin from 122.0 to 111.6 s (trips waiting at Oak Grove, Alewife, Braintree)."""
     pos = state.position(key, moment)

@@ -121,7 +121,9 @@ def inspect_input(path: str, fmt: str | None = None) -> InputFile:
 
 def plan_pieces(inp: InputFile) -> list[dict]:
     """Split a file into read pieces (row-group ranges for parquet; whole file for CSV)."""
-    base = {"path": inp.path, "format": inp.format, "container": inp.container}
+    reader = READERS[inp.format]
+    hint = reader.file_hint(inp.path, inp.container) if reader.file_hint else {}
+    base = {"path": inp.path, "format": inp.format, "container": inp.container, "hint": hint}
     if inp.container == "csv":
         return [{**base, "row_groups": [], "row_offset": 0}]
     meta = pq.read_metadata(inp.path)
@@ -222,7 +224,7 @@ def read_piece(piece: dict) -> Iterator[pa.Table]:
     name = os.path.basename(piece["path"])
     for raw in _raw_batches(piece, reader):
         raw = raw.reset_index(drop=True)
-        yield to_event_table(reader.canonicalize(raw), reader.name, name, offset)
+        yield to_event_table(reader.canonicalize(raw, **piece.get("hint", {})), reader.name, name, offset)
         offset += len(raw)
 
 

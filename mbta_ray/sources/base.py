@@ -67,10 +67,13 @@ class Reader:
 
     name: str
     required: tuple[tuple[str, ...], ...]
-    canonicalize: Callable[[pd.DataFrame], pd.DataFrame]
+    canonicalize: Callable[..., pd.DataFrame]
     #: True when stop ids are GTFS stop ids (so they can be checked against GTFS stops).
     gtfs_stop_ids: bool = True
     optional: tuple[str, ...] = field(default=())
+    #: What a reader must decide once per file, not per batch (path, container -> JSON-able keyword
+    #: arguments for ``canonicalize``): e.g. which time zone a file's naive times are in.
+    file_hint: Callable[[str, str], dict] | None = None
 
     def missing_columns(self, columns: list[str] | set[str]) -> list[str]:
         """Required column groups not present, written as 'a' or 'a|b' (alternatives)."""

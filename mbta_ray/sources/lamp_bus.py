@@ -4,13 +4,14 @@ row per stop of a bus trip, joined from GTFS-realtime, TransitMaster and the sch
 Ids are GTFS ids (route "1", "SL1"; GTFS stop ids), so stops are checked against GTFS. The arrival
 is LAMP's own ``stop_arrival_dt`` where present, else TransitMaster's, else GTFS-realtime's.
 
-Times: LAMP's schema declares its ``*_dt`` columns in UTC, and a file that says so (a time zone on
+Times: LAMP's schema declares its ``*_dt`` columns in UTC, and a time that says so (a time zone on
 the parquet timestamp, or an offset in the text) is read as it says. A file whose times carry no
-zone is read as UTC or as Boston local time, whichever its own values say (``naive_zone``): a
-service day runs from 03:00 to 27:00 local, so local times have early-morning buses (before 07:00
-of the service date) and nothing past 27:00, while UTC times, 4-5 h later, have none before 07:00
-and the late-night buses past 27:00. A batch that has neither (a midday extract) is read as UTC,
-LAMP's convention.
+zone is read as UTC or as Boston local time, whichever its own values say (``naive_zone``, decided
+once per file: ``file_zone``): a service day runs from 03:00 to 27:00 local, so local times have
+early-morning buses (before 07:00 of the service date) and nothing past 27:00, while UTC times, 4-5 h
+later, have none before 07:00 and the late-night buses past 27:00. A file that has neither (a midday
+extract) is read as UTC, LAMP's convention. A naive local time that does not exist or is ambiguous
+(the DST changes) is a ``bad_value`` row.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from mbta_ray.schema import TIMEZONE, Reason, mode_for_route
 from mbta_ray.sources.base import Reader, RowIssues, first_present, numeric, text
@@ -43,28 +47,60 @@ def naive_zone(times: pd.Series, service_date: pd.Series) -> str:
     return "local" if early > late else "UTC"
 
 
+def file_zone(path: str, container: str) -> dict:
+    """``{"zone": "local" | "UTC"}`` for the whole file (``Reader.file_hint``): how its naive arrival
+    times read, from all of them at once. {} when the file cannot be scanned (its read says why)."""
+    try:
+        if container == "parquet":
+            names = pq.read_schema(path).names
+            cols = ["service_date", *[c for c in ARRIVAL if c in names]]
+            frame = pq.read_table(path, columns=cols).to_pandas()
+        else:
+            frame = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in ("service_date", *ARRIVAL)}),
+            ).to_pandas()
+    except (OSError, pa.ArrowException):
+        return {}
+    issues = RowIssues(frame.index)
+    service_date = parse_service_date(frame["service_date"])
+    naive = [v for v in (_parsed(frame, n, issues) for n in ARRIVAL if n in frame.columns) if not _zoned(v)]
+    if not naive:
+        return {"zone": "UTC"}
+    return {"zone": naive_zone(pd.concat(naive), pd.concat([service_date] * len(naive)))}
+
+
 def _parsed(df: pd.DataFrame, name: str, issues: RowIssues) -> pd.Series:
-    """Column ``name`` as timestamps, zoned (converted to UTC) or naive as the file has them;
-    unparseable text is flagged ``bad_value`` naming the field."""
+    """Column ``name`` as timestamps: zoned ones in UTC, or naive as the file has them. Text with an
+    offset is read as zoned (each row by its own offset, across a DST change too); among zoned text,
+    a time without one is ``bad_value``, as is text that is no time, naming the field."""
     raw = df[name]
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
-        values = raw
-    else:
-        as_text = raw.astype("string").str.strip()
-        values = pd.to_datetime(as_text, errors="coerce", format="ISO8601")
-        issues.flag(values.isna() & as_text.notna() & (as_text != ""), Reason.BAD_VALUE,
-                    "field " + name + ": " + as_text.fillna("") + " is not a time")  # fmt: skip
-    return values.dt.tz_convert("UTC") if _zoned(values) else values
+        return raw.dt.tz_convert("UTC") if _zoned(raw) else raw
+    as_text = raw.astype("string").str.strip().mask(lambda t: t == "")
+    offset = as_text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).fillna(False).astype(bool)
+    zoned = offset.any()
+    values = pd.to_datetime(
+        as_text.where(offset) if zoned else as_text, errors="coerce", utc=bool(zoned), format="ISO8601"
+    )
+    issues.flag(values.isna() & as_text.notna(), Reason.BAD_VALUE,
+                "field " + name + ": " + as_text.fillna("") + (" is not a time with its zone" if zoned else " is not a time"))  # fmt: skip
+    return values
 
 
 def _zoned(values: pd.Series) -> bool:
     return getattr(values.dt, "tz", None) is not None
 
 
-def _as_utc(values: pd.Series, zone: str) -> pd.Series:
+def _as_utc(values: pd.Series, zone: str, name: str, issues: RowIssues) -> pd.Series:
     if not _zoned(values):
-        where = ZoneInfo(TIMEZONE) if zone == "local" else "UTC"
-        values = values.dt.tz_localize(where, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
+        if zone == "local":
+            local = values.dt.tz_localize(ZoneInfo(TIMEZONE), ambiguous="NaT", nonexistent="NaT")
+            issues.flag(local.isna() & values.notna(), Reason.BAD_VALUE,
+                        "field " + name + ": " + values.astype("string") + " is no single local time (DST change)")  # fmt: skip
+            values = local.dt.tz_convert("UTC")
+        else:
+            values = values.dt.tz_localize("UTC")
     return values.astype("datetime64[us, UTC]")
 
 
@@ -75,14 +111,17 @@ def _first(columns: list[pd.Series], index: pd.Index) -> pd.Series:
     return out
 
 
-def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
+def canonicalize(df: pd.DataFrame, zone: str | None = None) -> pd.DataFrame:
+    """A batch to canonical events; ``zone`` (``file_zone``) says how naive times read (None: from
+    this batch's own values, for a caller without the file)."""
     issues = RowIssues(df.index)
     service_date = parse_service_date(df["service_date"])
     issues.flag(service_date.isna() & df["service_date"].notna(), Reason.BAD_VALUE, "field service_date: not a date")
     parsed = {n: _parsed(df, n, issues) for n in ARRIVAL + DEPARTURE + SCHEDULED if n in df.columns}
-    naive = [v for n, v in parsed.items() if n in ARRIVAL and not _zoned(v)]
-    zone = naive_zone(pd.concat(naive), pd.concat([service_date] * len(naive))) if naive else "UTC"
-    utc = {n: _as_utc(v, zone) for n, v in parsed.items()}
+    if zone is None:
+        naive = [v for n, v in parsed.items() if n in ARRIVAL and not _zoned(v)]
+        zone = naive_zone(pd.concat(naive), pd.concat([service_date] * len(naive))) if naive else "UTC"
+    utc = {n: _as_utc(v, zone, n, issues) for n, v in parsed.items()}
     arrival, departure, scheduled = (
         _first([utc[n] for n in names if n in utc], df.index) for names in (ARRIVAL, DEPARTURE, SCHEDULED)
     )
@@ -121,4 +160,5 @@ READER = Reader(
     ),
     canonicalize=canonicalize,
     optional=DEPARTURE + SCHEDULED + VEHICLE + HEADWAY + SCHEDULED_HEADWAY,
+    file_hint=file_zone,
 )
