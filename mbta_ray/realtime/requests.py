@@ -21,7 +21,10 @@ import pandas as pd
 
 from mbta_ray.realtime.features import realtime_features
 from mbta_ray.realtime.feeds import STOPPED_AT
-from mbta_ray.realtime.state import Arrival, NetworkState
+from mbta_ray.realtime.state import Arrival, NetworkState, Position
+
+#: "Not given: ask the state" for an anchor's ``pos`` (None is a real answer: no position known).
+_ASK: Position | None = object()  # type: ignore[assignment]
 
 
 def vehicle_request(
@@ -110,9 +113,10 @@ def published_arrivals(state: NetworkState, key: str, moment: float, response) -
     if not modelled:
         return []
     first = response.predictions[0].stop_id
-    anchor = position_anchor(state, key, moment, first)
+    pos = state.position(key, moment)  # once for both anchors (the live feed asks per vehicle per poll)
+    anchor = position_anchor(state, key, moment, first, pos)
     if anchor is None:
-        anchor = standing_anchor(state, key, moment, first)
+        anchor = standing_anchor(state, key, moment, first, pos)
     out = [max(float(moment), anchor if anchor is not None else modelled[0])]
     for j in range(1, len(modelled)):
         before, here = response.predictions[j - 1].path_travel_seconds, response.predictions[j].path_travel_seconds
@@ -121,7 +125,9 @@ def published_arrivals(state: NetworkState, key: str, moment: float, response) -
     return out
 
 
-def position_anchor(state: NetworkState, key: str, moment: float, stop_id: str) -> float | None:
+def position_anchor(
+    state: NetworkState, key: str, moment: float, stop_id: str, pos: Position | None = _ASK
+) -> float | None:
     """When trip ``key``'s vehicle will reach ``stop_id``, the stop it is heading to at ``moment``,
     from where it last reported: its report time + the median time the last vehicles took from
     the nearest point of their way there (``NetworkState.remaining_from``). None when it is not on
@@ -129,7 +135,7 @@ def position_anchor(state: NetworkState, key: str, moment: float, stop_id: str) 
     and MBTA's own predictions do, the vehicle's position beats any travel time from its last stop
     for the next one (issue 14: 12.3 s MAE against 26.6 s for the model on the race's in-transit
     next-stop rows)."""
-    pos = state.position(key, moment)
+    pos = state.position(key, moment) if pos is _ASK else pos
     if pos is None or pos.status == STOPPED_AT or pos.stop_id != stop_id:
         return None
     if math.isnan(pos.latitude) or math.isnan(pos.longitude):
@@ -140,7 +146,9 @@ def position_anchor(state: NetworkState, key: str, moment: float, stop_id: str) 
     return max(float(moment), pos.timestamp + float(np.median(taken))) if taken else None
 
 
-def standing_anchor(state: NetworkState, key: str, moment: float, stop_id: str) -> float | None:
+def standing_anchor(
+    state: NetworkState, key: str, moment: float, stop_id: str, pos: Position | None = _ASK
+) -> float | None:
     """When trip ``key``'s vehicle, standing at a stop at ``moment``, will reach ``stop_id`` next:
     it leaves when the last vehicles' stays there say (``_leaves``), then takes their median time from leaving to arriving at ``stop_id``
     (``NetworkState.dwell_and_run``). Where no vehicle went from that very stop recently, the last
@@ -150,7 +158,7 @@ def standing_anchor(state: NetworkState, key: str, moment: float, stop_id: str) 
     vehicle went that way recently. Issue 14: on the race's rows of
     standing vehicles this beats MBTA at 3-30 min ahead, where the model does not; the other tracks
     took the 12-30 min bin from 122.0 to 111.6 s (trips waiting at Oak Grove, Alewife, Braintree)."""
-    pos = state.position(key, moment)
+    pos = state.position(key, moment) if pos is _ASK else pos
     last = state.last_arrival(key, moment)
     if pos is None or last is None or pos.status != STOPPED_AT or stop_id == last.stop_id:
         return None
