@@ -21,10 +21,7 @@ import pandas as pd
 
 from mbta_ray.realtime.features import realtime_features
 from mbta_ray.realtime.feeds import STOPPED_AT
-from mbta_ray.realtime.state import Arrival, NetworkState, Position
-
-#: "Not given: ask the state" for an anchor's ``pos`` (None is a real answer: no position known).
-_ASK: Position | None = object()  # type: ignore[assignment]
+from mbta_ray.realtime.state import Arrival, NetworkState
 
 
 def vehicle_request(
@@ -113,10 +110,9 @@ def published_arrivals(state: NetworkState, key: str, moment: float, response) -
     if not modelled:
         return []
     first = response.predictions[0].stop_id
-    pos = state.position(key, moment)  # once for both anchors (the live feed asks per vehicle per poll)
-    anchor = position_anchor(state, key, moment, first, pos)
+    anchor = position_anchor(state, key, moment, first)
     if anchor is None:
-        anchor = standing_anchor(state, key, moment, first, pos)
+        anchor = standing_anchor(state, key, moment, first)
     out = [max(float(moment), anchor if anchor is not None else modelled[0])]
     for j in range(1, len(modelled)):
         before, here = response.predictions[j - 1].path_travel_seconds, response.predictions[j].path_travel_seconds
@@ -125,9 +121,7 @@ def published_arrivals(state: NetworkState, key: str, moment: float, response) -
     return out
 
 
-def position_anchor(
-    state: NetworkState, key: str, moment: float, stop_id: str, pos: Position | None = _ASK
-) -> float | None:
+def position_anchor(state: NetworkState, key: str, moment: float, stop_id: str) -> float | None:
     """When trip ``key``'s vehicle will reach ``stop_id``, the stop it is heading to at ``moment``,
     from where it last reported: its report time + the median time the last vehicles took from
     the nearest point of their way there (``NetworkState.remaining_from``). None when it is not on
@@ -135,7 +129,7 @@ def position_anchor(
     and MBTA's own predictions do, the vehicle's position beats any travel time from its last stop
     for the next one (issue 14: 12.3 s MAE against 26.6 s for the model on the race's in-transit
     next-stop rows)."""
-    pos = state.position(key, moment) if pos is _ASK else pos
+    pos = state.position(key, moment)
     if pos is None or pos.status == STOPPED_AT or pos.stop_id != stop_id:
         return None
     if math.isnan(pos.latitude) or math.isnan(pos.longitude):
@@ -146,9 +140,7 @@ def position_anchor(
     return max(float(moment), pos.timestamp + float(np.median(taken))) if taken else None
 
 
-def standing_anchor(
-    state: NetworkState, key: str, moment: float, stop_id: str, pos: Position | None = _ASK
-) -> float | None:
+def standing_anchor(state: NetworkState, key: str, moment: float, stop_id: str) -> float | None:
     """When trip ``key``'s vehicle, standing at a stop at ``moment``, will reach ``stop_id`` next:
     it leaves when the last vehicles' stays there say (``_leaves``), then takes their median time from leaving to arriving at ``stop_id``
     (``NetworkState.dwell_and_run``). Where no vehicle went from that very stop recently, the last
@@ -158,7 +150,7 @@ def standing_anchor(
     vehicle went that way recently. Issue 14: on the race's rows of
     standing vehicles this beats MBTA at 3-30 min ahead, where the model does not; the other tracks
     took the 12-30 min bin from 122.0 to 111.6 s (trips waiting at Oak Grove, Alewife, Braintree)."""
-    pos = state.position(key, moment) if pos is _ASK else pos
+    pos = state.position(key, moment)
     last = state.last_arrival(key, moment)
     if pos is None or last is None or pos.status != STOPPED_AT or stop_id == last.stop_id:
         return None
