@@ -142,14 +142,15 @@ def position_anchor(state: NetworkState, key: str, moment: float, stop_id: str) 
 
 def standing_anchor(state: NetworkState, key: str, moment: float, stop_id: str) -> float | None:
     """When trip ``key``'s vehicle, standing at a stop at ``moment``, will reach ``stop_id`` next:
-    it leaves when the last vehicles' stays there say (``_leaves``), then takes their median time from leaving to arriving at ``stop_id``
-    (``NetworkState.dwell_and_run``). Where no vehicle went from that very stop recently, the last
-    ones from the other tracks of the same place (``NetworkState.stops_near``: a terminal's
-    platforms, where a train waits out its layover). None when it is not standing at its last
-    arrival's visit (that stop id, or another track with the visit's stop sequence), or no other
-    vehicle went that way recently. Issue 14: on the race's rows of
-    standing vehicles this beats MBTA at 3-30 min ahead, where the model does not; the other tracks
-    took the 12-30 min bin from 122.0 to 111.6 s (trips waiting at Oak Grove, Alewife, Braintree)."""
+    it leaves when the last vehicles' stays there say (``_leaves``), then takes their median time
+    from leaving to arriving at ``stop_id`` (``NetworkState.dwell_and_run``). Where no vehicle went
+    from that very stop recently, the last ones from the other tracks of the same place
+    (``NetworkState.stops_near``: a terminal's platforms, where a train waits out its layover). None
+    when it is not standing at its last arrival's visit (that stop id, or another track with the
+    visit's stop sequence), or no other vehicle went that way recently. Issue 14: on the race's rows
+    of standing vehicles this beats MBTA at 3-30 min ahead, where the model does not; the other
+    tracks took the 12-30 min bin from 122.0 to 111.6 s (trips waiting at Oak Grove, Alewife,
+    Braintree)."""
     pos = state.position(key, moment)
     last = state.last_arrival(key, moment)
     if pos is None or last is None or pos.status != STOPPED_AT or stop_id == last.stop_id:
