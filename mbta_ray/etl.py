@@ -438,10 +438,10 @@ def ingest(
     each row's stop is checked against the schedule in force on its service date."""
     config = config or EtlConfig()
     files = plan_inputs(list(inputs or DEFAULT_INPUTS))
+    feeds = [{**inspect_stops(path), "days": sorted(d.isoformat() for d in days)} for path, days in gtfs_feeds or []]
     # With feeds by day, the newest one is the dataset's stops file: what a model trained on it
     # serves with (coordinates, distances, the stops it answers for).
-    stops_file = inspect_stops(gtfs_feeds[0][0]) if gtfs_feeds else inspect_stops(stops_path)
-    feeds = [{**inspect_stops(path), "days": sorted(d.isoformat() for d in days)} for path, days in gtfs_feeds or []]
+    stops_file = {k: feeds[0][k] for k in ("path", "sha256")} if feeds else inspect_stops(stops_path)
     checksums = [(f.format, f.sha256) for f in files]
     if stops_file:
         checksums.append(("gtfs_stops", stops_file["sha256"]))

@@ -45,6 +45,12 @@ SAME_PLACE_M = 60.0
 CLOCK_SKEW_S = 600
 
 
+def _metres(lat: float, lon: float, lat0: float, lon0: float, scale: float) -> float:
+    """Metres from (lat0, lon0) to (lat, lon), flat-earth (``scale``: cos(lat0)): exact enough for
+    the few hundred metres the state compares positions over."""
+    return EARTH_M * math.hypot(math.radians(lat - lat0), math.radians(lon - lon0) * scale)
+
+
 def trip_key(start_date: object, route_id: object, trip_id: object) -> str:
     """The state's trip identity (the same string wherever a trip is named)."""
     return f"{start_date}|{route_id}|{trip_id}"
@@ -361,7 +367,7 @@ class NetworkState:
         for timestamp, key, lat, lon in entries[lo:hi]:
             if key == exclude:
                 continue
-            d = EARTH_M * math.hypot(math.radians(lat - latitude), math.radians(lon - longitude) * scale)
+            d = _metres(lat, lon, latitude, longitude, scale)
             if d <= max_m and (key not in nearest or (d, timestamp) < nearest[key]):
                 nearest[key] = (d, timestamp)
         found = []
@@ -386,8 +392,7 @@ class NetworkState:
         return {
             stop
             for stop, (known, lat, lon) in self._stood.get((route_id, direction_id), {}).items()
-            if known <= t
-            and EARTH_M * math.hypot(math.radians(lat - latitude), math.radians(lon - longitude) * scale) <= max_m
+            if known <= t and _metres(lat, lon, latitude, longitude, scale) <= max_m
         }
 
     def dwell_and_run(
