@@ -128,8 +128,8 @@ def train_loop_per_worker(config: dict) -> None:
     def soft(pred: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return wide(pred, teacher) / temp
 
-    def loss_of(pred: torch.Tensor, batch: pd.DataFrame, y: torch.Tensor) -> torch.Tensor:
-        teacher = torch.as_tensor(batch[TEACHER_COL].to_numpy(dtype="float32"), device=pred.device)
+    def loss_of(pred: torch.Tensor, batch: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        teacher = batch[TEACHER_COL]
         labeled = torch.isfinite(y)
         hard_term = hard(pred, torch.where(labeled, y, pred.detach()))  # 0 where unlabeled
         per_row = torch.where(labeled, blend * hard_term + (1 - blend) * soft(pred, teacher), soft(pred, teacher))
@@ -374,7 +374,10 @@ def train_student(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={**_student_config(job.cfg), "encoder": job.encoder.__dict__},
         scaling_config=resources.scaling_config(),
-        datasets={"train": labeled.data, "valid": load_split(job.root, job.ds_version, "valid", job.ds_name)},
+        datasets={
+            "train": dnn.encoded(labeled.data, job.encoder, extra=(TEACHER_COL,)),
+            "valid": dnn.encoded(load_split(job.root, job.ds_version, "valid", job.ds_name), job.encoder),
+        },
         run_config=ray.train.RunConfig(
             name=f"distill-{job.ds_version[:8]}-{int(time.time())}",
             storage_path=storage or str(job.out_dir / "runs"),

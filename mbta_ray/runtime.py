@@ -31,6 +31,13 @@ _RAY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "ray.serve", "ray.ai
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB), as a training worker reports it."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 def local_only_ray() -> None:
     """Make a Ray instance this process starts listen on 127.0.0.1 only (its metrics endpoints
     included; Ray binds them to 0.0.0.0 otherwise). Call before ``ray`` is imported. A no-op when

@@ -319,3 +319,50 @@ def test_standardized_numerics_are_clipped_and_old_encoders_are_not(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(old))
     z_old = FeatureEncoder.load(tmp_path / "old.json").numeric(train)[:, list(NUMERIC_FEATURES).index("delay_u")]
     assert z_old.max() == pytest.approx(9.95, abs=0.01)
+
+
+def test_workers_stream_the_same_rows_ray_data_encoded(tiny_dataset):
+    """Issue 16: a worker's QuantileDMatrix, streamed from Ray Data's encoded batches, holds the
+    rows, labels and prior margins of the pandas DMatrix built from the same split; the DNN's
+    ``iter_torch_batches`` give the tensors ``encode_inputs`` makes; an empty shard is a 0-row
+    matrix, not an error."""
+    import numpy as np
+    import ray
+    import torch
+    import xgboost as xgb
+
+    from mbta_ray.encoding import FeatureEncoder
+    from mbta_ray.models import dnn, xgboost_model
+    from mbta_ray.models.data import TRAIN_COLUMNS, load_split
+
+    root, version, _ = tiny_dataset
+    ds = load_split(root, version, "valid")
+    df = ds.to_pandas()
+    enc = FeatureEncoder.fit(load_split(root, version, "train").to_pandas())
+
+    stream = xgboost_model.encoded(ds, enc, residual=True)
+    streamed = xgb.QuantileDMatrix(
+        xgboost_model.ShardIter(stream, enc.tree_feature_names, batch_size=97), missing=np.nan
+    )
+    plain = xgboost_model.dmatrix(df, enc, residual=True)
+    assert streamed.num_row() == plain.num_row() == len(df) and streamed.num_col() == plain.num_col()
+    assert streamed.feature_names == enc.tree_feature_names
+    # Ray Data may reorder blocks: compare as multisets of (label, margin).
+    order = np.lexsort((plain.get_base_margin(), plain.get_label()))
+    again = np.lexsort((streamed.get_base_margin(), streamed.get_label()))
+    np.testing.assert_allclose(streamed.get_label()[again], plain.get_label()[order])
+    np.testing.assert_allclose(streamed.get_base_margin()[again], plain.get_base_margin()[order], rtol=1e-6)
+
+    empty = ray.data.from_pandas(df.iloc[:0][TRAIN_COLUMNS])
+    nothing = xgb.QuantileDMatrix(
+        xgboost_model.ShardIter(xgboost_model.encoded(empty, enc, residual=True), enc.tree_feature_names),
+        missing=np.nan,
+    )
+    assert nothing.num_row() == 0 and nothing.num_col() == len(enc.tree_feature_names)
+
+    one = ray.data.from_pandas(df.iloc[:300])
+    got = next(iter(dnn.encoded(one, enc).iter_torch_batches(batch_size=300)))
+    cats, nums, prior = dnn.encode_inputs(df.iloc[:300], enc)
+    assert got["cats"].dtype == torch.int64 and got["nums"].dtype == torch.float32
+    assert torch.equal(got["cats"], cats) and torch.equal(got["nums"], nums) and torch.equal(got["prior"], prior)
+    assert torch.equal(got["y"], torch.from_numpy(df["travel_seconds"].iloc[:300].to_numpy(dtype="float32")))

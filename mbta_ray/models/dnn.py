@@ -1,6 +1,9 @@
 """A PyTorch MLP with embeddings for the categorical features, trained with Ray Train (DDP).
 
-gloo on CPU, nccl on GPU (``TorchTrainer`` picks the backend from the workers' devices). Every
+Ray Data encodes the examples once per pass (``encoded``: category codes, standardized numerics,
+prior and target as tensor columns) and each worker feeds from ``iter_torch_batches``, so no worker
+holds its shard, nor encodes it. gloo on CPU, nccl on GPU (``TorchTrainer`` picks the backend from
+the workers' devices). Every
 epoch rank 0 writes a checkpoint: the state dict (loaded back with ``torch.load(weights_only=True)``,
 never unpickled) and the architecture as JSON.
 """
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.models.bundle import DNN_ARCH_FILE as ARCH_FILE
 from mbta_ray.models.bundle import DNN_WEIGHTS_FILE as WEIGHTS_FILE
 from mbta_ray.models.params import round_ints
+from mbta_ray.runtime import peak_rss_mib
 from mbta_ray.schema import TARGET
 
 INT_PARAMS = ("hidden_width", "hidden_layers", "batch_size", "epochs", "max_embedding_dim")
@@ -94,9 +99,26 @@ def encode_inputs(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.devic
     return cats, nums, prior
 
 
-def _tensors(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device):
-    y = torch.from_numpy(df[TARGET].to_numpy(dtype="float32")).to(device)
-    return (*encode_inputs(df, encoder, device), y)
+def encoded(ds: ray.data.Dataset, encoder: FeatureEncoder, extra: tuple[str, ...] = ()) -> ray.data.Dataset:
+    """The examples as the network reads them, encoded by Ray Data: ``cats`` (int64 [n, categorical]),
+    ``nums`` (float32 [n, numeric]), ``prior`` and ``y`` (the target; NaN: unlabeled), plus the
+    ``extra`` columns as float32 (the distilled student's teacher labels): already the dtypes the
+    network takes, so ``iter_torch_batches`` converts nothing."""
+
+    def encode(batch: pd.DataFrame) -> dict[str, np.ndarray]:
+        out = {
+            "cats": encoder.codes(batch),
+            "nums": encoder.numeric(batch),
+            "prior": encoder.prior(batch).astype("float32"),
+            "y": batch[TARGET].to_numpy(dtype="float32"),
+        }
+        return out | {c: batch[c].to_numpy(dtype="float32") for c in extra}
+
+    return ds.map_batches(encode, batch_format="pandas")
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return batch["cats"], batch["nums"], batch["prior"]
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -105,9 +127,12 @@ def train_loop_per_worker(config: dict) -> None:
     fit_per_worker(config, lambda pred, batch, y: huber(pred, y))
 
 
-def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, torch.Tensor], torch.Tensor]) -> None:
-    """The DDP epoch loop shared by the DNN and the distilled student: train with ``loss_of(pred,
-    batch, y)``, then report valid MAE on the true target and checkpoint (rank 0) every epoch."""
+def fit_per_worker(
+    config: dict, loss_of: Callable[[torch.Tensor, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+) -> None:
+    """The DDP epoch loop shared by the DNN and the distilled student, on ``encoded`` shards: train
+    with ``loss_of(pred, batch, y)`` (``batch``: the encoded columns as tensors on the device), then
+    report valid MAE on the true target and checkpoint (rank 0) every epoch."""
     config = round_ints(config, INT_PARAMS)
     torch.manual_seed(config.get("seed", 0))
     encoder = FeatureEncoder(**config["encoder"])
@@ -124,12 +149,12 @@ def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, 
 
     for epoch in range(config.get("epochs", 5)):
         model.train()
-        train_abs, train_n = 0.0, 0
-        for batch in train_shard.iter_batches(
-            batch_size=batch_size, batch_format="pandas", local_shuffle_buffer_size=batch_size * 8
+        train_abs, train_n, rows, started = 0.0, 0, 0, time.perf_counter()
+        for batch in train_shard.iter_torch_batches(
+            batch_size=batch_size, device=device, local_shuffle_buffer_size=batch_size * 8
         ):
-            cats, nums, prior, y = _tensors(batch, encoder, device)
-            pred = model(cats, nums, prior)
+            y = batch["y"]
+            pred = model(*_inputs(batch))
             loss = loss_of(pred, batch, y)
             optimizer.zero_grad()
             loss.backward()
@@ -137,13 +162,14 @@ def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, 
             labeled = torch.isfinite(y)  # the student also trains on unlabeled rows (NaN target)
             train_abs += float((pred.detach() - y)[labeled].abs().sum())
             train_n += int(labeled.sum())
+            rows += len(y)
+        train_s = time.perf_counter() - started
         model.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # valid |err|, n, train |err|, n
         with torch.no_grad():
-            for batch in valid_shard.iter_batches(batch_size=8192, batch_format="pandas"):
-                cats, nums, prior, y = _tensors(batch, encoder, device)
-                sums[0] += float((model(cats, nums, prior) - y).abs().sum())
-                sums[1] += len(y)
+            for batch in valid_shard.iter_torch_batches(batch_size=8192, device=device):
+                sums[0] += float((model(*_inputs(batch)) - batch["y"]).abs().sum())
+                sums[1] += len(batch["y"])
         sums[2], sums[3] = train_abs, train_n
         if distributed:
             torch.distributed.all_reduce(sums)
@@ -153,6 +179,9 @@ def fit_per_worker(config: dict, loss_of: Callable[[torch.Tensor, pd.DataFrame, 
             "train-mae": float(sums[2] / sums[3]) if sums[3] else nan,
             "epoch": epoch + 1,
             "device": str(device),
+            "train_rows": rows,  # this worker's, this epoch (the student's unlabeled ones too)
+            "train_s": train_s,
+            "worker_peak_rss_mib": peak_rss_mib(),
         }
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -257,6 +286,6 @@ def make_trainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={**config, "encoder": encoder.__dict__},
         scaling_config=resources.scaling_config(),
-        datasets=datasets,
+        datasets={name: encoded(ds, encoder) for name, ds in datasets.items()},
         run_config=run_config,
     )

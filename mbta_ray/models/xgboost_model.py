@@ -1,7 +1,10 @@
 """Distributed XGBoost with Ray Train V2 (``XGBoostTrainer`` + a per-worker training function).
 
-Each worker reads its shard of the train/valid Ray Datasets, builds DMatrices and calls
-``xgboost.train``; the trainer wires XGBoost's collective (rabit) between workers, so the workers
+Ray Data encodes the examples once per pass (``encoded``: the trees' matrix, label and prior margin
+as numpy columns), and each worker streams its shard batch by batch into an ``xgboost.QuantileDMatrix``
+(``ShardIter``): only the quantized bins (a byte per feature per row) stay in the worker's memory,
+never the shard as pandas, so a dataset larger than a worker's memory trains. The trainer wires
+XGBoost's collective (rabit) between workers, so the workers' quantile sketches are merged and they
 build one model together. A worker that was given a GPU trains with ``device="cuda"``.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,7 @@ from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.errors import ConfigError
 from mbta_ray.models.bundle import XGB_MODEL_FILE as MODEL_FILE  # XGBoost's own binary JSON: no pickle
 from mbta_ray.models.params import round_ints
+from mbta_ray.runtime import peak_rss_mib
 from mbta_ray.schema import TARGET
 
 #: Hyperparameters that XGBoost needs as integers (BayesOpt proposes floats: round them).
@@ -44,8 +49,55 @@ def dmatrix(df: pd.DataFrame, encoder: FeatureEncoder, residual: bool, label: bo
     )
 
 
-def _matrix(shard, encoder: FeatureEncoder, residual: bool) -> xgb.DMatrix:
-    return dmatrix(shard.materialize().to_pandas(), encoder, residual)
+#: Rows per batch a worker streams into its QuantileDMatrix (the batch is the unit held in memory).
+STREAM_BATCH_ROWS = 65_536
+
+
+def encoded(ds: ray.data.Dataset, encoder: FeatureEncoder, residual: bool) -> ray.data.Dataset:
+    """The examples as the trees read them, encoded by Ray Data: ``x`` (float32 [n, features]),
+    ``y`` (travel seconds) and ``margin`` (the prior, or zeros without ``residual``)."""
+
+    def encode(batch: pd.DataFrame) -> dict[str, np.ndarray]:
+        n = len(batch)
+        return {
+            "x": encoder.tree_matrix(batch),
+            "y": batch[TARGET].to_numpy(dtype="float32"),
+            "margin": encoder.prior(batch).astype("float32") if residual else np.zeros(n, "float32"),
+        }
+
+    return ds.map_batches(encode, batch_format="pandas")
+
+
+class ShardIter(xgb.DataIter):
+    """A worker's shard of ``encoded`` batches, for ``xgb.QuantileDMatrix`` (which reads it twice:
+    once to sketch the quantiles, once to bin). A shard with no rows gives one empty batch: XGBoost
+    refuses an iterator without any, and the worker must still join the collective sketch."""
+
+    def __init__(self, shard, feature_names: list[str], batch_size: int = STREAM_BATCH_ROWS) -> None:
+        self._shard, self._names, self._batch_size = shard, feature_names, batch_size
+        self._batches = None
+        self._fed = 0
+        super().__init__()
+
+    def reset(self) -> None:
+        self._batches, self._fed = None, 0
+
+    def next(self, input_data) -> bool:
+        if self._batches is None:
+            self._batches = iter(self._shard.iter_batches(batch_size=self._batch_size, batch_format="numpy"))
+        batch = next(self._batches, None)
+        if batch is None:
+            if self._fed:
+                return False
+            batch = {"x": np.zeros((0, len(self._names)), "float32"), "y": np.zeros(0, "float32")}
+            batch["margin"] = batch["y"]
+        self._fed += 1
+        input_data(data=batch["x"], label=batch["y"], base_margin=batch["margin"], feature_names=self._names)
+        return True
+
+
+def _matrix(shard, encoder: FeatureEncoder, ref: xgb.QuantileDMatrix | None = None) -> xgb.QuantileDMatrix:
+    return xgb.QuantileDMatrix(ShardIter(shard, encoder.tree_feature_names), missing=np.nan, ref=ref)
 
 
 def monotone_constraints(encoder: FeatureEncoder, increasing: list[str]) -> str:
@@ -68,8 +120,10 @@ def train_loop_per_worker(config: dict) -> None:
     config = round_ints(config, INT_PARAMS)
     encoder = FeatureEncoder(**config["encoder"])
     residual = bool(config.get("residual", True))
-    dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder, residual)
-    dvalid = _matrix(ray.train.get_dataset_shard("valid"), encoder, residual)
+    started = time.perf_counter()
+    dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder)
+    dvalid = _matrix(ray.train.get_dataset_shard("valid"), encoder, ref=dtrain)
+    ingest = {"ingest_s": time.perf_counter() - started, "train_rows": dtrain.num_row()}
     params = {
         "objective": config.get("objective", "reg:absoluteerror"),
         "eval_metric": "mae",
@@ -95,7 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
         evals=[(dtrain, "train"), (dvalid, "valid")],
         early_stopping_rounds=config.get("early_stopping_rounds", 20),
         verbose_eval=False,
-        callbacks=[ReportCallback(every=config.get("report_every", 25), residual=residual)],
+        callbacks=[ReportCallback(every=config.get("report_every", 25), residual=residual, ingest=ingest)],
     )
 
 
@@ -104,12 +158,16 @@ class ReportCallback(xgb.callback.TrainingCallback):
 
     Ray's RayTrainReportCallback reports every round; each report is a round trip through the Train
     controller (~0.3 s here), which made a 300-round run of a tiny dataset take two minutes.
-    The final report carries the best round's metrics and the model cut at that round.
+    The final report carries the best round's metrics and the model cut at that round, and this
+    worker's data costs (``ingest``: seconds to build its matrices and its rows; the boosting
+    seconds; its peak memory).
     """
 
-    def __init__(self, every: int = 25, residual: bool = False) -> None:
+    def __init__(self, every: int = 25, residual: bool = False, ingest: dict | None = None) -> None:
         self.every = max(1, every)
         self.residual = residual
+        self.ingest = ingest or {}
+        self.started = time.perf_counter()
 
     @staticmethod
     def _metrics(evals_log: dict, upto: int | None = None) -> dict:
@@ -126,7 +184,8 @@ class ReportCallback(xgb.callback.TrainingCallback):
     def after_training(self, model: xgb.Booster) -> xgb.Booster:
         best = model.attr("best_iteration")
         best = int(best) if best is not None else model.num_boosted_rounds() - 1
-        metrics = self._metrics(self._log, upto=best)
+        metrics = self._metrics(self._log, upto=best) | self.ingest
+        metrics |= {"train_s": time.perf_counter() - self.started, "worker_peak_rss_mib": peak_rss_mib()}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if ray.train.get_context().get_world_rank() == 0:
@@ -146,11 +205,12 @@ def make_trainer(
     run_config: ray.train.RunConfig,
 ) -> XGBoostTrainer:
     loop_config = {**config, "encoder": encoder.__dict__, "nthread": max(1, int(resources.cpus_per_worker))}
+    residual = bool(config.get("residual", True))
     return XGBoostTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=resources.scaling_config(),
-        datasets=datasets,
+        datasets={name: encoded(ds, encoder, residual) for name, ds in datasets.items()},
         run_config=run_config,
     )
 
