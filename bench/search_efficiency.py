@@ -137,7 +137,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     train = load_split_pandas(args.root, version, "train")
     valid = load_split_pandas(args.root, version, "valid")
-    encoder = FeatureEncoder.fit(train).__dict__
+    encoder = FeatureEncoder.fit(train).to_dict()
     data_ref = {"train": train, "valid": valid}
     spec = search_space.load()["xgboost"]
 

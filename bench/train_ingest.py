@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,15 +108,16 @@ def dnn_before(config: dict) -> None:
                 cats, nums, prior, y = tensors(batch, encoder, device)
                 err += float((model(cats, nums, prior) - y).abs().sum())
                 n += len(y)
-        ray.train.report(
-            {
-                VALID_METRIC: err / n,
-                "epoch": epoch + 1,
-                "train_rows": rows,
-                "train_s": train_s,
-                "worker_peak_rss_mib": peak_rss_mib(),
-            }
-        )
+        metrics = {
+            VALID_METRIC: err / n,
+            "epoch": epoch + 1,
+            "train_rows": rows,
+            "train_s": train_s,
+            "worker_peak_rss_mib": peak_rss_mib(),
+        }
+        with tempfile.TemporaryDirectory() as tmp:  # Train reports metrics with a checkpoint
+            dnn.save(model.module if hasattr(model, "module") else model, Path(tmp))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def main() -> None:
     storage = str(ROOT / "bench" / "out" / "ray")
     xgb_config = {"eta": 0.1, "max_depth": 8, "num_boost_round": args.rounds, "early_stopping_rounds": args.rounds + 1}
     dnn_config = {"hidden_width": 128, "hidden_layers": 2, "batch_size": 1024, "epochs": args.epochs, "lr": 1e-3}
-    loop = {**xgb_config, "encoder": encoder.__dict__, "nthread": resources.cpus_per_worker}
+    loop = {**xgb_config, "encoder": encoder.to_dict(), "nthread": resources.cpus_per_worker}
 
     def fit(name: str, trainer) -> dict:
         t0 = time.perf_counter()
@@ -197,7 +199,7 @@ def main() -> None:
             "dnn before (pandas batches, encoded in the worker)",
             ray.train.torch.TorchTrainer(
                 dnn_before,
-                train_loop_config={**dnn_config, "encoder": encoder.__dict__},
+                train_loop_config={**dnn_config, "encoder": encoder.to_dict()},
                 scaling_config=resources.scaling_config(),
                 datasets=datasets,
                 run_config=run_config("dnn-before"),

@@ -372,7 +372,7 @@ def train_student(
     """Fit the student with Ray Train on the distillation loss; returns its best epoch and the time."""
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={**_student_config(job.cfg), "encoder": job.encoder.__dict__},
+        train_loop_config={**_student_config(job.cfg), "encoder": job.encoder.to_dict()},
         scaling_config=resources.scaling_config(),
         datasets={
             "train": dnn.encoded(labeled.data, job.encoder, extra=(TEACHER_COL,)),

@@ -123,8 +123,13 @@ class FeatureEncoder:
 
     # --- persistence -------------------------------------------------------------------------------
 
+    def to_dict(self) -> dict:
+        """The fitted fields (``FeatureEncoder(**d)`` rebuilds it), without the lookup caches
+        ``codes`` adds: what a Ray Train worker's config carries."""
+        return asdict(self)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self)))
+        Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureEncoder:

@@ -74,7 +74,7 @@ def _trainable(settings: TuneSettings, spec: dict, encoder: FeatureEncoder, data
             _trial,
             family=settings.family,
             spec=spec,
-            encoder=encoder.__dict__,
+            encoder=encoder.to_dict(),
             datasets=datasets,
             resources=settings.resources,
             # Train runs live inside the experiment folder, one per trial.

@@ -366,3 +366,5 @@ def test_workers_stream_the_same_rows_ray_data_encoded(tiny_dataset):
     assert got["cats"].dtype == torch.int64 and got["nums"].dtype == torch.float32
     assert torch.equal(got["cats"], cats) and torch.equal(got["nums"], nums) and torch.equal(got["prior"], prior)
     assert torch.equal(got["y"], torch.from_numpy(df["travel_seconds"].iloc[:300].to_numpy(dtype="float32")))
+    # A used encoder (its lookup caches filled) still travels to the workers as its fitted fields.
+    assert FeatureEncoder(**enc.to_dict()).vocab == enc.vocab and "_indexes" in enc.__dict__

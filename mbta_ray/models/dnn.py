@@ -284,7 +284,7 @@ def make_trainer(
 ) -> ray.train.torch.TorchTrainer:
     return ray.train.torch.TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={**config, "encoder": encoder.__dict__},
+        train_loop_config={**config, "encoder": encoder.to_dict()},
         scaling_config=resources.scaling_config(),
         datasets={name: encoded(ds, encoder) for name, ds in datasets.items()},
         run_config=run_config,

@@ -3,7 +3,8 @@
 Ray Data encodes the examples once per pass (``encoded``: the trees' matrix, label and prior margin
 as numpy columns), and each worker streams its shard batch by batch into an ``xgboost.QuantileDMatrix``
 (``ShardIter``): only the quantized bins (a byte per feature per row) stay in the worker's memory,
-never the shard as pandas, so a dataset larger than a worker's memory trains. The trainer wires
+never the shard as pandas (its encoded blocks wait in Ray's object store, which spills to disk),
+so a dataset larger than a worker's memory trains. The trainer wires
 XGBoost's collective (rabit) between workers, so the workers' quantile sketches are merged and they
 build one model together. A worker that was given a GPU trains with ``device="cuda"``.
 """
@@ -69,12 +70,15 @@ def encoded(ds: ray.data.Dataset, encoder: FeatureEncoder, residual: bool) -> ra
 
 
 class ShardIter(xgb.DataIter):
-    """A worker's shard of ``encoded`` batches, for ``xgb.QuantileDMatrix`` (which reads it twice:
-    once to sketch the quantiles, once to bin). A shard with no rows gives one empty batch: XGBoost
-    refuses an iterator without any, and the worker must still join the collective sketch."""
+    """A worker's shard of ``encoded`` batches, for ``xgb.QuantileDMatrix``, which reads it twice
+    (once to sketch the quantiles, once to bin) and needs the same batches both times. A streaming
+    split hands blocks to whichever worker asks first, so the shard is first materialized: its
+    blocks go to Ray's object store (which spills to disk), not to this worker's heap, and both
+    passes read them in the same order. A shard with no rows gives one empty batch: XGBoost refuses
+    an iterator without any, and the worker must still join the collective sketch."""
 
     def __init__(self, shard, feature_names: list[str], batch_size: int = STREAM_BATCH_ROWS) -> None:
-        self._shard, self._names, self._batch_size = shard, feature_names, batch_size
+        self._shard, self._names, self._batch_size = shard.materialize(), feature_names, batch_size
         self._batches = None
         self._fed = 0
         super().__init__()
@@ -204,7 +208,7 @@ def make_trainer(
     resources: WorkerResources,
     run_config: ray.train.RunConfig,
 ) -> XGBoostTrainer:
-    loop_config = {**config, "encoder": encoder.__dict__, "nthread": max(1, int(resources.cpus_per_worker))}
+    loop_config = {**config, "encoder": encoder.to_dict(), "nthread": max(1, int(resources.cpus_per_worker))}
     residual = bool(config.get("residual", True))
     return XGBoostTrainer(
         train_loop_per_worker=train_loop_per_worker,
