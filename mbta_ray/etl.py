@@ -3,15 +3,19 @@
 Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-node cluster):
 
 1. read: one task per file piece; each reader maps its format to canonical events and row checks
-   flag bad rows (``map_batches``).
-2. trip checks: events are grouped by a hash bucket of the trip key (``groupby().map_groups``), so
-   every call holds whole trips -- many per call, which keeps the per-group overhead low. A trip is
-   never split across batches, whatever the files or blocks looked like.
+   flag bad rows (``map_batches``); each task writes its rows into the folder of their bucket (a
+   hash of route, direction and service day: whole lines and days, so whole trips), the only pass
+   over the input and no shuffle.
+2. trip checks: one task per bucket reads its folder, checks its trips, and writes the clean events
+   once (one file per bucket) and the quarantined ones; it returns the bucket's trip table.
 3. splits: each trip goes to train/valid/test by its start time (per source, since the sources cover
    different periods), so no trip is in two splits and valid/test come after train; a source of
    several service days splits at day boundaries (``split_cutoffs``).
-4. segment medians from the training pairs (``groupby().aggregate``), then pairs + features for all
-   splits (``map_groups`` again), written as parquet per split.
+4. segment medians from the training pairs (one task per bucket, then ``groupby().aggregate`` of
+   the pairs' travel times), then pairs + features for all splits (one task per bucket again),
+   written as parquet per split. Neither pass holds more than a bucket of events per task, and
+   neither re-shuffles the events (issue 16: the three sort shuffles of the materialized events
+   were 80 % of the ETL's time at 10 M events, and the object store most of its memory).
 
 Every source row ends up as a good event or in the quarantine table with its reason, and the written
 pair count is checked against an independent count from the trip sizes.
@@ -35,7 +39,6 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.aggregate import Count, Quantile
 from ray.data.context import ShuffleStrategy
-from ray.data.expressions import col
 
 from mbta_ray import paths, versioning
 from mbta_ray.config import EtlConfig
@@ -75,7 +78,14 @@ from mbta_ray.timeutil import epoch_seconds
 from mbta_ray.validate import ValidationConfig, check_rows, check_trips, trip_keys
 
 #: Events after the trip checks carry these besides the quarantine schema's columns.
-_WORK_SCHEMA = QUARANTINE_SCHEMA.append(pa.field(TRIP_KEY, pa.string())).append(pa.field("bucket", pa.int64()))
+#: (``reason`` is null on the clean ones: the files written per bucket must say it may be.)
+_WORK_SCHEMA = (
+    QUARANTINE_SCHEMA.set(
+        QUARANTINE_SCHEMA.get_field_index("reason"), QUARANTINE_SCHEMA.field("reason").with_nullable(True)
+    )
+    .append(pa.field(TRIP_KEY, pa.string()))
+    .append(pa.field("bucket", pa.int64()))
+)
 _TRIP_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
@@ -89,10 +99,6 @@ _SEGMENT_SCHEMA = pa.schema(
     [("route_id", pa.string()), ("from_stop_id", pa.string()), ("to_stop_id", pa.string()), (TARGET, pa.float64())]
 )
 _SPLIT_EXAMPLE_SCHEMA = EXAMPLE_SCHEMA.append(pa.field("split", pa.string()))
-
-
-_GOOD = col("reason").is_null()
-_BAD = col("reason").is_not_null()
 
 
 class EtlIntegrityError(RuntimeError):
@@ -336,10 +342,49 @@ def _examples(
     return pa.concat_tables(tables)
 
 
-def _by_bucket(ds: ray.data.Dataset, buckets: int):
-    """Group by trip bucket. The sort shuffle makes one partition per input block (it ignores
-    num_partitions), so split the blocks first: otherwise a few huge map_groups calls run."""
-    return ds.repartition(buckets, shuffle=False).groupby("bucket", num_partitions=buckets)
+def _bucket_file(work: Path, stage: str, bucket: int) -> Path:
+    return work / stage / f"bucket-{bucket:05d}.parquet"
+
+
+def _check_bucket(batch: dict[str, np.ndarray], work: str, quarantine: str) -> pa.Table:
+    """Trip checks on one bucket's events (every file the read wrote for it): the clean events are
+    written once, for the later passes; the quarantined ones to the quarantine. Returns the bucket's
+    trip table (its trips are whole: a bucket holds whole lines and days)."""
+    tables = []
+    for bucket in batch["bucket"]:
+        bucket = int(bucket)
+        rows = pq.read_table(Path(work) / "rows" / f"bucket={bucket}")
+        df = rows.to_pandas().assign(bucket=bucket)
+        checked = _trip_checks(df).to_pandas()
+        bad = checked["reason"].notna()
+        if bad.any():
+            part = checked[bad].drop(columns=[TRIP_KEY, "bucket"])
+            table = conform(pa.Table.from_pandas(part, preserve_index=False), QUARANTINE_SCHEMA)
+            pq.write_table(table, Path(quarantine) / f"bucket-{bucket:05d}.parquet")
+        clean = checked[~bad]
+        pq.write_table(
+            conform(pa.Table.from_pandas(clean, preserve_index=False), _WORK_SCHEMA),
+            _bucket_file(Path(work), "clean", bucket),
+        )
+        tables.append(_trip_table(clean) if len(clean) else _TRIP_SCHEMA.empty_table())
+    return pa.concat_tables(tables)
+
+
+def _clean_bucket(work: str, bucket: int) -> pd.DataFrame:
+    return pq.read_table(_bucket_file(Path(work), "clean", int(bucket))).to_pandas()
+
+
+def _bucket_segments(batch: dict[str, np.ndarray], work: str, k: int, cutoffs: dict) -> pa.Table:
+    return pa.concat_tables([_train_segments(_clean_bucket(work, b), k, cutoffs) for b in batch["bucket"]])
+
+
+def _bucket_examples(batch: dict[str, np.ndarray], work: str, **kwargs) -> pa.Table:
+    return pa.concat_tables([_examples(_clean_bucket(work, b), **kwargs) for b in batch["bucket"]])
+
+
+def _per_bucket(buckets: list[int]) -> ray.data.Dataset:
+    """One task per bucket: each reads its own files, so no pass after the first shuffles events."""
+    return ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=max(1, len(buckets)))
 
 
 # --- driver -----------------------------------------------------------------------------------
@@ -523,13 +568,12 @@ def _run(files: list[InputFile], stops: Stops | None, config: EtlConfig, out: Pa
 
 @dataclass
 class _Checked:
-    """Events after the row and trip checks, still in the cluster."""
+    """Events after the row and trip checks, written once per bucket under ``work``."""
 
-    checked: ray.data.Dataset  # every source row: clean ones and quarantined ones (with a reason)
-    clean: ray.data.Dataset
-    quarantine: ray.data.Dataset
+    work: Path
+    buckets: list[int]
+    trips: pd.DataFrame  # one row per trip of the clean events
     rows_in: int
-    buckets: int
 
 
 @dataclass
@@ -542,20 +586,26 @@ class _Splits:
 
 
 def _pipeline(files: list[InputFile], stops: Stops | None, config: EtlConfig, out: Path) -> dict:
-    events = _read_and_check(files, stops, config)
-    splits = _split(events.clean, config)
+    events = _read_and_check(files, stops, config, out)
+    splits = _split(events, config)
     medians = _segment_medians(events, splits, config)
     _write_examples(events, splits, stops, medians, _feed_files(files), config, out)
-    return _accounting(events, splits, medians, out)
+    counts = _accounting(events, splits, medians, out)
+    shutil.rmtree(events.work)
+    return counts
 
 
-def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConfig) -> _Checked:
-    """Read every piece of every file, run the row checks, then the trip checks per trip bucket."""
+def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConfig, out: Path) -> _Checked:
+    """Read every piece of every file and run the row checks, writing the events bucketed by line
+    and day (the only pass over the input, and no shuffle: each read task writes its rows to their
+    buckets' folders); then the trip checks, one task per bucket, which write the clean events
+    once for the later passes and the quarantined ones to ``out/quarantine``."""
     rows_in = sum(f.num_rows for f in files)
     buckets = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-rows_in // config.events_per_bucket))
     vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s, holdout=config.holdout)
     pieces = [json.dumps(p) for f in files for p in plan_pieces(f)]
-    events = (
+    work = out / "_work"
+    (
         ray.data.from_items([{"piece": p} for p in pieces], override_num_blocks=len(pieces))
         .map_batches(_read_pieces, batch_size=1, batch_format="numpy")
         .map_batches(
@@ -564,17 +614,24 @@ def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConf
             batch_size=None,
             fn_kwargs={"config": vconf, "stops": stops, "buckets": buckets},
         )
+        .write_parquet(str(work / "rows"), partition_cols=["bucket"])
     )
-    # One read: rows flagged by the row checks ride through the trip checks to the quarantine.
-    checked = _by_bucket(events, buckets).map_groups(_trip_checks, batch_format="pandas").materialize()
-    # Lazy filters: cheap, not a second copy in the object store.
-    return _Checked(checked, checked.filter(expr=_GOOD), checked.filter(expr=_BAD), rows_in, buckets)
+    written = sorted(int(p.name.split("=", 1)[1]) for p in (work / "rows").glob("bucket=*") if p.is_dir())
+    for folder in (work / "clean", out / "quarantine"):
+        folder.mkdir(parents=True, exist_ok=True)
+    trips = (
+        _per_bucket(written)
+        .map_batches(_check_bucket, batch_size=1, fn_kwargs={"work": str(work), "quarantine": str(out / "quarantine")})
+        .to_pandas()
+    )
+    shutil.rmtree(work / "rows")
+    trips = _combine_trips(trips) if len(trips) else _TRIP_SCHEMA.empty_table().to_pandas()
+    return _Checked(work, written, trips, rows_in)
 
 
-def _split(clean: ray.data.Dataset, config: EtlConfig) -> _Splits:
-    """The trip table (one row per trip, small next to the events; merged from per-block partials,
-    so it needs no shuffle) and the split cutoffs from it."""
-    trips = _combine_trips(clean.map_batches(_trip_table, batch_format="pandas", batch_size=None).to_pandas())
+def _split(events: _Checked, config: EtlConfig) -> _Splits:
+    """The split cutoffs from the trip table (one row per trip, small next to the events)."""
+    trips = events.trips
     return _Splits(
         trips,
         split_cutoffs(trips, config.split_fractions),
@@ -585,8 +642,12 @@ def _split(clean: ray.data.Dataset, config: EtlConfig) -> _Splits:
 def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd.DataFrame:
     """Median travel time per (route, u, s) over the training pairs, where enough pairs back it."""
     medians = (
-        _by_bucket(events.clean, events.buckets)
-        .map_groups(_train_segments, batch_format="pandas", fn_kwargs={"k": config.k, "cutoffs": splits.cutoffs})
+        _per_bucket(events.buckets)
+        .map_batches(
+            _bucket_segments,
+            batch_size=1,
+            fn_kwargs={"work": str(events.work), "k": config.k, "cutoffs": splits.cutoffs},
+        )
         .groupby(SEGMENT_KEY)
         .aggregate(Quantile(TARGET, q=0.5, alias_name=HIST_MEDIAN), Count(alias_name="n"))
         .to_pandas()
@@ -616,11 +677,12 @@ def _write_examples(
     """Pairs and features per trip bucket -> train/valid/test parquet; the quarantine; the medians."""
     examples_dir = out / "_examples"
     (
-        _by_bucket(events.clean, events.buckets)
-        .map_groups(
-            _examples,
-            batch_format="pandas",
+        _per_bucket(events.buckets)
+        .map_batches(
+            _bucket_examples,
+            batch_size=1,
             fn_kwargs={
+                "work": str(events.work),
                 "k": config.k,
                 "cutoffs": splits.cutoffs,
                 "stops": stops,
@@ -631,7 +693,6 @@ def _write_examples(
         )
         .write_parquet(str(examples_dir), partition_cols=["split"])
     )
-    events.quarantine.drop_columns([TRIP_KEY, "bucket"]).write_parquet(str(out / "quarantine"))
     _publish_splits(examples_dir, out)
     pq.write_table(pa.Table.from_pandas(medians, preserve_index=False), out / SEGMENT_MEDIANS_FILE)
 
@@ -643,13 +704,13 @@ def _accounting(events: _Checked, splits: _Splits, medians: pd.DataFrame, out: P
     written = sorted((out / "quarantine").rglob("*.parquet"))
     reasons = pa.concat_tables([pq.read_table(p, columns=["reason"]) for p in written])["reason"] if written else []
     quarantined = {str(r): int(c) for r, c in pd.Series(reasons, dtype="string").value_counts().items()}
-    rows_in, rows_out = events.rows_in, events.clean.count()
+    rows_in, rows_out = events.rows_in, _count_rows(events.work / "clean")
     split_rows = {s: _count_rows(out / s) for s in SPLITS}
-    written_quarantine = events.checked.count() - rows_out  # what should have been written
-    if rows_in != rows_out + sum(quarantined.values()) or written_quarantine != sum(quarantined.values()):
+    in_trips = int(splits.trips["trip_size"].sum()) if len(splits.trips) else 0  # clean events, counted by trip
+    if rows_in != rows_out + sum(quarantined.values()) or in_trips != rows_out:
         raise EtlIntegrityError(
             f"row accounting broken: in={rows_in} out={rows_out} quarantined={quarantined} "
-            f"(written {written_quarantine})"
+            f"(events in the trip table {in_trips})"
         )
     if sum(split_rows.values()) != splits.expected_pairs:
         raise EtlIntegrityError(
