@@ -84,7 +84,7 @@ import collections, json, ray
 from ray.util.state import list_nodes, list_tasks
 ray.init()
 nodes = {n.node_id: n.node_ip + (" (head)" if n.is_head_node else "") for n in list_nodes()}
-tasks = list_tasks(limit=100000, detail=True, raise_on_missing_output=False)
+tasks = list_tasks(limit=10000, detail=True, raise_on_missing_output=False)
 by_node = collections.Counter(nodes.get(t.node_id, t.node_id or "?") + " " + t.node_id[:8]
                               for t in tasks if t.node_id and t.type == "NORMAL_TASK")
 print(json.dumps({"nodes": len(nodes), "tasks_by_node": by_node}))
