@@ -142,13 +142,12 @@ def _row_checks(table: pa.Table, config: ValidationConfig, stops: Stops | None, 
     return conform(pa.Table.from_pandas(df, preserve_index=False), _WORK_SCHEMA)
 
 
-def _trip_checks(df: pd.DataFrame) -> pa.Table:
+def _trip_checks(df: pd.DataFrame) -> pd.DataFrame:
     """Trip checks on the good rows; rows the row checks flagged pass through, so that one read of
     the input feeds both the clean events and the quarantine."""
     good = df["reason"].isna()
     parts = [df[~good]] + ([check_trips(df[good])] if good.any() else [])
-    out = pd.concat(parts, ignore_index=True)
-    return conform(pa.Table.from_pandas(out, preserve_index=False), _WORK_SCHEMA)
+    return pd.concat(parts, ignore_index=True)
 
 
 def _sorted_trips(df: pd.DataFrame) -> pd.DataFrame:
@@ -342,8 +341,8 @@ def _examples(
     return pa.concat_tables(tables)
 
 
-def _bucket_file(work: Path, stage: str, bucket: int) -> Path:
-    return work / stage / f"bucket-{bucket:05d}.parquet"
+def _bucket_file(folder: Path, bucket: int) -> Path:
+    return folder / f"bucket-{bucket:05d}.parquet"
 
 
 def _check_bucket(batch: dict[str, np.ndarray], work: str, quarantine: str) -> pa.Table:
@@ -355,23 +354,23 @@ def _check_bucket(batch: dict[str, np.ndarray], work: str, quarantine: str) -> p
         bucket = int(bucket)
         rows = pq.read_table(Path(work) / "rows" / f"bucket={bucket}")
         df = rows.to_pandas().assign(bucket=bucket)
-        checked = _trip_checks(df).to_pandas()
+        checked = _trip_checks(df)
         bad = checked["reason"].notna()
         if bad.any():
             part = checked[bad].drop(columns=[TRIP_KEY, "bucket"])
             table = conform(pa.Table.from_pandas(part, preserve_index=False), QUARANTINE_SCHEMA)
-            pq.write_table(table, Path(quarantine) / f"bucket-{bucket:05d}.parquet")
+            pq.write_table(table, _bucket_file(Path(quarantine), bucket))
         clean = checked[~bad]
         pq.write_table(
             conform(pa.Table.from_pandas(clean, preserve_index=False), _WORK_SCHEMA),
-            _bucket_file(Path(work), "clean", bucket),
+            _bucket_file(Path(work) / "clean", bucket),
         )
         tables.append(_trip_table(clean) if len(clean) else _TRIP_SCHEMA.empty_table())
     return pa.concat_tables(tables)
 
 
 def _clean_bucket(work: str, bucket: int) -> pd.DataFrame:
-    return pq.read_table(_bucket_file(Path(work), "clean", int(bucket))).to_pandas()
+    return pq.read_table(_bucket_file(Path(work) / "clean", int(bucket))).to_pandas()
 
 
 def _bucket_segments(batch: dict[str, np.ndarray], work: str, k: int, cutoffs: dict) -> pa.Table:

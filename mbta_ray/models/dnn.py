@@ -91,11 +91,15 @@ def architecture(config: dict, encoder: FeatureEncoder) -> Architecture:
     )
 
 
+def _input_arrays(df: pd.DataFrame, encoder: FeatureEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(categorical codes int64, numerics float32, prior float32) of example rows: the one
+    definition of the network's inputs, for serving (``encode_inputs``) and training (``encoded``)."""
+    return encoder.codes(df), encoder.numeric(df), encoder.prior(df).astype("float32")
+
+
 def encode_inputs(df: pd.DataFrame, encoder: FeatureEncoder, device: torch.device | str = "cpu"):
     """(categorical codes, numerics, prior) tensors of example rows."""
-    cats = torch.from_numpy(encoder.codes(df)).to(device)
-    nums = torch.from_numpy(encoder.numeric(df)).to(device)
-    prior = torch.from_numpy(encoder.prior(df).astype("float32")).to(device)
+    cats, nums, prior = (torch.from_numpy(a).to(device) for a in _input_arrays(df, encoder))
     return cats, nums, prior
 
 
@@ -106,12 +110,8 @@ def encoded(ds: ray.data.Dataset, encoder: FeatureEncoder, extra: tuple[str, ...
     network takes, so ``iter_torch_batches`` converts nothing."""
 
     def encode(batch: pd.DataFrame) -> dict[str, np.ndarray]:
-        out = {
-            "cats": encoder.codes(batch),
-            "nums": encoder.numeric(batch),
-            "prior": encoder.prior(batch).astype("float32"),
-            "y": batch[TARGET].to_numpy(dtype="float32"),
-        }
+        cats, nums, prior = _input_arrays(batch, encoder)
+        out = {"cats": cats, "nums": nums, "prior": prior, "y": batch[TARGET].to_numpy(dtype="float32")}
         return out | {c: batch[c].to_numpy(dtype="float32") for c in extra}
 
     return ds.map_batches(encode, batch_format="pandas")
