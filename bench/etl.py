@@ -18,7 +18,8 @@ that subprocess and all its descendants (for Ray: the driver, GCS, raylet, worke
   store; its pages are in the PSS of whichever processes touched them), and the machine-wide
   /dev/shm growth (includes anything else running on the machine).
 
-It asserts that both produce the same example and quarantine counts, prints a markdown table with the
+It asserts that both produce the same example and quarantine counts and the same examples (per split,
+each feature's non-null count and sum), prints a markdown table with the
 ratios (pandas time / Ray time; Ray peak / pandas peak) and appends it to bench/RESULTS.md under
 "ETL: Ray Data vs pandas". Per-call Ray Data stats (``Dataset.stats()``) go to bench/out/.
 """
@@ -135,7 +136,34 @@ def worker(args: argparse.Namespace) -> None:
         ray.shutdown()
         result["ray_shutdown_s"] = time.perf_counter() - t2
     result["worker_total_s"] = time.perf_counter() - t0
+    result["digest"] = _digest(out if args.worker == "pandas" else res.path)  # after the clock: not measured
     Path(args.result).write_text(json.dumps(result, indent=1, default=str))
+
+
+#: Columns whose per-split sums and non-null counts say two ETLs wrote the same examples.
+DIGEST_COLUMNS = ("travel_seconds", "elapsed_s", "recent_travel_s", "recent_hop_s", "departed_s", "headway_ahead_s",
+                  "path_travel_s", "hist_median_travel_s")  # fmt: skip
+
+
+def _digest(folder: Path) -> dict:
+    """Per split: rows, and each ``DIGEST_COLUMNS`` column's non-null count and sum (streamed)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    out = {}
+    for split in ("train", "valid", "test"):
+        scanner = ds.dataset(str(Path(folder) / split), format="parquet").scanner(columns=list(DIGEST_COLUMNS))
+        sums = dict.fromkeys(DIGEST_COLUMNS, 0.0)
+        counts = dict.fromkeys(DIGEST_COLUMNS, 0)
+        rows = 0
+        for batch in scanner.to_batches():
+            rows += batch.num_rows
+            for c in DIGEST_COLUMNS:
+                col = batch.column(c)
+                counts[c] += len(col) - col.null_count
+                sums[c] += float(pc.sum(pc.cast(col, "float64")).as_py() or 0.0)
+        out[split] = {"rows": rows, "non_null": counts, "sum": sums}
+    return out
 
 
 # --- measuring a subprocess tree ----------------------------------------------------------------
@@ -462,6 +490,15 @@ def _compare(size: int, pandas_res: dict, ray_res: dict) -> None:
     for key in ("rows_in", "rows_out", "quarantined", "quarantined_by_reason", "examples", "examples_by_split"):
         if a[key] != b[key]:
             raise AssertionError(f"{size:,} events: {key} differs: pandas {a[key]} vs Ray {b[key]}")
+    # The same examples, not only as many: per split and column, non-null counts equal and sums
+    # equal up to the order of float additions.
+    for split, da in pandas_res["digest"].items():
+        db = ray_res["digest"][split]
+        if da["rows"] != db["rows"] or da["non_null"] != db["non_null"]:
+            raise AssertionError(f"{size:,} events, {split}: pandas {da} vs Ray {db}")
+        for c, total in da["sum"].items():
+            if abs(total - db["sum"][c]) > 1e-6 * max(1.0, abs(total)):
+                raise AssertionError(f"{size:,} events, {split}, {c}: sum pandas {total} vs Ray {db['sum'][c]}")
 
 
 def main() -> None:

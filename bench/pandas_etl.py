@@ -1,19 +1,22 @@
 """The ETL transform in plain pandas, in one process: the baseline ``bench/etl.py`` measures Ray Data
 against.
 
-It uses the same building blocks as ``mbta_ray.etl`` (readers, ``validate``, ``features``, the split
-rules) in the same order, so both must produce the same counts:
+It uses the same building blocks as ``mbta_ray.etl`` (readers, ``validate``, the trip table and
+split rules, the per-line-day segment and example builders) in the same order, so both must produce
+the same counts and the same examples:
 
 1. read every piece of every file (``plan_pieces`` / ``read_piece``) and run ``check_rows`` per batch;
 2. ``trip_keys``, then ``check_trips`` on all good events at once (the whole event table in memory);
-3. trip table -> split cutoffs (``etl.split_cutoffs``) and the independent pair count;
-4. ``pair_events`` + ``assign_splits`` -> ``segment_medians`` on the training pairs;
-5. ``pair_events`` + ``compute_features`` for every split, written as parquet per split, plus the
-   quarantine table and the segment medians.
+3. trip table -> split cutoffs (``etl.split_cutoffs``: by service day where a source has several)
+   and the independent pair count;
+4. segment medians from the training pairs (``etl._train_segments`` per chunk, one median at the end);
+5. pairs + the real-time features (``etl._examples``: the lines' ``EventHistory``) + features for
+   every split, written as parquet per split, plus the quarantine table and the segment medians.
 
-Steps 4-5 run over chunks of whole trips (``pair_chunk_events`` events each, like the Ray ETL's
-buckets): with whole synthetic trips, K=10 gives about 7 pairs per event, so at 10M events one pair
-frame would be ~70M rows and not fit in 24 GB. ``pair_chunk_events=0`` pairs everything at once.
+Steps 4-5 stream over chunks of whole route-direction-service days (``pair_chunk_events`` events or
+so each, like the Ray ETL's buckets: the real-time features need every vehicle of a line), since at
+10M events one pair frame would be ~70M rows and not fit in 24 GB. ``pair_chunk_events=0`` takes
+everything at once.
 """
 
 from __future__ import annotations
@@ -26,38 +29,35 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mbta_ray.etl import DEFAULT_STOPS, EtlConfig, assign_splits, plan_inputs, split_cutoffs
-from mbta_ray.features import (
-    SEGMENT_KEY,
-    compute_features,
-    example_frame,
-    expected_pair_count,
-    pair_events,
-    segment_medians,
+from mbta_ray.etl import (
+    DEFAULT_STOPS,
+    EtlConfig,
+    _examples,
+    _feed_files,
+    _train_segments,
+    _trip_table,
+    plan_inputs,
+    split_cutoffs,
 )
+from mbta_ray.features import SEGMENT_KEY, expected_pair_count, segment_medians
 from mbta_ray.gtfs import Stops
-from mbta_ray.schema import EXAMPLE_SCHEMA, QUARANTINE_SCHEMA, SPLITS, TARGET, conform
+from mbta_ray.schema import EXAMPLE_SCHEMA, QUARANTINE_SCHEMA, SPLITS, conform
 from mbta_ray.sources import plan_pieces, read_piece
 from mbta_ray.validate import TRIP_KEY, ValidationConfig, check_rows, check_trips, trip_keys
 
 
-def _trip_chunks(trip_key: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """Row ranges of ``size`` rows or so that never cut a trip (rows sorted by trip)."""
-    n = len(trip_key)
+def _line_day_chunks(events: pd.DataFrame, size: int) -> list[tuple[int, int]]:
+    """Row ranges of ``size`` rows or so that never cut a line-day (rows sorted by line-day)."""
+    n = len(events)
     if n == 0:
         return []
     if size <= 0 or size >= n:
         return [(0, n)]
-    starts = np.flatnonzero(np.r_[True, trip_key[1:] != trip_key[:-1]])
-    idx = np.searchsorted(starts, np.arange(size, n, size))  # first trip starting at or after each cut
+    key = events["_line_day"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    idx = np.searchsorted(starts, np.arange(size, n, size))  # first line-day starting at or after each cut
     bounds = sorted({0, n, *(int(c) for c in starts[idx[idx < len(starts)]])})
     return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _travel_seconds(pairs: pd.DataFrame) -> pd.Series:
-    return (
-        pd.to_datetime(pairs["actual_arrival_s"], utc=True) - pd.to_datetime(pairs["actual_arrival_u"], utc=True)
-    ).dt.total_seconds()
 
 
 def run(
@@ -82,7 +82,7 @@ def run(
 
     files = plan_inputs(list(inputs))
     stops = Stops.load(stops_path) if stops_path else None
-    vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s)
+    vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s, holdout=config.holdout)
     rows_in = sum(f.num_rows for f in files)
 
     frames = [
@@ -106,36 +106,23 @@ def run(
     del checked, bad
     lap("trip checks")
 
-    trips = (
-        clean.groupby(TRIP_KEY, sort=False)
-        .agg(source=("source", "first"), trip_start=("actual_arrival", "min"), trip_size=("actual_arrival", "size"))
-        .reset_index()
-    )
+    trips = _trip_table(clean).to_pandas()
     cutoffs = split_cutoffs(trips, config.split_fractions)
     expected_pairs = expected_pair_count(trips["trip_size"].to_numpy(), config.k)
     lap("trip table + split cutoffs")
 
-    chunks = _trip_chunks(clean[TRIP_KEY].to_numpy(), pair_chunk_events)
-    # Segment keys as categories so that the training pairs of a big run stay small in memory.
-    route_cat = pd.CategoricalDtype(sorted(clean["route_id"].dropna().unique()))
-    stop_cat = pd.CategoricalDtype(sorted(clean["stop_id"].dropna().unique()))
-    segments = []
-    whole_pairs = None
-    for lo, hi in chunks:
-        pairs = pair_events(clean.iloc[lo:hi], config.k)
-        if len(chunks) == 1:
-            whole_pairs = pairs
-        train = pairs[(assign_splits(pairs, cutoffs) == "train").to_numpy()]
-        segments.append(
-            pd.DataFrame(
-                {
-                    "route_id": train["route_id"].astype(route_cat),
-                    "from_stop_id": train["from_stop_id"].astype(stop_cat),
-                    "to_stop_id": train["to_stop_id"].astype(stop_cat),
-                    TARGET: _travel_seconds(train).to_numpy(),
-                }
-            )
-        )
+    # Whole lines and days together: the real-time features see every vehicle of a line.
+    clean["_line_day"] = (
+        clean["route_id"].astype("string")
+        + "|"
+        + clean["direction_id"].astype("string")
+        + "|"
+        + clean["service_date"].astype("string")
+    ).fillna("")
+    clean = clean.sort_values(["_line_day", TRIP_KEY], kind="stable").reset_index(drop=True)
+    chunks = _line_day_chunks(clean, pair_chunk_events)
+    clean = clean.drop(columns="_line_day")
+    segments = [_train_segments(clean.iloc[lo:hi], config.k, cutoffs).to_pandas() for lo, hi in chunks]
     medians = (
         segment_medians(pd.concat(segments, ignore_index=True))
         if segments
@@ -149,25 +136,25 @@ def run(
 
     writers = {}
     split_rows = dict.fromkeys(SPLITS, 0)
+    feed_files = _feed_files(files)
+    before = config.holdout[0] if config.holdout else None
     try:
         for s in SPLITS:
             (out / s).mkdir(exist_ok=True)
             writers[s] = pq.ParquetWriter(out / s / "part-000.parquet", EXAMPLE_SCHEMA)
         for lo, hi in chunks:
-            pairs = whole_pairs if whole_pairs is not None else pair_events(clean.iloc[lo:hi], config.k)
-            feats = compute_features(pairs, stops, medians)
-            split = assign_splits(feats, cutoffs).to_numpy()
-            examples = example_frame(feats)
+            table = _examples(clean.iloc[lo:hi], config.k, cutoffs, stops, medians, feed_files, before)
+            split = table["split"].to_numpy(zero_copy_only=False)
+            examples = table.drop_columns(["split"])
             for s in SPLITS:
-                part = examples[split == s]
-                split_rows[s] += len(part)
-                writers[s].write_table(conform(pa.Table.from_pandas(part, preserve_index=False), EXAMPLE_SCHEMA))
-            del pairs, feats, examples
+                part = examples.filter(pa.array(split == s))
+                split_rows[s] += part.num_rows
+                writers[s].write_table(conform(part, EXAMPLE_SCHEMA))
+            del table, examples
     finally:
         for w in writers.values():
             w.close()
-    del whole_pairs
-    lap("pairs + features + write splits")
+    lap("pairs + real-time features + features + write splits")
 
     q = pd.concat(quarantine, ignore_index=True)
     (out / "quarantine").mkdir(exist_ok=True)

@@ -15,7 +15,9 @@ Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-
    the pairs' travel times), then pairs + features for all splits (one task per bucket again),
    written as parquet per split. Neither pass holds more than a bucket of events per task, and
    neither re-shuffles the events (issue 16: the three sort shuffles of the materialized events
-   were 80 % of the ETL's time at 10 M events, and the object store most of its memory).
+   were 80 % of the ETL's time at 10 M events, and the object store most of its memory). The
+   real-time features of a bucket's lines come from ``realtime.history.EventHistory``: sorted
+   searches over stop events, a ``NetworkState`` replay for GTFS-realtime lines.
 
 Every source row ends up as a good event or in the quarantine table with its reason, and the written
 pair count is checked against an independent count from the trip sizes.
@@ -57,10 +59,10 @@ from mbta_ray.features import (
 from mbta_ray.gtfs import Stops
 from mbta_ray.models.bundle import SEGMENT_MEDIANS_FILE
 from mbta_ray.paths import DEFAULT_INPUTS, DEFAULT_STOPS
-from mbta_ray.realtime.features import observations_from_events, realtime_features
+from mbta_ray.realtime.features import observations_from_events
 from mbta_ray.realtime.feeds import read_vehicle_positions
-from mbta_ray.realtime.state import NetworkState
-from mbta_ray.realtime.state import trip_key as state_trip_key
+from mbta_ray.realtime.history import EventHistory
+from mbta_ray.realtime.state import trip_keys as state_trip_keys
 from mbta_ray.runtime import ensure_ray
 from mbta_ray.schema import (
     EXAMPLE_SCHEMA,
@@ -235,22 +237,22 @@ def _trip_ranges(trip: np.ndarray, size: int) -> list[tuple[int, int]]:
 GTFSRT_SOURCE = GTFSRT_READER.name
 
 
-def line_state(
+def line_history(
     events: pd.DataFrame, feed_files: dict[str, tuple[str, ...]] | None = None, before: str | None = None
-) -> NetworkState:
-    """The network state of a bucket's lines (routes, directions, days). GTFS-realtime lines from
+) -> EventHistory:
+    """What a bucket's lines (routes, directions, days) say at any moment. GTFS-realtime lines from
     their archives' own reports, every snapshot known at its feed time: where the vehicles were in
     transit, when they left a stop, their positions (what the race and the live service see).
     Other sources from their stop events, each known at its arrival (departures from the dwell).
     ``feed_files``: the archives' paths by the name events carry in ``source_file``; ``before``: the
     holdout's start, no report published from then on is used."""
-    state = NetworkState()
     from_feed = (events["source"] == GTFSRT_SOURCE).to_numpy()
-    state.observe(observations_from_events(events[~from_feed]))
-    for name, group in events[from_feed].groupby("source_file", sort=True):
-        for path in (feed_files or {}).get(str(name), ()):
-            state.observe(_line_reports(path, group, before))
-    return state
+    feed = [
+        _line_reports(path, group, before)
+        for name, group in events[from_feed].groupby("source_file", sort=True)
+        for path in (feed_files or {}).get(str(name), ())
+    ]
+    return EventHistory(observations_from_events(events[~from_feed]), pd.concat(feed) if feed else None)
 
 
 def _line_reports(path: str, events: pd.DataFrame, before: str | None) -> pd.DataFrame:
@@ -300,13 +302,20 @@ def prediction_moments(pairs: pd.DataFrame) -> np.ndarray:
     return (arrival_u + np.where(later, delta, 0)).astype("int64")
 
 
-def realtime_for_pairs(pairs: pd.DataFrame, state: NetworkState) -> pd.DataFrame:
+def realtime_for_pairs(pairs: pd.DataFrame, history: EventHistory) -> pd.DataFrame:
     """The pairs with their real-time features, each as of its prediction moment."""
+    return pairs.join(history.features(realtime_queries(pairs)))
+
+
+def realtime_queries(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The real-time feature queries (``realtime.features.QUERY_COLUMNS``) of the pairs, at their
+    prediction moments."""
     arrival_u = epoch_seconds(pairs["actual_arrival_u"])
-    service = pd.to_datetime(pairs["service_date"]).dt.strftime("%Y%m%d")
-    queries = pd.DataFrame(
+    days, day = pd.factorize(pairs["service_date"])  # a handful of days: format each once
+    service = pd.Series(np.asarray(pd.to_datetime(pd.Series(day)).dt.strftime("%Y%m%d"), dtype=object)[days])
+    return pd.DataFrame(
         {
-            "trip_key": [state_trip_key(*k) for k in zip(service, pairs["route_id"], pairs["trip_id"])],
+            "trip_key": state_trip_keys(service, pairs["route_id"], pairs["trip_id"]).to_numpy(),
             "route_id": pairs["route_id"].to_numpy(),
             "direction_id": pairs["direction_id"].to_numpy(),
             "from_stop_id": pairs["from_stop_id"].to_numpy(),
@@ -318,7 +327,6 @@ def realtime_for_pairs(pairs: pd.DataFrame, state: NetworkState) -> pd.DataFrame
         },
         index=pairs.index,
     )
-    return pairs.join(realtime_features(state, queries))
 
 
 def _examples(
@@ -331,10 +339,10 @@ def _examples(
     before: str | None,
 ) -> pa.Table:
     events = _sorted_trips(df)
-    state = line_state(events, feed_files, before)
+    history = line_history(events, feed_files, before)
     tables = []
     for lo, hi in _trip_ranges(events[TRIP_KEY].to_numpy(), _PAIR_CHUNK_EVENTS):
-        pairs = realtime_for_pairs(pair_events(events.iloc[lo:hi], k), state)
+        pairs = realtime_for_pairs(pair_events(events.iloc[lo:hi], k), history)
         feats = compute_features(pairs, stops, medians)
         out = example_frame(feats).assign(split=assign_splits(feats, cutoffs).to_numpy())
         tables.append(conform(pa.Table.from_pandas(out, preserve_index=False), _SPLIT_EXAMPLE_SCHEMA))

@@ -810,3 +810,86 @@ def test_realtime_features_from_stop_events_ignore_everything_after_the_moment()
         past = NetworkState()
         past.observe(obs[obs["feed_timestamp"] <= moment])
         pd.testing.assert_frame_equal(realtime_features(past, queries.iloc[[i]]), got.iloc[[i]])
+
+
+# --- the ETL's vectorized features (realtime.history) against the state ---------------------------
+
+
+def _assert_history_equals_state(events: pd.DataFrame, queries: pd.DataFrame) -> None:
+    from mbta_ray.realtime.features import observations_from_events, realtime_features
+    from mbta_ray.realtime.history import EventHistory
+
+    obs = observations_from_events(events)
+    state = NetworkState()
+    state.observe(obs)
+    pd.testing.assert_frame_equal(EventHistory(obs).features(queries), realtime_features(state, queries))
+
+
+@pytest.mark.parametrize("sample", ["lamp_subway_2024-02-07.parquet", "tm_stop_crossing_2024-08-11_arrivals.parquet"])
+def test_event_history_equals_the_state_on_real_events(sample):
+    """The ETL's sorted searches give what a NetworkState replay gives, on real LAMP subway events
+    and real TransitMaster bus events (loop routes: a stop visited twice), at the ETL's own moments."""
+    from mbta_ray.etl import _sorted_trips, realtime_queries
+    from mbta_ray.features import pair_events
+    from mbta_ray.paths import SAMPLES_DIR
+    from mbta_ray.schema import TRIP_KEY
+    from mbta_ray.sources import read_file
+    from mbta_ray.validate import ValidationConfig, check_rows, check_trips, trip_keys
+
+    events = check_rows(read_file(str(SAMPLES_DIR / sample)).to_pandas(), ValidationConfig(), None)
+    events = events[events["reason"].isna()].assign(**{TRIP_KEY: lambda d: trip_keys(d)})
+    # The busiest lines (the most other vehicles), and the busiest with a loop (a stop visited twice).
+    loop = events.groupby(["route_id", TRIP_KEY])["stop_id"].agg(lambda s: s.duplicated().any())
+    loop_routes = loop[loop].index.get_level_values(0)
+    routes = {
+        *events["route_id"].value_counts().index[:2],
+        *events.loc[events["route_id"].isin(loop_routes), "route_id"].mode(),
+    }
+    events = _sorted_trips(check_trips(events[events["route_id"].isin(routes)]).query("reason.isna()"))
+    queries = realtime_queries(pair_events(events, 6))
+    looping = (
+        queries["trip_key"].str.split("|").str[-1].isin(loop[loop].index.get_level_values(1).str.split("|").str[-1])
+    )
+    assert sample.startswith("lamp") or looping.sum() > 100
+    queries = pd.concat([queries.sample(2500, random_state=0), queries[looping].head(500)])
+    _assert_history_equals_state(events, queries)
+
+
+_EVENT_TRIPS = st.lists(
+    st.tuples(
+        st.integers(0, 20_000),  # start offset
+        st.sampled_from([0, 1]),  # direction
+        st.lists(st.tuples(st.sampled_from("ABCDE"), st.integers(0, 900), st.sampled_from([None, 0, 20, 90])),
+                 min_size=1, max_size=6),  # (stop, gap before it, dwell)
+        st.booleans(),  # a repeated stop sequence (the state's path for that line)
+    ),
+    min_size=1,
+    max_size=7,
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(trips=_EVENT_TRIPS, picks=st.lists(st.tuples(st.integers(0, 99), st.integers(0, 99), st.sampled_from("ABCDE"),
+                                                    st.sampled_from("ABCDE"), st.integers(0, 4000)), min_size=1, max_size=12))  # fmt: skip
+def test_event_history_equals_the_state_on_any_events(trips, picks):
+    """Any stop events (ties in time, loops, missing and overlong dwells, a repeated stop sequence,
+    both directions, gaps past the age limits) and any queries: the same answers as the state."""
+    rows = []
+    for i, (start, direction, stops, repeat) in enumerate(trips):
+        t = T0 + start
+        for seq, (stop, gap, dwell) in enumerate(stops, start=1):
+            t += gap
+            rows.append({"trip_id": f"t{i}", "route_id": "Red", "direction_id": direction, "service_date": "2023-11-14",
+                         "stop_id": stop, "stop_sequence": 1 if repeat and seq == 2 else seq, "vehicle_id": f"v{i}",
+                         "actual_arrival": pd.Timestamp(t, unit="s", tz="UTC"), "dwell_seconds": dwell})  # fmt: skip
+    events = pd.DataFrame(rows).astype({"dwell_seconds": "float64"})
+    queries = []
+    for trip, visit, s, hop, after in picks:
+        own = events[events["trip_id"] == f"t{trip % (len(trips) + 1)}"]  # sometimes a trip with no events
+        at = own.iloc[visit % len(own)] if len(own) else events.iloc[visit % len(events)]
+        arrival = int(at["actual_arrival"].timestamp())
+        queries.append({"trip_key": trip_key("20231114", "Red", f"t{trip % (len(trips) + 1)}"), "route_id": "Red",
+                        "direction_id": int(at["direction_id"]), "from_stop_id": at["stop_id"],
+                        "from_stop_sequence": float(at["stop_sequence"]), "to_stop_id": s, "hop_from_stop_id": hop,
+                        "arrival_u": arrival, "moment": arrival + after})  # fmt: skip
+    _assert_history_equals_state(events, pd.DataFrame(queries))

@@ -40,6 +40,8 @@ NEAR_M = 150.0
 #: How near vehicles stood for their stops to be one place: a terminal's tracks (Braintree-01 and -02,
 #: Oak Grove-01 and 70036) stand metres apart, consecutive stops of a line hundreds of metres.
 SAME_PLACE_M = 60.0
+#: How far back "the vehicle ahead" (``last_passed``) is looked for.
+HEADWAY_MAX_AGE_S = 6 * 3600
 #: How far a vehicle's clock may run ahead of the feed's: a report is assumed to describe an arrival
 #: no later than this after its publication (searches stop early on it).
 CLOCK_SKEW_S = 600
@@ -54,6 +56,16 @@ def _metres(lat: float, lon: float, lat0: float, lon0: float, scale: float) -> f
 def trip_key(start_date: object, route_id: object, trip_id: object) -> str:
     """The state's trip identity (the same string wherever a trip is named)."""
     return f"{start_date}|{route_id}|{trip_id}"
+
+
+def trip_keys(start_date: pd.Series, route_id: pd.Series, trip_id: pd.Series) -> pd.Series:
+    """``trip_key`` of many rows at once (the same strings), as a string Series on ``trip_id``'s index."""
+    parts = [pd.Series(p).reset_index(drop=True).astype("string") for p in (start_date, route_id, trip_id)]
+    if any(p.isna().any() for p in parts):  # the f-string's spelling of a missing value
+        keys = [trip_key(*k) for k in zip(start_date, route_id, trip_id)]
+        return pd.Series(keys, index=trip_id.index, dtype="string")
+    joined = parts[0] + "|" + parts[1] + "|" + parts[2]
+    return pd.Series(joined.to_numpy(), index=trip_id.index, dtype="string")
 
 
 @dataclass(frozen=True)
@@ -333,9 +345,10 @@ class NetworkState:
         before: float | None = None,
     ) -> Arrival | None:
         """The latest arrival at ``stop_id`` by another trip on the route and direction, known at t
-        (and earlier than ``before``: the vehicle ahead of one that arrived then), within 6 h."""
+        (and earlier than ``before``: the vehicle ahead of one that arrived then), within
+        ``HEADWAY_MAX_AGE_S``."""
         best: tuple | None = None
-        for key, arrival in self._recent_at_stop(route_id, direction_id, stop_id, t, max_age_s=6 * 3600):
+        for key, arrival in self._recent_at_stop(route_id, direction_id, stop_id, t, max_age_s=HEADWAY_MAX_AGE_S):
             if before is not None and arrival.time >= before:
                 continue
             if key != exclude and (best is None or (arrival.time, key) > (best[0].time, best[1])):
