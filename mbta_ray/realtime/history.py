@@ -11,6 +11,10 @@ positions; a trip with two events at one stop sequence) are answered by a ``Netw
 lines, so every row gets exactly what the state would say: ``tests/test_realtime.py`` and the ETL's
 parity test hold the two to equality.
 
+A line here is a route, direction and service day: the history of one service day never sees
+another day's vehicles (late trips of the day before are within the 3 h / 6 h windows of the first
+ones), so an example's features do not depend on which line-days the ETL put in one bucket.
+
 The reports come from ``features.observations_from_events`` (one definition of what stop events
 say); the semantics are the state's, restated for reports known at their own time:
 - a trip's arrival at a visit (stop sequence) is its event's time; at a stop without a sequence,
@@ -37,10 +41,16 @@ from mbta_ray.realtime.state import HEADWAY_MAX_AGE_S, NetworkState, trip_keys
 _NO_DIRECTION = -1
 
 
-def _line_keys(route: pd.Series, direction: pd.Series) -> pd.Series:
-    """One string per (route, direction): the state's segment index key."""
+def _line_keys(route: pd.Series, direction: pd.Series, day: pd.Series) -> pd.Series:
+    """One string per (route, direction, service day): a line-day, whose history is its own."""
     d = pd.to_numeric(direction, errors="coerce").fillna(_NO_DIRECTION).astype("int64").astype("string")
-    return route.astype("string").reset_index(drop=True) + "|" + d.reset_index(drop=True)
+    parts = [route.astype("string").reset_index(drop=True), d.reset_index(drop=True)]
+    return parts[0] + "|" + parts[1] + "|" + pd.Series(day).astype("string").reset_index(drop=True)
+
+
+def _query_days(queries: pd.DataFrame) -> pd.Series:
+    """The service day of each query's trip (``state.trip_key`` starts with it)."""
+    return queries["trip_key"].astype("string").str.split("|", n=1).str[0]
 
 
 def _codes(index: pd.Index, values) -> np.ndarray:
@@ -60,21 +70,22 @@ class EventHistory:
         feed = feed if feed is not None else reports.iloc[:0]
         reports = pd.concat([reports, feed], ignore_index=True) if len(feed) else reports.reset_index(drop=True)
         keys = trip_keys(reports["start_date"], reports["route_id"], reports["trip_id"])
-        lines = _line_keys(reports["route_id"], reports["direction_id"])
+        lines = _line_keys(reports["route_id"], reports["direction_id"], reports["start_date"])
         stopped = (reports["status"] == STOPPED_AT).to_numpy()
         seq = reports["stop_sequence"].to_numpy(dtype="float64")
         # Lines the sorted searches restate exactly; the rest go to a NetworkState.
         odd = (reports["feed_timestamp"] != reports["timestamp"]).to_numpy() | (stopped & np.isnan(seq))
         visits = pd.DataFrame({"key": keys, "seq": seq})[stopped]
         odd[np.flatnonzero(stopped)[visits.duplicated(["key", "seq"], keep=False).to_numpy()]] = True
-        odd_lines = set(lines[odd].unique()) | set(_line_keys(feed["route_id"], feed["direction_id"]).unique())
+        odd_lines = set(lines[odd].unique())
+        odd_lines |= set(_line_keys(feed["route_id"], feed["direction_id"], feed["start_date"]).unique())
         # A trip seen on two lines: its reports would be split between the two answers.
         lines_per_trip = pd.DataFrame({"key": keys, "line": lines}).drop_duplicates()
         odd_lines |= set(lines_per_trip.loc[lines_per_trip["key"].duplicated(keep=False), "line"])
-        self._state: NetworkState | None = None
-        if odd_lines:
-            self._state = NetworkState()
-            self._state.observe(reports[lines.isin(odd_lines).to_numpy()])
+        self._states: dict[str, NetworkState] = {}
+        for line in odd_lines:  # one state per line-day: no day sees another's vehicles
+            self._states[line] = NetworkState()
+            self._states[line].observe(reports[(lines == line).to_numpy()])
         keep = ~lines.isin(odd_lines).to_numpy()
         self._odd_lines = odd_lines
         self._index(keys[keep], lines[keep], reports[keep], stopped[keep])
@@ -123,10 +134,11 @@ class EventHistory:
         )
         if queries.empty:
             return out
-        lines = _line_keys(queries["route_id"], queries["direction_id"])
+        lines = _line_keys(queries["route_id"], queries["direction_id"], _query_days(queries))
         odd = lines.isin(self._odd_lines).to_numpy()
-        if odd.any():
-            out.loc[odd] = realtime_features(self._state, queries[odd], n=n).to_numpy()
+        for line in lines[odd].unique():
+            rows = (lines == line).to_numpy()
+            out.loc[rows] = realtime_features(self._states[line], queries[rows], n=n).to_numpy()
         if (~odd).any():
             q = queries[~odd]
             found = self._features(q, _codes(self._lines, lines[~odd]), n, max_age_s)
