@@ -63,8 +63,9 @@ class EventHistory:
     queries at once.
 
     ``features(queries)`` returns what ``features.realtime_features`` returns for a
-    ``NetworkState`` fed the same reports, for every query row. The lines (route, direction) of
-    ``feed`` (VehiclePositions rows) are answered by such a state."""
+    ``NetworkState`` fed the same reports of the query's line-day, for every query row. The
+    line-days (route, direction, start date) of ``feed`` (VehiclePositions rows) are answered by
+    such a state, one per line-day."""
 
     def __init__(self, reports: pd.DataFrame, feed: pd.DataFrame | None = None) -> None:
         feed = feed if feed is not None else reports.iloc[:0]
