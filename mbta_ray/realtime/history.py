@@ -173,10 +173,10 @@ class EventHistory:
     def _first_arrival(self, trip: np.ndarray, stop: np.ndarray) -> np.ndarray:
         """The trip's first arrival at the stop (NaN: none), for arrays of codes."""
         key = trip * self._ns + stop
-        i = np.minimum(np.searchsorted(self._first_key, key), max(len(self._first_key) - 1, 0))
-        hit = (trip >= 0) & (stop >= 0) & (len(self._first_key) > 0)
-        hit &= self._first_key[i] == key if len(self._first_key) else False
-        return np.where(hit, self._first_time[i] if len(self._first_key) else 0, np.nan)
+        i = np.searchsorted(self._first_key, key)
+        i = np.where((trip >= 0) & (stop >= 0) & (i < len(self._first_key)), i, -1)
+        hit = _gather(self._first_key.astype("float64"), i) == key  # NaN (nothing there) is no hit
+        return np.where(hit, _gather(self._first_time.astype("float64"), i), np.nan)
 
     def _recent(
         self, line: np.ndarray, u: np.ndarray, s: np.ndarray, trip: np.ndarray, moment: np.ndarray, n: int, max_age_s
