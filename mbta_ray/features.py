@@ -13,7 +13,7 @@ import pandas as pd
 from mbta_ray.errors import DataError
 from mbta_ray.gtfs import Stops
 from mbta_ray.schema import EXAMPLE_COLUMNS, TARGET, TRIP_KEY
-from mbta_ray.timeutil import day_of_week, seconds_into_service_day, tod_sin_cos
+from mbta_ray.timeutil import day_of_week, is_holiday, seconds_into_service_day, tod_sin_cos
 
 #: Columns that identify a segment for the historical median.
 SEGMENT_KEY = ["route_id", "from_stop_id", "to_stop_id"]
@@ -144,6 +144,7 @@ def compute_features(
     service_seconds = seconds_into_service_day(out["service_date"], arrival_u)
     out["tod_sin"], out["tod_cos"] = tod_sin_cos(service_seconds)
     out["day_of_week"] = day_of_week(out["service_date"])
+    out["holiday"] = is_holiday(out["service_date"])
     out["scheduled_seconds_ahead"] = (sched_s - sched_u).dt.total_seconds()
     out["delay_u"] = (arrival_u - sched_u).dt.total_seconds()
     out["has_schedule"] = out["scheduled_seconds_ahead"].notna().astype("int8")

@@ -9,6 +9,7 @@ DST-change days it keeps wall-clock times right (08:00 scheduled is 08:00 on the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -58,6 +59,29 @@ def parse_service_date(values: pd.Series) -> pd.Series:
 def day_of_week(dates: pd.Series) -> pd.Series:
     """0 = Monday ... 6 = Sunday."""
     return pd.to_datetime(dates).dt.dayofweek.astype("int8")
+
+
+#: Whose holidays: MBTA runs its Sunday or Saturday service on US federal holidays and on
+#: Massachusetts' own (Patriots' Day), on the day the holiday is observed.
+HOLIDAY_CALENDAR = {"country": "US", "subdiv": "MA", "observed": True}
+
+
+@functools.lru_cache(maxsize=64)
+def _holiday_dates(years: tuple[int, ...]) -> pd.DatetimeIndex:
+    import holidays
+
+    calendar = holidays.country_holidays(years=years, **HOLIDAY_CALENDAR)
+    return pd.DatetimeIndex(sorted(calendar.keys()), dtype="datetime64[ns]")
+
+
+def is_holiday(dates: pd.Series) -> pd.Series:
+    """1 where the service date is a US federal or Massachusetts holiday (observed date), else 0."""
+    days = pd.to_datetime(dates)
+    if days.dt.tz is not None:  # a date stamped at UTC midnight is still that date
+        days = days.dt.tz_localize(None)
+    days = days.dt.normalize().astype("datetime64[ns]")
+    years = tuple(sorted({int(y) for y in days.dt.year.dropna().unique()}))
+    return pd.Series(days.isin(_holiday_dates(years)), index=dates.index).astype("int8")
 
 
 def tod_sin_cos(service_seconds: pd.Series) -> tuple[np.ndarray, np.ndarray]:

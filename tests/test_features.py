@@ -120,6 +120,17 @@ def test_trip_past_midnight_keeps_service_day_seconds():
     assert f.delay_u.iloc[0] == 60.0 and f[TARGET].iloc[0] == 240.0
 
 
+def test_holiday_is_the_service_days_not_the_clocks():
+    """A trip of the service day before Thanksgiving 2024 running past midnight is not on holiday
+    service; Thanksgiving's own trips are."""
+    late = events(
+        [("A", 1, "2024-11-28T05:20:00Z", None), ("B", 2, "2024-11-28T05:24:00Z", None)], service_date="2024-11-27"
+    )
+    feast = events([("A", 1, "2024-11-28T15:00:00Z", None), ("B", 2, "2024-11-28T15:04:00Z", None)], "2024-11-28")
+    assert compute_features(pair_events(late, k=1)).holiday.tolist() == [0]
+    assert compute_features(pair_events(feast, k=1)).holiday.tolist() == [1]
+
+
 def test_fall_back_day_origin_is_noon_minus_12h():
     """2024-11-03 (clocks fall back): 08:00 scheduled is 13:00 UTC, i.e. 08:00 EST on the clock."""
     t = service_seconds_to_utc(pd.Series([pd.Timestamp("2024-11-03")]), pd.Series([8 * 3600]))

@@ -840,6 +840,20 @@ def test_day_of_week_and_tod() -> None:
     assert (sin[2], cos[2]) == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-12))
 
 
+def test_holidays_are_the_observed_us_and_massachusetts_ones() -> None:
+    """Patriots' Day (MA only), a holiday observed on the Monday after it fell on a Sunday, and
+    Thanksgiving from a UTC-stamped date are holidays; an ordinary Wednesday and a missing date are
+    not; the answer keeps the input's index."""
+    dates = pd.Series(
+        ["2024-04-15", "2022-12-26", "2022-12-25", "2024-02-07", None, "2024-11-28T00:00:00Z"],
+        index=[10, 11, 12, 13, 14, 15],
+    )
+    got = timeutil.is_holiday(dates.iloc[:5])
+    assert got.tolist() == [1, 1, 1, 0, 0] and got.index.tolist() == [10, 11, 12, 13, 14]
+    assert timeutil.is_holiday(pd.to_datetime(dates.iloc[5:], utc=True)).tolist() == [1]
+    assert timeutil.is_holiday(pd.Series(["2024-02-19"], dtype="datetime64[ms]")).tolist() == [1]  # Presidents' Day
+
+
 # --- LAMP bus vehicle events --------------------------------------------------------------------
 
 #: A bus trip of service date 2024-02-07 (EST): one stop at 05:10 local (10:10 UTC), one at 12:00

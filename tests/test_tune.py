@@ -185,6 +185,21 @@ def _finished_trials(exp: Path) -> set[str]:
     return done
 
 
+def _wait_for_cpus(cpus: float, within_s: float) -> None:
+    """Block until the cluster has ``cpus`` CPUs free again; fail naming what still holds them."""
+    import time
+
+    import ray
+    from ray.util.state import list_placement_groups
+
+    deadline = time.time() + within_s
+    while ray.available_resources().get("CPU", 0.0) < cpus - 1e-6:
+        if time.time() > deadline:
+            live = [pg for pg in list_placement_groups() if pg.state != "REMOVED"]
+            pytest.fail(f"{cpus} CPUs not free {within_s} s after the kill: placement groups {live}")
+        time.sleep(0.5)
+
+
 def test_resume_after_an_interrupted_search(tiny_dataset):
     """A `mbta-ray tune` process killed mid-search is continued with --resume: finished trials are
     not run again and the search reaches its sample count."""
@@ -226,6 +241,7 @@ def test_resume_after_an_interrupted_search(tiny_dataset):
     import ray
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    idle_cpus = ray.available_resources().get("CPU", 0.0)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     exp = root / "experiments" / name
     deadline = time.time() + 240
@@ -239,6 +255,10 @@ def test_resume_after_an_interrupted_search(tiny_dataset):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver dies; Ray ends its job and frees its trials
         proc.wait()
     assert len(finished_before) < 4
+    # Ray frees the killed job's trial and worker group asynchronously (its placement group through
+    # Ray Train's cleaner actor). Resuming before that competes with them for the 2 CPUs and can
+    # wait for a long time, so wait for the cluster to be as idle as it was, and say so if it isn't.
+    _wait_for_cpus(idle_cpus, within_s=120)
     results_before = {t: (next(exp.glob(f"*{t}*")) / "result.json").read_text() for t in finished_before}
 
     settings = TuneSettings(
