@@ -33,6 +33,7 @@ from mbta_ray.errors import ConfigError, MbtaRayError
 from mbta_ray.models import bundle
 from mbta_ray.paths import DEFAULT_ROOT, DEFAULT_STOPS
 from mbta_ray.registry import Registry, dataset_rescorer, evaluation_of
+from mbta_ray.storage import shown
 
 if TYPE_CHECKING:
     from mbta_ray.tune import TuneProgress
@@ -211,8 +212,11 @@ def ingest_cmd(
     stops: Annotated[Optional[str], typer.Option(help="GTFS stops file or zip (default: embedded 2023-04).")] = None,
     no_stops: Annotated[bool, typer.Option("--no-stops", help="Skip GTFS stop checks and distances.")] = False,
     cache: Annotated[
-        Optional[Path],
-        typer.Option(help="Read the days --from..--until from this `data fetch` cache instead of INPUTS."),
+        Optional[str],
+        typer.Option(
+            help="Read the days --from..--until from this `data fetch` cache (a folder or a gs:// / s3:// URI; "
+            "an object store's files are copied to ROOT/fetched/ first) instead of INPUTS."
+        ),
     ] = None,
     start: Annotated[Optional[str], typer.Option("--from", help="With --cache: first service date.")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="With --cache: last service date.")] = None,
@@ -233,7 +237,8 @@ def ingest_cmd(
         if inputs:
             raise ConfigError("give INPUTS or --cache, not both")
         first = fetch.parse_date(start, "--from")
-        cached = fetch.cached_inputs(cache, first, fetch.parse_date(until, "--until") if until else first)
+        last = fetch.parse_date(until, "--until") if until else first
+        cached = fetch.cached_inputs(cache, first, last, stage=fetch.ingest_staging(root, cache))
         inputs, feeds = cached.inputs, None if no_stops or stops else cached.gtfs_feeds or None
         if cached.missing_days:
             console.print(f"[yellow]no LAMP file cached for[/] {', '.join(cached.missing_days)}")
@@ -271,9 +276,13 @@ def fetch_cmd(
         Optional[list[str]],
         typer.Option("--source", "-s", help="lamp-subway, lamp-bus or gtfs; repeat for more (default: all three)."),
     ] = None,
-    cache: Annotated[Path, typer.Option(help="Where the files go (and fetch.json, their sizes and sha256).")] = Path(
-        "data/cache"
-    ),
+    cache: Annotated[
+        str,
+        typer.Option(
+            help="Where the files go (and fetch.json, their sizes and sha256): a folder, or a gs:// / s3:// URI "
+            "(files are downloaded and checked locally, then uploaded)."
+        ),
+    ] = "data/cache",
     parallel: Annotated[int, typer.Option(help="Downloads at once.")] = 4,
     retries: Annotated[int, typer.Option(help="Retries per file (exponential backoff from 1 s).")] = 4,
     timeout: Annotated[float, typer.Option(help="Seconds without data before a retry.")] = 60.0,
@@ -319,7 +328,10 @@ def fetch_cmd(
         console.print(f"[yellow]missing[/] {m['source']} {m['date']}: {m['reason']}", soft_wrap=True)
     for f in report.failed:
         console.print(f"[red]failed[/] {f['source']} {', '.join(f['dates'])}: {f['reason']}", soft_wrap=True)
-    console.print(f"[bold]{report.summary()}[/] in {cache} (records: {cache / fetch.MANIFEST})", soft_wrap=True)
+    where = shown(cache)
+    console.print(
+        f"[bold]{report.summary()}[/] in {where} (records: {where.rstrip('/')}/{fetch.MANIFEST})", soft_wrap=True
+    )
     if report.failed:
         raise typer.Exit(1)
 

@@ -1,4 +1,6 @@
-"""``mbta-ray data fetch``: MBTA's public archives by service date into a local cache.
+"""``mbta-ray data fetch``: MBTA's public archives by service date into a cache: a local folder,
+or a gs:// / s3:// URI (``storage.open_root``; files are downloaded and checked in a local staging
+folder, then uploaded).
 
 Sources, each in its published layout (``--performance-url`` and ``--cdn-url`` point elsewhere, e.g.
 a mirror or a test server with the same paths):
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -37,8 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import pyarrow.fs as pafs
+
 from mbta_ray.errors import ConfigError, DataError, MbtaRayError
 from mbta_ray.paths import sha256_file
+from mbta_ray.storage import Root, is_uri, open_root
 
 T = TypeVar("T")
 
@@ -49,6 +55,8 @@ LAMP_SUBWAY_DIR = "lamp/subway-on-time-performance-v1"
 MANIFEST = "fetch.json"
 _CHUNK = 1 << 16
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+#: A path under the cache as the layouts below make them (source folders and checked names).
+_SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
 class FetchError(MbtaRayError):
@@ -320,14 +328,26 @@ def _check(path: Path, item: Item) -> None:
 # --- the whole fetch -------------------------------------------------------------------------------
 
 
-def read_manifest(cache: Path) -> dict:
-    path = cache / MANIFEST
-    if not path.exists():
+def read_manifest(cache: Root) -> dict:
+    """``<cache>/fetch.json``: per cached file its URL, source, dates, size and sha256."""
+    path = cache.path(MANIFEST)
+    data = cache.read_bytes(path)
+    if data is None:
         return {"files": {}}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc}); remove it to fetch again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise DataError(f"{path}: not a fetch manifest (no 'files' object); remove it to fetch again")
+    return manifest
+
+
+def default_staging(cache: Root) -> Path:
+    """Where downloads for an object-store cache wait (and resume) before their upload: a local
+    folder per cache URI, under ``$XDG_CACHE_HOME`` (default ``~/.cache``)."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "mbta_ray" / "fetch-staging" / hashlib.sha256(cache.uri.encode()).hexdigest()[:16]
 
 
 def fetch(
@@ -342,23 +362,28 @@ def fetch(
     backoff_s: float = 1.0,
     timeout_s: float = 60.0,
     progress: Callable[[str, int, int | None], None] | None = None,
+    staging: Path | None = None,
+    filesystem: pafs.FileSystem | None = None,
 ) -> FetchReport:
-    """Fetch every source's files for the dates ``start``..``end`` into ``cache``; ``progress(path,
-    bytes, total)`` is called as bytes arrive. Missing days and failed files are reported, not raised."""
+    """Fetch every source's files for the dates ``start``..``end`` into ``cache`` (a folder, or a
+    gs:// / s3:// URI: each file is downloaded and checked in the local ``staging`` folder, then
+    uploaded and its size checked there); ``progress(path, bytes, total)`` is called as bytes arrive.
+    Missing days and failed files are reported, not raised."""
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: at least 1")
     if retries < 0:
         raise ConfigError(f"--retries {retries}: 0 or more")
     sources = list(dict.fromkeys(sources))
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(cache)
+    root = open_root(cache, filesystem, what="--cache")
+    local_dir = Path(root.base) if root.local else (staging or default_staging(root))
+    local_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(root)
     items, missing = plan(sources, date_range(start, end), performance_url, cdn_url)
     report = FetchReport(missing=missing)
     todo = []
     for item in items:
         known = manifest["files"].get(item.path)
-        if known and (cache / item.path).exists() and (cache / item.path).stat().st_size == known["size"]:
+        if known and root.size(root.path(item.path)) == known["size"]:
             known["dates"] = sorted(set(known["dates"]) | set(item.dates))
             report.cached.append({"path": item.path, **known})
         else:
@@ -366,10 +391,13 @@ def fetch(
     lock = threading.Lock()
 
     def one(item: Item) -> dict:
-        return download(
-            item, cache, retries, backoff_s, timeout_s,
+        record = download(
+            item, local_dir, retries, backoff_s, timeout_s,
             progress=(lambda n: progress(item.path, n, item.size)) if progress else (lambda n: None),
         )  # fmt: skip
+        if not root.local:
+            _upload(root, local_dir / item.path, item, record["size"])
+        return record
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = {pool.submit(one, item): item for item in todo}
@@ -390,17 +418,28 @@ def fetch(
                 manifest["files"][item.path] = record
                 report.fetched.append({"path": item.path, **record})
                 report.bytes += record["size"]
-                _write_manifest(cache, manifest)  # after each file: an interrupted fetch keeps its records
-    _write_manifest(cache, manifest)
+                _write_manifest(root, manifest)  # after each file: an interrupted fetch keeps its records
+    _write_manifest(root, manifest)
     report.missing.sort(key=lambda m: (m["source"], m["date"]))
     return report
 
 
-def _write_manifest(cache: Path, manifest: dict) -> None:
-    path = cache / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def _upload(root: Root, local: Path, item: Item, size: int) -> None:
+    """Put a checked download into an object-store cache and drop the local copy; an upload that
+    fails or lands short is a FetchError (the local copy stays for the next run)."""
+    dest = root.path(item.path)
+    try:
+        root.upload(local, dest)
+        landed = root.size(dest)
+    except OSError as exc:
+        raise FetchError(f"{item.url}: upload to {root.name}/{item.path} failed ({exc})") from None
+    if landed != size:
+        raise FetchError(f"{item.url}: {root.name}/{item.path} has {landed} bytes after the upload, not {size:,}")
+    local.unlink()
+
+
+def _write_manifest(cache: Root, manifest: dict) -> None:
+    cache.write_bytes(cache.path(MANIFEST), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 # --- from the cache to an ingest --------------------------------------------------------------------
@@ -416,12 +455,22 @@ class CachedInputs:
     days_without_gtfs: list[str] = field(default_factory=list)  # LAMP days no cached GTFS zip covers
 
 
-def cached_inputs(cache: str | Path, start: dt.date, end: dt.date) -> CachedInputs:
+def cached_inputs(
+    cache: str | Path,
+    start: dt.date,
+    end: dt.date,
+    stage: Path | None = None,
+    filesystem: pafs.FileSystem | None = None,
+) -> CachedInputs:
     """The cached files (``fetch.json``) covering ``start``..``end``: the LAMP subway and bus days,
     and the GTFS zip in force on each of them. A file listed but gone or changed since (its size) is
-    an error naming it; nothing cached for the range is an error saying what to fetch."""
-    cache = Path(cache)
-    files = read_manifest(cache)["files"]
+    an error naming it; nothing cached for the range is an error saying what to fetch. An object-store
+    cache's files are copied to the local (or shared) folder ``stage`` first, each checked against its
+    recorded sha256 (a copy already there that matches is reused)."""
+    root = open_root(cache, filesystem, what="--cache")
+    if not root.local and stage is None:
+        raise ConfigError(f"--cache {root.name}: an object-store cache needs a local folder to copy its files to")
+    files = read_manifest(root)["files"]
     days = {d.isoformat() for d in date_range(start, end)}
     inputs, zips = [], {}
     formats = {"lamp-subway": "lamp", "lamp-bus": "lamp_bus"}
@@ -431,9 +480,7 @@ def cached_inputs(cache: str | Path, start: dt.date, end: dt.date) -> CachedInpu
         mine = sorted(days & set(record.get("dates", [])))
         if not mine:
             continue
-        full = cache / path
-        if not full.is_file() or full.stat().st_size != record.get("size"):
-            raise DataError(f"{full}: listed in {cache / MANIFEST} but missing or changed; fetch it again")
+        full = _local_copy(root, path, record, stage)
         source = record.get("source")
         if source in formats:
             inputs.append(f"{full}::{formats[source]}")
@@ -443,10 +490,37 @@ def cached_inputs(cache: str | Path, start: dt.date, end: dt.date) -> CachedInpu
                 newest[d] = max(newest.get(d, ("", "")), (str(record.get("fetched_at", "")), str(full)))
     if not inputs:
         raise DataError(
-            f"{cache}: no LAMP file cached for {start}..{end}; run `mbta-ray data fetch --from {start} "
-            f"--until {end} --cache {cache}` first"
+            f"{root.name}: no LAMP file cached for {start}..{end}; run `mbta-ray data fetch --from {start} "
+            f"--until {end} --cache {root.name}` first"
         )
     for d, (_, path) in newest.items():
         zips.setdefault(path, []).append(dt.date.fromisoformat(d))
     feeds = sorted(((p, sorted(ds)) for p, ds in zips.items()), key=lambda f: max(f[1]), reverse=True)  # newest first
     return CachedInputs(inputs, feeds, sorted(days - covered), sorted(covered - set(newest)))
+
+
+def ingest_staging(root: str | Path, cache: str | Path) -> Path | None:
+    """Where ``data ingest`` copies an object-store cache's files: ``<root>/fetched/<hash of the
+    URI>`` (under the artifacts root, which every node of a cluster shares); None for a local cache."""
+    if not is_uri(cache) or str(cache).startswith("file://"):
+        return None
+    return Path(root) / "fetched" / hashlib.sha256(str(cache).encode()).hexdigest()[:16]
+
+
+def _local_copy(root: Root, path: str, record: dict, stage: Path | None) -> Path:
+    """The cached file ``path`` as a local file: itself in a local cache, else a checked copy in
+    ``stage``. A listed file that is gone or has changed is a DataError naming it."""
+    if not _SAFE_PATH.fullmatch(path) or ".." in path.split("/"):
+        raise DataError(f"{root.name}/{MANIFEST}: {path!r} is not a path this module writes")
+    where = root.path(path)
+    if root.size(where) != record.get("size"):
+        raise DataError(f"{root.name}/{path}: listed in {MANIFEST} but missing or changed; fetch it again")
+    if root.local:
+        return Path(where)
+    local = stage / path
+    if not (local.is_file() and sha256_file(local) == record.get("sha256")):
+        root.download(where, local)
+        if sha256_file(local) != record.get("sha256"):
+            local.unlink()
+            raise DataError(f"{root.name}/{path}: its sha256 is not the one {MANIFEST} records; fetch it again")
+    return local

@@ -39,6 +39,7 @@ from mbta_ray.models import bundle
 from mbta_ray.models.bundle import METADATA_FILE as METADATA
 from mbta_ray.paths import sha256_file
 from mbta_ray.schema import TARGET
+from mbta_ray.storage import open_root
 
 logger = logging.getLogger(__name__)
 
@@ -105,20 +106,14 @@ class Registry:
     def __init__(self, root: str | Path, model: str = DEFAULT_MODEL, filesystem: pafs.FileSystem | None = None) -> None:
         """``filesystem``: use this pyarrow filesystem with ``root`` as a path in it (instead of
         resolving ``root`` as a URI), e.g. an fsspec filesystem wrapped in ``pafs.PyFileSystem``."""
-        root = str(root)
-        if filesystem is not None:
-            self.fs, base = filesystem, root
-        elif "://" in root:
-            self.fs, base = pafs.FileSystem.from_uri(root)
-        else:
-            self.fs, base = pafs.LocalFileSystem(), os.path.abspath(root)
-        self.root_uri = root
+        where = open_root(root, filesystem, what="registry root")
+        self._root = where
+        self.fs, self.root_uri, self.local = where.fs, where.uri, where.local
         self.model = check_name(model, "model name")
-        self.base = f"{base.rstrip('/')}/registry/{model}"
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.base = where.path("registry", model)
 
     def __repr__(self) -> str:
-        return f"Registry({self.root_uri!r}, model={self.model!r})"
+        return f"Registry({self._root.name!r}, model={self.model!r})"
 
     # --- small filesystem helpers --------------------------------------------------------------
 
@@ -146,17 +141,7 @@ class Registry:
 
     def _write_json_atomically(self, path: str, data: dict) -> None:
         """Temp file, then one rename (local) or one object write (object stores)."""
-        payload = json.dumps(data, indent=2, default=str).encode()
-        if not self.local:
-            with self.fs.open_output_stream(path) as f:  # an object PUT is all or nothing
-                f.write(payload)
-            return
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a mix
+        self._root.write_bytes(path, json.dumps(data, indent=2, default=str).encode())
 
     # --- versions ------------------------------------------------------------------------------
 
@@ -415,7 +400,7 @@ class Registry:
                     "split": ev.get("split"),
                     "promoted_at": decision.at,
                     "forced": bool(force),
-                    "registry": self.root_uri,
+                    "registry": self._root.name,  # no URI query: it may hold keys
                     "path": self._path(version),
                 },
             )

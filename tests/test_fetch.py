@@ -235,10 +235,11 @@ def _gtfs_zip(stop_ids: list[str]) -> bytes:
     return out.getvalue()
 
 
-def test_ingest_from_the_cache_by_date_checks_each_day_against_its_gtfs(ray_local, tmp_path):
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_ingest_from_the_cache_by_date_checks_each_day_against_its_gtfs(ray_local, tmp_path, where, request):
     """Three fetched LAMP days and two GTFS feeds: stop S4 is in the older feed only, so its rows
     are good on the day that feed is in force and quarantined on the later days; the days split
-    train / valid / test."""
+    train / valid / test. The same from a cache in an S3 bucket."""
     from conftest import write_lamp
 
     from mbta_ray.etl import EtlConfig, ingest
@@ -260,16 +261,17 @@ def test_ingest_from_the_cache_by_date_checks_each_day_against_its_gtfs(ray_loca
         f"20240206,20240331,{server.url}/archive/new.zip\n"
         f"20240101,20240205,{server.url}/archive/old.zip\n"
     ).encode()
-    cache = tmp_path / "cache"
+    cache = tmp_path / "cache" if where == "folder" else request.getfixturevalue("s3_bucket")
+    stage = fetch.ingest_staging(tmp_path / "art", cache)
     try:
         report = fetch.fetch(
             ["lamp-subway", "gtfs"], dt.date(2024, 2, 5), dt.date(2024, 2, 7), cache,
-            performance_url=server.url, cdn_url=server.url, retries=0, timeout_s=5,
+            performance_url=server.url, cdn_url=server.url, retries=0, timeout_s=5, staging=tmp_path / "staging",
         )  # fmt: skip
     finally:
         server.close()
     assert not report.failed and not report.missing
-    cached = fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 7))
+    cached = fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 7), stage=stage)
     assert len(cached.inputs) == 3 and not cached.missing_days
     assert [(Path(p).name, [str(d) for d in days]) for p, days in cached.gtfs_feeds] == [
         ("new.zip", ["2024-02-06", "2024-02-07"]),
@@ -288,7 +290,7 @@ def test_ingest_from_the_cache_by_date_checks_each_day_against_its_gtfs(ray_loca
     assert result.manifest["gtfs_stops"]["path"].endswith("new.zip")  # what a model trained on it serves with
     # The range names the days: asked for one outside the cache, it says what to fetch.
     with pytest.raises(DataError, match="data fetch --from 2024-03-01"):
-        fetch.cached_inputs(cache, dt.date(2024, 3, 1), dt.date(2024, 3, 2))
+        fetch.cached_inputs(cache, dt.date(2024, 3, 1), dt.date(2024, 3, 2), stage=stage)
 
 
 def test_gtfs_zips_are_read_in_place_and_each_day_has_its_own_stops(tmp_path):
@@ -346,3 +348,102 @@ def test_cached_inputs_give_each_day_one_feed_and_say_what_is_missing(tmp_path):
 def test_a_malformed_url_is_one_error_not_retried():
     with pytest.raises(fetch.FetchError, match="performancedata.mbta.com/lamp"):
         fetch.plan(["lamp-subway"], [dt.date(2024, 2, 5)], performance_url="performancedata.mbta.com")
+
+
+@pytest.fixture
+def s3_bucket(monkeypatch):
+    """A real S3-compatible HTTP server on 127.0.0.1 (moto's), with an empty bucket; yields the
+    ``s3://`` URI of a folder in it, endpoint and region in its query (as a user of MinIO would)."""
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")  # moto accepts any; pyarrow must not look further
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    query = f"endpoint_override=http://{host}:{port}&region=us-east-1"
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    bucket = f"mbta-archive-{uuid.uuid4().hex[:8]}"  # moto's buckets outlive its server in this process
+    pafs.FileSystem.from_uri(f"s3://{bucket}?{query}&allow_bucket_creation=true")[0].create_dir(bucket)
+    yield f"s3://{bucket}/cache?{query}"
+    server.stop()
+
+
+def test_fetch_into_an_s3_cache_and_ingest_from_it(archive, s3_bucket, tmp_path):
+    """Files are downloaded (resumed, checked) in a local staging folder, then uploaded; fetch.json
+    lives in the bucket; a second run fetches nothing; ``cached_inputs`` copies a range's files to a
+    local folder and checks each against its recorded sha256."""
+    from mbta_ray.storage import open_root
+
+    staging = tmp_path / "staging"
+    report = _fetch(archive, s3_bucket, staging=staging)
+    assert len(report.fetched) == 7 and len(report.failed) == 1 and len(report.missing) == 2
+    bucket = open_root(s3_bucket)
+    assert not bucket.local
+    manifest = json.loads(bucket.read_bytes(bucket.path(fetch.MANIFEST)))
+    for path, record in manifest["files"].items():
+        data = bucket.read_bytes(bucket.path(path))
+        assert record["size"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
+    lamp_path = "lamp-subway/2024-02-07-subway-on-time-performance-v1.parquet"
+    assert bucket.read_bytes(bucket.path(lamp_path)) == LAMP_SAMPLE.read_bytes()  # resumed in staging, whole
+    assert bucket.size(bucket.path("lamp-subway/2024-02-08-subway-on-time-performance-v1.parquet")) is None
+    assert not [p for p in staging.rglob("*") if p.is_file()]  # uploaded copies are not kept twice
+    before = len(archive.requests)
+    again = _fetch(archive, s3_bucket, staging=staging)
+    assert not again.fetched and len(again.cached) == 7
+    assert not any(p.endswith((".zip", "20240206.parquet")) for p, _ in archive.requests[before:])
+
+    stage = tmp_path / "stage"
+    cached = fetch.cached_inputs(s3_bucket, dt.date(2024, 2, 6), dt.date(2024, 2, 7), stage=stage)
+    paths = [Path(spec.rsplit("::", 1)[0]) for spec in cached.inputs]
+    assert len(paths) == 4 and all(p.is_relative_to(stage) and p.is_file() for p in paths)
+    assert (stage / lamp_path).read_bytes() == LAMP_SAMPLE.read_bytes()
+    assert [Path(p).name for p, _ in cached.gtfs_feeds] == ["20240207.zip", "20231215.zip"]
+    # A bucket object changed behind the manifest's back: a new size is caught at once, the same
+    # size with other bytes by the checksum of the copy.
+    (stage / lamp_path).unlink()
+    with bucket.fs.open_output_stream(bucket.path(lamp_path)) as f:
+        f.write(b"x" * len(LAMP_SAMPLE.read_bytes()))
+    with pytest.raises(DataError, match="sha256"):
+        fetch.cached_inputs(s3_bucket, dt.date(2024, 2, 7), dt.date(2024, 2, 7), stage=stage)
+    assert not (stage / lamp_path).exists()
+    with bucket.fs.open_output_stream(bucket.path(lamp_path)) as f:
+        f.write(b"short")
+    with pytest.raises(DataError, match="missing or changed"):
+        fetch.cached_inputs(s3_bucket, dt.date(2024, 2, 7), dt.date(2024, 2, 7), stage=stage)
+    with pytest.raises(ConfigError, match="needs a local folder"):
+        fetch.cached_inputs(s3_bucket, dt.date(2024, 2, 7), dt.date(2024, 2, 7))
+
+
+def test_fetch_cli_into_s3_names_the_bucket_not_its_query(archive, s3_bucket, tmp_path, monkeypatch):
+    """The CLI takes an s3:// cache as given (not as a local path) and never prints the URI's query,
+    which may hold keys."""
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default staging folder
+    args = ["data", "fetch", "--from", "2024-02-06", "--until", "2024-02-07", "--cache", s3_bucket]
+    args += ["--performance-url", archive.url, "--cdn-url", archive.url, "--source", "lamp-bus"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "fetched lamp-bus/20240207.parquet" in result.output
+    assert f"{s3_bucket.split('?')[0]}/fetch.json" in result.output and "endpoint_override" not in result.output
+    assert (tmp_path / "xdg" / "mbta_ray" / "fetch-staging").is_dir()
+    assert not Path("s3:").exists() and not (Path.cwd() / "s3:").exists()
+    # Ingest copies the range's files under ROOT/fetched/ and reads them there (this test's bus file
+    # has 2 columns: the reader names the copy).
+    art = tmp_path / "art"
+    bad = CliRunner().invoke(app, ["data", "ingest", "--cache", s3_bucket, "--from", "2024-02-07", "--root", str(art)])
+    assert bad.exit_code == 2 and "not a valid 'lamp_bus' file" in bad.output, bad.output
+    (copy,) = (art / "fetched").glob("*/lamp-bus/20240207.parquet")
+    assert copy.read_bytes() == archive.files["/lamp/bus_vehicle_events/20240207.parquet"]
+    assert "endpoint_override" not in bad.output
+
+
+def test_a_cache_uri_pyarrow_cannot_open_is_named():
+    with pytest.raises(ConfigError, match="--cache 'nosuch://bucket/x'"):
+        fetch.fetch(["gtfs"], dt.date(2024, 2, 5), dt.date(2024, 2, 5), "nosuch://bucket/x")
