@@ -372,16 +372,45 @@ def s3_bucket(monkeypatch):
     server.stop()
 
 
-def test_fetch_into_an_s3_cache_and_ingest_from_it(archive, s3_bucket, tmp_path):
+@pytest.fixture
+def gcs_bucket():
+    """A GCS emulator (gcp-storage-emulator) on 127.0.0.1 with a bucket; yields (path in it, a
+    pyarrow GcsFileSystem talking to it anonymously: a gs:// URI would look for real credentials)."""
+    import socket
+    import uuid
+
+    import pyarrow.fs as pafs
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bucket = f"mbta-archive-{uuid.uuid4().hex[:8]}"
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    server.start()
+    yield f"{bucket}/cache", pafs.GcsFileSystem(anonymous=True, endpoint_override=f"127.0.0.1:{port}", scheme="http")
+    server.stop()
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def object_store(request) -> tuple[str, object]:
+    """(cache, filesystem) for fetch: an s3:// URI (filesystem None), or a path in a GcsFileSystem."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_bucket"), None
+    return request.getfixturevalue("gcs_bucket")
+
+
+def test_fetch_into_an_object_store_cache_and_ingest_from_it(archive, object_store, tmp_path):
     """Files are downloaded (resumed, checked) in a local staging folder, then uploaded; fetch.json
     lives in the bucket; a second run fetches nothing; ``cached_inputs`` copies a range's files to a
     local folder and checks each against its recorded sha256."""
     from mbta_ray.storage import open_root
 
+    cache, fs = object_store
     staging = tmp_path / "staging"
-    report = _fetch(archive, s3_bucket, staging=staging)
+    report = _fetch(archive, cache, staging=staging, filesystem=fs)
     assert len(report.fetched) == 7 and len(report.failed) == 1 and len(report.missing) == 2
-    bucket = open_root(s3_bucket)
+    bucket = open_root(cache, fs)
     assert not bucket.local
     manifest = json.loads(bucket.read_bytes(bucket.path(fetch.MANIFEST)))
     for path, record in manifest["files"].items():
@@ -392,12 +421,12 @@ def test_fetch_into_an_s3_cache_and_ingest_from_it(archive, s3_bucket, tmp_path)
     assert bucket.size(bucket.path("lamp-subway/2024-02-08-subway-on-time-performance-v1.parquet")) is None
     assert not [p for p in staging.rglob("*") if p.is_file()]  # uploaded copies are not kept twice
     before = len(archive.requests)
-    again = _fetch(archive, s3_bucket, staging=staging)
+    again = _fetch(archive, cache, staging=staging, filesystem=fs)
     assert not again.fetched and len(again.cached) == 7
     assert not any(p.endswith((".zip", "20240206.parquet")) for p, _ in archive.requests[before:])
 
     stage = tmp_path / "stage"
-    cached = fetch.cached_inputs(s3_bucket, dt.date(2024, 2, 6), dt.date(2024, 2, 7), stage=stage)
+    cached = fetch.cached_inputs(cache, dt.date(2024, 2, 6), dt.date(2024, 2, 7), stage=stage, filesystem=fs)
     paths = [Path(spec.rsplit("::", 1)[0]) for spec in cached.inputs]
     assert len(paths) == 4 and all(p.is_relative_to(stage) and p.is_file() for p in paths)
     assert (stage / lamp_path).read_bytes() == LAMP_SAMPLE.read_bytes()
@@ -408,14 +437,14 @@ def test_fetch_into_an_s3_cache_and_ingest_from_it(archive, s3_bucket, tmp_path)
     with bucket.fs.open_output_stream(bucket.path(lamp_path)) as f:
         f.write(b"x" * len(LAMP_SAMPLE.read_bytes()))
     with pytest.raises(DataError, match="sha256"):
-        fetch.cached_inputs(s3_bucket, dt.date(2024, 2, 7), dt.date(2024, 2, 7), stage=stage)
+        fetch.cached_inputs(cache, dt.date(2024, 2, 7), dt.date(2024, 2, 7), stage=stage, filesystem=fs)
     assert not (stage / lamp_path).exists()
     with bucket.fs.open_output_stream(bucket.path(lamp_path)) as f:
         f.write(b"short")
     with pytest.raises(DataError, match="missing or changed"):
-        fetch.cached_inputs(s3_bucket, dt.date(2024, 2, 7), dt.date(2024, 2, 7), stage=stage)
+        fetch.cached_inputs(cache, dt.date(2024, 2, 7), dt.date(2024, 2, 7), stage=stage, filesystem=fs)
     with pytest.raises(ConfigError, match="needs a local folder"):
-        fetch.cached_inputs(s3_bucket, dt.date(2024, 2, 7), dt.date(2024, 2, 7))
+        fetch.cached_inputs(cache, dt.date(2024, 2, 7), dt.date(2024, 2, 7), filesystem=fs)
 
 
 def test_fetch_cli_into_s3_names_the_bucket_not_its_query(archive, s3_bucket, tmp_path, monkeypatch):
