@@ -291,10 +291,16 @@ def prediction_moments(pairs: pd.DataFrame) -> np.ndarray:
     time elapsed since u vary as a live client's moments do; what was known at such a moment is
     what the state answers there (nothing of the trip's own later stops)."""
     arrival_u = epoch_seconds(pairs["actual_arrival_u"]).to_numpy()
-    visit = pairs[TRIP_KEY].astype("string") + "|" + pairs["from_stop_sequence"].astype("string")
-    draw = pd.util.hash_array(visit.fillna("").to_numpy(dtype=object)) % 1_000_003 / 1_000_003
     # Rows come grouped by (trip, u) with stops ahead ascending: the first row of a group is u -> next.
-    first = ~pd.Series(visit.to_numpy()).duplicated().to_numpy()
+    trip = pd.factorize(pairs[TRIP_KEY])[0]
+    seq = pairs["from_stop_sequence"].to_numpy(dtype="float64")
+    first = np.r_[True, (trip[1:] != trip[:-1]) | ~((seq[1:] == seq[:-1]) | (np.isnan(seq[1:]) & np.isnan(seq[:-1])))]
+    group = np.cumsum(first) - 1
+    # The draw hashes "trip_key|sequence" of each visit (once per visit, not per row): deterministic,
+    # and the same wherever the visit's rows are computed.
+    firsts = pairs.iloc[np.flatnonzero(first)]
+    visit = firsts[TRIP_KEY].astype("string") + "|" + firsts["from_stop_sequence"].astype("string")
+    draw = (pd.util.hash_array(visit.fillna("").to_numpy(dtype=object)) % 1_000_003 / 1_000_003)[group]
     next_arrival = pd.Series(np.where(first, epoch_seconds(pairs["actual_arrival_s"]).to_numpy(), np.nan)).ffill()
     gap = np.maximum(next_arrival.to_numpy() - arrival_u, 0)
     later = draw < IN_TRANSIT_SHARE
@@ -315,13 +321,14 @@ def realtime_queries(pairs: pd.DataFrame) -> pd.DataFrame:
     service = pd.Series(np.asarray(pd.to_datetime(pd.Series(day)).dt.strftime("%Y%m%d"), dtype=object)[days])
     return pd.DataFrame(
         {
-            "trip_key": state_trip_keys(service, pairs["route_id"], pairs["trip_id"]).to_numpy(),
-            "route_id": pairs["route_id"].to_numpy(),
+            # .array keeps string columns arrow strings (to_numpy would make Python objects of them)
+            "trip_key": state_trip_keys(service, pairs["route_id"], pairs["trip_id"]).array,
+            "route_id": pairs["route_id"].array,
             "direction_id": pairs["direction_id"].to_numpy(),
-            "from_stop_id": pairs["from_stop_id"].to_numpy(),
+            "from_stop_id": pairs["from_stop_id"].array,
             "from_stop_sequence": pairs["from_stop_sequence"].to_numpy(dtype="float64"),
-            "to_stop_id": pairs["to_stop_id"].to_numpy(),
-            "hop_from_stop_id": pairs["hop_from_stop_id"].to_numpy(),
+            "to_stop_id": pairs["to_stop_id"].array,
+            "hop_from_stop_id": pairs["hop_from_stop_id"].array,
             "arrival_u": arrival_u.to_numpy(),
             "moment": prediction_moments(pairs) if len(pairs) else arrival_u.to_numpy(),
         },

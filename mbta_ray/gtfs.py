@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mbta_ray.columns import codes_in
 from mbta_ray.errors import DataError
 
 _EARTH_RADIUS_M = 6_371_008.8
@@ -64,13 +65,20 @@ class Stops:
 
     def distance_m(self, from_ids: pd.Series, to_ids: pd.Series) -> np.ndarray:
         """Great-circle distance between stops; NaN where either stop is not in GTFS."""
-        a = self.coords.reindex(from_ids.astype("string").to_numpy())
-        return self.distance_to_m(to_ids, a["lat"].to_numpy(), a["lon"].to_numpy())
+        lat, lon = self._lat_lon(from_ids)
+        return self.distance_to_m(to_ids, lat, lon)
 
     def distance_to_m(self, stop_ids: pd.Series, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """Great-circle distance from points to stops; NaN where the stop is not in GTFS."""
-        b = self.coords.reindex(stop_ids.astype("string").to_numpy())
-        return haversine_m(lat, lon, b["lat"].to_numpy(), b["lon"].to_numpy())
+        return haversine_m(lat, lon, *self._lat_lon(stop_ids))
+
+    def _lat_lon(self, stop_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates of each stop (NaN where unknown), looked up as arrow strings: no Python
+        object per row (these run over every example row)."""
+        where = codes_in(self.coords.index, stop_ids)
+        table = self.coords[["lat", "lon"]].to_numpy(dtype="float64")
+        found = np.vstack([table, [np.nan, np.nan]])[where]  # -1 (unknown) picks the NaN row
+        return found[:, 0], found[:, 1]
 
 
 def _read_stops(path: str, cols: list[str]) -> pd.DataFrame:

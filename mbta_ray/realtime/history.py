@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from mbta_ray.columns import codes_in
 from mbta_ray.features import POSITION_COLUMNS
 from mbta_ray.realtime.features import REALTIME_FEATURES, RECENT_MAX_AGE_S, RECENT_N, realtime_features
 from mbta_ray.realtime.feeds import STOPPED_AT
@@ -50,12 +53,14 @@ def _line_keys(route: pd.Series, direction: pd.Series, day: pd.Series) -> pd.Ser
 
 def _query_days(queries: pd.DataFrame) -> pd.Series:
     """The service day of each query's trip (``state.trip_key`` starts with it)."""
-    return queries["trip_key"].astype("string").str.split("|", n=1).str[0]
+    keys = pa.array(queries["trip_key"].astype("string").array, type=pa.string())
+    days = pc.list_element(pc.split_pattern(keys, "|", max_splits=1), 0)  # vectorized: no Python str per row
+    return pd.Series(days, dtype="string")
 
 
 def _codes(index: pd.Index, values) -> np.ndarray:
     """Integer codes of ``values`` in ``index`` (-1: not in it)."""
-    return index.get_indexer(pd.Series(values, dtype="string"))
+    return codes_in(index, values)
 
 
 class EventHistory:

@@ -65,7 +65,7 @@ def trip_keys(start_date: pd.Series, route_id: pd.Series, trip_id: pd.Series) ->
         keys = [trip_key(*k) for k in zip(start_date, route_id, trip_id)]
         return pd.Series(keys, index=trip_id.index, dtype="string")
     joined = parts[0] + "|" + parts[1] + "|" + parts[2]
-    return pd.Series(joined.to_numpy(), index=trip_id.index, dtype="string")
+    return pd.Series(joined.array, index=trip_id.index, dtype="string")
 
 
 @dataclass(frozen=True)
