@@ -419,7 +419,7 @@ def report(runs: list[dict], info: dict, command: str) -> str:
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
-        for impl in ("pandas", "ray"):
+        for impl in [i for i in ("pandas", "ray") if i in run]:
             r = run[impl]
             p = r["peak"]
             lines.append(
@@ -428,6 +428,8 @@ def report(runs: list[dict], info: dict, command: str) -> str:
                 f"{_gib(p['object_store'])} | {_gib(p['shm_delta'])} | {p['procs']} | "
                 f"{r['counts']['examples']:,} | {r['counts']['quarantined']:,} |"
             )
+    if not all("pandas" in run and "ray" in run for run in runs):
+        return "\n".join(lines + ["", "One implementation only (`--only`): no ratios.", ""])
     lines += [
         "",
         "| events | throughput pandas/Ray (ETL s) | same, whole process | CPU s pandas/Ray | "
@@ -524,6 +526,11 @@ def main() -> None:
         help="Ray Data shuffle strategy for the ETL (EtlConfig.shuffle; default: EtlConfig's)",
     )
     ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    ap.add_argument(
+        "--only",
+        choices=["pandas", "ray"],
+        help="run one implementation (no ratios, no same-examples check): e.g. Ray alone at 50M events",
+    )
     # internal: the measured subprocess
     ap.add_argument("--worker", choices=["pandas", "ray"], help=argparse.SUPPRESS)
     ap.add_argument("--inputs", help=argparse.SUPPRESS)
@@ -557,7 +564,7 @@ def main() -> None:
         )
         _warm_cache(data)
         run = {"size": size, "files": files, "generate_s": gen_s}
-        for impl in ("pandas", "ray"):
+        for impl in [args.only] if args.only else ["pandas", "ray"]:
             r = measure(impl, data, size, args)
             print(
                 f"[{size:,} events] {impl}: ETL {r['etl_s']:.1f} s, process {r['process_wall_s']:.1f} s, "
@@ -565,7 +572,8 @@ def main() -> None:
                 flush=True,
             )
             run[impl] = r
-        _compare(size, run["pandas"], run["ray"])
+        if not args.only:
+            _compare(size, run["pandas"], run["ray"])
         runs.append(run)
         (OUT / f"bench_{size}.json").write_text(json.dumps({"info": info, "run": run}, indent=1, default=str))
     text = report(runs, info, command)
