@@ -247,9 +247,12 @@ def path_travel(df: pd.DataFrame, medians: pd.DataFrame | pd.Series | None, stop
     if "hop_from_stop_id" not in df.columns or len(df) == 0:
         return np.full(len(df), np.nan)
     hops = pd.DataFrame(
-        {"route_id": df["route_id"].to_numpy(), "from_stop_id": df["hop_from_stop_id"].to_numpy(),
-         "to_stop_id": df["to_stop_id"].to_numpy()}
-    )  # fmt: skip
+        {
+            "route_id": df["route_id"].array,
+            "from_stop_id": df["hop_from_stop_id"].array,
+            "to_stop_id": df["to_stop_id"].array,
+        }
+    )  # .array: arrow strings stay arrow strings
     hist = add_segment_medians(hops, medians)[HIST_MEDIAN].to_numpy(dtype="float64")
     recent = pd.to_numeric(df["recent_hop_s"], errors="coerce").to_numpy(dtype="float64")
     hop = np.where(np.isfinite(recent), recent, hist)
@@ -303,11 +306,13 @@ def progress(df: pd.DataFrame, stops: Stops | None) -> np.ndarray:
     if stops is None or len(df) == 0 or not set(POSITION_COLUMNS) <= set(df.columns):
         return np.full(len(df), np.nan)
     group, in_order = _stop_groups(df)
-    first = pd.Series(df["to_stop_id"].to_numpy(), dtype="object").where(df["stops_ahead"].to_numpy() == 1)
-    next_stop = first.groupby(group).ffill()
+    # The next stop is the to-stop of the group's first row (stops_ahead 1); none before any group.
+    starts = np.flatnonzero(pd.to_numeric(df["stops_ahead"], errors="coerce").to_numpy() == 1)
+    first_row = np.where(group > 0, starts[np.maximum(group - 1, 0)] if len(starts) else -1, -1)
+    next_stop = pd.Series(df["to_stop_id"].astype("string").array.take(first_row, allow_fill=True))
     lat, lon = (pd.to_numeric(df[c], errors="coerce").to_numpy(dtype="float64") for c in POSITION_COLUMNS)
-    hop_m = stops.distance_m(df["from_stop_id"].reset_index(drop=True), next_stop.fillna(""))
-    left_m = stops.distance_to_m(next_stop.fillna(""), lat, lon)
+    hop_m = stops.distance_m(df["from_stop_id"].reset_index(drop=True), next_stop)
+    left_m = stops.distance_to_m(next_stop, lat, lon)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.clip(1.0 - left_m / hop_m, 0.0, 1.0)
     return np.where(in_order & (hop_m > 0) & np.isfinite(share), share, np.nan)
