@@ -140,6 +140,9 @@ class FeatureEncoder:
         missing = [c for c in CATEGORICAL_FEATURES if c not in d.get("vocab", {})]
         if missing:
             raise DataError(f"{path}: encoder lacks vocabularies for {missing}")
+        older = [c for c in NUMERIC_FEATURES if c not in d.get("mean", {}) or c not in d.get("std", {})]
+        if older:  # fitted before these features existed: the model expects other inputs
+            raise DataError(f"{path}: fitted without the features {older}; the model predates them: train it again")
         return cls(d["vocab"], d["mean"], d["std"], d.get("clip_sd"))
 
 

@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 
 from mbta_ray.errors import ConfigError, DataError, MbtaRayError
 from mbta_ray.paths import sha256_file
-from mbta_ray.storage import Root, is_uri, open_root
+from mbta_ray.storage import Root, hide, is_uri, open_root, shown
 
 T = TypeVar("T")
 
@@ -347,7 +347,7 @@ def default_staging(cache: Root) -> Path:
     """Where downloads for an object-store cache wait (and resume) before their upload: a local
     folder per cache URI, under ``$XDG_CACHE_HOME`` (default ``~/.cache``)."""
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return home / "mbta_ray" / "fetch-staging" / hashlib.sha256(cache.uri.encode()).hexdigest()[:16]
+    return home / "mbta_ray" / "fetch-staging" / hashlib.sha256(cache.name.encode()).hexdigest()[:16]
 
 
 def fetch(
@@ -376,18 +376,19 @@ def fetch(
     sources = list(dict.fromkeys(sources))
     root = open_root(cache, filesystem, what="--cache")
     local_dir = Path(root.base) if root.local else (staging or default_staging(root))
-    local_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(root)
-    items, missing = plan(sources, date_range(start, end), performance_url, cdn_url)
-    report = FetchReport(missing=missing)
-    todo = []
-    for item in items:
-        known = manifest["files"].get(item.path)
-        if known and root.size(root.path(item.path)) == known["size"]:
-            known["dates"] = sorted(set(known["dates"]) | set(item.dates))
-            report.cached.append({"path": item.path, **known})
-        else:
-            todo.append(item)
+    with root.reporting("reading the cache", FetchError):
+        local_dir.mkdir(parents=True, exist_ok=True)
+        manifest = read_manifest(root)
+        items, missing = plan(sources, date_range(start, end), performance_url, cdn_url)
+        report = FetchReport(missing=missing)
+        todo = []
+        for item in items:
+            known = manifest["files"].get(item.path)
+            if known and root.size(root.path(item.path)) == known["size"]:
+                known["dates"] = sorted(set(known["dates"]) | set(item.dates))
+                report.cached.append({"path": item.path, **known})
+            else:
+                todo.append(item)
     lock = threading.Lock()
 
     def one(item: Item) -> dict:
@@ -426,20 +427,23 @@ def fetch(
 
 def _upload(root: Root, local: Path, item: Item, size: int) -> None:
     """Put a checked download into an object-store cache and drop the local copy; an upload that
-    fails or lands short is a FetchError (the local copy stays for the next run)."""
+    fails or lands short is a FetchError (the file is fetched again on the next run)."""
     dest = root.path(item.path)
     try:
         root.upload(local, dest)
         landed = root.size(dest)
     except OSError as exc:
-        raise FetchError(f"{item.url}: upload to {root.name}/{item.path} failed ({exc})") from None
+        landed, why = None, f"upload to {root.name}/{item.path} failed ({hide(str(exc), root.uri)})"
+    else:
+        why = f"{root.name}/{item.path} has {landed} bytes after the upload, not {size:,}"
+    local.unlink()  # checked or not, a staged copy is never reused: the next run downloads afresh
     if landed != size:
-        raise FetchError(f"{item.url}: {root.name}/{item.path} has {landed} bytes after the upload, not {size:,}")
-    local.unlink()
+        raise FetchError(f"{item.url}: {why}")
 
 
 def _write_manifest(cache: Root, manifest: dict) -> None:
-    cache.write_bytes(cache.path(MANIFEST), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    with cache.reporting(f"writing {MANIFEST}", FetchError):
+        cache.write_bytes(cache.path(MANIFEST), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
 # --- from the cache to an ingest --------------------------------------------------------------------
@@ -470,7 +474,8 @@ def cached_inputs(
     root = open_root(cache, filesystem, what="--cache")
     if not root.local and stage is None:
         raise ConfigError(f"--cache {root.name}: an object-store cache needs a local folder to copy its files to")
-    files = read_manifest(root)["files"]
+    with root.reporting(f"reading {MANIFEST}"):
+        files = read_manifest(root)["files"]
     days = {d.isoformat() for d in date_range(start, end)}
     inputs, zips = [], {}
     formats = {"lamp-subway": "lamp", "lamp-bus": "lamp_bus"}
@@ -504,7 +509,7 @@ def ingest_staging(root: str | Path, cache: str | Path) -> Path | None:
     URI>`` (under the artifacts root, which every node of a cluster shares); None for a local cache."""
     if not is_uri(cache) or str(cache).startswith("file://"):
         return None
-    return Path(root) / "fetched" / hashlib.sha256(str(cache).encode()).hexdigest()[:16]
+    return Path(root) / "fetched" / hashlib.sha256(shown(cache).encode()).hexdigest()[:16]
 
 
 def _local_copy(root: Root, path: str, record: dict, stage: Path | None) -> Path:
@@ -513,14 +518,16 @@ def _local_copy(root: Root, path: str, record: dict, stage: Path | None) -> Path
     if not _SAFE_PATH.fullmatch(path) or ".." in path.split("/"):
         raise DataError(f"{root.name}/{MANIFEST}: {path!r} is not a path this module writes")
     where = root.path(path)
-    if root.size(where) != record.get("size"):
-        raise DataError(f"{root.name}/{path}: listed in {MANIFEST} but missing or changed; fetch it again")
-    if root.local:
-        return Path(where)
-    local = stage / path
-    if not (local.is_file() and sha256_file(local) == record.get("sha256")):
+    with root.reporting(f"reading {path}"):
+        if root.size(where) != record.get("size"):
+            raise DataError(f"{root.name}/{path}: listed in {MANIFEST} but missing or changed; fetch it again")
+        if root.local:
+            return Path(where)
+        local = stage / path
+        if local.is_file() and sha256_file(local) == record.get("sha256"):
+            return local  # copied before, and still what was fetched
         root.download(where, local)
-        if sha256_file(local) != record.get("sha256"):
-            local.unlink()
-            raise DataError(f"{root.name}/{path}: its sha256 is not the one {MANIFEST} records; fetch it again")
+    if sha256_file(local) != record.get("sha256"):
+        local.unlink()
+        raise DataError(f"{root.name}/{path}: its sha256 is not the one {MANIFEST} records; fetch it again")
     return local

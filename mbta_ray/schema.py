@@ -136,7 +136,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("tod_sin", pa.float64(), Kind.NUMERIC, "sin of local service-day seconds at u"),
     Feature("tod_cos", pa.float64(), Kind.NUMERIC, "cos of local service-day seconds at u"),
     Feature("day_of_week", pa.int8(), Kind.NUMERIC, "service day, 0 = Monday"),
-    Feature("holiday", pa.int8(), Kind.NUMERIC, "1 on a US or Massachusetts holiday (observed): holiday service"),
+    Feature("holiday", pa.int8(), Kind.NUMERIC, "1 on a Massachusetts holiday (timeutil.HOLIDAY_CALENDAR)"),
     Feature("has_schedule", pa.int8(), Kind.NUMERIC, "1 when u and s have scheduled times"),
     Feature("scheduled_seconds_ahead", pa.float64(), Kind.NUMERIC, "scheduled s - scheduled u", True),
     Feature("delay_u", pa.float64(), Kind.NUMERIC, "actual - scheduled arrival at u", True),

@@ -8,15 +8,17 @@ server. The registry and ``data fetch`` open their roots here; a mounted volume 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from mbta_ray.errors import ConfigError
+from mbta_ray.errors import ConfigError, DataError, MbtaRayError
 
 
 def is_uri(root: str | Path) -> bool:
@@ -25,8 +27,20 @@ def is_uri(root: str | Path) -> bool:
 
 
 def shown(root: str | Path) -> str:
-    """``root`` as messages show it: a URI without its query (options, maybe keys)."""
-    return str(root).split("?", 1)[0]
+    """``root`` as messages show it: a URI without its query (options, maybe keys) and without a
+    ``user:secret@`` part, which pyarrow also takes keys from."""
+    if "://" not in str(root):
+        return str(root)
+    text = str(root).split("?", 1)[0]
+    scheme, rest = text.split("://", 1)
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
+
+
+def hide(message: str, root: str | Path) -> str:
+    """``message`` with every spelling of ``root`` in it replaced by ``shown(root)``."""
+    text = str(root)
+    return message.replace(text, shown(text)) if text != shown(text) else message
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,15 @@ class Root:
     @property
     def local(self) -> bool:
         return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @contextlib.contextmanager
+    def reporting(self, doing: str, error: type[MbtaRayError] = DataError) -> Iterator[None]:
+        """Turn an I/O failure (an unreachable endpoint, denied access, a full disk) into ``error``
+        naming the root and what was being done, without the URI's query or keys."""
+        try:
+            yield
+        except OSError as exc:
+            raise error(f"{self.name}: {doing} failed ({hide(str(exc), self.uri)})") from None
 
     def path(self, *parts: str) -> str:
         """The path of ``parts`` (fixed names or checked ones, never raw user input) under the root."""
@@ -107,5 +130,5 @@ def open_root(root: str | Path, filesystem: pafs.FileSystem | None = None, what:
     try:
         fs, base = pafs.FileSystem.from_uri(text)
     except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid / ArrowIOError
-        raise ConfigError(f"{what} {shown(text)!r}: cannot open it ({exc})") from None
+        raise ConfigError(f"{what} {shown(text)!r}: cannot open it ({hide(str(exc), text)})") from None
     return Root(fs, base.rstrip("/"), text)

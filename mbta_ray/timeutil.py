@@ -61,8 +61,10 @@ def day_of_week(dates: pd.Series) -> pd.Series:
     return pd.to_datetime(dates).dt.dayofweek.astype("int8")
 
 
-#: Whose holidays: MBTA runs its Sunday or Saturday service on US federal holidays and on
-#: Massachusetts' own (Patriots' Day), on the day the holiday is observed.
+#: Whose holidays: Massachusetts' calendar in the ``holidays`` package (the federal holidays as the
+#: state observes them, e.g. not a federal Friday for a Saturday Veterans Day, plus Patriots' Day),
+#: on their observed dates. MBTA runs reduced service on most of them; the model learns how much
+#: from the data (Columbus and Veterans Day may run close to a weekday).
 HOLIDAY_CALENDAR = {"country": "US", "subdiv": "MA", "observed": True}
 
 
@@ -75,7 +77,7 @@ def _holiday_dates(years: tuple[int, ...]) -> pd.DatetimeIndex:
 
 
 def is_holiday(dates: pd.Series) -> pd.Series:
-    """1 where the service date is a US federal or Massachusetts holiday (observed date), else 0."""
+    """1 where the service date is a Massachusetts holiday (``HOLIDAY_CALENDAR``), else 0."""
     days = pd.to_datetime(dates)
     if days.dt.tz is not None:  # a date stamped at UTC midnight is still that date
         days = days.dt.tz_localize(None)

@@ -476,3 +476,28 @@ def test_fetch_cli_into_s3_names_the_bucket_not_its_query(archive, s3_bucket, tm
 def test_a_cache_uri_pyarrow_cannot_open_is_named():
     with pytest.raises(ConfigError, match="--cache 'nosuch://bucket/x'"):
         fetch.fetch(["gtfs"], dt.date(2024, 2, 5), dt.date(2024, 2, 5), "nosuch://bucket/x")
+
+
+def test_object_store_failures_are_one_error_without_keys(tmp_path, monkeypatch):
+    """An endpoint nobody listens on: fetch and ingest say which cache and what failed, in one
+    error, and neither the URI's query nor its user:secret part is repeated."""
+    import socket
+
+    from mbta_ray.storage import shown
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"s3://KEYID:SECRETKEY@mbta/cache?region=us-east-1&endpoint_override=http://127.0.0.1:{port}"
+    assert shown(uri) == "s3://mbta/cache" and shown("/data/a?b") == "/data/a?b"  # a local name is a name
+    with pytest.raises(fetch.FetchError, match=r"^s3://mbta/cache: reading the cache failed") as err:
+        fetch.fetch(["gtfs"], dt.date(2024, 2, 5), dt.date(2024, 2, 5), uri, staging=tmp_path, retries=0)
+    assert "SECRETKEY" not in str(err.value) and "endpoint_override" not in str(err.value)
+    with pytest.raises(DataError, match=r"^s3://mbta/cache: reading fetch.json failed") as err:
+        fetch.cached_inputs(uri, dt.date(2024, 2, 5), dt.date(2024, 2, 5), stage=tmp_path)
+    assert "SECRETKEY" not in str(err.value)
+    with pytest.raises(ConfigError, match="cannot open it") as err:
+        fetch.fetch(["gtfs"], dt.date(2024, 2, 5), dt.date(2024, 2, 5), "s3a://KEYID:SECRETKEY@b/x?secret=1")
+    assert "SECRETKEY" not in str(err.value) and "secret=1" not in str(err.value)

@@ -295,6 +295,25 @@ def test_a_dataset_with_an_empty_split_is_refused(tmp_path):
         run_search(settings, tmp_path, "abc")
 
 
+def test_an_encoder_fitted_before_a_feature_existed_is_refused_by_name(tmp_path):
+    """A model bundle from before a numeric feature was added (e.g. ``holiday``) cannot take the
+    new inputs: loading its encoder says which features it lacks, instead of a KeyError later."""
+    import pandas as pd
+
+    from mbta_ray.encoding import FeatureEncoder
+    from mbta_ray.errors import DataError
+    from mbta_ray.schema import FEATURE_NAMES
+
+    train = pd.DataFrame({c: [1.0, 2.0] for c in FEATURE_NAMES})
+    for c in ("mode", "route_id", "from_stop_id", "to_stop_id"):
+        train[c] = ["a", "b"]
+    d = FeatureEncoder.fit(train).to_dict()
+    del d["mean"]["holiday"], d["std"]["holiday"]
+    (tmp_path / "encoder.json").write_text(json.dumps(d))
+    with pytest.raises(DataError, match=r"fitted without the features \['holiday'\]"):
+        FeatureEncoder.load(tmp_path / "encoder.json")
+
+
 def test_category_codes_do_not_depend_on_nulls_in_the_batch():
     """direction_id is int8 without nulls but float64 with one: both must map to the same code."""
     import numpy as np
