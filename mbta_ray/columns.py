@@ -25,8 +25,8 @@ def as_arrow_strings(values) -> pa.Array | pa.ChunkedArray:
 
 
 def codes_in(index: pd.Index, values) -> np.ndarray:
-    """Position of each of ``values`` in ``index`` (unique strings), -1 where absent or missing:
-    what ``index.get_indexer(values)`` returns."""
+    """Position of each of ``values`` in ``index`` (unique strings), -1 where absent: what
+    ``index.get_indexer(values)`` returns (a missing value finds a missing value in the index too)."""
     if len(values) == 0:
         return np.zeros(0, dtype="int64")
     found = pc.index_in(as_arrow_strings(values), value_set=as_arrow_strings(index))
