@@ -9,7 +9,8 @@ the same counts and the same examples:
 2. ``trip_keys``, then ``check_trips`` on all good events at once (the whole event table in memory);
 3. trip table -> split cutoffs (``etl.split_cutoffs``: by service day where a source has several)
    and the independent pair count;
-4. segment medians from the training pairs (``etl._train_segments`` per chunk, one median at the end);
+4. segment medians from the training pairs (``etl._train_segments`` per chunk, their travel counts
+   added up, ``features.medians_from_counts``, as the ETL does);
 5. pairs + the real-time features (``etl._examples``: the lines' ``EventHistory``) + features for
    every split, written as parquet per split, plus the quarantine table and the segment medians.
 
@@ -39,7 +40,7 @@ from mbta_ray.etl import (
     plan_inputs,
     split_cutoffs,
 )
-from mbta_ray.features import SEGMENT_KEY, expected_pair_count, segment_medians
+from mbta_ray.features import SEGMENT_KEY, expected_pair_count, medians_from_counts, travel_counts
 from mbta_ray.gtfs import Stops
 from mbta_ray.schema import EXAMPLE_SCHEMA, QUARANTINE_SCHEMA, SPLITS, conform
 from mbta_ray.sources import plan_pieces, read_piece
@@ -122,13 +123,13 @@ def run(
     clean = clean.sort_values(["_line_day", TRIP_KEY], kind="stable").reset_index(drop=True)
     chunks = _line_day_chunks(clean, pair_chunk_events)
     clean = clean.drop(columns="_line_day")
-    segments = [_train_segments(clean.iloc[lo:hi], config.k, cutoffs).to_pandas() for lo, hi in chunks]
+    counts = [travel_counts(_train_segments(clean.iloc[lo:hi], config.k, cutoffs).to_pandas()) for lo, hi in chunks]
     medians = (
-        segment_medians(pd.concat(segments, ignore_index=True))
-        if segments
+        medians_from_counts(pd.concat(counts, ignore_index=True))
+        if counts
         else pd.DataFrame(columns=SEGMENT_KEY + ["hist_median_travel_s", "n"])
     )
-    del segments
+    del counts
     medians = medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)  # as the ETL does
     for key in SEGMENT_KEY:
         medians[key] = medians[key].astype("string")

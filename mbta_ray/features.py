@@ -347,6 +347,40 @@ def segment_medians(pairs: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(hist_median_travel_s="median", n="size").reset_index()
 
 
+#: The column of ``travel_counts``: how many pairs of a segment took that travel time.
+TRAVEL_COUNT = "pairs"
+
+
+def travel_counts(pairs: pd.DataFrame) -> pd.DataFrame:
+    """How many of ``pairs`` (SEGMENT_KEY + TARGET) took each travel time per segment. Counts of
+    disjoint sets of pairs add up, so parts computed apart (the ETL's buckets) combine into the
+    exact ``segment_medians`` (``medians_from_counts``) without gathering every pair: travel times
+    are whole seconds, so a segment has a few hundred distinct values, not its thousands of pairs."""
+    keys = SEGMENT_KEY + [TARGET]
+    return pairs.groupby(keys, observed=True, sort=False).size().rename(TRAVEL_COUNT).reset_index()
+
+
+def medians_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """``segment_medians``' table from ``travel_counts`` of any parts: per segment the median
+    (the mean of the two middle values for an even count, as pandas' median) and n."""
+    counts = counts.groupby(SEGMENT_KEY + [TARGET], observed=True, sort=True)[TRAVEL_COUNT].sum().reset_index()
+    if counts.empty:
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in SEGMENT_KEY} | {HIST_MEDIAN: [], "n": []})
+    n_rows = counts[TRAVEL_COUNT].to_numpy(dtype="int64")
+    travel = counts[TARGET].to_numpy(dtype="float64")
+    cum = np.cumsum(n_rows)  # rows sorted by segment, then travel: positions in the expanded order
+    group = counts.groupby(SEGMENT_KEY, observed=True, sort=False).ngroup().to_numpy()
+    start = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    n = np.add.reduceat(n_rows, start)
+    base = cum[start] - n_rows[start]
+    lo = travel[np.searchsorted(cum, base + (n - 1) // 2, side="right")]
+    hi = travel[np.searchsorted(cum, base + n // 2, side="right")]
+    out = counts.iloc[start][SEGMENT_KEY].reset_index(drop=True)
+    out[HIST_MEDIAN] = (lo + hi) / 2
+    out["n"] = n
+    return out
+
+
 def example_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Columns of an example row, in schema order (features, target, meta)."""
     return df[[c for c in EXAMPLE_COLUMNS if c in df.columns]]
@@ -362,6 +396,8 @@ __all__ = [
     "pair_positions",
     "compute_features",
     "segment_medians",
+    "travel_counts",
+    "medians_from_counts",
     "expected_pair_count",
     "add_segment_medians",
     "add_realtime_defaults",

@@ -269,3 +269,34 @@ def test_progress_is_the_share_of_the_way_to_the_next_stop_by_hand():
     np.testing.assert_allclose(got[:2], [0.25, 0.25], atol=1e-6)
     assert np.isnan(got[2]) and got[3] == 0.0 and np.isnan(got[4]) and np.isnan(got[5])
     assert np.isnan(progress(rows, None)).all() and np.isnan(progress(rows.drop(columns="vehicle_lat"), stops)).all()
+
+
+def test_medians_from_travel_counts_of_parts_equal_the_medians_of_all_pairs():
+    """Counts taken over disjoint parts (the ETL's buckets) add up to the exact medians: odd and
+    even counts, half seconds, a segment split across parts, a missing route dropped as before."""
+    import numpy as np
+
+    from mbta_ray.features import SEGMENT_KEY, medians_from_counts, segment_medians, travel_counts
+
+    rng = np.random.default_rng(7)
+    n = 5000
+    pairs = pd.DataFrame(
+        {
+            "route_id": rng.choice(["Red", "Blue", "1", None], n),
+            "from_stop_id": rng.choice(list("abcde"), n),
+            "to_stop_id": rng.choice(list("xyz"), n),
+            TARGET: rng.integers(30, 400, n).astype("float64") + np.where(rng.random(n) < 0.2, 0.5, 0.0),
+        }
+    )
+    expected = segment_medians(pairs)
+    got = medians_from_counts(pd.concat([travel_counts(pairs.iloc[i::4]) for i in range(4)], ignore_index=True))
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    assert (expected["n"] % 2 == 0).any() and (expected["n"] % 2 == 1).any()  # both middles exercised
+    two = pd.DataFrame(
+        {"route_id": ["R", "R"], "from_stop_id": ["a", "a"], "to_stop_id": ["b", "b"], TARGET: [10.0, 13.0]}
+    )
+    assert medians_from_counts(travel_counts(two))["hist_median_travel_s"].tolist() == [11.5]
+    assert medians_from_counts(travel_counts(two.iloc[:0])).columns.tolist() == SEGMENT_KEY + [
+        "hist_median_travel_s",
+        "n",
+    ]
