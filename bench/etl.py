@@ -112,9 +112,7 @@ def worker(args: argparse.Namespace) -> None:
         calls: list[dict] = []
         _instrument_ray_data(calls)
         t1 = time.perf_counter()
-        config = EtlConfig(shuffle=args.shuffle) if args.shuffle else EtlConfig()
-        result["shuffle"] = config.shuffle
-        res = ingest(inputs, root=out, name="bench", config=config, stops_path=DEFAULT_STOPS)
+        res = ingest(inputs, root=out, name="bench", config=EtlConfig(), stops_path=DEFAULT_STOPS)
         result["etl_s"] = time.perf_counter() - t1
         counts = res.manifest["counts"]
         result["counts"] = {
@@ -267,26 +265,22 @@ def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> d
     result_path = OUT / f"result_{impl}_{size}.json"
     result_path.unlink(missing_ok=True)
     log_path = OUT / f"log_{impl}_{size}.txt"
-    cmd = (
-        [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            impl,
-            "--inputs",
-            str(data_dir),
-            "--work",
-            str(work),
-            "--result",
-            str(result_path),
-            "--cpus",
-            str(args.cpus),
-            "--pandas-chunk-events",
-            str(args.pandas_chunk_events),
-        ]
-        + (["--dashboard"] if args.dashboard else [])
-        + (["--shuffle", args.shuffle] if args.shuffle else [])
-    )
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        impl,
+        "--inputs",
+        str(data_dir),
+        "--work",
+        str(work),
+        "--result",
+        str(result_path),
+        "--cpus",
+        str(args.cpus),
+        "--pandas-chunk-events",
+        str(args.pandas_chunk_events),
+    ] + (["--dashboard"] if args.dashboard else [])
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -408,7 +402,6 @@ def report(runs: list[dict], info: dict, command: str) -> str:
         f"Python {info['machine']['python']}, Ray {info['machine']['ray']}, pandas {info['machine']['pandas']}, "
         f"pyarrow {info['machine']['pyarrow']}; load average at start {info['machine']['load_avg_at_start']}. "
         f"Ray: local, `ray.init(num_cpus={info['cpus']})`, dashboard {'on' if info['dashboard'] else 'off'}, "
-        f"shuffle `{info['shuffle']}`, "
         f"started and shut down inside the measured process. pandas: one process, pairs/features in chunks of "
         f"{info['pandas_chunk_events'] or 'all'} events. Input: SYNTHETIC LAMP events (`mbta_ray.synth`, seed "
         f"{info['seed']}), K=10, default EtlConfig, GTFS stop checks on. Memory sampled every {info['interval']} s "
@@ -481,12 +474,6 @@ def append_results(text: str) -> None:
     RESULTS.write_text(existing.rstrip() + "\n\n" + text.rstrip() + "\n")
 
 
-def _default_shuffle() -> str:
-    from mbta_ray.etl import EtlConfig
-
-    return getattr(EtlConfig(), "shuffle", "Ray Data default")
-
-
 def _compare(size: int, pandas_res: dict, ray_res: dict) -> None:
     a, b = pandas_res["counts"], ray_res["counts"]
     for key in ("rows_in", "rows_out", "quarantined", "quarantined_by_reason", "examples", "examples_by_split"):
@@ -520,11 +507,6 @@ def main() -> None:
         default=200_000,
         help="pandas pairs/features per chunk of this many events (0: all at once)",
     )
-    ap.add_argument(
-        "--shuffle",
-        default=None,
-        help="Ray Data shuffle strategy for the ETL (EtlConfig.shuffle; default: EtlConfig's)",
-    )
     ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     ap.add_argument(
         "--only",
@@ -552,7 +534,6 @@ def main() -> None:
         "interval": args.interval,
         "seed": args.seed,
         "pandas_chunk_events": args.pandas_chunk_events,
-        "shuffle": args.shuffle or _default_shuffle(),
     }
     runs = []
     for size in sizes:

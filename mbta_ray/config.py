@@ -35,9 +35,6 @@ class EtlConfig:
     #: A segment's median travel time is a feature only when at least this many training pairs
     #: back it: with one or two, a training row would mostly see its own target.
     min_segment_pairs: int = 5
-    #: Ray Data shuffle used by the groupbys. Measured here (2 cores): the task-based sort shuffle
-    #: runs a small ingest in ~1-4 s where the actor-based hash shuffles take 14-38 s.
-    shuffle: str = "sort_shuffle_pull_based"
     #: (from, until) UTC ISO times: events arriving in that window are held out of the dataset
     #: (quarantined as ``held_out``, counted) so a race over it never scores a model trained on it.
     holdout: tuple[str, str] | None = None
@@ -58,7 +55,6 @@ class EtlConfig:
         """The parts of the config that change the output (not performance knobs)."""
         d = asdict(self)
         d.pop("events_per_bucket")
-        d.pop("shuffle")
         d["split_fractions"] = list(self.split_fractions)
         if self.holdout is None:
             d.pop("holdout")  # unchanged versions for datasets built without one
