@@ -12,7 +12,7 @@ Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-
    different periods), so no trip is in two splits and valid/test come after train; a source of
    several service days splits at day boundaries (``split_cutoffs``).
 4. segment medians from the training pairs (one task per bucket counts its pairs' travel times per
-   segment; the driver adds the counts up and takes the exact medians), then pairs + features for
+   segment into part folders by segment; one task per part takes the exact medians), then pairs + features for
    all splits (one task per bucket again), written as parquet per split. Neither pass holds more
    than a bucket of events per task, and nothing is shuffled (issue 16: the three sort shuffles of the materialized events
    were 80 % of the ETL's time at 10 M events, and the object store most of its memory). The
