@@ -11,11 +11,12 @@ Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-
 3. splits: each trip goes to train/valid/test by its start time (per source, since the sources cover
    different periods), so no trip is in two splits and valid/test come after train; a source of
    several service days splits at day boundaries (``split_cutoffs``).
-4. segment medians from the training pairs (one task per bucket counts its pairs' travel times per
-   segment into part folders by segment; one task per part takes the exact medians), then pairs + features for
-   all splits (one task per bucket again), written as parquet per split. Neither pass holds more
-   than a bucket of events per task, and nothing is shuffled (issue 16: the three sort shuffles of the materialized events
-   were 80 % of the ETL's time at 10 M events, and the object store most of its memory). The
+4. segment medians from the training pairs (one task per bucket counts its pairs' travel times
+   per segment into part folders by segment; one task per part takes the exact medians), then
+   pairs + features for all splits (one task per bucket again), written as parquet per split.
+   Neither pass holds more than a bucket of events per task, and nothing is shuffled (issue 16:
+   the three sort shuffles of the materialized events were 80 % of the ETL's time at 10 M events,
+   and the object store most of its memory). The
    real-time features of a bucket's lines come from ``realtime.history.EventHistory``: sorted
    searches over stop events, a ``NetworkState`` replay for GTFS-realtime lines.
 

@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 
 from mbta_ray.errors import ConfigError, DataError, MbtaRayError
 from mbta_ray.paths import sha256_file
-from mbta_ray.storage import Root, hide, is_uri, open_root, shown
+from mbta_ray.storage import Root, hide, open_root
 
 T = TypeVar("T")
 
@@ -347,7 +347,13 @@ def default_staging(cache: Root) -> Path:
     """Where downloads for an object-store cache wait (and resume) before their upload: a local
     folder per cache URI, under ``$XDG_CACHE_HOME`` (default ``~/.cache``)."""
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return home / "mbta_ray" / "fetch-staging" / hashlib.sha256(cache.name.encode()).hexdigest()[:16]
+    return home / "mbta_ray" / "fetch-staging" / _staging_key(cache)
+
+
+def _staging_key(cache: Root) -> str:
+    """A folder name per cache: a hash of its URI without query or keys (so changing a key or an
+    option keeps the folder)."""
+    return hashlib.sha256(cache.name.encode()).hexdigest()[:16]
 
 
 def fetch(
@@ -507,9 +513,8 @@ def cached_inputs(
 def ingest_staging(root: str | Path, cache: str | Path) -> Path | None:
     """Where ``data ingest`` copies an object-store cache's files: ``<root>/fetched/<hash of the
     URI>`` (under the artifacts root, which every node of a cluster shares); None for a local cache."""
-    if not is_uri(cache) or str(cache).startswith("file://"):
-        return None
-    return Path(root) / "fetched" / hashlib.sha256(shown(cache).encode()).hexdigest()[:16]
+    where = open_root(cache, what="--cache")
+    return None if where.local else Path(root) / "fetched" / _staging_key(where)
 
 
 def _local_copy(root: Root, path: str, record: dict, stage: Path | None) -> Path:

@@ -29,7 +29,7 @@ def is_uri(root: str | Path) -> bool:
 def shown(root: str | Path) -> str:
     """``root`` as messages show it: a URI without its query (options, maybe keys) and without a
     ``user:secret@`` part, which pyarrow also takes keys from."""
-    if "://" not in str(root):
+    if not is_uri(root):
         return str(root)
     text = str(root).split("?", 1)[0]
     scheme, rest = text.split("://", 1)
