@@ -13,12 +13,20 @@ Same dataset, same Ray Train trainers, same parameters, in one run, for both fam
   training rows/s of the last epoch, the worker's peak RSS, valid MAE.
 One worker (the other CPU feeds it, as the tuner leaves one to Ray Data). Appends the table to
 bench/RESULTS.md unless --no-record.
+
+``--worker-memory-limit GIB`` runs each training worker in its own Linux memory cgroup (v1 or v2,
+where this user may create one) capped at that size, and reports the memory charged to the worker
+while it trains (the cgroup's peak: its heap and the pages it writes; not the object-store pages
+Ray Data's tasks wrote, nor the imports charged before it joined). A worker that needs more is
+killed by the kernel and its run is reported as such: this is how "a dataset larger than one
+worker's memory trains" is shown, with the dataset's encoded size printed next to the limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -120,6 +128,91 @@ def dnn_before(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+# --- a memory cap per worker (Linux cgroups) -----------------------------------------------------
+
+
+class MemoryCap:
+    """One memory cgroup, created under this process's own, with a hard limit; a training worker
+    moves itself into it (``capped``). v1 (memory.limit_in_bytes) and v2 (memory.max) hierarchies."""
+
+    def __init__(self, name: str, limit_bytes: int) -> None:
+        self.v2, parent = _own_memory_cgroup()
+        self.path = parent / f"mbta_ray_bench_{name}_{os.getpid()}"
+        self.path.mkdir(exist_ok=True)
+        self._write("memory.max" if self.v2 else "memory.limit_in_bytes", str(limit_bytes))
+        self.limit_bytes = limit_bytes
+
+    def _write(self, name: str, value: str) -> None:
+        (self.path / name).write_text(value)
+
+    def _read(self, name: str) -> str:
+        return (self.path / name).read_text()
+
+    def peak_bytes(self) -> int:
+        return int(self._read("memory.peak" if self.v2 else "memory.max_usage_in_bytes"))
+
+    def oom_kills(self) -> int:
+        text = self._read("memory.events" if self.v2 else "memory.oom_control")
+        found = re.search(r"^oom_kill (\d+)", text, re.M)
+        return int(found.group(1)) if found else 0
+
+    def close(self) -> None:
+        """Move what is left (a worker Ray keeps) back to the parent, then remove the group."""
+        for pid in self._read("cgroup.procs").split():
+            try:
+                (self.path.parent / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass  # it exited meanwhile
+        try:
+            self.path.rmdir()
+        except OSError as exc:
+            print(f"note: could not remove {self.path}: {exc}", file=sys.stderr)
+
+
+def _own_memory_cgroup() -> tuple[bool, Path]:
+    """(is v2, this process's memory cgroup folder); SystemExit where none can be written."""
+    base, folder, v2 = Path("/sys/fs/cgroup"), None, False
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, rel = line.split(":", 2)
+        if "memory" in controllers.split(","):  # v1: the memory hierarchy wins over the unified one
+            folder, v2 = base / "memory" / rel.lstrip("/"), False
+            break
+        if controllers == "" and (base / "cgroup.controllers").exists():
+            folder, v2 = base / rel.lstrip("/"), True
+    if folder is None or not os.access(folder, os.W_OK):
+        raise SystemExit("--worker-memory-limit: no writable memory cgroup here (needs Linux cgroups and permission)")
+    return v2, folder
+
+
+def capped(loop):
+    """``loop`` run in the memory cgroup named by ``config["memory_cgroup"]`` (when set)."""
+
+    def run(config: dict) -> None:
+        folder = config.get("memory_cgroup")
+        if folder:
+            Path(folder, "cgroup.procs").write_text(str(os.getpid()))
+        loop(config)
+
+    run.__name__ = getattr(loop, "__name__", "loop")
+    return run
+
+
+def _ratios(rows: list[dict]) -> list[str]:
+    """after / before per family, where both trained."""
+    by_name = {r["run"].split(" (")[0]: r for r in rows if not r.get("killed")}
+    out = []
+    for family, speed in (("xgboost", "ingest"), ("dnn", "train")):
+        before, after = by_name.get(f"{family} before"), by_name.get(f"{family} after")
+        if not (before and after):
+            continue
+        rows_per_s = [r["train_rows"] / r[f"{speed}_s"] for r in (before, after)]
+        out.append(
+            f"{family} after / before: peak RSS {after['worker_peak_rss_mib'] / before['worker_peak_rss_mib']:.2f}x, "
+            f"{speed} rows/s {rows_per_s[1] / rows_per_s[0]:.2f}x."
+        )
+    return out
+
+
 # --- the run -------------------------------------------------------------------------------------------
 
 
@@ -134,7 +227,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument(
+        "--worker-memory-limit", type=float, default=0, help="GiB: cap each training worker with a memory cgroup"
+    )
+    ap.add_argument("--only", choices=["xgboost", "dnn"], help="one family only")
     args = ap.parse_args()
+    limit_bytes = int(args.worker_memory_limit * (1 << 30))
+    if limit_bytes:
+        MemoryCap("probe", limit_bytes).close()  # fail now, not after the ingest, where there are no cgroups
 
     import ray
 
@@ -165,79 +265,97 @@ def main() -> None:
     dnn_config = {"hidden_width": 128, "hidden_layers": 2, "batch_size": 1024, "epochs": args.epochs, "lr": 1e-3}
     loop = {**xgb_config, "encoder": encoder.to_dict(), "nthread": resources.cpus_per_worker}
 
+    caps: dict[str, MemoryCap] = {}
+
+    def cap(name: str) -> dict:
+        """The loop config's cgroup entry for the run ``name`` (none without a limit)."""
+        if not limit_bytes:
+            return {}
+        caps[name] = MemoryCap(re.sub(r"\W+", "_", name.split(" (")[0]), limit_bytes)
+        return {"memory_cgroup": str(caps[name].path)}
+
     def fit(name: str, trainer) -> dict:
         t0 = time.perf_counter()
         result = trainer.fit()
+        row = {"run": name, "wall_s": time.perf_counter() - t0}
+        if name in caps:
+            row |= {"cgroup_peak_mib": caps[name].peak_bytes() / (1 << 20), "oom_kills": caps[name].oom_kills()}
+            caps[name].close()
         if result.error:
-            raise SystemExit(f"{name}: {result.error}")
-        return {"run": name, "wall_s": time.perf_counter() - t0, **result.metrics}
+            if not row.get("oom_kills"):
+                raise SystemExit(f"{name}: {result.error}")
+            return row | {"killed": True}
+        return row | result.metrics
 
     def run_config(name: str):
         return ray.train.RunConfig(name=f"ingest-{name}-{int(time.time())}", storage_path=storage)
 
-    rows = []
-    rows.append(
-        fit(
-            "xgboost before (pandas -> DMatrix)",
-            ray.train.xgboost.XGBoostTrainer(
-                xgb_before,
-                train_loop_config={**loop, "residual": True},
-                scaling_config=resources.scaling_config(),
-                datasets=datasets,
-                run_config=run_config("xgb-before"),
-            ),
-        )
-    )
-    rows.append(
-        fit(
-            "xgboost after (Ray Data -> QuantileDMatrix)",
-            xgboost_model.make_trainer(xgb_config, encoder, datasets, resources, run_config("xgb-after")),
-        )
-    )
-    rows.append(
-        fit(
-            "dnn before (pandas batches, encoded in the worker)",
-            ray.train.torch.TorchTrainer(
-                dnn_before,
-                train_loop_config={**dnn_config, "encoder": encoder.to_dict()},
-                scaling_config=resources.scaling_config(),
-                datasets=datasets,
-                run_config=run_config("dnn-before"),
-            ),
-        )
-    )
-    rows.append(
-        fit(
-            "dnn after (Ray Data encodes, iter_torch_batches)",
-            dnn.make_trainer(dnn_config, encoder, datasets, resources, run_config("dnn-after")),
-        )
-    )
+    xgb_runs = {
+        "xgboost before (pandas -> DMatrix)": lambda name: ray.train.xgboost.XGBoostTrainer(
+            capped(xgb_before),
+            train_loop_config={**loop, "residual": True, **cap(name)},
+            scaling_config=resources.scaling_config(),
+            datasets=datasets,
+            run_config=run_config("xgb-before"),
+        ),
+        "xgboost after (Ray Data -> QuantileDMatrix)": lambda name: ray.train.xgboost.XGBoostTrainer(
+            capped(xgboost_model.train_loop_per_worker),  # as xgboost_model.make_trainer builds it
+            train_loop_config={**loop, "residual": True, **cap(name)},
+            scaling_config=resources.scaling_config(),
+            datasets={split: xgboost_model.encoded(ds, encoder, True) for split, ds in datasets.items()},
+            run_config=run_config("xgb-after"),
+        ),
+    }
+    dnn_runs = {
+        "dnn before (pandas batches, encoded in the worker)": lambda name: ray.train.torch.TorchTrainer(
+            capped(dnn_before),
+            train_loop_config={**dnn_config, "encoder": encoder.to_dict(), **cap(name)},
+            scaling_config=resources.scaling_config(),
+            datasets=datasets,
+            run_config=run_config("dnn-before"),
+        ),
+        "dnn after (Ray Data encodes, iter_torch_batches)": lambda name: ray.train.torch.TorchTrainer(
+            capped(dnn.train_loop_per_worker),  # as dnn.make_trainer builds it
+            train_loop_config={**dnn_config, "encoder": encoder.to_dict(), **cap(name)},
+            scaling_config=resources.scaling_config(),
+            datasets={split: dnn.encoded(ds, encoder) for split, ds in datasets.items()},
+            run_config=run_config("dnn-after"),
+        ),
+    }
+    runs = {**({} if args.only == "dnn" else xgb_runs), **({} if args.only == "xgboost" else dnn_runs)}
+    rows = [fit(name, build(name)) for name, build in runs.items()]
     ray.shutdown()
 
-    n_train = rows[0]["train_rows"]
+    n_train = datasets["train"].count()
     lines = [
-        "| run | wall s | ingest rows/s | train rows/s | worker peak RSS MiB | valid MAE |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | wall s | ingest rows/s | train rows/s | worker peak RSS MiB | worker cgroup peak MiB | valid MAE |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        charged = f"{r['cgroup_peak_mib']:,.0f}" if "cgroup_peak_mib" in r else ""
+        if r.get("killed"):
+            lines.append(f"| {r['run']} | {r['wall_s']:.1f} | killed by the kernel at the limit | | | {charged} | |")
+            continue
         ingest = f"{r['train_rows'] / r['ingest_s']:,.0f}" if "ingest_s" in r else ""
         per_round = args.rounds if r["run"].startswith("xgboost") else 1
         train = r["train_rows"] * per_round / r["train_s"]
         lines.append(
             f"| {r['run']} | {r['wall_s']:.1f} | {ingest} | {train:,.0f} | {r['worker_peak_rss_mib']:,.0f} "
-            f"| {r[VALID_METRIC]:.1f} |"
+            f"| {charged} | {r[VALID_METRIC]:.1f} |"
         )
-    ratios = (
-        f"after / before: XGBoost peak RSS {rows[1]['worker_peak_rss_mib'] / rows[0]['worker_peak_rss_mib']:.2f}x, "
-        f"ingest rows/s {rows[1]['train_rows'] / rows[1]['ingest_s'] / (n_train / rows[0]['ingest_s']):.2f}x; "
-        f"DNN peak RSS {rows[3]['worker_peak_rss_mib'] / rows[2]['worker_peak_rss_mib']:.2f}x, "
-        f"rows/s {rows[3]['train_rows'] / rows[3]['train_s'] / (rows[2]['train_rows'] / rows[2]['train_s']):.2f}x."
-    )
+    ratios = " ".join(_ratios(rows))
+    float32_gib = n_train * (len(encoder.tree_feature_names) + 2) * 4 / (1 << 30)
     description = (
-        f"Dataset {version} under {args.root}: {n_train:,} training rows. One worker x "
+        f"Dataset {version} under {args.root}: {n_train:,} training rows ({float32_gib:.2f} GiB as the trees' "
+        f"float32 inputs). One worker x "
         f"{resources.cpus_per_worker:g} CPU; XGBoost {args.rounds} rounds (depth 8), DNN {args.epochs} epochs "
         f"(2 x 128, batch 1024; train rows/s of the last epoch). Train rows/s for XGBoost: rows x rounds / "
         "boosting seconds."
+        + (
+            f" Each worker capped at {args.worker_memory_limit:g} GiB by a memory cgroup (peak charged to it shown)."
+            if limit_bytes
+            else ""
+        )
     )
     body = [*lines, "", ratios]
     print(description, *body, sep="\n")
