@@ -6,7 +6,8 @@
 Same dataset, same Ray Train trainers, same parameters, in one run, for both families:
 - XGBoost. before: the worker materializes its shard as pandas and builds a ``DMatrix`` (the code
   before issue 16); after: Ray Data encodes, the worker streams its shard into a ``QuantileDMatrix``
-  (``xgboost_model.train_loop_per_worker``). Reported: rows/s of building the matrices, rows x
+  (``xgboost_model.train_loop_per_worker``); after, external memory: the same into an
+  ``ExtMemQuantileDMatrix`` whose pages go to the worker's disk (``external_memory: true``). Reported: rows/s of building the matrices, rows x
   rounds / s of boosting, the worker's peak RSS, valid MAE.
 - DNN. before: the worker iterates pandas batches and encodes each one itself; after: Ray Data
   encodes, the worker reads ``iter_torch_batches`` (``dnn.train_loop_per_worker``). Reported:
@@ -197,6 +198,17 @@ def capped(loop):
     return run
 
 
+def _columns_gib(folder: Path, columns: list[str]) -> float:
+    """What ``columns`` of a split take in memory as Arrow (Ray Data's blocks), GiB: bytes per row of
+    the first file, read, times the rows all the files' footers count."""
+    import pyarrow.parquet as pq
+
+    paths = sorted(folder.rglob("*.parquet"))
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    sample = pq.read_table(paths[0], columns=[c for c in columns if c in pq.read_schema(paths[0]).names])
+    return sample.nbytes / max(sample.num_rows, 1) * rows / (1 << 30)
+
+
 def _ratios(rows: list[dict]) -> list[str]:
     """after / before per family, where both trained."""
     by_name = {r["run"].split(" (")[0]: r for r in rows if not r.get("killed")}
@@ -243,7 +255,7 @@ def main() -> None:
     from mbta_ray.defaults import VALID_METRIC
     from mbta_ray.encoding import FeatureEncoder
     from mbta_ray.models import dnn, xgboost_model
-    from mbta_ray.models.data import load_split
+    from mbta_ray.models.data import TRAIN_COLUMNS, load_split, split_path
     from mbta_ray.runtime import ensure_ray
 
     ensure_ray(num_cpus=args.cpus, dashboard=False, quiet=True)
@@ -276,14 +288,18 @@ def main() -> None:
 
     def fit(name: str, trainer) -> dict:
         t0 = time.perf_counter()
-        result = trainer.fit()
+        try:  # Train V2 raises when a worker dies (a kernel OOM kill at the cap is one way)
+            result, error = trainer.fit(), None
+        except Exception as exc:
+            result, error = None, exc
         row = {"run": name, "wall_s": time.perf_counter() - t0}
         if name in caps:
             row |= {"cgroup_peak_mib": caps[name].peak_bytes() / (1 << 20), "oom_kills": caps[name].oom_kills()}
             caps[name].close()
-        if result.error:
+        error = error or result.error
+        if error:
             if not row.get("oom_kills"):
-                raise SystemExit(f"{name}: {result.error}")
+                raise SystemExit(f"{name}: {error}")
             return row | {"killed": True}
         return row | result.metrics
 
@@ -304,6 +320,15 @@ def main() -> None:
             scaling_config=resources.scaling_config(),
             datasets={split: xgboost_model.encoded(ds, encoder, True) for split, ds in datasets.items()},
             run_config=run_config("xgb-after"),
+        ),
+        "xgboost after, external memory (Ray Data -> ExtMemQuantileDMatrix, pages on disk)": lambda name: (
+            ray.train.xgboost.XGBoostTrainer(
+                capped(xgboost_model.train_loop_per_worker),
+                train_loop_config={**loop, "residual": True, "external_memory": True, **cap(name)},
+                scaling_config=resources.scaling_config(),
+                datasets={split: xgboost_model.encoded(ds, encoder, True) for split, ds in datasets.items()},
+                run_config=run_config("xgb-extmem"),
+            )
         ),
     }
     dnn_runs = {
@@ -345,9 +370,10 @@ def main() -> None:
         )
     ratios = " ".join(_ratios(rows))
     float32_gib = n_train * (len(encoder.tree_feature_names) + 2) * 4 / (1 << 30)
+    arrow_gib = _columns_gib(split_path(args.root, version, "train"), TRAIN_COLUMNS)
     description = (
-        f"Dataset {version} under {args.root}: {n_train:,} training rows ({float32_gib:.2f} GiB as the trees' "
-        f"float32 inputs). One worker x "
+        f"Dataset {version} under {args.root}: {n_train:,} training rows ({arrow_gib:.2f} GiB of training "
+        f"columns as Arrow, uncompressed; {float32_gib:.2f} GiB as the trees' float32 inputs). One worker x "
         f"{resources.cpus_per_worker:g} CPU; XGBoost {args.rounds} rounds (depth 8), DNN {args.epochs} epochs "
         f"(2 x 128, batch 1024; train rows/s of the last epoch). Train rows/s for XGBoost: rows x rounds / "
         "boosting seconds."

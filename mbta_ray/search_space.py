@@ -49,6 +49,9 @@ def load(path: str | Path | None = None) -> dict:
                 f"{path}: {family}.fixed.increasing: expected a list of numeric features "
                 f"({', '.join(NUMERIC_FEATURES)}), got {increasing!r}"
             )
+        external = (spec.get("fixed") or {}).get("external_memory")
+        if external is not None and not isinstance(external, bool):
+            raise SearchSpaceError(f"{path}: {family}.fixed.external_memory: expected true or false, got {external!r}")
     return data
 
 

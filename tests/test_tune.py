@@ -50,6 +50,9 @@ def test_bad_search_space_names_file_and_parameter(tmp_path):
     bad.write_text(yaml.safe_dump({"xgboost": {"fixed": {"increasing": ["to_stop_id"]}}}))
     with pytest.raises(search_space.SearchSpaceError, match=r"xgboost.fixed.increasing: expected a list of numeric"):
         search_space.load(bad)
+    bad.write_text(yaml.safe_dump({"xgboost": {"fixed": {"external_memory": "yes"}}}))
+    with pytest.raises(search_space.SearchSpaceError, match=r"xgboost.fixed.external_memory: expected true or false"):
+        search_space.load(bad)
 
 
 def test_the_trees_never_lower_an_arrival_for_a_longer_recent_path():
@@ -407,3 +410,48 @@ def test_workers_stream_the_same_rows_ray_data_encoded(tiny_dataset):
     assert torch.equal(got["y"], torch.from_numpy(df["travel_seconds"].iloc[:300].to_numpy(dtype="float32")))
     # A used encoder (its lookup caches filled) still travels to the workers as its fitted fields.
     assert FeatureEncoder(**enc.to_dict()).vocab == enc.vocab and "_indexes" in enc.__dict__
+
+
+def test_external_memory_pages_the_quantized_shard_to_disk_and_trains_the_same_model(tiny_dataset, tmp_path):
+    """Issue 16: ``external_memory: true`` builds the worker's matrix as XGBoost's external-memory
+    pages in a cache folder (so the shard's size no longer bounds the worker's memory); the pages
+    hold the same rows and the trees are the in-memory ones, and the trainer's page folder is
+    removed when training ends."""
+    import glob
+    import tempfile
+
+    import numpy as np
+    import ray.train
+    import xgboost as xgb
+
+    from mbta_ray.config import WorkerResources
+    from mbta_ray.defaults import VALID_METRIC
+    from mbta_ray.encoding import FeatureEncoder
+    from mbta_ray.models import xgboost_model
+    from mbta_ray.models.data import load_split
+
+    root, version, _ = tiny_dataset
+    train = load_split(root, version, "train")
+    enc = FeatureEncoder.fit(train.to_pandas())
+    stream = xgboost_model.encoded(train, enc, residual=True)
+    paged = xgboost_model._matrix(stream, enc, cache=tmp_path / "pages")
+    in_memory = xgboost_model._matrix(stream, enc)
+    assert isinstance(paged, xgb.ExtMemQuantileDMatrix) and not isinstance(in_memory, xgb.ExtMemQuantileDMatrix)
+    assert any((tmp_path / "pages").iterdir())  # XGBoost wrote its pages there
+    assert paged.num_row() == in_memory.num_row() == train.count()
+    params = {"tree_method": "hist", "max_depth": 4, "nthread": 1, "base_score": 0.0, "seed": 0}
+    preds = [xgb.train(params, m, 5).predict(in_memory) for m in (paged, in_memory)]
+    np.testing.assert_allclose(preds[0], preds[1], rtol=1e-4, atol=1e-2)
+
+    before = set(glob.glob(f"{tempfile.gettempdir()}/mbta_ray_xgb_pages_*"))
+    datasets = {s: load_split(root, version, s) for s in ("train", "valid")}
+    metrics = {}
+    for external in (True, False):
+        config = {"num_boost_round": 8, "max_depth": 4, "external_memory": external, "report_every": 100}
+        config |= {"subsample": 1.0, "colsample_bytree": 1.0}  # row sampling draws differently per page
+        run = ray.train.RunConfig(name=f"extmem-{external}", storage_path=str(tmp_path / "ray"))
+        result = xgboost_model.make_trainer(config, enc, datasets, WorkerResources(1, 1.0), run).fit()
+        metrics[external] = result.metrics
+    assert metrics[True]["train_rows"] == metrics[False]["train_rows"] == train.count()
+    assert metrics[True][VALID_METRIC] == pytest.approx(metrics[False][VALID_METRIC], rel=1e-3)
+    assert set(glob.glob(f"{tempfile.gettempdir()}/mbta_ray_xgb_pages_*")) == before  # cleaned up

@@ -2,11 +2,15 @@
 
 Ray Data encodes the examples once per pass (``encoded``: the trees' matrix, label and prior margin
 as numpy columns), and each worker streams its shard batch by batch into an ``xgboost.QuantileDMatrix``
-(``ShardIter``): only the quantized bins (a byte per feature per row) stay in the worker's memory,
-never the shard as pandas (its encoded blocks wait in Ray's object store, which spills to disk),
-so a dataset larger than a worker's memory trains. The trainer wires
-XGBoost's collective (rabit) between workers, so the workers' quantile sketches are merged and they
-build one model together. A worker that was given a GPU trains with ``device="cuda"``.
+(``ShardIter``), never holding the shard as pandas (its encoded blocks wait in Ray's object store,
+which spills to disk). The quantized matrix itself stays in the worker's memory: with missing
+values XGBoost keeps a 4-byte bin id per value, about 160 bytes per row for our ~28 inputs while it
+builds (bench/RESULTS.md). ``external_memory: true`` in the trainer config writes those pages to a
+cache on the worker's disk instead (``xgboost.ExtMemQuantileDMatrix``): slower rounds, since each
+reads the pages back, but the worker's memory no longer grows with its shard, so a shard larger
+than a worker's memory trains. The trainer wires XGBoost's collective (rabit) between workers, so
+the workers' quantile sketches are merged and they build one model together. A worker that was
+given a GPU trains with ``device="cuda"``.
 """
 
 from __future__ import annotations
@@ -75,13 +79,16 @@ class ShardIter(xgb.DataIter):
     split hands blocks to whichever worker asks first, so the shard is first materialized: its
     blocks go to Ray's object store (which spills to disk), not to this worker's heap, and both
     passes read them in the same order. A shard with no rows gives one empty batch: XGBoost refuses
-    an iterator without any, and the worker must still join the collective sketch."""
+    an iterator without any, and the worker must still join the collective sketch. ``cache_prefix``
+    (external memory): where XGBoost writes the quantized pages."""
 
-    def __init__(self, shard, feature_names: list[str], batch_size: int = STREAM_BATCH_ROWS) -> None:
+    def __init__(
+        self, shard, feature_names: list[str], batch_size: int = STREAM_BATCH_ROWS, cache_prefix: str | None = None
+    ) -> None:
         self._shard, self._names, self._batch_size = shard.materialize(), feature_names, batch_size
         self._batches = None
         self._fed = 0
-        super().__init__()
+        super().__init__(cache_prefix=cache_prefix)
 
     def reset(self) -> None:
         self._batches, self._fed = None, 0
@@ -100,8 +107,15 @@ class ShardIter(xgb.DataIter):
         return True
 
 
-def _matrix(shard, encoder: FeatureEncoder, ref: xgb.QuantileDMatrix | None = None) -> xgb.QuantileDMatrix:
-    return xgb.QuantileDMatrix(ShardIter(shard, encoder.tree_feature_names), missing=np.nan, ref=ref)
+def _matrix(
+    shard, encoder: FeatureEncoder, ref: xgb.QuantileDMatrix | None = None, cache: Path | None = None
+) -> xgb.QuantileDMatrix | xgb.ExtMemQuantileDMatrix:
+    """The shard's quantized matrix: in memory, or paged to files under ``cache`` (external memory)."""
+    if cache is None:
+        return xgb.QuantileDMatrix(ShardIter(shard, encoder.tree_feature_names), missing=np.nan, ref=ref)
+    cache.mkdir(parents=True, exist_ok=True)
+    it = ShardIter(shard, encoder.tree_feature_names, cache_prefix=str(cache / "pages"))
+    return xgb.ExtMemQuantileDMatrix(it, missing=np.nan, ref=ref)
 
 
 def monotone_constraints(encoder: FeatureEncoder, increasing: list[str]) -> str:
@@ -124,9 +138,17 @@ def train_loop_per_worker(config: dict) -> None:
     config = round_ints(config, INT_PARAMS)
     encoder = FeatureEncoder(**config["encoder"])
     residual = bool(config.get("residual", True))
+    if not config.get("external_memory"):
+        return _train(config, encoder, residual, None)
+    with tempfile.TemporaryDirectory(prefix="mbta_ray_xgb_pages_") as pages:  # removed when done
+        return _train(config, encoder, residual, Path(pages))
+
+
+def _train(config: dict, encoder: FeatureEncoder, residual: bool, cache: Path | None) -> None:
     started = time.perf_counter()
-    dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder)
-    dvalid = _matrix(ray.train.get_dataset_shard("valid"), encoder, ref=dtrain)
+    train_pages, valid_pages = (None, None) if cache is None else (cache / "train", cache / "valid")
+    dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder, cache=train_pages)
+    dvalid = _matrix(ray.train.get_dataset_shard("valid"), encoder, ref=dtrain, cache=valid_pages)
     ingest = {"ingest_s": time.perf_counter() - started, "train_rows": dtrain.num_row()}
     params = {
         "objective": config.get("objective", "reg:absoluteerror"),
