@@ -140,7 +140,12 @@ class MemoryCap:
         self.v2, parent = _own_memory_cgroup()
         self.path = parent / f"mbta_ray_bench_{name}_{os.getpid()}"
         self.path.mkdir(exist_ok=True)
-        self._write("memory.max" if self.v2 else "memory.limit_in_bytes", str(limit_bytes))
+        try:
+            self._write("memory.max" if self.v2 else "memory.limit_in_bytes", str(limit_bytes))
+            self.peak_bytes()  # memory.peak: Linux >= 5.19 on v2
+        except OSError as exc:
+            self.path.rmdir()
+            raise SystemExit(f"--worker-memory-limit: cannot cap memory in {self.path.parent}: {exc}") from None
         self.limit_bytes = limit_bytes
 
     def _write(self, name: str, value: str) -> None:
@@ -182,6 +187,10 @@ def _own_memory_cgroup() -> tuple[bool, Path]:
             folder, v2 = base / rel.lstrip("/"), True
     if folder is None or not os.access(folder, os.W_OK):
         raise SystemExit("--worker-memory-limit: no writable memory cgroup here (needs Linux cgroups and permission)")
+    if v2 and "memory" not in (folder / "cgroup.subtree_control").read_text().split():
+        # v2 gives children a memory controller only when the parent delegates it, and a cgroup
+        # holding processes (this one) cannot: run the bench from a delegated cgroup instead.
+        raise SystemExit(f"--worker-memory-limit: {folder} does not delegate the memory controller (cgroup v2)")
     return v2, folder
 
 
@@ -294,8 +303,10 @@ def main() -> None:
             result, error = None, exc
         row = {"run": name, "wall_s": time.perf_counter() - t0}
         if name in caps:
-            row |= {"cgroup_peak_mib": caps[name].peak_bytes() / (1 << 20), "oom_kills": caps[name].oom_kills()}
-            caps[name].close()
+            try:
+                row |= {"cgroup_peak_mib": caps[name].peak_bytes() / (1 << 20), "oom_kills": caps[name].oom_kills()}
+            finally:
+                caps.pop(name).close()
         error = error or result.error
         if error:
             if not row.get("oom_kills"):
@@ -348,7 +359,11 @@ def main() -> None:
         ),
     }
     runs = {**({} if args.only == "dnn" else xgb_runs), **({} if args.only == "xgboost" else dnn_runs)}
-    rows = [fit(name, build(name)) for name, build in runs.items()]
+    try:
+        rows = [fit(name, build(name)) for name, build in runs.items()]
+    finally:  # interrupted or failed: leave no cgroup behind
+        for left in caps.values():
+            left.close()
     ray.shutdown()
 
     n_train = datasets["train"].count()

@@ -50,8 +50,16 @@ def load(path: str | Path | None = None) -> dict:
                 f"({', '.join(NUMERIC_FEATURES)}), got {increasing!r}"
             )
         external = (spec.get("fixed") or {}).get("external_memory")
-        if external is not None and not isinstance(external, bool):
-            raise SearchSpaceError(f"{path}: {family}.fixed.external_memory: expected true or false, got {external!r}")
+        if external is not None and (family != "xgboost" or not isinstance(external, bool)):
+            raise SearchSpaceError(
+                f"{path}: {family}.fixed.external_memory: expected true or false, and only for xgboost "
+                f"(the DNN streams its batches), got {external!r}"
+            )
+        folder = (spec.get("fixed") or {}).get("external_memory_dir")
+        if folder is not None and not (isinstance(folder, str) and folder.strip()):
+            raise SearchSpaceError(
+                f"{path}: {family}.fixed.external_memory_dir: expected a folder path, got {folder!r}"
+            )
     return data
 
 

@@ -53,6 +53,9 @@ def test_bad_search_space_names_file_and_parameter(tmp_path):
     bad.write_text(yaml.safe_dump({"xgboost": {"fixed": {"external_memory": "yes"}}}))
     with pytest.raises(search_space.SearchSpaceError, match=r"xgboost.fixed.external_memory: expected true or false"):
         search_space.load(bad)
+    bad.write_text(yaml.safe_dump({"dnn": {"fixed": {"external_memory": True}}}))
+    with pytest.raises(search_space.SearchSpaceError, match=r"dnn.fixed.external_memory: .*only for xgboost"):
+        search_space.load(bad)
 
 
 def test_the_trees_never_lower_an_arrival_for_a_longer_recent_path():
@@ -414,12 +417,9 @@ def test_workers_stream_the_same_rows_ray_data_encoded(tiny_dataset):
 
 def test_external_memory_pages_the_quantized_shard_to_disk_and_trains_the_same_model(tiny_dataset, tmp_path):
     """Issue 16: ``external_memory: true`` builds the worker's matrix as XGBoost's external-memory
-    pages in a cache folder (so the shard's size no longer bounds the worker's memory); the pages
-    hold the same rows and the trees are the in-memory ones, and the trainer's page folder is
-    removed when training ends."""
-    import glob
-    import tempfile
-
+    pages in a folder on disk (the quantized matrix no longer in the worker's memory); the pages
+    hold the same rows and the trees are the in-memory ones; the worker's page folder is removed
+    when training ends, and so is one a killed worker left."""
     import numpy as np
     import ray.train
     import xgboost as xgb
@@ -443,15 +443,19 @@ def test_external_memory_pages_the_quantized_shard_to_disk_and_trains_the_same_m
     preds = [xgb.train(params, m, 5).predict(in_memory) for m in (paged, in_memory)]
     np.testing.assert_allclose(preds[0], preds[1], rtol=1e-4, atol=1e-2)
 
-    before = set(glob.glob(f"{tempfile.gettempdir()}/mbta_ray_xgb_pages_*"))
+    parent = tmp_path / "workers"
+    stale = parent / f"{xgboost_model.PAGES_PREFIX}999999999_x"  # a worker killed outright left it
+    stale.mkdir(parents=True)
     datasets = {s: load_split(root, version, s) for s in ("train", "valid")}
     metrics = {}
     for external in (True, False):
         config = {"num_boost_round": 8, "max_depth": 4, "external_memory": external, "report_every": 100}
         config |= {"subsample": 1.0, "colsample_bytree": 1.0}  # row sampling draws differently per page
+        config["external_memory_dir"] = str(parent)
         run = ray.train.RunConfig(name=f"extmem-{external}", storage_path=str(tmp_path / "ray"))
         result = xgboost_model.make_trainer(config, enc, datasets, WorkerResources(1, 1.0), run).fit()
         metrics[external] = result.metrics
     assert metrics[True]["train_rows"] == metrics[False]["train_rows"] == train.count()
+    assert metrics[True]["page_mib"] > 0 and "page_mib" not in metrics[False]  # it paged to disk
     assert metrics[True][VALID_METRIC] == pytest.approx(metrics[False][VALID_METRIC], rel=1e-3)
-    assert set(glob.glob(f"{tempfile.gettempdir()}/mbta_ray_xgb_pages_*")) == before  # cleaned up
+    assert list(parent.iterdir()) == []  # its own pages removed, and the dead worker's too

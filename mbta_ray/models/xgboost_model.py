@@ -5,12 +5,14 @@ as numpy columns), and each worker streams its shard batch by batch into an ``xg
 (``ShardIter``), never holding the shard as pandas (its encoded blocks wait in Ray's object store,
 which spills to disk). The quantized matrix itself stays in the worker's memory: with missing
 values XGBoost keeps a 4-byte bin id per value, about 160 bytes per row for our ~28 inputs while it
-builds (bench/RESULTS.md). ``external_memory: true`` in the trainer config writes those pages to a
-cache on the worker's disk instead (``xgboost.ExtMemQuantileDMatrix``): slower rounds, since each
-reads the pages back, but the worker's memory no longer grows with its shard, so a shard larger
-than a worker's memory trains. The trainer wires XGBoost's collective (rabit) between workers, so
-the workers' quantile sketches are merged and they build one model together. A worker that was
-given a GPU trains with ``device="cuda"``.
+builds (bench/RESULTS.md). ``external_memory: true`` in the trainer config writes those pages to
+files instead (``xgboost.ExtMemQuantileDMatrix``, in ``external_memory_dir``, default the system
+temp folder; CPU workers, untested on a GPU): the worker keeps only the per-row training state
+(gradients, predictions, labels, margins: ~130 bytes per row measured at 10 M rows), so its memory
+grows more slowly and a shard larger than a worker's memory trains, at the price of slower rounds
+that read the pages back. The trainer wires XGBoost's collective (rabit) between workers, so the
+workers' quantile sketches are merged and they build one model together. A worker that was given
+a GPU trains with ``device="cuda"``.
 """
 
 from __future__ import annotations
@@ -140,8 +142,36 @@ def train_loop_per_worker(config: dict) -> None:
     residual = bool(config.get("residual", True))
     if not config.get("external_memory"):
         return _train(config, encoder, residual, None)
-    with tempfile.TemporaryDirectory(prefix="mbta_ray_xgb_pages_") as pages:  # removed when done
-        return _train(config, encoder, residual, Path(pages))
+    parent = Path(config.get("external_memory_dir") or tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    _sweep_pages(parent)
+    with tempfile.TemporaryDirectory(prefix=f"{PAGES_PREFIX}{os.getpid()}_", dir=parent) as pages:
+        return _train(config, encoder, residual, Path(pages))  # the pages are removed when done
+
+
+#: Page folders are named PAGES_PREFIX<pid>_<random>: a worker killed outright (out of memory,
+#: a stopped trial) leaves its folder, and the next worker on the machine removes it.
+PAGES_PREFIX = "mbta_ray_xgb_pages_"
+
+
+def _sweep_pages(parent: Path) -> None:
+    """Remove page folders in ``parent`` whose worker process no longer exists."""
+    import shutil
+
+    for folder in parent.glob(f"{PAGES_PREFIX}*_*"):
+        pid = folder.name[len(PAGES_PREFIX) :].split("_", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _train(config: dict, encoder: FeatureEncoder, residual: bool, cache: Path | None) -> None:
@@ -150,6 +180,8 @@ def _train(config: dict, encoder: FeatureEncoder, residual: bool, cache: Path | 
     dtrain = _matrix(ray.train.get_dataset_shard("train"), encoder, cache=train_pages)
     dvalid = _matrix(ray.train.get_dataset_shard("valid"), encoder, ref=dtrain, cache=valid_pages)
     ingest = {"ingest_s": time.perf_counter() - started, "train_rows": dtrain.num_row()}
+    if cache is not None:  # what went to disk instead of memory
+        ingest["page_mib"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / (1 << 20)
     params = {
         "objective": config.get("objective", "reg:absoluteerror"),
         "eval_metric": "mae",
