@@ -207,15 +207,15 @@ def capped(loop):
     return run
 
 
-def _columns_gib(folder: Path, columns: list[str]) -> float:
-    """What ``columns`` of a split take in memory as Arrow (Ray Data's blocks), GiB: bytes per row of
-    the first file, read, times the rows all the files' footers count."""
+def _split_size(folder: Path, columns: list[str]) -> tuple[int, float]:
+    """A split's rows (from its parquet footers) and what ``columns`` take in memory as Arrow (Ray
+    Data's blocks), GiB: bytes per row of the first file, read, times the rows. No Ray needed."""
     import pyarrow.parquet as pq
 
     paths = sorted(folder.rglob("*.parquet"))
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     sample = pq.read_table(paths[0], columns=[c for c in columns if c in pq.read_schema(paths[0]).names])
-    return sample.nbytes / max(sample.num_rows, 1) * rows / (1 << 30)
+    return rows, sample.nbytes / max(sample.num_rows, 1) * rows / (1 << 30)
 
 
 def _ratios(rows: list[dict]) -> list[str]:
@@ -317,6 +317,16 @@ def main() -> None:
     def run_config(name: str):
         return ray.train.RunConfig(name=f"ingest-{name}-{int(time.time())}", storage_path=storage)
 
+    def xgb_after(name: str, external: bool):
+        """The trainer as ``xgboost_model.make_trainer`` builds it, with the loop capped."""
+        return ray.train.xgboost.XGBoostTrainer(
+            capped(xgboost_model.train_loop_per_worker),
+            train_loop_config={**loop, "residual": True, "external_memory": external, **cap(name)},
+            scaling_config=resources.scaling_config(),
+            datasets={split: xgboost_model.encoded(ds, encoder, True) for split, ds in datasets.items()},
+            run_config=run_config("xgb-extmem" if external else "xgb-after"),
+        )
+
     xgb_runs = {
         "xgboost before (pandas -> DMatrix)": lambda name: ray.train.xgboost.XGBoostTrainer(
             capped(xgb_before),
@@ -325,21 +335,9 @@ def main() -> None:
             datasets=datasets,
             run_config=run_config("xgb-before"),
         ),
-        "xgboost after (Ray Data -> QuantileDMatrix)": lambda name: ray.train.xgboost.XGBoostTrainer(
-            capped(xgboost_model.train_loop_per_worker),  # as xgboost_model.make_trainer builds it
-            train_loop_config={**loop, "residual": True, **cap(name)},
-            scaling_config=resources.scaling_config(),
-            datasets={split: xgboost_model.encoded(ds, encoder, True) for split, ds in datasets.items()},
-            run_config=run_config("xgb-after"),
-        ),
-        "xgboost after, external memory (Ray Data -> ExtMemQuantileDMatrix, pages on disk)": lambda name: (
-            ray.train.xgboost.XGBoostTrainer(
-                capped(xgboost_model.train_loop_per_worker),
-                train_loop_config={**loop, "residual": True, "external_memory": True, **cap(name)},
-                scaling_config=resources.scaling_config(),
-                datasets={split: xgboost_model.encoded(ds, encoder, True) for split, ds in datasets.items()},
-                run_config=run_config("xgb-extmem"),
-            )
+        "xgboost after (Ray Data -> QuantileDMatrix)": lambda name: xgb_after(name, external=False),
+        "xgboost after, external memory (Ray Data -> ExtMemQuantileDMatrix, pages on disk)": lambda name: xgb_after(
+            name, external=True
         ),
     }
     dnn_runs = {
@@ -366,7 +364,8 @@ def main() -> None:
             left.close()
     ray.shutdown()
 
-    n_train = datasets["train"].count()
+    # From the files: counting through Ray Data here would start a second Ray instance.
+    n_train, arrow_gib = _split_size(split_path(args.root, version, "train"), TRAIN_COLUMNS)
     lines = [
         "| run | wall s | ingest rows/s | train rows/s | worker peak RSS MiB | worker cgroup peak MiB | valid MAE |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -385,7 +384,6 @@ def main() -> None:
         )
     ratios = " ".join(_ratios(rows))
     float32_gib = n_train * (len(encoder.tree_feature_names) + 2) * 4 / (1 << 30)
-    arrow_gib = _columns_gib(split_path(args.root, version, "train"), TRAIN_COLUMNS)
     description = (
         f"Dataset {version} under {args.root}: {n_train:,} training rows ({arrow_gib:.2f} GiB of training "
         f"columns as Arrow, uncompressed; {float32_gib:.2f} GiB as the trees' float32 inputs). One worker x "

@@ -41,7 +41,8 @@ def load(path: str | Path | None = None) -> dict:
             low, high = next(iter(dom.values()))
             if not low < high or (next(iter(dom)) == "log_uniform" and low <= 0):
                 raise SearchSpaceError(f"{path}: {family}.search.{name}: bad range [{low}, {high}]")
-        increasing = (spec.get("fixed") or {}).get("increasing")
+        fixed = spec.get("fixed") or {}
+        increasing = fixed.get("increasing")
         if increasing is not None and (
             not isinstance(increasing, list) or not set(map(str, increasing)) <= set(NUMERIC_FEATURES)
         ):
@@ -49,13 +50,13 @@ def load(path: str | Path | None = None) -> dict:
                 f"{path}: {family}.fixed.increasing: expected a list of numeric features "
                 f"({', '.join(NUMERIC_FEATURES)}), got {increasing!r}"
             )
-        external = (spec.get("fixed") or {}).get("external_memory")
+        external = fixed.get("external_memory")
         if external is not None and (family != "xgboost" or not isinstance(external, bool)):
             raise SearchSpaceError(
                 f"{path}: {family}.fixed.external_memory: expected true or false, and only for xgboost "
                 f"(the DNN streams its batches), got {external!r}"
             )
-        folder = (spec.get("fixed") or {}).get("external_memory_dir")
+        folder = fixed.get("external_memory_dir")
         if folder is not None and not (isinstance(folder, str) and folder.strip()):
             raise SearchSpaceError(
                 f"{path}: {family}.fixed.external_memory_dir: expected a folder path, got {folder!r}"
