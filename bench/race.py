@@ -1,7 +1,7 @@
 """The race: the production model vs MBTA's own published predictions vs the recent-segment rule.
 
     python bench/race.py [--root artifacts] [--model VERSION] [--vehicle-positions F...]
-                         [--trip-updates F...] [--from ISO] [--until ISO] [--no-record]
+                         [--trip-updates F...] [--from ISO] [--until ISO] [--sweep MIN] [--no-record]
 
 Defaults: the embedded GTFS-realtime hour (2023-05-08 12 UTC) with moments 12:20-12:30 UTC, which
 `make run` holds out of the dataset, and the production model under --root. Runs `mbta_ray.realtime.
@@ -9,6 +9,11 @@ race.run` (the code behind `mbta-ray race`) and appends the table, row accountin
 time to bench/RESULTS.md. Goal (issue 14): MAE below MBTA's and "accurate" share at or above MBTA's
 in every horizon bin, coverage >= 99 % of the rows in scope, the whole race in under 5 minutes for an
 hour of feed on 2 CPUs.
+
+``--sweep MIN`` races each MIN-minute window of [--from, --until) on its own instead, and tabulates
+MBTA and the model per window with how much VehiclePositions history each window's first moment had:
+how far the race depends on the other vehicles' recent traversals (windows before 12:20 on the
+embedded hour were in `make run`'s training data, which can only flatter the model there).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ def main() -> None:
     ap.add_argument("--from", dest="start", default=DEFAULT_RACE_WINDOW[0])
     ap.add_argument("--until", default=DEFAULT_RACE_WINDOW[1])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "race"))
+    ap.add_argument("--sweep", type=int, default=None, metavar="MIN", help="race each MIN-minute window apart")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
 
@@ -44,13 +50,17 @@ def main() -> None:
     if not version:
         sys.exit(f"no production model under {args.root}: run `make run` first")
     runner = ModelRunner(reg.fetch(version), version=version)
+    start, until = race.parse_time(args.start, "--from"), race.parse_time(args.until, "--until")
+    if args.sweep:
+        sweep(args, race, runner, start, until)
+        return
     result = race.run(
         args.vehicle_positions,
         args.trip_updates,
         runner,
         args.out,
-        race.parse_time(args.start, "--from"),
-        race.parse_time(args.until, "--until"),
+        start,
+        until,
     )
     lines = report(result.summary)
     print("\n".join(lines))
@@ -64,6 +74,35 @@ def main() -> None:
             f"{result.summary['window']['until']}.",
             lines,
         )
+
+
+def sweep(args, race, runner, start: int, until: int) -> None:
+    """Race each ``args.sweep``-minute window of [start, until) apart; print and record one table."""
+    from mbta_ray.timeutil import iso_z
+
+    lines = [
+        "| window (UTC) | history | MBTA horizon | n | mbta MAE (s) / accurate | model MAE (s) / accurate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lo in range(start, until, args.sweep * 60):
+        hi = min(lo + args.sweep * 60, until)
+        s = race.run(args.vehicle_positions, args.trip_updates, runner, f"{args.out}/{lo}", lo, hi).summary
+        window = f"{iso_z(lo)[11:16]}-{iso_z(hi)[11:16]}"
+        for b in s["bins"]:
+            cells = [
+                "-" if b[m]["mae"] is None else f"{b[m]['mae']:.1f} / {100 * b[m]['accurate']:.1f}%"
+                for m in ("mbta", "model")
+            ]
+            lines.append(
+                f"| {window} | {s['window']['history_s'] / 60:.0f} min | {b['bin']} | {b['n']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        print("\n".join(lines[-len(s["bins"]) :]), flush=True)
+    if not args.no_record:
+        from results_md import append
+
+        append(f"Race of {runner.version} by window: each {args.sweep}-minute window raced on its own.", lines)
 
 
 def report(s: dict) -> list[str]:

@@ -919,6 +919,8 @@ def print_race(summary: dict) -> None:
     )
     if summary.get("window_cut"):
         console.print(f"[dim]window cut: {summary['window_cut']}[/]", soft_wrap=True)
+    if summary.get("short_history"):
+        console.print(f"[yellow]short history: {summary['short_history']}[/]", soft_wrap=True)
 
 
 # --- registry and promotion ------------------------------------------------------------------------

@@ -526,6 +526,8 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     assert s["rows"] == {"mbta_matched": 8, "in_scope": 6, "scored": 5, "not_started": 1}
     assert s["rows_left_out"] == {"already_arrived": 1, "no_actual": 1}
     assert s["window"]["moments"] == 2 and s["window_cut"] and s["coverage"] == 1.0
+    # The first moment (680) is 675 s after the first VehiclePositions snapshot (5): said, not refused.
+    assert s["window"]["history_s"] == 675 and s["short_history"].startswith("only 11 min of VehiclePositions")
     bins = {b["bin"]: b for b in s["bins"]}
     # MBTA: errors +20, +10 (0-3); +50, +10 (3-6); +170 (6-12: arrived 170 s early, not accurate).
     assert bins["0-3 min"]["n"] == 2 and bins["0-3 min"]["mbta"] == pytest.approx(
@@ -594,7 +596,7 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     assert set(saved) >= {"model_version", "window", "rows", "coverage", "bins"}
 
 
-def test_the_race_window_and_its_errors(tmp_path):
+def test_the_race_window_and_its_errors(tmp_path, monkeypatch):
     from mbta_ray.errors import DataError
     from mbta_ray.realtime import race
     from mbta_ray.serve.inference import ModelRunner
@@ -602,8 +604,10 @@ def test_the_race_window_and_its_errors(tmp_path):
 
     vp, tu = _tiny_replay(tmp_path)
     runner = ModelRunner(make_model(tmp_path / "m", 60.0, rounds=3), version="tiny")
+    monkeypatch.setattr(race, "MIN_HISTORY_S", 795)  # the moment (800) has exactly that much history
     one = race.run([vp], [tu], runner, tmp_path / "o1", start=RACE_T0 + 700, end=RACE_T0 + 900)
     assert one.summary["window"]["moments"] == 1 and one.summary["rows"]["mbta_matched"] == 3
+    assert one.summary["window"]["history_s"] == 795 and one.summary["short_history"] is None
     with pytest.raises(DataError, match="no TripUpdates snapshot in the window .* at least 30 min before"):
         race.run([vp], [tu], runner, tmp_path / "o2", start=RACE_T0 + 1000, end=RACE_T0 + 1100)
     with pytest.raises(ConfigError, match="--from 'noon' is not an ISO time"):

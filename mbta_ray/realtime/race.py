@@ -48,6 +48,10 @@ from mbta_ray.timeutil import iso_z, parse_utc
 
 #: Predictions further ahead than this are out of the race (MBTA's standard stops at 30 min).
 MAX_HORIZON_S = 1800
+#: VehiclePositions wanted before the first moment: the anchors and the recent hops come from other
+#: vehicles' last traversals, and with less the model falls back on itself (bench/RESULTS.md, the
+#: race by window: with 5-19 min its MAE trails MBTA's in every bin up to 12 min, with 25 min it leads).
+MIN_HISTORY_S = 1200
 METHODS = ("mbta", "model", "recent_segment")
 
 
@@ -289,6 +293,7 @@ def run(
             + (f" [{iso_z(start)}, {iso_z(end)})" if start is not None and end is not None else "")
             + f" at least 30 min before the VehiclePositions end ({iso_z(data_end)})"
         )
+    history_s = int(at[0]) - int(vp.frame["feed_timestamp"].min())
     scope, counts = rows_in_scope(tu.frame, at, state)
     predictions = {
         "mbta": scope["arrival_time"].to_numpy(dtype="float64"),
@@ -305,7 +310,15 @@ def run(
             "from": iso_z(start if start is not None else at[0]),
             "until": iso_z(min(end, last_allowed + 1) if end is not None else at[-1] + 1),
             "moments": int(len(at)),
+            "history_s": history_s,
         },
+        "short_history": (
+            f"only {history_s / 60:.0f} min of VehiclePositions before the first moment: the race wants "
+            f"{MIN_HISTORY_S // 60} min or more (other vehicles' recent traversals carry the predictions; "
+            "start the feeds earlier or the window later)"
+            if history_s < MIN_HISTORY_S
+            else None
+        ),
         "window_cut": (
             f"moments end at {iso_z(last_allowed)}, 30 min before the VehiclePositions end ({iso_z(data_end)})"
             if cut
