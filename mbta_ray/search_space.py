@@ -57,9 +57,10 @@ def load(path: str | Path | None = None) -> dict:
                 f"(the DNN streams its batches), got {external!r}"
             )
         folder = fixed.get("external_memory_dir")
-        if folder is not None and not (isinstance(folder, str) and folder.strip()):
+        if folder is not None and (family != "xgboost" or not (isinstance(folder, str) and folder.strip())):
             raise SearchSpaceError(
-                f"{path}: {family}.fixed.external_memory_dir: expected a folder path, got {folder!r}"
+                f"{path}: {family}.fixed.external_memory_dir: expected a folder path, and only for xgboost "
+                f"(where external_memory pages its matrix), got {folder!r}"
             )
     return data
 

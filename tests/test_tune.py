@@ -56,6 +56,12 @@ def test_bad_search_space_names_file_and_parameter(tmp_path):
     bad.write_text(yaml.safe_dump({"dnn": {"fixed": {"external_memory": True}}}))
     with pytest.raises(search_space.SearchSpaceError, match=r"dnn.fixed.external_memory: .*only for xgboost"):
         search_space.load(bad)
+    bad.write_text(yaml.safe_dump({"dnn": {"fixed": {"external_memory_dir": "/tmp"}}}))
+    with pytest.raises(search_space.SearchSpaceError, match=r"dnn.fixed.external_memory_dir: .*only for xgboost"):
+        search_space.load(bad)
+    bad.write_text(yaml.safe_dump({"xgboost": {"fixed": {"external_memory_dir": " "}}}))
+    with pytest.raises(search_space.SearchSpaceError, match=r"xgboost.fixed.external_memory_dir: expected a folder"):
+        search_space.load(bad)
 
 
 def test_the_trees_never_lower_an_arrival_for_a_longer_recent_path():
