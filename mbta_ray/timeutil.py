@@ -21,6 +21,13 @@ from mbta_ray.schema import TIMEZONE
 _TZ = ZoneInfo(TIMEZONE)
 _SECONDS_PER_DAY = 86_400
 
+#: Epoch seconds a source's or a feed's time must lie in (2001-09-09 .. 2100-01-01): anything else
+#: is a unit mistake (milliseconds) or garbage, and would overflow a timestamp downstream.
+EPOCH_RANGE = (1_000_000_000, 4_102_444_800)
+#: Seconds into a service day a schedule or an event may have: a day before its origin (the
+#: previous day, as some exports count) to three days after it (trips run past 24:00, never 72:00).
+SERVICE_SECONDS_RANGE = (-_SECONDS_PER_DAY, 3 * _SECONDS_PER_DAY)
+
 
 def service_day_origin(dates: pd.Series) -> pd.Series:
     """UTC timestamp of second 0 of each service day (noon local minus 12 h)."""

@@ -108,6 +108,9 @@ def _broken_files(tmp_path: Path) -> dict[str, Path]:
         "not a GTFS-realtime protobuf": b"\x08\x96\x01 garbage \xff\xff\xff\xff",
         "a GTFS-realtime feed is a JSON object": b"[1, 2, 3]",
         "not a readable parquet file": b"PAR1 truncated",
+        "JSON nested too deeply": b'{"header": {"timestamp": 1700000000}, "entity": ' + b"[" * 100_000,
+        "is not a time in epoch seconds": b'{"header": {"timestamp": 1700000000000}, "entity": []}',  # ms
+        "no header.timestamp (got 'inf')": b'{"header": {"timestamp": Infinity}, "entity": []}',
     }
     out = {}
     for why, data in files.items():
@@ -124,7 +127,7 @@ def test_broken_snapshots_are_skipped_and_reported_by_name_never_ending_a_replay
     skipped = dict(feed.report.skipped_snapshots)
     for why, path in broken.items():
         assert why in skipped[str(path)], (why, skipped)
-    assert "6 snapshot(s) skipped" in feed.report.summary()
+    assert "9 snapshot(s) skipped" in feed.report.summary()
     for why, path in broken.items():  # alone, a broken file is an error naming it and saying why
         with pytest.raises(feeds.FeedError, match="no VehiclePositions snapshot could be read") as err:
             feeds.read_vehicle_positions([path])
@@ -180,14 +183,34 @@ def test_rows_with_bad_values_are_skipped_with_the_field_named(tmp_path):
             },
         ],
     }
+
+    def entity(trip: str, **changes) -> dict:
+        vehicle = {"current_status": "STOPPED_AT", "stop_id": "70061", "timestamp": 1700000000}
+        vehicle["trip"] = {"trip_id": trip, "route_id": "Red", "direction_id": changes.pop("direction_id", 0)}
+        return {"id": trip, "vehicle": vehicle | changes}
+
+    snapshot["entity"] += [
+        entity("t4", timestamp=1700000000000),  # milliseconds
+        entity("t5", timestamp=-5),
+        entity("t6", direction_id=300),  # would overflow the int8 column
+        entity("t7", direction_id=0.5),
+        entity("t8", position={"latitude": 420.0, "longitude": -71.0}),
+        entity("t9", position={"latitude": 42.0, "longitude": -710.0}),
+        entity("t10", vehicle={"id": {"a": [[[[]]]]}}),  # nested, not a value we read: not a reason to skip
+    ]
     path = tmp_path / "vp.json"
-    path.write_text(json.dumps(snapshot))
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(snapshot).encode())  # a byte-order mark is still JSON
     feed = feeds.read_vehicle_positions([path])
     assert feed.report.skipped_rows == {
         "vehicle.timestamp is not a number": 1,
         "vehicle.current_status is not a GTFS-realtime status": 1,
+        "vehicle.timestamp is not a time in epoch seconds": 2,
+        "vehicle.trip.direction_id is not 0 or 1": 2,
+        "vehicle.position.latitude is not a latitude": 1,
+        "vehicle.position.longitude is not a longitude": 1,
     }
-    assert feed.frame["status"].tolist() == ["STOPPED_AT"]  # the enum number 1, as archives store it
+    assert feed.frame["status"].tolist() == ["STOPPED_AT", "STOPPED_AT"]  # the enum number 1, as archives store it
+    assert feed.frame["trip_id"].tolist() == ["t3", "t10"]
 
 
 # --- state ----------------------------------------------------------------------------------------

@@ -657,6 +657,51 @@ def test_lamp_bad_values_name_their_field() -> None:
     assert [r["scheduled_arrival"] for r in got] == [None, utc("2024-02-07 11:22:00"), None, utc("2024-02-07 11:25:00")]
 
 
+def test_times_out_of_any_plausible_range_are_bad_values_not_a_crashed_read(tmp_path: Path) -> None:
+    """Epoch seconds in milliseconds, 1e30, inf, or seconds into a service day past three days would
+    overflow a timestamp: each quarantines its row as bad_value naming the field."""
+    lamp = pd.read_parquet(LAMP_SAMPLE).head(4)
+    lamp["stop_timestamp"] = [1707304860.0, 1e30, float("inf"), 1707304860000.0]
+    lamp["scheduled_arrival_time"] = [22800.0, 22800.0, 22800.0, 1e20]
+    lamp.to_parquet(tmp_path / "lamp.parquet")
+    got = [(r["reason"], r["detail"]) for r in rows(read_file(str(tmp_path / "lamp.parquet"), "lamp"))]
+    assert got == [
+        (None, None),
+        ("bad_value", "field stop_timestamp: 1e+30 is not a time in epoch seconds"),
+        ("bad_value", "field stop_timestamp: inf is not a time in epoch seconds"),
+        ("bad_value", "field stop_timestamp: 1707304860000.0 is not a time in epoch seconds"),
+    ]
+    tm = pd.read_parquet(TM_SAMPLE)
+    tm = tm[tm["IsRevenue"] == "R"].head(2)
+    tm["ACT_ARRIVAL_TIME"] = [1e30, 3e5]
+    tm.to_parquet(tmp_path / "tm.parquet")
+    got = [r["detail"] for r in rows(read_file(str(tmp_path / "tm.parquet"), "tm"))]
+    assert got == [
+        "field ACT_ARRIVAL_TIME: 1e+30 is not seconds into a service day",
+        "field ACT_ARRIVAL_TIME: 300000.0 is not seconds into a service day",
+    ]
+    vp = pa.table(
+        {
+            "vehicle.current_status": ["STOPPED_AT"] * 3,
+            "vehicle.timestamp": [1683548120.0, 1683548120000.0, -5.0],
+            "vehicle.trip.trip_id": ["t1", "t2", "t3"],
+            "vehicle.trip.route_id": ["Red"] * 3,
+            "vehicle.trip.direction_id": [0, 300, 1],  # 300: out of the int8 column
+            "vehicle.trip.start_date": ["20230508"] * 3,
+            "vehicle.stop_id": ["70061"] * 3,
+            "vehicle.current_stop_sequence": [1.0, 2.0, 3.0],
+        }
+    )
+    pq.write_table(vp, tmp_path / "vp.parquet")
+    table = read_file(str(tmp_path / "vp.parquet"))
+    assert [r["detail"] for r in rows(table)] == [
+        None,
+        "field vehicle.timestamp: 1683548120000.0 is not a time in epoch seconds",
+        "field vehicle.timestamp: -5.0 is not a time in epoch seconds",
+    ]
+    assert table["direction_id"].to_pylist() == [0, None, 1]
+
+
 # --- broken inputs ------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from mbta_ray.errors import DataError, MissingFileError
+from mbta_ray.timeutil import EPOCH_RANGE
 
 #: Normalized VehiclePositions: one row per vehicle per snapshot. Times are epoch seconds (UTC).
 VEHICLE_COLUMNS = (
@@ -100,6 +101,11 @@ _NUMERIC = {"timestamp", "direction_id", "stop_sequence", "latitude", "longitude
 #: A row is skipped (and counted) when one of these is missing.
 _VEHICLE_REQUIRED = ("trip_id", "route_id", "timestamp", "status", "stop_id")
 _TRIP_UPDATE_REQUIRED = ("trip_id", "route_id", "stop_id")
+
+#: The times a row has, each checked to be epoch seconds (``timeutil.EPOCH_RANGE``).
+_TIMES = ("timestamp", "arrival_time", "departure_time")
+#: Byte-order marks a JSON snapshot may start with (``json.loads`` decodes each).
+_JSON_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 
 #: Files larger than this are refused (a snapshot is a few MB; an hour's archive tens of MB).
 MAX_FILE_BYTES = 4 << 30
@@ -196,7 +202,7 @@ def _form(head: bytes) -> str:
         return "parquet"
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
-    if head.lstrip()[:1] in (b"{", b"["):
+    if head.lstrip()[:1] in (b"{", b"[") or head.startswith(_JSON_BOMS):
         return "json"
     return "protobuf"
 
@@ -269,12 +275,16 @@ def _snapshot_rows(data: bytes, path: Path | str, kind: str) -> tuple[int, list[
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
             raise FeedError(f"{path}: corrupt or truncated gzip ({exc})") from exc
-        form = "json" if data.lstrip()[:1] in (b"{", b"[") else "protobuf"
+        form = _form(data[:8])
+        if form == "parquet":
+            raise FeedError(f"{path}: a gzipped parquet file, not a snapshot")
     if form == "json":
         try:
             message = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise FeedError(f"{path}: not valid JSON ({exc})") from exc
+        except RecursionError:
+            raise FeedError(f"{path}: JSON nested too deeply to be a GTFS-realtime feed") from None
     else:
         message = _protobuf_to_dict(path, data)
     if not isinstance(message, dict):
@@ -283,16 +293,19 @@ def _snapshot_rows(data: bytes, path: Path | str, kind: str) -> tuple[int, list[
     stamp = header.get("timestamp") if isinstance(header, dict) else None
     try:
         feed_timestamp = int(stamp)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise FeedError(f"{path}: no header.timestamp (got {str(stamp)[:40]!r})") from None
-    if feed_timestamp <= 0:
-        raise FeedError(f"{path}: header.timestamp {feed_timestamp} is not a time")
+    if not EPOCH_RANGE[0] <= feed_timestamp < EPOCH_RANGE[1]:
+        raise FeedError(f"{path}: header.timestamp {feed_timestamp} is not a time in epoch seconds")
     entities = message.get("entity", [])
     if not isinstance(entities, list):
         raise FeedError(f"{path}: entity is not a list")
     rows: list[dict] = []
     for entity in entities:
-        rows.extend(_entity_rows(entity, kind, feed_timestamp))
+        try:
+            rows.extend(_entity_rows(entity, kind, feed_timestamp))
+        except RecursionError:  # an entity nested deeper than any GTFS-realtime message
+            rows.append({"feed_timestamp": feed_timestamp, "_skip": "entity nested too deeply"})
     return feed_timestamp, rows
 
 
@@ -391,6 +404,16 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
         else:
             text = source.astype("string").str.strip()
             out[name] = text.mask(text == "")
+    for name in ("feed_timestamp", *(t for t in _TIMES if t in out)):
+        where = fields.get(name, name)
+        odd = out[name].notna() & ~out[name].between(*EPOCH_RANGE, inclusive="left")
+        skip = skip.where(skip.notna() | ~odd, f"{where} is not a time in epoch seconds")
+    for name, bound in (("latitude", 90.0), ("longitude", 180.0)):
+        if name in out:
+            odd = out[name].notna() & ~out[name].between(-bound, bound)
+            skip = skip.where(skip.notna() | ~odd, f"{fields[name]} is not a {name}")
+    odd = out["direction_id"].notna() & ~out["direction_id"].isin((0, 1))
+    skip = skip.where(skip.notna() | ~odd, f"{fields['direction_id']} is not 0 or 1")
     if kind == "VehiclePositions":
         out["status"] = out["status"].replace(_STATUS_NUMBERS)
         bad_status = out["status"].notna() & ~out["status"].isin(STATUSES)

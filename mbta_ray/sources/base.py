@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mbta_ray.schema import Reason
+from mbta_ray.timeutil import EPOCH_RANGE, SERVICE_SECONDS_RANGE, service_seconds_to_utc
 
 
 class RowIssues:
@@ -37,6 +38,22 @@ def numeric(df: pd.DataFrame, column: str, issues: RowIssues) -> pd.Series:
     bad = values.isna() & raw.notna() & (text != "") & (text.str.lower() != "nan")
     issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + text.fillna("") + " is not a number")
     return values
+
+
+def epoch_time(seconds: pd.Series, column: str, issues: RowIssues) -> pd.Series:
+    """Epoch seconds (``numeric``'s output) as UTC timestamps; a value outside
+    ``timeutil.EPOCH_RANGE`` is flagged ``bad_value`` naming the field, and becomes NaT."""
+    bad = seconds.notna() & ~seconds.between(*EPOCH_RANGE, inclusive="left")
+    issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + seconds.astype("string") + " is not a time in epoch seconds")  # fmt: skip
+    return pd.to_datetime(seconds.mask(bad), unit="s", utc=True)
+
+
+def service_time(dates: pd.Series, seconds: pd.Series, column: str, issues: RowIssues) -> pd.Series:
+    """Seconds into the service day (``numeric``'s output) as UTC timestamps; a value outside
+    ``timeutil.SERVICE_SECONDS_RANGE`` is flagged ``bad_value`` naming the field, and becomes NaT."""
+    bad = seconds.notna() & ~seconds.between(*SERVICE_SECONDS_RANGE, inclusive="left")
+    issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + seconds.astype("string") + " is not seconds into a service day")  # fmt: skip
+    return service_seconds_to_utc(dates, seconds.mask(bad))
 
 
 def text(df: pd.DataFrame, column: str) -> pd.Series:

@@ -16,7 +16,7 @@ import pandas as pd
 from mbta_ray.realtime.feeds import STOPPED_AT
 from mbta_ray.realtime.feeds import VEHICLE_FIELDS as F
 from mbta_ray.schema import Reason, mode_for_route
-from mbta_ray.sources.base import Reader, RowIssues, numeric, text
+from mbta_ray.sources.base import Reader, RowIssues, epoch_time, numeric, text
 from mbta_ray.timeutil import parse_service_date
 
 STATUS = F["status"]
@@ -40,7 +40,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     out["vehicle_id"] = text(df, F["vehicle_id"]) if F["vehicle_id"] in df else pd.NA
     out["stop_id"] = text(df, F["stop_id"])
     out["stop_sequence"] = numeric(df, F["stop_sequence"], issues)
-    out["actual_arrival"] = pd.to_datetime(timestamp, unit="s", utc=True)
+    out["actual_arrival"] = epoch_time(timestamp, F["timestamp"], issues)
     out["scheduled_arrival"] = pd.NaT
     out["dwell_seconds"] = float("nan")
     out["headway_seconds"] = float("nan")

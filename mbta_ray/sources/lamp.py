@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 
 from mbta_ray.schema import Reason, mode_for_route
-from mbta_ray.sources.base import Reader, RowIssues, first_present, numeric, text
-from mbta_ray.timeutil import parse_service_date, service_seconds_to_utc
+from mbta_ray.sources.base import Reader, RowIssues, epoch_time, first_present, numeric, service_time, text
+from mbta_ray.timeutil import parse_service_date
 
 ACTUAL = ("stop_timestamp", "vp_stop_timestamp")
 TRIP = ("trip_id", "pm_trip_id")
@@ -53,10 +53,10 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     out["vehicle_id"] = text(df, "vehicle_id") if "vehicle_id" in df.columns else pd.NA
     out["stop_id"] = text(df, "stop_id")
     out["stop_sequence"] = numeric(df, "stop_sequence", issues)
-    out["actual_arrival"] = pd.to_datetime(actual_s, unit="s", utc=True)
+    out["actual_arrival"] = epoch_time(actual_s, first_present(df, ACTUAL), issues)
     if "scheduled_arrival_time" in df.columns:
         sched = numeric(df, "scheduled_arrival_time", issues)
-        out["scheduled_arrival"] = service_seconds_to_utc(service_date, sched)
+        out["scheduled_arrival"] = service_time(service_date, sched, "scheduled_arrival_time", issues)
     else:
         out["scheduled_arrival"] = pd.NaT
     out["dwell_seconds"] = _coalesce(df, ("dwell_time_seconds",), issues)

@@ -13,8 +13,8 @@ import pandas as pd
 
 from mbta_ray.schema import TM_ID_PREFIX as ID_PREFIX
 from mbta_ray.schema import Mode, Reason
-from mbta_ray.sources.base import Reader, RowIssues, int_text, numeric, text
-from mbta_ray.timeutil import parse_service_date, service_seconds_to_utc
+from mbta_ray.sources.base import Reader, RowIssues, int_text, numeric, service_time, text
+from mbta_ray.timeutil import parse_service_date
 
 #: CROSSING_TYPE_ID of a trip's first point.
 TRIP_START_CROSSING = 2
@@ -49,8 +49,10 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     out["vehicle_id"] = int_text(numeric(df, "VEHICLE_ID", issues)) if "VEHICLE_ID" in df else pd.NA
     out["stop_id"] = ID_PREFIX + int_text(numeric(df, "GEO_NODE_ID", issues))
     out["stop_sequence"] = sequence
-    out["actual_arrival"] = service_seconds_to_utc(service_date, arrival)
-    out["scheduled_arrival"] = service_seconds_to_utc(service_date, numeric(df, "SCHEDULED_TIME", issues))
+    out["actual_arrival"] = service_time(service_date, arrival, "ACT_ARRIVAL_TIME", issues)
+    out["scheduled_arrival"] = service_time(
+        service_date, numeric(df, "SCHEDULED_TIME", issues), "SCHEDULED_TIME", issues
+    )
     out["dwell_seconds"] = (departure - arrival).where(departure >= arrival)
     out["headway_seconds"] = float("nan")
     out["scheduled_headway_seconds"] = float("nan")
