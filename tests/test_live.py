@@ -4,6 +4,7 @@ tracker (and, in the last test, the real Serve app) consumes it."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -299,6 +300,17 @@ def test_every_feed_fault_keeps_the_last_good_state_and_says_degraded(hour, red_
     tracker.source._clock = lambda: tracker.latest + tracker.config.max_age_s + 1
     assert tracker.current() == [] and len(tracker.trip_updates().entity) == 0
     assert "old" in tracker.health()["reason"]
+
+
+def test_a_feed_url_is_named_without_its_query_or_credentials():
+    """Health, logs and errors name the feed; a key in its query or user:secret@ never shows."""
+    cfg = LiveConfig.from_dict({})
+    source = HttpSource("http://user:s3cret@127.0.0.1:9/VehiclePositions.pb?api_key=SECRET", 1.0)
+    tracker = LiveTracker(source, cfg)
+    tracker.poll()
+    health = json.dumps(tracker.health())
+    assert "127.0.0.1:9/VehiclePositions.pb" in health, health
+    assert "SECRET" not in health and "s3cret" not in health
 
 
 def test_vehicles_time_out_and_a_trip_follows_its_new_vehicle(hour):

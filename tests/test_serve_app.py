@@ -250,6 +250,12 @@ def test_inputs_the_model_cannot_handle_get_422_over_http(served, tmp_path):
     bad = body(stops_ahead=[{"stop_id": "C"}, {"stop_id": "nowhere"}])
     r = requests.post(f"{URL}/predict/batch", json={"requests": [body(), bad]}, timeout=10)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "requests", 1, "stops_ahead", 1, "stop_id"]
+    # A batch of unknown stops answers a short list, as a batch of invalid bodies does (not megabytes).
+    nowhere = body(stops_ahead=[{"stop_id": f"nowhere-{i}"} for i in range(20)])
+    r = requests.post(f"{URL}/predict/batch", json={"requests": [nowhere] * 10}, timeout=10)
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and len(detail) == 51, len(detail)
+    assert detail[-1] == {"loc": ["body"], "type": "too_many_errors", "msg": "150 more errors"}
 
 
 def test_openapi_docs_list_the_endpoints(served):

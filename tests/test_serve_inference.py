@@ -162,6 +162,28 @@ def test_service_day_rolls_over_at_3am_local():
             "departure must be from actual_arrival to moment",
         ),
         ({"departure": "12:06"}, "departure", "valid datetime"),
+        # A stop never follows itself (a loop comes back later), and a schedule runs forward.
+        ({"stops_ahead": [{"stop_id": "B"}]}, "", "stops_ahead[0].stop_id 'B' is the same stop as stop_id (u)"),
+        (
+            {"stops_ahead": [{"stop_id": "C"}, {"stop_id": "C"}]},
+            "",
+            "stops_ahead[1].stop_id 'C' is the same stop as stops_ahead[0]",
+        ),
+        (
+            {
+                "stops_ahead": [
+                    {"stop_id": "C", "scheduled_arrival": "2024-03-12T12:30:00Z"},
+                    {"stop_id": "D", "scheduled_arrival": "2024-03-12T12:10:00Z"},
+                ]
+            },
+            "",
+            "stops_ahead[1].scheduled_arrival 2024-03-12T12:10:00+00:00 is before stops_ahead[0].scheduled_arrival",
+        ),
+        (
+            {"scheduled_arrival": "2024-03-12T12:15:00Z"},  # u after C's 12:10
+            "",
+            "stops_ahead[0].scheduled_arrival 2024-03-12T12:10:00+00:00 is before scheduled_arrival",
+        ),
         ({"position": {"latitude": 42.3, "longitude": -71.1}}, "", "send its departure too"),
         (
             {"moment": "2024-03-12T12:08:00Z", "departure": "2024-03-12T12:07:00Z", "position": {"latitude": 91}},

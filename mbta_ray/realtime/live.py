@@ -49,6 +49,7 @@ from mbta_ray.realtime import feeds
 from mbta_ray.realtime.feeds import FeedError, Snapshot
 from mbta_ray.realtime.requests import published_arrivals, vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
+from mbta_ray.storage import shown
 from mbta_ray.timeutil import iso_z, parse_utc
 
 logger = logging.getLogger(__name__)
@@ -143,33 +144,36 @@ class HttpSource:
     """A feed URL, fetched each poll with a timeout."""
 
     def __init__(self, url: str, timeout_s: float, clock: Callable[[], float] = time.time) -> None:
-        self.name, self.timeout_s, self._clock = url, timeout_s, clock
+        # The name (health, logs, errors) never shows the URL's query or user:secret@: keys live there.
+        self.url, self.name, self.timeout_s, self._clock = url, shown(url), timeout_s, clock
 
     def now(self) -> float:
         return self._clock()
 
     def fetch(self) -> Snapshot:
-        return feeds.read_snapshot(fetch_bytes(self.name, self.timeout_s), "VehiclePositions", self.name)
+        return feeds.read_snapshot(fetch_bytes(self.url, self.timeout_s), "VehiclePositions", self.name)
 
 
 def fetch_bytes(url: str, timeout_s: float) -> bytes:
-    """A feed URL's answer (http or https); ``FeedError`` naming the URL and what went wrong."""
+    """A feed URL's answer (http or https); ``FeedError`` naming the URL (without its query or
+    credentials) and what went wrong."""
+    where = shown(url)
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{url!r} is not an http(s) URL")
+        raise ConfigError(f"{where!r} is not an http(s) URL")
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as answer:  # noqa: S310 -- http(s) only
             data = answer.read(MAX_FEED_BYTES + 1)
     except urllib.error.HTTPError as exc:
-        raise FeedError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise FeedError(f"{where}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
-        raise FeedError(f"{url}: unreachable ({exc.reason})") from None
+        raise FeedError(f"{where}: unreachable ({exc.reason})") from None
     except TimeoutError:
-        raise FeedError(f"{url}: no answer within {timeout_s:g} s") from None
+        raise FeedError(f"{where}: no answer within {timeout_s:g} s") from None
     except OSError as exc:  # a connection reset or dropped mid-answer
-        raise FeedError(f"{url}: connection failed ({exc})") from None
+        raise FeedError(f"{where}: connection failed ({exc})") from None
     if len(data) > MAX_FEED_BYTES:
-        raise FeedError(f"{url}: answer larger than {MAX_FEED_BYTES} bytes")
+        raise FeedError(f"{where}: answer larger than {MAX_FEED_BYTES} bytes")
     return data
 
 

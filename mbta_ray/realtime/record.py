@@ -25,6 +25,7 @@ from mbta_ray.errors import ConfigError
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.feeds import FeedError
 from mbta_ray.realtime.live import fetch_bytes
+from mbta_ray.storage import shown
 
 KINDS = {"vehicle-positions": "VehiclePositions", "trip-updates": "TripUpdates"}
 
@@ -92,7 +93,7 @@ def record(
         ):
             polled = time.monotonic()
             try:
-                stamp, rows, skipped = feeds.flatten_snapshot(fetch_bytes(url, timeout_s), KINDS[kind], url)
+                stamp, rows, skipped = feeds.flatten_snapshot(fetch_bytes(url, timeout_s), KINDS[kind], shown(url))
             except FeedError as exc:
                 report.skipped["failed polls"] += 1
                 log(f"skipped: {exc}")

@@ -489,7 +489,11 @@ PREDICT_ERRORS = {
 
 def _refused(refusal: Refusal) -> JSONResponse:
     metrics.reject(refusal.reason)
-    return JSONResponse(status_code=refusal.status, content={"detail": refusal.detail})
+    detail = refusal.detail
+    if isinstance(detail, list) and len(detail) > ECHO_ERRORS:  # a batch of unknown stops: not megabytes
+        more = len(detail) - ECHO_ERRORS
+        detail = [*detail[:ECHO_ERRORS], {"loc": ["body"], "type": "too_many_errors", "msg": f"{more:,} more errors"}]
+    return JSONResponse(status_code=refusal.status, content={"detail": detail})
 
 
 @serve.deployment(

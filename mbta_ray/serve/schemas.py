@@ -158,6 +158,23 @@ class PredictRequest(_Strict):
         for (_, a), (j, b) in zip(known, known[1:]):
             if b <= a:
                 raise ValueError(f"stops_ahead[{j - 1}].stop_sequence {b} is not after the one before it ({a})")
+        # Nor may a stop follow itself (a loop comes back to a stop later, never at once), and a
+        # schedule never runs backwards along a trip (a client's mix-up, which would make the
+        # schedule features negative and the arrivals out of order).
+        ids = [self.stop_id] + [s.stop_id for s in self.stops_ahead]
+        for j in range(1, len(ids)):
+            if ids[j] == ids[j - 1]:
+                before = "stop_id (u)" if j == 1 else f"stops_ahead[{j - 2}]"
+                raise ValueError(f"stops_ahead[{j - 1}].stop_id {ids[j]!r} is the same stop as {before}")
+        times = [("scheduled_arrival", self.scheduled_arrival)] + [
+            (f"stops_ahead[{i}].scheduled_arrival", s.scheduled_arrival) for i, s in enumerate(self.stops_ahead)
+        ]
+        known_times = [(name, t) for name, t in times if t is not None]
+        for (name_a, a), (name_b, b) in zip(known_times, known_times[1:]):
+            if b < a:
+                raise ValueError(
+                    f"{name_b} {b.isoformat()} is before {name_a} {a.isoformat()}: a schedule runs forward"
+                )
         return self
 
 
