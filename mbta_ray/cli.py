@@ -921,6 +921,17 @@ def print_race(summary: dict) -> None:
         console.print(f"[dim]window cut: {summary['window_cut']}[/]", soft_wrap=True)
     if summary.get("short_history"):
         console.print(f"[yellow]short history: {summary['short_history']}[/]", soft_wrap=True)
+    for kind, report in summary.get("feeds", {}).items():  # what was left out of the inputs, and why
+        parts = []
+        if report["skipped_snapshots"]:
+            first = report["skipped_snapshots"][0]
+            parts.append(
+                f"{len(report['skipped_snapshots'])} snapshot(s) skipped (first: {first['where']}: {first['why']})"
+            )
+        if report["skipped_rows"]:
+            parts.append("rows skipped: " + ", ".join(f"{n:,} {why}" for why, n in report["skipped_rows"].items()))
+        if parts:  # file names and reasons are the user's text: no markup
+            console.print(f"{kind}: " + "; ".join(parts), style="yellow", soft_wrap=True, markup=False, highlight=False)
 
 
 # --- registry and promotion ------------------------------------------------------------------------

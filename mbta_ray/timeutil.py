@@ -55,7 +55,10 @@ def parse_service_date(values: pd.Series) -> pd.Series:
     Returns datetime64 at midnight (naive); unparseable values become NaT.
     """
     if pd.api.types.is_integer_dtype(values.dtype) or pd.api.types.is_float_dtype(values.dtype):
-        text = values.astype("Int64").astype("string")
+        number = values.astype("float64")
+        # Only whole eight-digit numbers are dates (20240207.5, 1e300 or inf would not even cast).
+        whole = number.where((number == number.round()) & number.between(10_000_000, 99_999_999))
+        text = whole.astype("Int64").astype("string")
         return pd.to_datetime(text, format="%Y%m%d", errors="coerce")
     text = values.astype("string").str.strip()
     compact = pd.to_datetime(text.where(text.str.fullmatch(r"\d{8}")), format="%Y%m%d", errors="coerce")

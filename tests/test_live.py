@@ -491,6 +491,41 @@ def test_record_archives_a_feed_that_every_reader_takes(hour, tmp_path):
     pd.testing.assert_frame_equal(ours, theirs, check_dtype=False)
 
 
+def test_record_skips_snapshots_no_reader_could_hold_and_keeps_recording(hour, tmp_path):
+    """A number of 5,000 digits (Python's JSON refuses it), a lone surrogate (no UTF-8 holds it) and a
+    vehicle time past int64 (no parquet integer holds it): the poll or the entity is skipped and
+    counted, the rest is recorded and written, nothing ends the recording."""
+    from mbta_ray.realtime.record import record
+
+    def vehicle(trip: str, timestamp: object) -> dict:
+        return {"id": trip, "vehicle": {"trip": {"trip_id": trip, "route_id": "Red", "direction_id": 0},
+                "stop_id": "70061", "current_status": "STOPPED_AT", "timestamp": timestamp}}  # fmt: skip
+
+    def snapshot(stamp: int, *entities: dict) -> bytes:
+        return json.dumps({"header": {"timestamp": stamp}, "entity": list(entities)}).encode()
+
+    early = int(hour["feed_timestamp"].min()) - 600  # before the hour: the hour's snapshots are newer
+    server = FeedServer(hour, step=3)
+    server.faults.extend(
+        [
+            ("bytes", b'{"header": {"timestamp": 1683547000}, "entity": [], "x": ' + b"9" * 5000 + b"}"),
+            ("bytes", snapshot(early, vehicle("t1", early), vehicle("\ud800", early))),
+            ("bytes", snapshot(early + 1, vehicle("t2", 2**70))),
+        ]
+    )
+    logged: list[str] = []
+    try:
+        report = record(server.url, tmp_path / "rec", every_s=0.01, snapshots=4, timeout_s=2, log=logged.append)
+    finally:
+        server.close()
+    assert report.snapshots == 4 and report.skipped["failed polls"] == 1, report.summary()
+    assert any("not valid JSON" in m for m in logged), logged
+    assert report.skipped["vehicle.trip.trip_id is not valid text"] == 1, report.summary()
+    recorded = feeds.read_vehicle_positions([tmp_path / "rec"])
+    assert recorded.report.skipped_rows["vehicle.timestamp is not a time in epoch seconds"] == 1
+    assert "t1" in set(recorded.frame["trip_id"]) and "t2" not in set(recorded.frame["trip_id"])
+
+
 def test_record_cli_refuses_bad_options_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
@@ -500,6 +535,8 @@ def test_record_cli_refuses_bad_options_in_one_line(tmp_path):
         (["--url", "ftp://example.org/x.pb"], "http(s) URL"),
         (["--url", "http://127.0.0.1:9/x.pb", "--duration", "soon"], "--duration"),
         (["--url", "http://127.0.0.1:9/x.pb", "--kind", "alerts"], "--kind"),
+        (["--url", "http://127.0.0.1:9/x.pb", "--timeout", "-1"], "--timeout"),
+        (["--url", "http://127.0.0.1:9/x.pb", "--snapshots", "0"], "--snapshots"),
     ):
         result = CliRunner().invoke(app, ["live", "record", *args, "--out", str(tmp_path / "o")])
         assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output, result.output

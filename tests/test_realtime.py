@@ -631,13 +631,61 @@ def test_the_race_window_and_its_errors(tmp_path, monkeypatch):
     one = race.run([vp], [tu], runner, tmp_path / "o1", start=RACE_T0 + 700, end=RACE_T0 + 900)
     assert one.summary["window"]["moments"] == 1 and one.summary["rows"]["mbta_matched"] == 3
     assert one.summary["window"]["history_s"] == 795 and one.summary["short_history"] is None
-    with pytest.raises(DataError, match="no TripUpdates snapshot in the window .* at least 30 min before"):
+    with pytest.raises(
+        DataError,
+        match=r"no TripUpdates snapshot in the window from .* until .* at least 30 min before .* the TripUpdates run from",
+    ):
         race.run([vp], [tu], runner, tmp_path / "o2", start=RACE_T0 + 1000, end=RACE_T0 + 1100)
     with pytest.raises(ConfigError, match="--from 'noon' is not an ISO time"):
         race.parse_time("noon", "--from")
     assert (
         race.parse_time("2023-05-08T12:00:00Z", "--from") == RACE_T0 == race.parse_time("2023-05-08T08:00-04:00", "x")
     )
+
+
+def test_the_race_takes_trip_updates_without_direction_or_sequences_and_dates_with_dashes(tmp_path):
+    """GTFS-realtime lets a TripUpdate leave out direction_id and stop_sequence (stop ids in order
+    say the same), and a flattened archive may spell start_date 2023-05-08: the same race. The same
+    TripUpdates given twice count once."""
+    from mbta_ray.realtime import race
+    from mbta_ray.serve.inference import ModelRunner
+    from tests.test_registry import make_model
+
+    vp, tu = _tiny_replay(tmp_path)
+    runner = ModelRunner(make_model(tmp_path / "m", 60.0, rounds=6), version="tiny")
+    reference = race.run([vp], [tu], runner, tmp_path / "ref").summary
+    fields = feeds.TRIP_UPDATE_FIELDS
+    sparse = pd.read_parquet(tu).drop(columns=[fields["direction_id"], fields["stop_sequence"]])
+    sparse[fields["start_date"]] = "2023-05-08"
+    sparse.to_parquet(tmp_path / "sparse.parquet", index=False)
+    for name, files in (("sparse", [tmp_path / "sparse.parquet"]), ("twice", [tu, tu])):
+        summary = race.run([vp], files, runner, tmp_path / name).summary
+        assert summary["bins"] == reference["bins"] and summary["rows"] == reference["rows"], name
+        assert summary["coverage"] == reference["coverage"] == 1.0
+    twice = {"the same row again (a snapshot read twice)": len(pd.read_parquet(tu))}
+    assert summary["feeds"]["trip_updates"]["skipped_rows"] == twice
+
+
+def test_the_race_refuses_a_bad_out_and_an_empty_race_before_replaying_and_says_why(tmp_path):
+    from mbta_ray.errors import ConfigError, DataError
+    from mbta_ray.realtime import race
+    from mbta_ray.serve.inference import ModelRunner
+    from tests.test_registry import make_model
+
+    vp, tu = _tiny_replay(tmp_path)
+    runner = ModelRunner(make_model(tmp_path / "m", 60.0, rounds=3), version="tiny")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ConfigError, match="a_file: cannot be created"):
+        race.run([vp], [tu], runner, tmp_path / "a_file")
+    fields = feeds.TRIP_UPDATE_FIELDS
+    bus = pd.read_parquet(tu).assign(**{fields["route_id"]: "1"})  # only bus routes: not the subway race
+    bus.to_parquet(tmp_path / "bus.parquet", index=False)
+    with pytest.raises(DataError, match="MBTA predicted no subway arrival 0-30 min ahead .* nothing to score"):
+        race.run([vp], [tmp_path / "bus.parquet"], runner, tmp_path / "o")
+    ms = pd.read_parquet(vp).assign(feed_timestamp=lambda f: f["feed_timestamp"] * 1000)
+    ms.to_parquet(tmp_path / "ms.parquet", index=False)
+    with pytest.raises(DataError, match="no usable vehicle reports.* feed_timestamp is not a time in epoch seconds"):
+        race.run([tmp_path / "ms.parquet"], [tu], runner, tmp_path / "o")
 
 
 def test_a_published_feed_is_read_as_a_rider_saw_it_at_each_moment():

@@ -700,6 +700,40 @@ def test_times_out_of_any_plausible_range_are_bad_values_not_a_crashed_read(tmp_
         "field vehicle.timestamp: -5.0 is not a time in epoch seconds",
     ]
     assert table["direction_id"].to_pylist() == [0, None, 1]
+    # The status as the protobuf enum's number (as some archives store it) is the same status.
+    pq.write_table(vp.set_column(0, "vehicle.current_status", pa.array(["1", "2", "1"])), tmp_path / "vp1.parquet")
+    assert [r["reason"] for r in rows(read_file(str(tmp_path / "vp1.parquet")))][0] is None
+
+
+def test_csv_forms_a_user_has_read_like_the_plain_file(tmp_path: Path) -> None:
+    """A gzipped CSV, a header with spaces after its commas, float service dates (20240207.0, as a
+    spreadsheet saves them): the same events as the plain CSV; a fractional or absurd date is a
+    bad value of its row, not a crashed read."""
+    import gzip
+
+    lamp = pd.read_parquet(LAMP_SAMPLE).head(6)
+    plain = tmp_path / "lamp.csv"
+    lamp.to_csv(plain, index=False)
+    (tmp_path / "lamp.csv.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    text = plain.read_text().splitlines()
+    (tmp_path / "spaced.csv").write_text("\n".join([", ".join(text[0].split(",")), *text[1:]]) + "\n")
+    expected = rows(read_file(str(plain)))
+    for name in ("lamp.csv.gz", "spaced.csv"):
+        got = rows(read_file(str(tmp_path / name)))
+        assert [{k: v for k, v in r.items() if k != "source_file"} for r in got] == [
+            {k: v for k, v in r.items() if k != "source_file"} for r in expected
+        ], name
+    dated = lamp.assign(service_date=[20240207.0, 20240207.5, 1e300, float("inf"), 20240207.0, 20240207.0])
+    dated.to_parquet(tmp_path / "dated.parquet")
+    got = rows(read_file(str(tmp_path / "dated.parquet"), "lamp"))
+    assert [r["reason"] for r in got] == [None, "bad_value", "bad_value", "bad_value", None, None]
+    assert got[1]["detail"] == "field service_date: not a date"
+
+
+def test_a_file_with_a_column_named_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "twice.csv"
+    path.write_text(LAMP_2024_HEADER.strip() + ",stop_id\n20240207,Red,0,t1,70061,1,1707304860,70063\n")
+    assert "columns named more than once: ['stop_id']" in _error(path)
 
 
 # --- broken inputs ------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ STATUSES = ("INCOMING_AT", "STOPPED_AT", "IN_TRANSIT_TO")
 #: The status whose first report at a stop is the arrival there (as prediction_analyzer scores it).
 STOPPED_AT = "STOPPED_AT"
 #: The protobuf enum's numbers, for archives that store them as integers.
-_STATUS_NUMBERS = {str(i): s for i, s in enumerate(STATUSES)}
+STATUS_NUMBERS = {str(i): s for i, s in enumerate(STATUSES)}
 
 #: Normalized column <- flattened (archive / JSON path) column.
 VEHICLE_FIELDS = {
@@ -180,9 +180,12 @@ def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)
-            )
+            try:
+                found = sorted(
+                    p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts)
+                )
+            except OSError as exc:  # a subfolder that cannot be listed (permissions, /proc)
+                raise MissingFileError(f"{path}: cannot list {exc.filename or path} ({exc.strerror or exc})") from None
             if not found:
                 raise MissingFileError(f"{path}: a folder with no feed files in it")
             out.extend(found)
@@ -233,6 +236,12 @@ def _read(paths: Iterable[str | os.PathLike], kind: str) -> Feed:
         raise FeedError(f"no {kind} snapshot could be read ({why})")
     fields = VEHICLE_FIELDS if kind == "VehiclePositions" else TRIP_UPDATE_FIELDS
     frame = _normalize(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), kind, fields, report)
+    # The same snapshot given twice (a file twice, or in two archives) says nothing new: its rows
+    # would count twice in a race.
+    twice = frame.duplicated()
+    if twice.any():
+        report.skipped_rows["the same row again (a snapshot read twice)"] += int(twice.sum())
+        frame = frame[~twice].reset_index(drop=True)
     report.rows = len(frame)
     return Feed(frame, report)
 
@@ -281,8 +290,8 @@ def _snapshot_rows(data: bytes, path: Path | str, kind: str) -> tuple[int, list[
     if form == "json":
         try:
             message = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise FeedError(f"{path}: not valid JSON ({exc})") from exc
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4,300 digits
+            raise FeedError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
         except RecursionError:
             raise FeedError(f"{path}: JSON nested too deeply to be a GTFS-realtime feed") from None
     else:
@@ -332,8 +341,25 @@ def _flatten(value: object, prefix: str, out: dict) -> None:
         out[prefix] = value
 
 
+def _valid_text(row: dict) -> dict:
+    """The row, or a marker row naming the first field whose text no UTF-8 can hold (a lone
+    surrogate, which JSON can carry and pandas, parquet and protobuf cannot)."""
+    for key, value in row.items():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return {"feed_timestamp": row["feed_timestamp"], "_skip": f"{key} is not valid text"}
+    return row
+
+
 def _entity_rows(entity: object, kind: str, feed_timestamp: int) -> Iterator[dict]:
     """An entity's flattened rows; one without the kind's message yields a marker row to be counted."""
+    for row in _message_rows(entity, kind, feed_timestamp):
+        yield _valid_text(row)
+
+
+def _message_rows(entity: object, kind: str, feed_timestamp: int) -> Iterator[dict]:
     key = "vehicle" if kind == "VehiclePositions" else "trip_update"
     if not isinstance(entity, dict) or not isinstance(entity.get(key), dict):
         yield {"feed_timestamp": feed_timestamp, "_skip": f"entity without {key}"}
@@ -402,8 +428,15 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
             skip = skip.where(skip.notna() | ~bad, f"{fields[name]} is not a number")
             out[name] = values
         else:
-            text = source.astype("string").str.strip()
-            out[name] = text.mask(text == "")
+            out[name] = _text(source)
+    if "start_date" in out:
+        # GTFS-realtime's YYYYMMDD; a feed with dashes means the same day (one spelling, or the two
+        # feeds' trip keys would never meet).
+        dated = out["start_date"].str.replace(r"^(\d{4})-(\d{2})-(\d{2})$", r"\1\2\3", regex=True)
+        day = pd.to_datetime(dated, format="%Y%m%d", errors="coerce")
+        bad = dated.notna() & day.isna()
+        skip = skip.where(skip.notna() | ~bad, f"{fields['start_date']} is not a date YYYYMMDD")
+        out["start_date"] = dated
     for name in ("feed_timestamp", *(t for t in _TIMES if t in out)):
         where = fields.get(name, name)
         odd = out[name].notna() & ~out[name].between(*EPOCH_RANGE, inclusive="left")
@@ -415,7 +448,7 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
     odd = out["direction_id"].notna() & ~out["direction_id"].isin((0, 1))
     skip = skip.where(skip.notna() | ~odd, f"{fields['direction_id']} is not 0 or 1")
     if kind == "VehiclePositions":
-        out["status"] = out["status"].replace(_STATUS_NUMBERS)
+        out["status"] = out["status"].replace(STATUS_NUMBERS)
         bad_status = out["status"].notna() & ~out["status"].isin(STATUSES)
         skip = skip.where(skip.notna() | ~bad_status, "vehicle.current_status is not a GTFS-realtime status")
     skip = skip.where(skip.notna() | out["feed_timestamp"].notna(), "no feed_timestamp")
@@ -431,6 +464,12 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
         order = ["feed_timestamp", "trip_id", "stop_sequence"]
     out["direction_id"] = out["direction_id"].astype("Int8")
     return out[list(columns)].sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Values as stripped strings, blanks missing (numbers as their text: an integer stop id)."""
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
 
 
 def _empty(columns: tuple[str, ...]) -> pd.DataFrame:

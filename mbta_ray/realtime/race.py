@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mbta_ray.errors import DataError
+from mbta_ray.errors import ConfigError, DataError
 from mbta_ray.evaluate import HORIZON_BINS, accurate_in_bins, horizon_bin
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.features import realtime_features
@@ -133,7 +133,7 @@ def recent_segment(scope: pd.DataFrame, state: NetworkState) -> np.ndarray:
             {
                 "trip_key": [r.trip_key],
                 "route_id": [r.route_id],
-                "direction_id": [r.direction_id],
+                "direction_id": [_direction(r.direction_id, state.position(r.trip_key, t))],
                 "from_stop_id": [last.stop_id],
                 "from_stop_sequence": [last.stop_sequence],
                 "to_stop_id": [r.stop_id],
@@ -165,7 +165,7 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
     in order, the real-time inputs from the state), and for each the moment, the trip and the scope
     row of each stop ahead (None for a stop not raced)."""
     stop_lists = {
-        k: g.sort_values("stop_sequence")
+        k: g.sort_values("stop_sequence", kind="stable")  # NaN sequences keep the feed's order
         for k, g in trip_updates[trip_updates["feed_timestamp"].isin(scope["feed_timestamp"].unique())].groupby(
             ["feed_timestamp", "trip_id"], sort=False
         )
@@ -176,33 +176,58 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
         last = state.last_arrival(first["trip_key"], t)
         if last is None:
             continue
-        listed = stop_lists[(t, trip)]
-        if not math.isnan(last.stop_sequence):
-            listed = listed[listed["stop_sequence"] > last.stop_sequence]
-        listed = listed.drop_duplicates("stop_sequence")
-        wanted = dict(zip(zip(rows["stop_id"], rows["stop_sequence"]), rows.index))
-        where = [wanted.get(k) for k in zip(listed["stop_id"], listed["stop_sequence"])]
+        listed = _after(stop_lists[(t, trip)], last)
+        wanted = dict(zip(zip(rows["stop_id"], _visit(rows["stop_sequence"])), rows.index))
+        where = [wanted.get(k) for k in zip(listed["stop_id"], _visit(listed["stop_sequence"]))]
         raced = [i for i, w in enumerate(where) if w is not None]
         if not raced:
             continue
         where = where[: raced[-1] + 1]  # no stop past the last one raced
         stop_ids = listed["stop_id"].iloc[: len(where)].tolist()
+        direction = _direction(first["direction_id"], state.position(first["trip_key"], t))
+        if direction is None:
+            continue  # no direction in either feed: the model cannot be asked (counted in coverage)
         request = vehicle_request(
-            state,
-            first["trip_key"],
-            last,
-            first["route_id"],
-            int(first["direction_id"]),
-            trip,
-            dt.datetime.strptime(first["start_date"], "%Y%m%d").date(),
-            stop_ids,
-            t,
+            state, first["trip_key"], last, first["route_id"], direction, trip, _day(first["start_date"]), stop_ids, t
         )
         if runner.refusal(request) is not None:
             continue
         requests.append(request)
         targets.append((t, first["trip_key"], where))
     return requests, targets
+
+
+def _after(listed: pd.DataFrame, last) -> pd.DataFrame:
+    """A trip's TripUpdates stop list after its last arrival u: by stop sequence where both have
+    one, else after u's place in the list (GTFS-realtime may give stop ids alone), each visit once."""
+    seqs = listed["stop_sequence"].to_numpy(dtype="float64")
+    if not math.isnan(last.stop_sequence) and np.isfinite(seqs).all():
+        return listed[seqs > last.stop_sequence].drop_duplicates("stop_sequence")
+    ids = listed["stop_id"].tolist()
+    start = len(ids) - ids[::-1].index(last.stop_id) if last.stop_id in ids else 0
+    rest = listed.iloc[start:]
+    return rest[~rest.duplicated(["stop_id", "stop_sequence"])]
+
+
+def _visit(sequences: pd.Series) -> list:
+    """Stop sequences as dictionary keys (NaN, which never equals itself, as None)."""
+    return [None if q != q else q for q in sequences.tolist()]
+
+
+def _direction(value: object, position) -> int | None:
+    """The trip's direction from its TripUpdate, else from where its vehicle reported (None: neither)."""
+    if value is not None and value is not pd.NA and value == value:
+        return int(value)
+    return position.direction_id if position is not None and position.direction_id is not None else None
+
+
+def _day(start_date: object) -> dt.date | None:
+    """A trip's start date (YYYYMMDD, as the feed reader normalized it); None lets the API take the
+    service day of the arrival."""
+    try:
+        return dt.datetime.strptime(str(start_date), "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 def as_published(scope: pd.DataFrame, published: pd.DataFrame, max_lag_s: float = 60) -> np.ndarray:
@@ -277,10 +302,19 @@ def run(
     """Race ``runner`` (a ``serve.inference.ModelRunner``) against MBTA; writes race.json, race.png
     and rows.parquet under ``out_dir``."""
     began = time.perf_counter()
+    out = Path(out_dir)
+    try:  # before the replay: a bad --out must not cost the user the whole race first
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"the race's output folder {out}: cannot be created ({exc.strerror or exc})") from None
     vp = feeds.read_vehicle_positions(vehicle_positions)
     tu = feeds.read_trip_updates(trip_updates)
     if vp.frame.empty:
-        raise DataError("the VehiclePositions hold no vehicle reports: nothing to replay")
+        raise DataError(
+            f"the VehiclePositions hold no usable vehicle reports: nothing to replay ({vp.report.summary()})"
+        )
+    if tu.frame.empty:
+        raise DataError(f"the TripUpdates hold no usable predictions: nothing to race ({tu.report.summary()})")
     state = NetworkState()
     state.observe(vp.frame)
     data_end = int(vp.frame["feed_timestamp"].max())
@@ -288,13 +322,20 @@ def run(
     last_allowed = data_end - MAX_HORIZON_S
     at = moments(tu.frame, start, end, last_allowed)
     if len(at) == 0:
+        bounds = [f"from {iso_z(start)}" if start is not None else "", f"until {iso_z(end)}" if end is not None else ""]
+        stamps = tu.frame["feed_timestamp"]
         raise DataError(
-            "no TripUpdates snapshot in the window"
-            + (f" [{iso_z(start)}, {iso_z(end)})" if start is not None and end is not None else "")
-            + f" at least 30 min before the VehiclePositions end ({iso_z(data_end)})"
+            f"no TripUpdates snapshot in the window {' '.join(b for b in bounds if b) or '(whole feed)'} at least 30 min "
+            f"before the VehiclePositions end ({iso_z(data_end)}); the TripUpdates run from "
+            f"{iso_z(int(stamps.min()))} to {iso_z(int(stamps.max()))}"
         )
     history_s = int(at[0]) - int(vp.frame["feed_timestamp"].min())
     scope, counts = rows_in_scope(tu.frame, at, state)
+    if counts["mbta_matched"] == 0:
+        raise DataError(
+            f"MBTA predicted no subway arrival 0-30 min ahead at the {len(at)} moment(s) from {iso_z(int(at[0]))}"
+            f" to {iso_z(int(at[-1]))}: nothing to score ({tu.report.summary()})"
+        )
     predictions = {
         "mbta": scope["arrival_time"].to_numpy(dtype="float64"),
         "model": model_predictions(scope, tu.frame, state, runner),

@@ -12,6 +12,7 @@ renamed), named by its first snapshot's time, so a crash loses at most the rows 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 from collections import Counter
@@ -83,8 +84,15 @@ def record(
     if flush_every < 1:
         raise ConfigError(f"--flush-every {flush_every}: must be at least 1")
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--url {url!r}: an http(s) URL of a GTFS-realtime feed")
-    out.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"--url {shown(url)!r}: an http(s) URL of a GTFS-realtime feed")
+    if not 0 < timeout_s < math.inf:
+        raise ConfigError(f"--timeout {timeout_s}: must be a positive number of seconds")
+    if snapshots is not None and snapshots < 1:
+        raise ConfigError(f"--snapshots {snapshots}: must be at least 1")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot be created ({exc.strerror or exc})") from None
     report, pending, latest = RecordReport(), [], None
     started = time.monotonic()
     try:
@@ -97,6 +105,9 @@ def record(
             except FeedError as exc:
                 report.skipped["failed polls"] += 1
                 log(f"skipped: {exc}")
+            except Exception as exc:  # noqa: BLE001 -- a bad feed must never end a recording
+                report.skipped["failed polls"] += 1
+                log(f"skipped: {shown(url)}: unexpected {type(exc).__name__}: {str(exc)[:200]}")
             else:
                 if latest is not None and stamp <= latest:
                     report.skipped["snapshots not newer than the last"] += 1
@@ -111,7 +122,8 @@ def record(
             sleep(max(0.0, every_s - (time.monotonic() - polled)))
     except KeyboardInterrupt:
         log("interrupted: writing what was recorded")
-    _flush(pending, out, KINDS[kind], report)
+    finally:  # whatever ends the loop, what was recorded is written
+        _flush(pending, out, KINDS[kind], report)
     return report
 
 
@@ -121,7 +133,9 @@ def _flush(rows: list[dict], out: Path, kind: str, report: RecordReport) -> None
     frame = pd.DataFrame(rows)
     for column in frame.columns:  # a field that came as text and as a number: keep it as text
         values = frame[column].dropna()
-        if values.map(type).nunique() > 1:
+        mixed = values.map(type).nunique() > 1
+        huge = values.map(lambda v: isinstance(v, int) and not -(2**63) <= v < 2**63).any()  # no int64 holds it
+        if mixed or huge:
             frame[column] = frame[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
     first = dt.datetime.fromtimestamp(int(frame["feed_timestamp"].min()), dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = out / f"{kind}_{first}.parquet"

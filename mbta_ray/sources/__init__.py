@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import gzip
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -65,14 +66,15 @@ def _columns_and_rows(path: str, container: str) -> tuple[list[str], int]:
         if container == "parquet":
             meta = pq.read_metadata(path)
             return meta.schema.to_arrow_schema().names, meta.num_rows
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        opener = gzip.open if path.lower().endswith(".gz") else open
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
                 return [], 0
             rows = sum(1 for row in reader if row)  # blank lines are no rows (pyarrow skips them)
         return [h.strip() for h in header], rows
-    except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
+    except (OSError, EOFError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read as {container}: {exc}") from exc
 
 
@@ -105,6 +107,9 @@ def inspect_input(path: str, fmt: str | None = None) -> InputFile:
         raise InputError(f"{path}: file is empty")
     container = _container(path)
     columns, num_rows = _columns_and_rows(path, container)
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:  # which of the two would a reader take? Neither: the file is ambiguous
+        raise InputError(f"{path}: columns named more than once: {twice}")
     if fmt is None:
         reader = detect_format(path, columns)
     else:
@@ -165,10 +170,10 @@ def _raw_batches(piece: dict, reader: Reader) -> Iterator[pd.DataFrame]:
         include_columns=cols,
         strings_can_be_null=True,
     )
+    # The header as detection read it (names stripped: "a, b" is columns a and b), not pyarrow's.
+    read = pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, column_names=header, skip_rows=1)
     try:
-        stream = pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES), convert_options=options
-        )
+        stream = pacsv.open_csv(path, read_options=read, convert_options=options)
         for batch in stream:
             yield batch.to_pandas()
     except pa.ArrowInvalid as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mbta_ray.realtime.feeds import STOPPED_AT
+from mbta_ray.realtime.feeds import STATUS_NUMBERS, STOPPED_AT
 from mbta_ray.realtime.feeds import VEHICLE_FIELDS as F
 from mbta_ray.schema import Reason, mode_for_route
 from mbta_ray.sources.base import Reader, RowIssues, epoch_time, numeric, text
@@ -24,7 +24,7 @@ STATUS = F["status"]
 
 def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues = RowIssues(df.index)
-    status = text(df, STATUS)
+    status = text(df, STATUS).replace(STATUS_NUMBERS)  # the enum's number, as some archives store it
     not_stopped = (status != STOPPED_AT).fillna(True)  # a null status is no arrival either
     issues.flag(not_stopped, Reason.NOT_AN_ARRIVAL, STATUS + "=" + status.fillna("null"))
     timestamp = numeric(df, F["timestamp"], issues)
