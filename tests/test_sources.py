@@ -682,14 +682,14 @@ def test_times_out_of_any_plausible_range_are_bad_values_not_a_crashed_read(tmp_
     ]
     vp = pa.table(
         {
-            "vehicle.current_status": ["STOPPED_AT"] * 3,
-            "vehicle.timestamp": [1683548120.0, 1683548120000.0, -5.0],
-            "vehicle.trip.trip_id": ["t1", "t2", "t3"],
-            "vehicle.trip.route_id": ["Red"] * 3,
-            "vehicle.trip.direction_id": [0, 300, 1],  # 300: out of the int8 column
-            "vehicle.trip.start_date": ["20230508"] * 3,
-            "vehicle.stop_id": ["70061"] * 3,
-            "vehicle.current_stop_sequence": [1.0, 2.0, 3.0],
+            "vehicle.current_status": ["STOPPED_AT"] * 4,
+            "vehicle.timestamp": [1683548120.0, 1683548120000.0, -5.0, 1683548120.0],
+            "vehicle.trip.trip_id": ["t1", "t2", "t3", "t4"],
+            "vehicle.trip.route_id": ["Red"] * 4,
+            "vehicle.trip.direction_id": [0, 1, 1, 300],  # 300: out of the int8 column, and no GTFS direction
+            "vehicle.trip.start_date": ["20230508"] * 4,
+            "vehicle.stop_id": ["70061"] * 4,
+            "vehicle.current_stop_sequence": [1.0, 2.0, 3.0, 4.0],
         }
     )
     pq.write_table(vp, tmp_path / "vp.parquet")
@@ -698,10 +698,12 @@ def test_times_out_of_any_plausible_range_are_bad_values_not_a_crashed_read(tmp_
         None,
         "field vehicle.timestamp: 1683548120000.0 is not a time in epoch seconds",
         "field vehicle.timestamp: -5.0 is not a time in epoch seconds",
+        "field vehicle.trip.direction_id: 300.0 is not 0 or 1",
     ]
-    assert table["direction_id"].to_pylist() == [0, None, 1]
+    assert table["direction_id"].to_pylist() == [0, 1, 1, None]
     # The status as the protobuf enum's number (as some archives store it) is the same status.
-    pq.write_table(vp.set_column(0, "vehicle.current_status", pa.array(["1", "2", "1"])), tmp_path / "vp1.parquet")
+    numbered = vp.set_column(0, "vehicle.current_status", pa.array(["1", "2", "1", "1"]))
+    pq.write_table(numbered, tmp_path / "vp1.parquet")
     assert [r["reason"] for r in rows(read_file(str(tmp_path / "vp1.parquet")))][0] is None
 
 
@@ -728,6 +730,13 @@ def test_csv_forms_a_user_has_read_like_the_plain_file(tmp_path: Path) -> None:
     got = rows(read_file(str(tmp_path / "dated.parquet"), "lamp"))
     assert [r["reason"] for r in got] == [None, "bad_value", "bad_value", "bad_value", None, None]
     assert got[1]["detail"] == "field service_date: not a date"
+
+
+def test_a_gtfs_direction_other_than_0_or_1_is_a_bad_value(tmp_path: Path) -> None:
+    lamp = pd.read_parquet(LAMP_SAMPLE).head(2).assign(direction_id=[7, 1])
+    lamp.to_parquet(tmp_path / "lamp.parquet")
+    got = rows(read_file(str(tmp_path / "lamp.parquet"), "lamp"))
+    assert [r["detail"] for r in got] == ["field direction_id: 7.0 is not 0 or 1", None]
 
 
 def test_a_file_with_a_column_named_twice_is_refused_naming_it(tmp_path: Path) -> None:

@@ -232,7 +232,9 @@ def _read(paths: Iterable[str | os.PathLike], kind: str) -> Feed:
         except OSError as exc:
             report.skipped_snapshots.append((str(path), f"cannot be read ({exc.strerror or exc})"))
     if report.snapshots == 0:
-        why = "; ".join(f"{w}: {y}" for w, y in report.skipped_snapshots[:3])
+        why = (
+            "; ".join(f"{w}: {y}" for w, y in report.skipped_snapshots[:3]) or f"{', '.join(map(str, files))}: no rows"
+        )
         raise FeedError(f"no {kind} snapshot could be read ({why})")
     fields = VEHICLE_FIELDS if kind == "VehiclePositions" else TRIP_UPDATE_FIELDS
     frame = _normalize(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), kind, fields, report)

@@ -180,7 +180,7 @@ def _raw_batches(piece: dict, reader: Reader) -> Iterator[pd.DataFrame]:
         raise InputError(f"{path}: malformed CSV: {exc}") from exc
 
 
-_INT_RANGES = {"direction_id": (-128, 127), "stop_sequence": (-(2**31), 2**31 - 1)}
+_INT_RANGES = {"direction_id": (-128, 127), "stop_sequence": (-(2**31), 2**31 - 1)}  # TransitMaster has -1
 
 
 def _check_integers(frame: pd.DataFrame) -> None:

@@ -56,6 +56,14 @@ def service_time(dates: pd.Series, seconds: pd.Series, column: str, issues: RowI
     return service_seconds_to_utc(dates, seconds.mask(bad))
 
 
+def gtfs_direction(values: pd.Series, column: str, issues: RowIssues) -> pd.Series:
+    """A GTFS direction_id (``numeric``'s output): 0 or 1; anything else is flagged ``bad_value``
+    naming the field, and becomes NaN (TransitMaster's own codes are read by its reader, not here)."""
+    bad = values.notna() & ~values.isin((0, 1))
+    issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + values.astype("string") + " is not 0 or 1")
+    return values.mask(bad)
+
+
 def text(df: pd.DataFrame, column: str) -> pd.Series:
     """Column as a stripped string; empty strings become missing."""
     s = df[column].astype("string").str.strip()

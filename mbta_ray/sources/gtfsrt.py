@@ -16,7 +16,7 @@ import pandas as pd
 from mbta_ray.realtime.feeds import STATUS_NUMBERS, STOPPED_AT
 from mbta_ray.realtime.feeds import VEHICLE_FIELDS as F
 from mbta_ray.schema import Reason, mode_for_route
-from mbta_ray.sources.base import Reader, RowIssues, epoch_time, numeric, text
+from mbta_ray.sources.base import Reader, RowIssues, epoch_time, gtfs_direction, numeric, text
 from mbta_ray.timeutil import parse_service_date
 
 STATUS = F["status"]
@@ -35,7 +35,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     out["mode"] = mode_for_route(route)
     out["service_date"] = service_date
     out["route_id"] = route
-    out["direction_id"] = numeric(df, F["direction_id"], issues)
+    out["direction_id"] = gtfs_direction(numeric(df, F["direction_id"], issues), F["direction_id"], issues)
     out["trip_id"] = text(df, F["trip_id"])
     out["vehicle_id"] = text(df, F["vehicle_id"]) if F["vehicle_id"] in df else pd.NA
     out["stop_id"] = text(df, F["stop_id"])

@@ -10,7 +10,16 @@ from __future__ import annotations
 import pandas as pd
 
 from mbta_ray.schema import Reason, mode_for_route
-from mbta_ray.sources.base import Reader, RowIssues, epoch_time, first_present, numeric, service_time, text
+from mbta_ray.sources.base import (
+    Reader,
+    RowIssues,
+    epoch_time,
+    first_present,
+    gtfs_direction,
+    numeric,
+    service_time,
+    text,
+)
 from mbta_ray.timeutil import parse_service_date
 
 ACTUAL = ("stop_timestamp", "vp_stop_timestamp")
@@ -34,7 +43,7 @@ def _direction(df: pd.DataFrame, issues: RowIssues) -> pd.Series:
     if pd.api.types.is_string_dtype(raw.dtype):
         words = {"true": "1", "false": "0", "True": "1", "False": "0", "TRUE": "1", "FALSE": "0"}
         raw = raw.astype("string").str.strip().replace(words)
-    return numeric(df.assign(direction_id=raw), "direction_id", issues)
+    return gtfs_direction(numeric(df.assign(direction_id=raw), "direction_id", issues), "direction_id", issues)
 
 
 def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
