@@ -18,8 +18,12 @@ HTTP 429 or 5xx, or a body shorter than announced); a partial file is kept as ``
 resumed with an HTTP Range request. Each finished file is checked (parquet: its footer; zip: its
 directory), and its size and sha256 are recorded in ``<cache>/fetch.json`` with the URL and the
 dates it covers; a file already there with the recorded size is not fetched again. A 404 for a day
-is reported and skipped; a file that fails its check is removed and reported by URL. Nothing is
-ever written outside the cache: file names come from this module's layouts, never from the server.
+is reported and skipped; a file that fails its check, or that the cache folder has no room for (a
+folder in its place), is reported by URL and path while the other files go on. An index row that
+cannot be read is reported by URL and row and skipped; the days it may concern are reported missing
+with that row as the reason, never given another file. A damaged ``fetch.json`` entry is reported
+and its file fetched again (the entry is kept until a good record replaces it). Nothing is ever
+written outside the cache: file names come from this module's layouts, never from the server.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import threading
@@ -37,6 +42,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,6 +63,14 @@ _CHUNK = 1 << 16
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 #: A path under the cache as the layouts below make them (source folders and checked names).
 _SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Bounds of the options: beyond them urllib3 or the backoff overflows, or the servers are hammered.
+MAX_PARALLEL = 64
+MAX_RETRIES = 10  # with 1 s backoff the last wait is 512 s, about 17 minutes in all
+MAX_TIMEOUT_S = 3600.0
+MAX_BACKOFF_S = 60.0
+#: An index's size_bytes above this is not a MBTA file (a day's LAMP file is about a megabyte).
+_MAX_SIZE = 10**12
 
 
 class FetchError(MbtaRayError):
@@ -90,12 +104,16 @@ class FetchReport:
     cached: list[dict] = field(default_factory=list)
     missing: list[dict] = field(default_factory=list)  # {"source", "date", "reason"}
     failed: list[dict] = field(default_factory=list)  # {"source", "url", "dates", "reason"}
+    #: index rows skipped and damaged fetch.json entries: {"source", "where" (URL and row, or
+    #: manifest and entry), "reason"}
+    warnings: list[dict] = field(default_factory=list)
     bytes: int = 0
 
     def summary(self) -> str:
+        warned = f", {len(self.warnings)} warning(s)" if self.warnings else ""
         return (
             f"{len(self.fetched)} file(s) fetched ({self.bytes:,} bytes), {len(self.cached)} already cached, "
-            f"{len(self.missing)} day(s) missing, {len(self.failed)} failed"
+            f"{len(self.missing)} day(s) missing, {len(self.failed)} failed{warned}"
         )
 
 
@@ -124,42 +142,120 @@ def plan(
     performance_url: str = PERFORMANCE_URL,
     cdn_url: str = CDN_URL,
     get: Callable[[str], bytes] | None = None,
-) -> tuple[list[Item], list[dict]]:
-    """The files to fetch for ``dates`` from each source, and the days no file covers (with why)."""
+) -> tuple[list[Item], list[dict], list[dict]]:
+    """The files to fetch for ``dates`` from each source, the days no file covers (with why), and
+    the index rows skipped as unreadable (``FetchReport.warnings``)."""
     get = get or _get_small
     items: list[Item] = []
     missing: list[dict] = []
+    warnings: list[dict] = []
     for source in sources:
         if source == "lamp-subway":
-            found, gone = _plan_lamp_subway(dates, performance_url.rstrip("/"), get)
+            found, gone, bad = _plan_lamp_subway(dates, performance_url.rstrip("/"), get)
         elif source == "lamp-bus":
-            found, gone = _plan_lamp_bus(dates, performance_url.rstrip("/")), []
+            found, gone, bad = _plan_lamp_bus(dates, performance_url.rstrip("/")), [], []
         elif source == "gtfs":
-            found, gone = _plan_gtfs(dates, cdn_url.rstrip("/"), get)
+            found, gone, bad = _plan_gtfs(dates, cdn_url.rstrip("/"), get)
         else:
             raise ConfigError(f"--source {source!r}: one of {', '.join(SOURCES)}")
         items += found
         missing += gone
-    return items, missing
+        warnings += bad
+    return items, missing, warnings
 
 
-def _plan_lamp_subway(dates: list[dt.date], base: str, get) -> tuple[list[Item], list[dict]]:
+@dataclass(frozen=True)
+class _BadRow:
+    """An index row that cannot be used: its line in the index, the day it names when that much
+    could be read, and why."""
+
+    line: int
+    day: str | None
+    why: str
+
+
+def _plan_lamp_subway(dates: list[dt.date], base: str, get) -> tuple[list[Item], list[dict], list[dict]]:
     index_url = f"{base}/{LAMP_SUBWAY_DIR}/index.csv"
-    listed: dict[str, int | None] = {}
-    for row in _csv_rows(get(index_url), index_url, ("service_date",)):
-        size = row.get("size_bytes") or ""
-        listed[row["service_date"].strip()[:10]] = int(float(size)) if size.strip() else None
+    listed, bad = _read_lamp_index(get(index_url), index_url)
     items, missing = [], []
     for d in dates:
         day = d.isoformat()
-        if day not in listed:
-            missing.append({"source": "lamp-subway", "date": day, "reason": f"not listed in {index_url}"})
+        if day in listed:
+            name = f"{day}-subway-on-time-performance-v1.parquet"
+            items.append(
+                Item("lamp-subway", f"{base}/{LAMP_SUBWAY_DIR}/{name}", f"lamp-subway/{name}", (day,), listed[day])
+            )
             continue
-        name = f"{day}-subway-on-time-performance-v1.parquet"
-        items.append(
-            Item("lamp-subway", f"{base}/{LAMP_SUBWAY_DIR}/{name}", f"lamp-subway/{name}", (day,), listed[day])
-        )
-    return items, missing
+        # A day only a bad row names is missing for that row; a day no row names may be in a row
+        # whose date could not be read, and says so.
+        mine = [b for b in bad if b.day == day]
+        unread = [b.line for b in bad if b.day is None]
+        if mine:
+            reason = f"{index_url}: row {mine[0].line}: {mine[0].why}"
+        elif unread:
+            reason = f"not listed in {index_url} (row(s) {', '.join(map(str, unread))} could not be read)"
+        else:
+            reason = f"not listed in {index_url}"
+        missing.append({"source": "lamp-subway", "date": day, "reason": reason})
+    return items, missing, _row_warnings("lamp-subway", index_url, bad)
+
+
+def _read_lamp_index(data: bytes, index_url: str) -> tuple[dict[str, int | None], list[_BadRow]]:
+    """The LAMP index's days with their announced sizes (None when it gives none), and its bad
+    rows; a DataError when it has rows but none can be used."""
+    rows, width = _csv_rows(data, index_url, ("service_date",))
+    listed: dict[str, int | None] = {}
+    bad: list[_BadRow] = []
+    for line, row in rows:
+        raw = (row.get("service_date") or "").strip()
+        try:
+            day = dt.date.fromisoformat(raw[:10]).isoformat()  # the index may add a time of day
+        except ValueError:
+            bad.append(_BadRow(line, None, f"service_date {raw!r} is not YYYY-MM-DD"))
+            continue
+        why = _width_problem(row, width)
+        if why is None:
+            try:
+                listed[day] = _size_bytes(row.get("size_bytes"))
+                continue
+            except ValueError as exc:
+                why = str(exc)
+        bad.append(_BadRow(line, day, why))
+    if bad and not listed:
+        raise _unusable(index_url, bad)
+    return listed, bad
+
+
+def _unusable(index_url: str, bad: list[_BadRow]) -> DataError:
+    """An index whose rows are all bad is refused: a server sending that is broken, not missing days."""
+    more = f"; {len(bad) - 1} more bad row(s)" if len(bad) > 1 else ""
+    return DataError(f"{index_url}: no usable row (row {bad[0].line}: {bad[0].why}{more})")
+
+
+def _size_bytes(value: str | None) -> int | None:
+    """An index's size_bytes: None when blank, else a whole number of bytes (written as an integer
+    or an integral float); a ValueError saying why otherwise."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number.is_integer() and 0 < number <= _MAX_SIZE):
+        raise ValueError(f"size_bytes {text!r} is not a size in bytes (a whole number from 1 to {_MAX_SIZE:,})")
+    return int(number)
+
+
+def _width_problem(row: dict, width: int) -> str | None:
+    """Why a row with another number of fields than the header is misaligned, or None: csv fills a
+    short row with None and puts a long row's extra fields under the key None."""
+    fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+    return None if fields == width else f"{fields} field(s), the header has {width}"
+
+
+def _row_warnings(source: str, index_url: str, bad: list[_BadRow]) -> list[dict]:
+    return [{"source": source, "where": f"{index_url} row {b.line}", "reason": f"{b.why}: skipped"} for b in bad]
 
 
 def _plan_lamp_bus(dates: list[dt.date], base: str) -> list[Item]:
@@ -169,36 +265,84 @@ def _plan_lamp_bus(dates: list[dt.date], base: str) -> list[Item]:
     ]  # fmt: skip
 
 
-def _plan_gtfs(dates: list[dt.date], base: str, get) -> tuple[list[Item], list[dict]]:
+@dataclass(frozen=True)
+class _Feed:
+    """A row of the GTFS archive index: the dates it covers (every date when they could not be read)
+    and its URL, or why it cannot be used."""
+
+    line: int
+    start: dt.date
+    end: dt.date
+    url: str | None
+    why: str | None = None
+
+
+def _plan_gtfs(dates: list[dt.date], base: str, get) -> tuple[list[Item], list[dict], list[dict]]:
     index_url = f"{base}/archive/archived_feeds.txt"
-    feeds = []
-    for n, row in enumerate(_csv_rows(get(index_url), index_url, ("feed_start_date", "feed_end_date", "archive_url"))):
-        try:
-            start = dt.datetime.strptime(row["feed_start_date"].strip(), "%Y%m%d").date()
-            end = dt.datetime.strptime(row["feed_end_date"].strip(), "%Y%m%d").date()
-        except ValueError:
-            raise DataError(f"{index_url}: row {n + 2}: feed_start_date/feed_end_date are not YYYYMMDD") from None
-        feeds.append((n, start, end, row["archive_url"].strip()))
+    feeds = _read_gtfs_index(get(index_url), index_url)
     by_url: dict[str, list[str]] = {}
     missing = []
     for d in dates:
-        # The archive lists newest first; where feeds overlap, the newest one in force wins.
-        covering = [f for f in feeds if f[1] <= d <= f[2]]
+        # The archive lists newest first; where feeds overlap, the newest one in force wins. A bad
+        # row that may be that newest feed makes the day missing: an older feed would be misread.
+        covering = [f for f in feeds if f.start <= d <= f.end]
         if not covering:
             missing.append({"source": "gtfs", "date": d.isoformat(), "reason": f"no feed in {index_url} covers it"})
             continue
-        _, _, _, url = min(covering, key=lambda f: f[0])
-        by_url.setdefault(url, []).append(d.isoformat())
-    items = []
-    for url, days in by_url.items():
-        name = url.rstrip("/").rsplit("/", 1)[-1]
-        if not _SAFE_NAME.match(name) or not name.lower().endswith(".zip"):
-            raise DataError(f"{index_url}: archive_url {url!r} does not end in a plain .zip file name")
-        items.append(Item("gtfs", url, f"gtfs/{name}", tuple(days)))
-    return items, missing
+        feed = min(covering, key=lambda f: f.line)
+        if feed.url is None:
+            unknown = feed.start == dt.date.min  # its dates could not be read
+            reason = f"{index_url}: row {feed.line}: {feed.why}" + (
+                ", and it may be the feed in force" if unknown else " (the feed in force then)"
+            )
+            missing.append({"source": "gtfs", "date": d.isoformat(), "reason": reason})
+            continue
+        by_url.setdefault(feed.url, []).append(d.isoformat())
+    items = [Item("gtfs", url, f"gtfs/{_zip_name(url)}", tuple(days)) for url, days in by_url.items()]
+    bad = [_BadRow(f.line, None, f.why) for f in feeds if f.why]
+    return items, missing, _row_warnings("gtfs", index_url, bad)
 
 
-def _csv_rows(data: bytes, where: str, required: tuple[str, ...]) -> list[dict]:
+def _read_gtfs_index(data: bytes, index_url: str) -> list[_Feed]:
+    """The archive index's rows as feeds, a bad row as one with ``why`` (and no URL); a DataError
+    when it has rows but none can be used."""
+    rows, width = _csv_rows(data, index_url, ("feed_start_date", "feed_end_date", "archive_url"))
+    feeds = []
+    for line, row in rows:
+        why = _width_problem(row, width)
+        if why is None:
+            try:
+                start = dt.datetime.strptime(row["feed_start_date"].strip(), "%Y%m%d").date()
+                end = dt.datetime.strptime(row["feed_end_date"].strip(), "%Y%m%d").date()
+            except ValueError:
+                why = "feed_start_date/feed_end_date are not YYYYMMDD"
+            else:
+                url = row["archive_url"].strip()
+                if end < start:
+                    why = f"feed_end_date {end:%Y%m%d} is before feed_start_date {start:%Y%m%d}"
+                elif _zip_name(url) is None:
+                    # Its dates are known: it stands only where it would be in force.
+                    feeds.append(
+                        _Feed(line, start, end, None, f"archive_url {url!r} does not end in a plain .zip file name")
+                    )
+                    continue
+                else:
+                    feeds.append(_Feed(line, start, end, url))
+                    continue
+        feeds.append(_Feed(line, dt.date.min, dt.date.max, None, why))  # its dates unknown: it may cover any
+    if feeds and all(f.url is None for f in feeds):
+        raise _unusable(index_url, [_BadRow(f.line, None, f.why) for f in feeds])
+    return feeds
+
+
+def _zip_name(url: str) -> str | None:
+    """The cache file name of a GTFS archive URL, or None when it does not end in a plain .zip name."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    return name if _SAFE_NAME.match(name) and name.lower().endswith(".zip") else None
+
+
+def _csv_rows(data: bytes, where: str, required: tuple[str, ...]) -> tuple[list[tuple[int, dict]], int]:
+    """The rows of a CSV index, each with its line number in the file, and the header's width."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -207,7 +351,11 @@ def _csv_rows(data: bytes, where: str, required: tuple[str, ...]) -> list[dict]:
     absent = [c for c in required if c not in (reader.fieldnames or [])]
     if absent:
         raise DataError(f"{where}: no column {', '.join(absent)} (columns: {', '.join(reader.fieldnames or [])})")
-    return list(reader)
+    try:
+        rows = [(reader.line_num, row) for row in reader]  # line_num: where the row ends, as an editor counts
+    except csv.Error as exc:
+        raise DataError(f"{where}: line {reader.line_num}: not CSV ({exc})") from None
+    return rows, len(reader.fieldnames or [])
 
 
 def _get_small(url: str, timeout_s: float = 30.0, retries: int = 3, backoff_s: float = 0.5) -> bytes:
@@ -263,12 +411,48 @@ def download(
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict:
     """Fetch one file into the cache (resuming a partial one), check it and return its record;
-    ``_Missing`` for a 404, ``FetchError`` when it cannot be had."""
+    ``_Missing`` for a 404, ``FetchError`` when it cannot be had, or cannot be written where it goes
+    (the message names the URL and the path)."""
     import requests
 
     dest = cache / item.path
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    _make_room(item.url, dest, part)
+    try:
+        return _download(item, dest, part, retries, backoff_s, timeout_s, progress)
+    except OSError as exc:  # the local disk (full, read-only, ...): this file fails, the others go on
+        if isinstance(exc, requests.RequestException):
+            raise  # never here: _with_retries turns them into FetchError
+        raise FetchError(f"{item.url}: writing it to {dest} failed ({exc})") from None
+
+
+def _make_room(url: str, dest: Path, part: Path) -> None:
+    """Create ``dest``'s folder; a FetchError naming the path when something in the cache is in
+    the way (a file where a folder goes, a folder where the file goes, anything but a plain file
+    where its .part goes)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in reversed(dest.parents) if p.exists() and not p.is_dir()), dest.parent)
+        raise FetchError(f"{url}: cannot write {dest}: {blocking} is a file, not a folder; move it away") from None
+    if dest.is_dir() and not dest.is_symlink():  # a link is replaced by the file, a folder is not
+        raise FetchError(f"{url}: cannot write {dest}: it is a folder; move it away")
+    # The .part is written through: a link could point outside the cache, a fifo would block.
+    if part.is_symlink() or (part.exists() and not part.is_file()):
+        raise FetchError(f"{url}: cannot write {part}: it is not a plain file; move it away")
+
+
+def _download(
+    item: Item,
+    dest: Path,
+    part: Path,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+    progress: Callable[[int], None],
+) -> dict:
+    """``download``'s work, once ``dest``'s folder is there."""
+    import requests
 
     def attempt() -> int:
         have = part.stat().st_size if part.exists() else 0
@@ -329,7 +513,9 @@ def _check(path: Path, item: Item) -> None:
 
 
 def read_manifest(cache: Root) -> dict:
-    """``<cache>/fetch.json``: per cached file its URL, source, dates, size and sha256."""
+    """``<cache>/fetch.json``: per cached file its URL, source, dates, size and sha256. Its entries
+    are returned as they are, damaged ones too (so that writing it back loses nothing): check each
+    with ``entry_problem`` before use."""
     path = cache.path(MANIFEST)
     data = cache.read_bytes(path)
     if data is None:
@@ -341,6 +527,38 @@ def read_manifest(cache: Root) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise DataError(f"{path}: not a fetch manifest (no 'files' object); remove it to fetch again")
     return manifest
+
+
+def entry_problem(record: object) -> str | None:
+    """Why a ``fetch.json`` entry cannot be trusted (not an object; its dates, size, source or
+    sha256 not what this module writes), or None when it can."""
+    if not isinstance(record, dict):
+        return f"not an object but {json.dumps(record)[:40]}"
+    if _entry_dates(record) is None:
+        return f"'dates' is {json.dumps(record.get('dates'))[:40]}, not a list of YYYY-MM-DD dates"
+    size = record.get("size")
+    if type(size) is not int or size < 0:  # type(): a bool is an int too
+        return f"'size' is {json.dumps(size)[:40]}, not a number of bytes"
+    if record.get("source") not in SOURCES:
+        return f"'source' is {json.dumps(record.get('source'))[:40]}, not one of {', '.join(SOURCES)}"
+    if "sha256" in record and not (isinstance(record["sha256"], str) and _SHA256.fullmatch(record["sha256"])):
+        return "'sha256' is not a sha256 digest"
+    return None
+
+
+def _entry_dates(record: object) -> list[str] | None:
+    """A manifest entry's service dates, or None when they are missing or not YYYY-MM-DD strings
+    (a string is not read as its characters)."""
+    dates = record.get("dates") if isinstance(record, dict) else None
+    if not isinstance(dates, list):
+        return None
+    for d in dates:
+        try:
+            if not isinstance(d, str) or dt.date.fromisoformat(d).isoformat() != d:
+                return None
+        except ValueError:
+            return None
+    return dates
 
 
 def default_staging(cache: Root) -> Path:
@@ -374,23 +592,30 @@ def fetch(
     """Fetch every source's files for the dates ``start``..``end`` into ``cache`` (a folder, or a
     gs:// / s3:// URI: each file is downloaded and checked in the local ``staging`` folder, then
     uploaded and its size checked there); ``progress(path, bytes, total)`` is called as bytes arrive.
-    Missing days and failed files are reported, not raised."""
-    if parallel < 1:
-        raise ConfigError(f"--parallel {parallel}: at least 1")
-    if retries < 0:
-        raise ConfigError(f"--retries {retries}: 0 or more")
+    Missing days, failed files, skipped index rows and damaged manifest entries are reported, not
+    raised; an option out of its range is a ConfigError naming it."""
+    _check_options(parallel, retries, backoff_s, timeout_s)
     sources = list(dict.fromkeys(sources))
     root = open_root(cache, filesystem, what="--cache")
     local_dir = Path(root.base) if root.local else (staging or default_staging(root))
+    get = partial(_get_small, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
     with root.reporting("reading the cache", FetchError):
         local_dir.mkdir(parents=True, exist_ok=True)
         manifest = read_manifest(root)
-        items, missing = plan(sources, date_range(start, end), performance_url, cdn_url)
-        report = FetchReport(missing=missing)
+        items, missing, warnings = plan(sources, date_range(start, end), performance_url, cdn_url, get)
+        report = FetchReport(missing=missing, warnings=warnings)
         todo = []
+        planned = {item.path for item in items}
+        for path, record in sorted(manifest["files"].items()):
+            why = entry_problem(record)
+            if why:  # kept as it is: a good record replaces it once its file is fetched again
+                then = "its file is fetched again" if path in planned else "kept; a fetch of its dates repairs it"
+                report.warnings.append(
+                    {"source": "cache", "where": f"{root.name}/{MANIFEST} entry {path!r}", "reason": f"{why}: {then}"}
+                )
         for item in items:
             known = manifest["files"].get(item.path)
-            if known and root.size(root.path(item.path)) == known["size"]:
+            if known and not entry_problem(known) and root.size(root.path(item.path)) == known["size"]:
                 known["dates"] = sorted(set(known["dates"]) | set(item.dates))
                 report.cached.append({"path": item.path, **known})
             else:
@@ -429,6 +654,19 @@ def fetch(
     _write_manifest(root, manifest)
     report.missing.sort(key=lambda m: (m["source"], m["date"]))
     return report
+
+
+def _check_options(parallel: int, retries: int, backoff_s: float, timeout_s: float) -> None:
+    """A ConfigError naming the option whose value is out of its range (urllib3 refuses a timeout
+    of 0 or less and overflows on inf; a huge retry count overflows the backoff)."""
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise ConfigError(f"--parallel {parallel}: from 1 to {MAX_PARALLEL}")
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ConfigError(f"--retries {retries}: from 0 to {MAX_RETRIES}")
+    if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
+        raise ConfigError(f"--timeout {timeout_s:g}: seconds, more than 0 and at most {MAX_TIMEOUT_S:g}")
+    if not (math.isfinite(backoff_s) and 0 <= backoff_s <= MAX_BACKOFF_S):
+        raise ConfigError(f"backoff_s {backoff_s:g}: seconds, from 0 to {MAX_BACKOFF_S:g}")
 
 
 def _upload(root: Root, local: Path, item: Item, size: int) -> None:
@@ -476,7 +714,8 @@ def cached_inputs(
     and the GTFS zip in force on each of them. A file listed but gone or changed since (its size) is
     an error naming it; nothing cached for the range is an error saying what to fetch. An object-store
     cache's files are copied to the local (or shared) folder ``stage`` first, each checked against its
-    recorded sha256 (a copy already there that matches is reused)."""
+    recorded sha256 (a copy already there that matches is reused). A damaged entry that may cover
+    the range is an error naming it (``data fetch`` for its dates repairs it)."""
     root = open_root(cache, filesystem, what="--cache")
     if not root.local and stage is None:
         raise ConfigError(f"--cache {root.name}: an object-store cache needs a local folder to copy its files to")
@@ -488,9 +727,16 @@ def cached_inputs(
     newest: dict[str, tuple[str, str]] = {}  # day -> (fetched_at, zip): a day two zips claim gets the last fetched
     covered: set[str] = set()
     for path, record in sorted(files.items()):
-        mine = sorted(days & set(record.get("dates", [])))
-        if not mine:
-            continue
+        dates = _entry_dates(record)
+        if dates is not None and not days & set(dates):
+            continue  # a damaged entry for other days does not stop this range
+        why = entry_problem(record)
+        if why:
+            raise DataError(
+                f"{root.name}/{MANIFEST}: entry {path!r}: {why}; `mbta-ray data fetch` for its dates fetches "
+                "it again and repairs the entry"
+            )
+        mine = sorted(days & set(dates))
         full = _local_copy(root, path, record, stage)
         source = record.get("source")
         if source in formats:

@@ -501,3 +501,197 @@ def test_object_store_failures_are_one_error_without_keys(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="cannot open it") as err:
         fetch.fetch(["gtfs"], dt.date(2024, 2, 5), dt.date(2024, 2, 5), "s3a://KEYID:SECRETKEY@b/x?secret=1")
     assert "SECRETKEY" not in str(err.value) and "secret=1" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("timeout_s", 0, "--timeout 0:"),
+        ("timeout_s", -1, "--timeout -1:"),
+        ("timeout_s", float("nan"), "--timeout nan:"),
+        ("timeout_s", float("inf"), "--timeout inf:"),
+        ("parallel", 0, "--parallel 0:"),
+        ("parallel", 10**6, "--parallel 1000000:"),
+        ("retries", -1, "--retries -1:"),
+        ("retries", 10**6, "--retries 1000000:"),  # 2 ** 10**6 seconds of backoff overflow a float
+        ("backoff_s", float("nan"), "backoff_s nan:"),
+    ],
+)
+def test_out_of_range_options_are_named_before_any_request(tmp_path, option, value, says):
+    """urllib3 refuses a timeout of 0 or less, overflows on inf; each is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match=f"^{says}"):
+        fetch.fetch(["gtfs"], dt.date(2024, 2, 5), dt.date(2024, 2, 5), tmp_path / "c", **{option: value})
+    assert not (tmp_path / "c").exists()
+
+
+def test_fetch_cli_names_a_bad_timeout_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    for value in ("0", "-1", "nan", "inf"):
+        args = ["data", "fetch", "--from", "2024-02-06", "--cache", str(tmp_path / "c"), f"--timeout={value}"]
+        bad = CliRunner().invoke(app, args)
+        assert bad.exit_code == 2 and f"--timeout {value}:" in bad.output and "Traceback" not in bad.output
+
+
+def test_bad_lamp_index_rows_are_reported_by_row_and_skipped(tmp_path):
+    """Each bad row of index.csv is a warning naming the URL and row; its day is missing with that
+    row as the reason (never fetched unchecked); a row whose date cannot be read is named for the
+    days the index does not list; an index with no usable row is refused."""
+    lamp = LAMP_SAMPLE.read_bytes()
+    subway = "/lamp/subway-on-time-performance-v1"
+    index = (
+        "service_date,file_url,size_bytes\n"
+        f"2024-02-06,x,{len(lamp)}\n"  # row 2: the good one
+        "2024-02-07,x,abc\n"  # 3
+        "2024-02-08,x,inf\n"  # 4
+        "2024-02-09,x\n"  # 5: a short row
+        "2024-02-10,x,-5\n"  # 6
+        "2024-02-11,x,1e30\n"  # 7
+        "Feb 12,x,5\n"  # 8: which day?
+    )
+    files = {f"{subway}/index.csv": index.encode()}
+    for day in ("2024-02-06", "2024-02-07", "2024-02-08", "2024-02-09", "2024-02-10", "2024-02-11", "2024-02-12"):
+        files[f"{subway}/{day}-subway-on-time-performance-v1.parquet"] = lamp
+    server = ArchiveServer(files)
+    index_url = f"{server.url}{subway}/index.csv"
+    try:
+        report = fetch.fetch(
+            ["lamp-subway"], dt.date(2024, 2, 6), dt.date(2024, 2, 12), tmp_path / "c",
+            performance_url=server.url, retries=0, timeout_s=5,
+        )  # fmt: skip
+        assert [f["dates"] for f in report.fetched] == [["2024-02-06"]] and not report.failed
+        reasons = {m["date"]: m["reason"] for m in report.missing}
+        assert reasons["2024-02-07"] == f"{index_url}: row 3: size_bytes 'abc' is not a size in bytes (a whole number from 1 to 1,000,000,000,000)"  # fmt: skip
+        assert reasons["2024-02-08"].startswith(f"{index_url}: row 4: size_bytes 'inf'")
+        assert reasons["2024-02-09"] == f"{index_url}: row 5: 2 field(s), the header has 3"
+        assert reasons["2024-02-10"].startswith(f"{index_url}: row 6: size_bytes '-5'")
+        assert reasons["2024-02-11"].startswith(f"{index_url}: row 7: size_bytes '1e30'")
+        assert reasons["2024-02-12"] == f"not listed in {index_url} (row(s) 8 could not be read)"
+        assert [w["where"] for w in report.warnings] == [f"{index_url} row {n}" for n in range(3, 9)]
+        assert report.warnings[-1]["reason"] == "service_date 'Feb 12' is not YYYY-MM-DD: skipped"
+        assert report.summary().endswith("6 day(s) missing, 0 failed, 6 warning(s)")
+        # Nothing usable at all: the index is refused, naming it and its first bad row.
+        server.files[f"{subway}/index.csv"] = b"service_date,size_bytes\n2024-02-07,abc\n2024-02-08\n"
+        with pytest.raises(DataError, match=r"index.csv: no usable row \(row 2: size_bytes 'abc'.*; 1 more bad row"):
+            fetch.plan(["lamp-subway"], [dt.date(2024, 2, 7)], performance_url=server.url)
+    finally:
+        server.close()
+
+
+def test_bad_gtfs_index_rows_are_reported_and_never_replaced_by_an_older_feed(tmp_path):
+    """A short row of archived_feeds.txt may be the feed in force on any day: a day an older feed
+    would cover is missing (naming the row), not given that older feed; a newer feed still wins
+    where it covers the day. A row with a bad URL stands only for its own dates."""
+    server = ArchiveServer({"/archive/new.zip": _zip("new"), "/archive/old.zip": _zip("old")})
+    server.files["/archive/archived_feeds.txt"] = (
+        "feed_start_date,feed_end_date,archive_url\n"
+        f"20240201,20240229,{server.url}/archive/new.zip\n"  # row 2
+        "20240115\n"  # row 3: a short row, its dates unknown
+        f"20231201,20240131,{server.url}/archive/old.zip\n"  # row 4
+        "20231101,20231130,http://elsewhere/feeds/\n"  # row 5: no .zip name
+        f"20231001,20231130,{server.url}/archive/old.zip\n"  # row 6
+    ).encode()
+    index_url = f"{server.url}/archive/archived_feeds.txt"
+    try:
+        days = [dt.date(2024, 2, 1), dt.date(2024, 1, 31), dt.date(2023, 11, 15), dt.date(2023, 10, 15)]
+        items, missing, warnings = fetch.plan(["gtfs"], days, cdn_url=server.url)
+        assert [(i.path, i.dates) for i in items] == [("gtfs/new.zip", ("2024-02-01",))]
+        reasons = {m["date"]: m["reason"] for m in missing}
+        assert reasons == {
+            "2024-01-31": f"{index_url}: row 3: 1 field(s), the header has 3, and it may be the feed in force",
+            "2023-11-15": f"{index_url}: row 3: 1 field(s), the header has 3, and it may be the feed in force",
+            "2023-10-15": f"{index_url}: row 3: 1 field(s), the header has 3, and it may be the feed in force",
+        }
+        assert [(w["where"], w["reason"]) for w in warnings] == [
+            (f"{index_url} row 3", "1 field(s), the header has 3: skipped"),
+            (f"{index_url} row 5", "archive_url 'http://elsewhere/feeds/' does not end in a plain .zip file name: skipped"),
+        ]  # fmt: skip
+        # Without the short row: the bad URL's row is in force on its own dates only.
+        lines = server.files["/archive/archived_feeds.txt"].decode().splitlines(keepends=True)
+        server.files["/archive/archived_feeds.txt"] = "".join(lines[:2] + lines[3:]).encode()
+        items, missing, _ = fetch.plan(["gtfs"], days, cdn_url=server.url)
+        assert [(i.path, i.dates) for i in items] == [
+            ("gtfs/new.zip", ("2024-02-01",)),
+            ("gtfs/old.zip", ("2024-01-31", "2023-10-15")),
+        ]
+        assert [(m["date"], m["reason"]) for m in missing] == [
+            ("2023-11-15", f"{index_url}: row 4: archive_url 'http://elsewhere/feeds/' does not end in a plain .zip file name (the feed in force then)"),
+        ]  # fmt: skip
+        server.files["/archive/archived_feeds.txt"] = b"feed_start_date,feed_end_date,archive_url\n20240201,20240229\n"
+        with pytest.raises(DataError, match=r"archived_feeds.txt: no usable row \(row 2: 2 field\(s\)"):
+            fetch.plan(["gtfs"], days, cdn_url=server.url)
+    finally:
+        server.close()
+
+
+def test_damaged_manifest_entries_are_fetched_again_and_named(archive, tmp_path):
+    """fetch.json entries of the wrong shape (an int, no dates, dates as one string) are warned
+    about and their files fetched again, which repairs them; a damaged entry for other days is kept
+    as it is. ``cached_inputs`` names a damaged entry that may concern its range."""
+    cache = tmp_path / "c"
+    lamp = "lamp-subway/2024-02-06-subway-on-time-performance-v1.parquet"
+    size = len(LAMP_SAMPLE.read_bytes())
+    (cache / "lamp-subway").mkdir(parents=True)
+    (cache / lamp).write_bytes(LAMP_SAMPLE.read_bytes())  # the right size: only the entry is damaged
+    entries = {
+        lamp: 5,
+        "lamp-bus/20240206.parquet": {"size": 1, "source": "lamp-bus"},
+        "lamp-bus/20240207.parquet": {"size": 1, "source": "lamp-bus", "dates": "2024-02-07"},
+        "lamp-bus/20240301.parquet": {"size": "big", "source": "lamp-bus", "dates": ["2024-03-01"]},
+    }
+    (cache / fetch.MANIFEST).write_text(json.dumps({"files": entries}))
+    report = fetch.fetch(
+        ["lamp-subway", "lamp-bus"], dt.date(2024, 2, 6), dt.date(2024, 2, 7), cache,
+        performance_url=archive.url, retries=2, backoff_s=0.01, timeout_s=5,
+    )  # fmt: skip
+    fetched = {f["path"] for f in report.fetched}
+    assert fetched == {
+        lamp,
+        "lamp-bus/20240206.parquet",
+        "lamp-bus/20240207.parquet",
+        "lamp-subway/2024-02-07-subway-on-time-performance-v1.parquet",
+    }
+    where = f"{cache}/{fetch.MANIFEST} entry"
+    assert [(w["where"], w["reason"]) for w in report.warnings] == [
+        (f"{where} 'lamp-bus/20240206.parquet'", "'dates' is null, not a list of YYYY-MM-DD dates: its file is fetched again"),
+        (f"{where} 'lamp-bus/20240207.parquet'", "'dates' is \"2024-02-07\", not a list of YYYY-MM-DD dates: its file is fetched again"),
+        (f"{where} 'lamp-bus/20240301.parquet'", "'size' is \"big\", not a number of bytes: kept; a fetch of its dates repairs it"),
+        (f"{where} {lamp!r}", "not an object but 5: its file is fetched again"),
+    ]  # fmt: skip
+    files = json.loads((cache / fetch.MANIFEST).read_text())["files"]
+    assert files[lamp]["dates"] == ["2024-02-06"] and files[lamp]["size"] == size
+    assert files["lamp-bus/20240207.parquet"]["dates"] == ["2024-02-07"]
+    assert files["lamp-bus/20240301.parquet"] == entries["lamp-bus/20240301.parquet"]  # kept, not lost
+    assert all(fetch.entry_problem(r) is None for p, r in files.items() if p != "lamp-bus/20240301.parquet")
+    # The ingest side: a damaged entry outside the range is passed over, one inside it is named.
+    assert len(fetch.cached_inputs(cache, dt.date(2024, 2, 6), dt.date(2024, 2, 6)).inputs) == 2
+    with pytest.raises(DataError, match=r"fetch.json: entry 'lamp-bus/20240301.parquet': 'size' is \"big\""):
+        fetch.cached_inputs(cache, dt.date(2024, 3, 1), dt.date(2024, 3, 1))
+    files["lamp-bus/20240207.parquet"]["dates"] = "2024-02-07"  # a string is not read as its characters
+    (cache / fetch.MANIFEST).write_text(json.dumps({"files": files}))
+    with pytest.raises(DataError, match=r"entry 'lamp-bus/20240207.parquet': 'dates' is \"2024-02-07\""):
+        fetch.cached_inputs(cache, dt.date(2024, 2, 6), dt.date(2024, 2, 6))
+
+
+def test_something_in_the_way_in_the_cache_fails_that_file_only(archive, tmp_path):
+    """A folder where a file or its .part goes, a file where a source's folder goes: that file
+    fails with a message naming the path; the other files are fetched."""
+    cache = tmp_path / "c"
+    subway = cache / "lamp-subway"
+    (subway / "2024-02-06-subway-on-time-performance-v1.parquet").mkdir(parents=True)
+    (subway / "2024-02-07-subway-on-time-performance-v1.parquet.part").mkdir()
+    (cache / "lamp-bus").write_text("not a folder")
+    report = _fetch(archive, cache)
+    assert {f["path"] for f in report.fetched} == {"gtfs/20231215.zip", "gtfs/20240207.zip"}
+    reasons = {(f["source"], *f["dates"]): f["reason"] for f in report.failed}
+    assert reasons[("lamp-subway", "2024-02-06")].endswith(
+        f"cannot write {subway}/2024-02-06-subway-on-time-performance-v1.parquet: it is a folder; move it away"
+    )
+    assert reasons[("lamp-subway", "2024-02-07")].endswith(
+        f"cannot write {subway}/2024-02-07-subway-on-time-performance-v1.parquet.part: it is not a plain file; move it away"
+    )
+    for day in ("2024-02-06", "2024-02-07", "2024-02-09"):  # 02-08 is a 404 before anything is written
+        assert reasons[("lamp-bus", day)].endswith(f"{cache}/lamp-bus is a file, not a folder; move it away"), reasons
+    assert (cache / "lamp-bus").read_text() == "not a folder"  # left as it was
