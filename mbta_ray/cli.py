@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -44,7 +45,8 @@ if not console.is_terminal:  # piped or in CI: rich would squeeze tables into 80
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    # Messages quote users' names and files' text: '[/x]' there is text, not markup to render.
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -283,9 +285,11 @@ def fetch_cmd(
             "(files are downloaded and checked locally, then uploaded)."
         ),
     ] = "data/cache",
-    parallel: Annotated[int, typer.Option(help="Downloads at once.")] = 4,
-    retries: Annotated[int, typer.Option(help="Retries per file (exponential backoff from 1 s).")] = 4,
-    timeout: Annotated[float, typer.Option(help="Seconds without data before a retry.")] = 60.0,
+    parallel: Annotated[int, typer.Option(help="Downloads at once (1 to 64).")] = 4,
+    retries: Annotated[int, typer.Option(help="Retries per file, 0 to 10 (exponential backoff from 1 s).")] = 4,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds without data before a retry (more than 0, at most 3600).")
+    ] = 60.0,
     performance_url: Annotated[str, typer.Option(help="LAMP's server (or a mirror with its layout).")] = (
         "https://performancedata.mbta.com"
     ),
@@ -325,10 +329,12 @@ def fetch_cmd(
     for f in sorted(report.fetched, key=lambda f: f["path"]):
         console.print(f"fetched {f['path']} ({f['size']:,} bytes, sha256 {f['sha256'][:12]})", soft_wrap=True)
     for m in report.missing:
-        console.print(f"[yellow]missing[/] {m['source']} {m['date']}: {m['reason']}", soft_wrap=True)
+        console.print(f"[yellow]missing[/] {m['source']} {m['date']}: {escape(m['reason'])}", soft_wrap=True)
     for f in report.failed:
-        console.print(f"[red]failed[/] {f['source']} {', '.join(f['dates'])}: {f['reason']}", soft_wrap=True)
-    where = shown(cache)
+        console.print(f"[red]failed[/] {f['source']} {', '.join(f['dates'])}: {escape(f['reason'])}", soft_wrap=True)
+    for w in report.warnings:  # index rows skipped, damaged fetch.json entries
+        console.print(f"[yellow]warning[/] {escape(w['where'])}: {escape(w['reason'])}", soft_wrap=True)
+    where = escape(shown(cache))
     console.print(
         f"[bold]{report.summary()}[/] in {where} (records: {where.rstrip('/')}/{fetch.MANIFEST})", soft_wrap=True
     )
@@ -340,8 +346,9 @@ def fetch_cmd(
 def list_cmd(
     name: Annotated[Optional[str], typer.Option(help="Only this dataset.")] = None, root: RootOpt = Path(DEFAULT_ROOT)
 ) -> None:
-    """List dataset versions with their counts, newest first."""
-    manifests = versioning.list_versions(root, name)
+    """List dataset versions with their counts, newest first (a damaged version is reported, not listed)."""
+    damaged: list[versioning.DamagedVersion] = []
+    manifests = versioning.list_versions(root, name, damaged=damaged, complete=True)
     t = Table(title=f"datasets under {root}")
     for col in ("name", "version", "created", "inputs", "rows in", "quarantined", "train", "valid", "test"):
         left = col in ("name", "version", "created", "inputs")
@@ -363,7 +370,9 @@ def list_cmd(
             *(f"{c['examples_by_split'][s]:,}" for s in ("train", "valid", "test")),
         )
     console.print(t)
-    if not manifests:
+    for exc in damaged:  # the message is the user's file name and field: no markup
+        console.print(f"damaged: {exc}", style="yellow", soft_wrap=True, markup=False, highlight=False)
+    if not manifests and not damaged:
         console.print("no datasets yet: run `mbta-ray data ingest`")
 
 
@@ -371,18 +380,26 @@ def list_cmd(
 def show_cmd(
     version: Annotated[str, typer.Argument(help="Version (or a unique prefix).")],
     name: Annotated[Optional[str], typer.Option(help="Dataset name.")] = None,
-    rows: Annotated[int, typer.Option(help="Sample rows to show.")] = 5,
-    split: Annotated[str, typer.Option(help="Split to sample.")] = "train",
+    rows: Annotated[int, typer.Option(min=1, help="Sample rows to show.")] = 5,
+    split: Annotated[str, typer.Option(help="Split to sample: train, valid or test.")] = "train",
     root: RootOpt = Path(DEFAULT_ROOT),
 ) -> None:
     """Show a version's manifest and a sample of its rows."""
     import pyarrow.dataset as pads
 
+    from mbta_ray.schema import SPLITS
+
+    if split not in SPLITS:  # checked before it becomes a folder name; shown as text, not markup
+        _fail(f"--split must be one of {', '.join(SPLITS)}, got {split[:80]!r}")
     ds_name, ds_version = versioning.resolve(root, version, name)
-    manifest = versioning.load_manifest(root, ds_name, ds_version)
+    manifest = versioning.load_manifest(root, ds_name, ds_version, complete=True)
     console.print_json(json.dumps({k: v for k, v in manifest.items() if k != "schema"}, default=str))
     console.print(_counts_table(manifest))
     folder = versioning.version_dir(root, ds_name, ds_version) / split
+    if not folder.is_dir():
+        raise versioning.DamagedVersion(
+            f"{folder}: missing; the dataset version is damaged: delete its folder and ingest again"
+        )
     sample = pads.dataset(str(folder), format="parquet").head(rows).to_pandas()
     console.print(f"[bold]{split} sample ({len(sample)} rows)[/]")
     console.print(sample.T.to_string())
@@ -973,15 +990,20 @@ def register_cmd(
 def registry_list_cmd(
     registry: RegistryOpt = None, model_name: ModelNameOpt = MODEL_NAME, root: RootOpt = Path(DEFAULT_ROOT)
 ) -> None:
-    """Versions, their test metrics, and which one is production."""
+    """Versions, their test metrics, and which one is production (damaged ones are reported)."""
     reg = _registry(registry, root, model_name)
-    prod = (reg.production() or {}).get("version")
+    damaged: list[MbtaRayError] = []
+    try:
+        prod = (reg.production() or {}).get("version")
+    except MbtaRayError as exc:  # still list the versions: one of them may be the rollback target
+        prod = None
+        damaged.append(exc)
     t = Table(title=f"registry {reg.base}")
     for col in ("version", "family", "dataset", "test MAE", "accurate", "created", "production"):
         t.add_column(col)
-    for m in reg.versions():
-        ev = m.get("evaluation", {})
-        met = ev.get("metrics", {})
+    for m in reg.versions(damaged=damaged):  # their shape is checked by the registry
+        ev = m["evaluation"]
+        met = {k: float("nan") if v is None else v for k, v in (ev.get("metrics") or {}).items()}
         t.add_row(
             m["version"],
             m.get("family", "?"),
@@ -992,6 +1014,8 @@ def registry_list_cmd(
             "yes" if m["version"] == prod else "",
         )
     console.print(t)
+    for exc in damaged:  # the message is the user's file name and field: no markup
+        console.print(f"damaged: {exc}", style="yellow", soft_wrap=True, markup=False, highlight=False)
 
 
 @registry_app.command("audit")

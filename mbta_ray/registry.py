@@ -125,7 +125,8 @@ class Registry:
 
     def _read_json(self, path: str) -> dict:
         """A registry JSON document; a file edited by hand into anything but a JSON object is a
-        ``CorruptModel`` (never an AttributeError or a decode error further on)."""
+        ``CorruptModel`` (never a decode error). Its fields are checked by the readers that know
+        them (``_read_metadata``, ``production``), so none fails with a KeyError further on."""
         try:
             with self.fs.open_input_stream(path) as f:
                 data = json.loads(f.read().decode())
@@ -186,19 +187,32 @@ class Registry:
         self._write_json_atomically(f"{folder}/{METADATA}", meta)  # last: marks the version complete
         return meta
 
-    def versions(self) -> list[dict]:
-        """Metadata of complete versions, oldest first."""
+    def _read_metadata(self, version: str) -> dict:
+        """A version's ``metadata.json``, checked for the shape its readers index into (listing,
+        fetching, promotion); a hand-damaged one is a ``CorruptModel`` naming the file and field."""
+        path = self._path(version, METADATA)
+        meta = self._read_json(path)
+        problem = _metadata_problem(meta, version)
+        if problem:
+            raise CorruptModel(f"{path}: {problem}")
+        return meta
+
+    def versions(self, damaged: list[MbtaRayError] | None = None) -> list[dict]:
+        """Metadata of complete versions, oldest first. A damaged version is left out (one broken
+        version must not hide the others): its error goes to ``damaged`` if given, else to the log."""
         if not self._exists(self.base):
             return []
         out = []
         for info in self.fs.get_file_info(pafs.FileSelector(self.base)):
             if info.type == pafs.FileType.Directory and info.base_name != AUDIT_DIR:
-                meta_path = f"{info.path}/{METADATA}"
-                if self._exists(meta_path):
+                if self._exists(f"{info.path}/{METADATA}"):
                     try:
-                        out.append(self._read_json(meta_path))
-                    except RegistryError as exc:  # one broken version must not hide the others
-                        logger.warning("skipping %s: %s", info.path, exc)
+                        out.append(self._read_metadata(info.base_name))
+                    except RegistryError as exc:
+                        if damaged is None:
+                            logger.warning("skipping %s: %s", info.path, exc)
+                        else:
+                            damaged.append(exc)
         return sorted(out, key=lambda m: m["created_at"])
 
     def metadata(self, version: str) -> dict:
@@ -206,7 +220,7 @@ class Registry:
         if not self._exists(path):
             known = [m["version"] for m in self.versions()]
             raise RegistryError(f"{self}: no version {version!r} (known: {known[-5:] or 'none'})")
-        return self._read_json(path)
+        return self._read_metadata(version)
 
     def fetch(self, version: str, cache: str | Path | None = None) -> Path:
         """A verified local folder of the version's files (the folder itself when the registry is
@@ -258,6 +272,7 @@ class Registry:
         record = self._read_json(path)
         if not isinstance(record.get("version"), str):
             raise CorruptModel(f"{path}: names no version")
+        check_name(record["version"], f"version in {path}")  # a hand-edited path is no version
         return record
 
     def audit_log(self) -> list[dict]:
@@ -467,6 +482,35 @@ def dataset_rescorer(reg: Registry, root: str | Path):
         return evaluate.metrics(pred, test[TARGET].to_numpy(dtype="float64"))
 
     return rescore
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _metadata_problem(meta: dict, version: str) -> str | None:
+    """What is wrong with a version's metadata (as ``register`` writes it), or None."""
+    if meta.get("version") != version:  # listed and promoted by this name: it must be its folder's
+        return f"field 'version' is {str(meta.get('version'))[:40]!r}, expected {version!r} (its folder)"
+    if not isinstance(meta.get("created_at"), str):
+        return "field 'created_at' missing or not text"
+    if not isinstance(meta.get("family", ""), str):
+        return "field 'family' is not text"
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return "field 'files' missing or not an object of file name -> sha256"
+    ev = meta.get("evaluation")
+    if not isinstance(ev, dict):
+        return "field 'evaluation' missing or not an object"
+    for key in ("metrics", "by_mode", "dataset"):
+        if not isinstance(ev.get(key) or {}, dict):
+            return f"field 'evaluation.{key}' is not an object"
+    bad = [k for k, v in (ev.get("metrics") or {}).items() if v is not None and not _is_number(v)]
+    if bad:
+        return f"field 'evaluation.metrics.{bad[0]}' is not a number"
+    if not isinstance(ev.get("split", ""), str):
+        return "field 'evaluation.split' is not text"
+    return None
 
 
 def _metric(metrics: dict, name: str) -> float | None:

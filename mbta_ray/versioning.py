@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mbta_ray.errors import DataError, MbtaRayError
-from mbta_ray.schema import FEATURE_CODE_VERSION
+from mbta_ray.errors import ConfigError, DataError, MbtaRayError
+from mbta_ray.schema import FEATURE_CODE_VERSION, SPLITS
 
 MANIFEST = "manifest.json"
 _TMP_PREFIX = ".tmp-"
@@ -25,6 +25,14 @@ _TMP_PREFIX = ".tmp-"
 
 class VersionNotFound(MbtaRayError, LookupError):
     """No dataset version matches."""
+
+
+class DamagedVersion(DataError):
+    """A version's manifest is unreadable or not the shape its readers need; the message names it."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path  # the manifest (optional: Ray re-creates errors from their message alone)
 
 
 def compute_version(
@@ -41,14 +49,21 @@ def compute_version(
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _folder_name(value: str, what: str) -> str:
+    """``value`` if it is one folder name (a user's dataset name or version becomes a path)."""
+    if not value or value in (".", "..") or "/" in value or "\0" in value:
+        raise ConfigError(f"invalid {what} {value[:80]!r}: one folder name, without '/' or '..'")
+    return value
+
+
 def datasets_dir(root: str | Path, name: str) -> Path:
     # Absolute: Ray workers read and write these folders from their own working directory, which
     # is not the driver's when it joined a running cluster (RAY_ADDRESS).
-    return Path(root).resolve() / "datasets" / name
+    return Path(root).resolve() / "datasets" / _folder_name(name, "dataset name")
 
 
 def version_dir(root: str | Path, name: str, version: str) -> Path:
-    return datasets_dir(root, name) / version
+    return datasets_dir(root, name) / _folder_name(version, "dataset version")
 
 
 def exists(root: str | Path, name: str, version: str) -> bool:
@@ -97,24 +112,80 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     os.replace(tmp, folder / MANIFEST)
 
 
-def load_manifest(root: str | Path, name: str, version: str) -> dict:
+def load_manifest(root: str | Path, name: str, version: str, *, complete: bool = False) -> dict:
+    """A version's manifest, checked (``_check_manifest``; ``complete``: every count the ETL writes)."""
     path = version_dir(root, name, version) / MANIFEST
     if not path.is_file():
         raise VersionNotFound(f"no dataset version {version!r} of {name!r} under {Path(root).resolve()}")
-    return _read_manifest(path)
+    return _read_manifest(path, complete)
 
 
-def _read_manifest(path: Path) -> dict:
+_DAMAGED = "the dataset version is damaged: delete its folder and ingest again"
+#: Counts every manifest the ETL writes has (``etl._accounting``), and the per-split ones.
+_COUNTS = ("rows_in", "rows_out", "quarantined", "trips", "examples", "examples_expected")
+_SPLIT_COUNTS = ("trips_by_split", "examples_by_split")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _read_manifest(path: Path, complete: bool = False) -> dict:
+    """The manifest at ``path``, or a ``DamagedVersion`` naming it (and the field) when it is not valid
+    UTF-8 JSON or not the shape its readers index into."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}: not valid JSON ({exc}); the dataset version is damaged: delete its folder and ingest again"
-        ) from exc
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedVersion(f"{path}: not valid JSON ({exc}); {_DAMAGED}", path) from exc
+    except OSError as exc:
+        raise DamagedVersion(f"{path}: cannot be read ({exc.strerror or exc})", path) from exc
+    problem = _check_manifest(manifest, path, complete)
+    if problem:
+        raise DamagedVersion(f"{path}: {problem}; {_DAMAGED}", path)
+    return manifest
 
 
-def list_versions(root: str | Path, name: str | None = None) -> list[dict]:
-    """Manifests of complete versions (temporary folders are ignored), newest first."""
+def _check_manifest(m: object, path: Path, complete: bool) -> str | None:
+    """What is wrong with a manifest's shape, or None. Always: an object naming its own dataset and
+    version (the folders it lies in), a created_at text and a ``counts`` object whose counts, where
+    present, are counts. ``complete``: also every count and input that ``data list/show`` print."""
+    if not isinstance(m, dict):
+        return f"expected a JSON object, got {type(m).__name__}"
+    for key, expected in (("name", path.parent.parent.name), ("version", path.parent.name)):
+        if m.get(key) != expected:  # resolve() turns it into a folder: it must be this one
+            return f"field {key!r} is {str(m.get(key))[:40]!r}, expected {expected!r} (its folder)"
+    if not isinstance(m.get("created_at"), str):
+        return "field 'created_at' missing or not text"
+    counts = m.get("counts")
+    if not isinstance(counts, dict):
+        return "field 'counts' missing or not an object"
+    for key in _COUNTS:
+        if (key in counts or complete) and not _is_count(counts.get(key)):
+            return f"field 'counts.{key}' missing or not a count"
+    for key in _SPLIT_COUNTS:
+        if key in counts or complete:
+            by_split = counts.get(key)
+            if not isinstance(by_split, dict) or not all(_is_count(by_split.get(s)) for s in SPLITS):
+                return f"field 'counts.{key}' must map {', '.join(SPLITS)} to counts"
+    reasons = counts.get("quarantined_by_reason", {} if not complete else None)
+    if not isinstance(reasons, dict) or not all(_is_count(n) for n in reasons.values()):
+        return "field 'counts.quarantined_by_reason' must map reasons to counts"
+    inputs = m.get("inputs", [] if not complete else None)
+    if not isinstance(inputs, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("format"), str) for i in inputs
+    ):
+        return "field 'inputs' must be a list of objects with a 'format'"
+    return None
+
+
+def list_versions(
+    root: str | Path, name: str | None = None, *, damaged: list[DamagedVersion] | None = None, complete: bool = False
+) -> list[dict]:
+    """Manifests of complete versions (temporary folders are ignored), newest first.
+
+    A damaged manifest raises its ``DamagedVersion``; with ``damaged`` it is appended there instead and
+    left out, so one damaged version does not hide the others. ``complete``: as in ``load_manifest``.
+    """
     base = Path(root) / "datasets"
     names = [name] if name else sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     out = []
@@ -125,15 +196,32 @@ def list_versions(root: str | Path, name: str | None = None) -> list[dict]:
         for child in folder.iterdir():
             if child.name.startswith(_TMP_PREFIX) or not (child / MANIFEST).is_file():
                 continue
-            out.append(_read_manifest(child / MANIFEST))
-    return sorted(out, key=lambda m: m.get("created_at", ""), reverse=True)
+            try:
+                out.append(_read_manifest(child / MANIFEST, complete))
+            except DamagedVersion as exc:
+                if damaged is None:
+                    raise
+                damaged.append(exc)
+    return sorted(out, key=lambda m: m["created_at"], reverse=True)
 
 
 def resolve(root: str | Path, version: str, name: str | None = None) -> tuple[str, str]:
-    """Find (name, version) from a full version or a unique prefix of one."""
-    matches = [(m["name"], m["version"]) for m in list_versions(root, name) if m["version"].startswith(version)]
+    """Find (name, version) from a full version or a unique prefix of one. A damaged version is
+    matched by its folder name, so naming it gives its error and naming another one still works."""
+    damaged: list[DamagedVersion] = []
+    matches = {
+        (m["name"], m["version"]): None
+        for m in list_versions(root, name, damaged=damaged)
+        if m["version"].startswith(version)
+    }
+    for exc in damaged:
+        if exc.path is not None and exc.path.parent.name.startswith(version):
+            matches[(exc.path.parent.parent.name, exc.path.parent.name)] = exc
     if not matches:
         raise VersionNotFound(f"no dataset version matching {version!r} under {Path(root).resolve()}")
-    if len(set(matches)) > 1:
-        raise VersionNotFound(f"version prefix {version!r} is ambiguous: {sorted(set(matches))}")
-    return matches[0]
+    if len(matches) > 1:
+        raise VersionNotFound(f"version prefix {version!r} is ambiguous: {sorted(matches)}")
+    ((found, exc),) = matches.items()
+    if exc is not None:
+        raise exc
+    return found

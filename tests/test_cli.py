@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -118,3 +119,63 @@ def test_metrics_table_lists_models_and_baselines_once():
     assert text.count("│ persistence") == 1 and "xgboost" in text and "dnn" in text
     assert "100.0" in text and "75.0%" in text
     assert "bus 50 (0.50x)" in text and "bus 100 (1.00x)" in text  # common rows, as a multiple of persistence
+
+
+def _hand_made_version(root: Path, version: str, created: str = "2026-11-26T12:00:00") -> Path:
+    """A dataset version as the ETL leaves it (complete manifest, a train split), without Ray."""
+    folder = root / "datasets" / "mbta" / version
+    (folder / "train").mkdir(parents=True)
+    pq.write_table(pa.table({"travel_seconds": [60.0, 90.0]}), folder / "train" / "part-0.parquet")
+    by_split = {"train": 2, "valid": 0, "test": 0}
+    counts = {
+        "rows_in": 5,
+        "rows_out": 4,
+        "quarantined": 1,
+        "quarantined_by_reason": {"duplicate": 1},
+        "trips": 1,
+        "trips_by_split": {"train": 1, "valid": 0, "test": 0},
+        "examples": 2,
+        "examples_expected": 2,
+        "examples_by_split": by_split,
+    }
+    manifest = {"name": "mbta", "version": version, "created_at": created, "inputs": [{"format": "lamp"}]}
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "counts": counts}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"[1, 2]", "expected a JSON object, got list"),
+        (b'{"name": "mbta", "version": "bad0", "created_at": "2026-11-27"}', "field 'counts' missing"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b'{"name": "mbta", "version": "elsewhere", "created_at": "x", "counts": {}}', "field 'version'"),
+    ],
+)
+def test_a_damaged_manifest_is_reported_by_name_and_hides_no_other_version(tmp_path, content, why):
+    """`data list` lists the good version and reports the damaged one; `data show` of it is one line."""
+    _hand_made_version(tmp_path, "good0")
+    bad = _hand_made_version(tmp_path, "bad0") / "manifest.json"
+    bad.write_bytes(content)
+    res = runner.invoke(app, ["data", "list", "--root", str(tmp_path)])
+    assert res.exit_code == 0 and "good0" in res.output and "Traceback" not in res.output, res.output
+    assert f"damaged: {bad}: {why}" in res.output, res.output
+    res = runner.invoke(app, ["data", "show", "bad", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and str(bad) in res.output and why in res.output, res.output
+    res = runner.invoke(app, ["data", "show", "good", "--root", str(tmp_path), "--rows", "1"])
+    assert res.exit_code == 0 and "train sample (1 rows)" in res.output, res.output
+
+
+def test_data_show_checks_rows_and_split_before_using_them(tmp_path):
+    """--rows below 1 and a --split that is not train/valid/test (or is a path): exit 2, no traceback."""
+    _hand_made_version(tmp_path, "good0")
+    res = runner.invoke(app, ["data", "show", "good0", "--root", str(tmp_path), "--rows", "-1"])
+    assert res.exit_code == 2 and "--rows" in res.output and "Traceback" not in res.output, res.output
+    for split in ("nope", "../../registry", "[/x]"):
+        res = runner.invoke(app, ["data", "show", "good0", "--root", str(tmp_path), "--split", split])
+        assert res.exit_code == 2 and "--split must be one of train, valid, test" in res.output, res.output
+        assert repr(split) in res.output
+    res = runner.invoke(app, ["data", "show", "good0", "--root", str(tmp_path), "--split", "valid"])
+    assert res.exit_code == 2 and "valid: missing; the dataset version is damaged" in res.output, res.output
+    res = runner.invoke(app, ["data", "list", "--root", str(tmp_path), "--name", "../.."])
+    assert res.exit_code == 2 and "invalid dataset name '../..'" in res.output, res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -389,3 +390,55 @@ def test_a_pointer_edited_into_nonsense_is_corrupt_and_a_forced_rollback_still_w
     (Path(reg.base) / "audit" / "zz-damaged.json").write_text("[not an entry]")
     assert reg.promote(v1, force=True, reason="pointer repaired").accepted
     assert reg.production()["version"] == v1 and len(reg.audit_log()) >= 2  # the damaged entry skipped
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda m: {"x": 1}, "field 'version'"),
+        (lambda m: {k: v for k, v in m.items() if k != "created_at"}, "field 'created_at' missing"),
+        (lambda m: {**m, "evaluation": 5}, "field 'evaluation' missing or not an object"),
+        (lambda m: {**m, "evaluation": {**m["evaluation"], "metrics": [1]}}, "field 'evaluation.metrics' is not"),
+        (
+            lambda m: {**m, "evaluation": {**m["evaluation"], "metrics": {"mae": "low"}}},
+            "field 'evaluation.metrics.mae' is",
+        ),
+        (lambda m: {**m, "files": ["model.ubj"]}, "field 'files' missing or not an object"),
+    ],
+)
+def test_a_hand_damaged_metadata_file_is_reported_by_name_and_field(tmp_path, edit, why):
+    """`registry list` lists the good version and names the damaged file and field; reading it is a
+    CorruptModel (never a KeyError or AttributeError further on)."""
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    root = tmp_path / "root"
+    reg = Registry(root)
+    good, bad = register(reg, tmp_path, "m1", 100.0), register(reg, tmp_path, "m2", 90.0)
+    path = Path(reg.base) / bad / "metadata.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(CorruptModel, match=re.escape(f"{path}: {why}")):
+        reg.metadata(bad)
+    damaged: list = []
+    assert [m["version"] for m in reg.versions(damaged=damaged)] == [good]
+    assert len(damaged) == 1 and str(path) in str(damaged[0])
+    res = CliRunner().invoke(app, ["registry", "list", "--root", str(root)])
+    assert res.exit_code == 0 and good in res.output and "Traceback" not in res.output, res.output
+    assert f"damaged: {path}: {why}" in res.output, res.output
+
+
+def test_registry_list_reports_a_production_pointer_to_a_path_and_still_lists(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    root = tmp_path / "root"
+    reg = Registry(root)
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    reg.promote(v1)
+    pointer = Path(reg.base) / "production.json"
+    pointer.write_text(json.dumps({**reg.production(), "version": "../../../datasets"}))
+    res = CliRunner().invoke(app, ["registry", "list", "--root", str(root)])
+    assert res.exit_code == 0 and v1 in res.output, res.output
+    assert f"damaged: invalid version in {pointer} '../../../datasets'" in res.output, res.output

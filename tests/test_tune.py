@@ -64,6 +64,59 @@ def test_bad_search_space_names_file_and_parameter(tmp_path):
         search_space.load(bad)
 
 
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("xgboost:\n  search:\n    eta: {uniform: 5}\n", "xgboost.search.eta: expected uniform: [low, high], got 5"),
+        ("xgboost:\n  search:\n    eta: {uniform: [1]}\n", "xgboost.search.eta: expected uniform: [low, high]"),
+        ("xgboost:\n  search:\n    eta: {uniform: [1, 2, 3]}\n", "xgboost.search.eta: expected uniform: [low, high]"),
+        ("xgboost:\n  search:\n    eta: {uniform: null}\n", "xgboost.search.eta: expected uniform: [low, high]"),
+        ("xgboost:\n  search:\n    eta: {uniform: [a, 2]}\n", "xgboost.search.eta: bounds must be finite numbers"),
+        ("xgboost:\n  search:\n    eta: {uniform: [a, b]}\n", "xgboost.search.eta: bounds must be finite numbers"),
+        ("xgboost:\n  search:\n    eta: {uniform: [0, .inf]}\n", "xgboost.search.eta: bounds must be finite numbers"),
+        ("xgboost:\n  search:\n    eta: {uniform: [0, true]}\n", "xgboost.search.eta: bounds must be finite numbers"),
+        ("xgboost:\n  search:\n    eta: {log_uniform: [1e-3, 0.1]}\n", "write 1.0e-3"),
+        ("xgboost:\n  search:\n    eta: {uniform: [0, " + "9" * 400 + "]}\n", "bounds must be finite numbers"),
+        ("xgboost:\n  search:\n    eta: {uniform: [0, " + "9" * 5000 + "]}\n", "line 3, column 24: integer too"),
+        ("xgboost:\n  search:\n    depth: {int: [1.5, 8]}\n", "xgboost.search.depth: int bounds must be integers"),
+        ("xgboost:\n  search:\n    depth: {int: [8, 8]}\n", "xgboost.search.depth: bad range [8, 8]"),
+        ("xgboost:\n  search: [eta]\n", "xgboost.search: expected a mapping"),
+        ("xgboost:\n  search: eta\n", "xgboost.search: expected a mapping"),
+        ("xgboost:\n  fixed: [1, 2]\n", "xgboost.fixed: expected a mapping"),
+        ("xgboost:\n  fixed: hello\n", "xgboost.fixed: expected a mapping"),
+        ("xgboost:\n  serch: {}\n", "xgboost: unknown section 'serch'"),
+        ("xgboost:\n", "xgboost: expected a mapping {fixed: ..., search: ...}, got None"),
+        ("- a\n- b\n", "expected a mapping of model family -> {fixed: ..., search: ...}, got list"),
+        ("1: {search: {}}\n", "model family names must be text, got 1"),
+        ("xgboost: {search: {}}\nxgboost: {fixed: {}}\n", "line 2, column 1: duplicate key 'xgboost'"),
+        ("xgboost: {search: [\n", "not valid YAML at line 2, column 1"),
+    ],
+)
+def test_a_malformed_search_space_is_one_line_naming_file_and_key(tmp_path, text, why):
+    """Every mistake in the file is a one-line SearchSpaceError at load, never a TypeError then or in
+    param_space later."""
+    bad = tmp_path / "space.yaml"
+    bad.write_text(text)
+    with pytest.raises(search_space.SearchSpaceError) as info:
+        search_space.load(bad)
+    assert str(info.value).startswith(f"{bad}: ") and why in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("data", [b"xgboost:\n  fixed: {name: caf\xe9}\n", "xgboost: {}\n".encode("utf-16")])
+def test_a_search_space_that_is_not_utf8_is_named(tmp_path, data):
+    bad = tmp_path / "space.yaml"
+    bad.write_bytes(data)
+    with pytest.raises(search_space.SearchSpaceError, match=r"space.yaml: not UTF-8 text"):
+        search_space.load(bad)
+
+
+def test_the_packaged_search_space_loads_and_merge_keys_may_override(tmp_path):
+    assert {"xgboost", "dnn"} <= set(search_space.load())
+    space = tmp_path / "space.yaml"
+    space.write_text("xgboost:\n  <<: {fixed: {epochs: 1}}\n  fixed: {epochs: 2}\n")
+    assert search_space.load(space)["xgboost"]["fixed"] == {"epochs": 2}
+
+
 def test_the_trees_never_lower_an_arrival_for_a_longer_recent_path():
     """With ``increasing: [path_travel_s]`` the trees' correction is non-decreasing in the path, even
     where the training rows reward pulling long paths back (here: travel is flat above 600 s)."""
