@@ -42,14 +42,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from mbta_ray.realtime import race
-    from mbta_ray.registry import Registry
-    from mbta_ray.serve.inference import ModelRunner
 
-    reg = Registry(args.root)
-    version = args.model or (reg.production() or {}).get("version")
-    if not version:
-        sys.exit(f"no production model under {args.root}: run `make run` first")
-    runner = ModelRunner(reg.fetch(version), version=version)
+    runner = model_runner(args.root, args.model)
+    version = runner.version
     start, until = race.parse_time(args.start, "--from"), race.parse_time(args.until, "--until")
     if args.sweep:
         sweep(args, race, runner, start, until)
@@ -74,6 +69,18 @@ def main() -> None:
             f"{result.summary['window']['until']}.",
             lines,
         )
+
+
+def model_runner(root: str, model: str | None):
+    """The registry's model ``model`` (default: production) under ``root``, ready to predict."""
+    from mbta_ray.registry import Registry
+    from mbta_ray.serve.inference import ModelRunner
+
+    reg = Registry(root)
+    version = model or (reg.production() or {}).get("version")
+    if not version:
+        sys.exit(f"no production model under {root}: run `make run` first")
+    return ModelRunner(reg.fetch(version), version=version)
 
 
 def sweep(args, race, runner, start: int, until: int) -> None:

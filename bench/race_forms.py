@@ -106,15 +106,12 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
 
-    from mbta_ray.realtime import race
-    from mbta_ray.registry import Registry
-    from mbta_ray.serve.inference import ModelRunner
+    from race import model_runner
 
-    reg = Registry(args.root)
-    version = args.model or (reg.production() or {}).get("version")
-    if not version:
-        sys.exit(f"no production model under {args.root}: run `make run` first")
-    runner = ModelRunner(reg.fetch(version), version=version)
+    from mbta_ray.realtime import race
+
+    runner = model_runner(args.root, args.model)
+    version = runner.version
     work = Path(args.work)
     began = time.perf_counter()
     vp_json, vp_pb = write_forms(vehicle_snapshots(GTFSRT_VEHICLE_POSITIONS), work / "vp", "vp")
