@@ -100,6 +100,21 @@ class Decision:
         return dict(self.__dict__)
 
 
+def _audit_problem(entry: object) -> str | None:
+    """What is wrong with an audit entry's shape (the fields ``registry audit`` prints), or None."""
+    if not isinstance(entry, dict):
+        return f"expected a JSON object, got {type(entry).__name__}"
+    for key in ("at", "candidate", "reason"):
+        if not isinstance(entry.get(key), str):
+            return f"field {key!r} missing or not text"
+    for key in ("accepted", "forced"):
+        if not isinstance(entry.get(key), bool):
+            return f"field {key!r} missing or not true/false"
+    if entry.get("production_before") is not None and not isinstance(entry["production_before"], str):
+        return "field 'production_before' not text"
+    return None
+
+
 class Registry:
     """One logical model's versions under ``<root>/registry/<model>/``."""
 
@@ -283,10 +298,14 @@ class Registry:
         for info in self.fs.get_file_info(pafs.FileSelector(folder)):
             if info.base_name.endswith(".json"):
                 try:
-                    entries.append(self._read_json(info.path))
+                    entry = self._read_json(info.path)
+                    problem = _audit_problem(entry)
+                    if problem:
+                        raise RegistryError(f"{info.path}: {problem}")
+                    entries.append(entry)
                 except RegistryError as exc:  # one damaged entry must not hide the others
                     logger.warning("skipping audit entry %s: %s", info.path, exc)
-        return sorted(entries, key=lambda e: str(e.get("at", "")))
+        return sorted(entries, key=lambda e: e["at"])
 
     def _audit(self, decision: Decision) -> None:
         self.fs.create_dir(self._path(AUDIT_DIR), recursive=True)

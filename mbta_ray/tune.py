@@ -270,8 +270,8 @@ def run_search(
 def _usable_dataset(root: str | Path, dataset: str) -> tuple[str, str]:
     """(name, version) of a dataset with examples in every split."""
     ds_name, ds_version = versioning.resolve(root, dataset)
-    counts = versioning.load_manifest(root, ds_name, ds_version)["counts"]["examples_by_split"]
-    empty = [s for s in SPLITS if not counts.get(s)]
+    counts = versioning.load_manifest(root, ds_name, ds_version)["counts"].get("examples_by_split") or {}
+    empty = [s for s in SPLITS if not counts.get(s)]  # a manifest without the counts has no usable split
     if empty:
         raise ConfigError(
             f"dataset {ds_name}/{ds_version} has no examples in {empty}: "

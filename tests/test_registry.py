@@ -379,6 +379,23 @@ def test_promote_cli_refuses_a_path_as_a_version(tmp_path):
     assert [e["accepted"] for e in Registry(root).audit_log()] == [False]
 
 
+def test_audit_entries_of_the_wrong_shape_are_skipped_and_the_cli_still_lists_the_rest(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    reg = Registry(tmp_path / "root")
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    reg.promote(v1)
+    audit = Path(reg.base) / "audit"
+    (audit / "a-empty.json").write_text("{}")
+    (audit / "b-list.json").write_text("[1]")
+    (audit / "c-forced-text.json").write_text(json.dumps({**reg.audit_log()[0], "forced": "yes"}))
+    assert [e["candidate"] for e in reg.audit_log()] == [v1]
+    result = CliRunner().invoke(app, ["registry", "audit", "--root", str(tmp_path / "root")])
+    assert result.exit_code == 0 and "Traceback" not in result.output and "accepted" in result.output, result.output
+
+
 @pytest.mark.parametrize("pointer", ["[1, 2]", '"v1"', '{"model": "travel-time"}', "\udcff"])
 def test_a_pointer_edited_into_nonsense_is_corrupt_and_a_forced_rollback_still_works(tmp_path, pointer):
     reg = Registry(tmp_path / "root")
