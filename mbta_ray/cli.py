@@ -947,6 +947,8 @@ def print_race(summary: dict) -> None:
             )
         if report["skipped_rows"]:
             parts.append("rows skipped: " + ", ".join(f"{n:,} {why}" for why, n in report["skipped_rows"].items()))
+        if report.get("ignored_fields"):
+            parts.append("fields ignored: " + ", ".join(f"{n:,} {why}" for why, n in report["ignored_fields"].items()))
         if parts:  # file names and reasons are the user's text: no markup
             console.print(f"{kind}: " + "; ".join(parts), style="yellow", soft_wrap=True, markup=False, highlight=False)
 

@@ -43,6 +43,27 @@ def service_seconds_to_utc(dates: pd.Series, seconds: pd.Series) -> pd.Series:
     return (origin + delta).astype("datetime64[us, UTC]")
 
 
+@functools.lru_cache(maxsize=64)
+def _origin_epoch(service_date: str) -> float | None:
+    try:
+        day = dt.datetime.strptime(service_date, "%Y%m%d")
+    except (TypeError, ValueError):
+        return None
+    noon = day.replace(hour=12, tzinfo=_TZ)
+    return noon.timestamp() - 12 * 3600
+
+
+def clock_time_epoch(service_date: str, clock: str) -> float | None:
+    """Epoch seconds of a GTFS clock time (``HH:MM:SS``, past 24:00 after midnight) on a service day
+    (``YYYYMMDD``), as ``service_seconds_to_utc`` counts it; None when either is malformed."""
+    origin = _origin_epoch(service_date)
+    parts = str(clock).split(":")
+    if origin is None or len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return None
+    hours, minutes, seconds = map(int, parts)
+    return origin + hours * 3600 + minutes * 60 + seconds
+
+
 def seconds_into_service_day(dates: pd.Series, when: pd.Series) -> pd.Series:
     """Seconds from the service day's origin to ``when`` (UTC); > 86,400 after midnight."""
     origin = service_day_origin(dates)

@@ -54,6 +54,8 @@ def snapshot_bytes(rows: pd.DataFrame, header_ts: int, shift: int = 0) -> bytes:
         v.trip.trip_id, v.trip.route_id, v.trip.start_date = r.trip_id, r.route_id, r.start_date
         if r.direction_id is not pd.NA:
             v.trip.direction_id = int(r.direction_id)
+        if r.start_time is not pd.NA:
+            v.trip.start_time = r.start_time
         v.vehicle.id = r.vehicle_id
         v.stop_id = r.stop_id
         if np.isfinite(r.stop_sequence):

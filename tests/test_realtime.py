@@ -198,6 +198,9 @@ def test_rows_with_bad_values_are_skipped_with_the_field_named(tmp_path):
         entity("t9", position={"latitude": 42.0, "longitude": -710.0}),
         entity("t10", vehicle={"id": {"a": [[[[]]]]}}),  # nested, not a value we read: not a reason to skip
     ]
+    for trip, start in (("t11", "25:10:00"), ("t12", "8am")):  # a start time is optional: a bad one is dropped
+        snapshot["entity"].append(entity(trip))
+        snapshot["entity"][-1]["vehicle"]["trip"]["start_time"] = start
     path = tmp_path / "vp.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(snapshot).encode())  # a byte-order mark is still JSON
     feed = feeds.read_vehicle_positions([path])
@@ -209,8 +212,11 @@ def test_rows_with_bad_values_are_skipped_with_the_field_named(tmp_path):
         "vehicle.position.latitude is not a latitude": 1,
         "vehicle.position.longitude is not a longitude": 1,
     }
-    assert feed.frame["status"].tolist() == ["STOPPED_AT", "STOPPED_AT"]  # the enum number 1, as archives store it
-    assert feed.frame["trip_id"].tolist() == ["t3", "t10"]
+    assert feed.frame["status"].tolist() == ["STOPPED_AT"] * 4  # the enum number 1, as archives store it
+    assert feed.frame["trip_id"].tolist() == ["t3", "t10", "t11", "t12"]
+    assert feed.frame["start_time"].tolist()[2:] == ["25:10:00", pd.NA]
+    assert feed.report.ignored_fields == {"vehicle.trip.start_time is not HH:MM:SS (row kept without it)": 1}
+    assert "fields ignored: 1 vehicle.trip.start_time" in feed.report.summary()
 
 
 # --- state ----------------------------------------------------------------------------------------
@@ -803,6 +809,51 @@ def test_a_vehicle_waiting_at_a_terminal_leaves_as_the_last_ones_from_its_other_
     assert standing_anchor(s, key("t3"), at, "B") == T0 + 1810.0
     # Before t2 reached B (1205) only t1's stay and run were known.
     assert standing_anchor(s, key("t3"), T0 + 1150, "B") == T0 + 1000 + 600.0 + 120.0
+
+
+def test_a_trip_waiting_at_its_first_stop_where_no_stay_is_known_leaves_on_its_schedule():
+    """Trains at some terminals are seldom seen standing before they leave (the trip is assigned as
+    they go): no stay to go by. A trip standing at its first stop then leaves at its scheduled start
+    (GTFS-realtime's trip.start_time; now once that has passed), and runs as the last vehicles did
+    from near where it stands, else from near the other tracks of the place."""
+    from mbta_ray.realtime.requests import standing_anchor
+
+    rows = vp(
+        [
+            (0, "t0", "STOPPED_AT", "T-01", 1),  # t0 stood at track 1 (50 m north of track 2)...
+            (0, "t1", "IN_TRANSIT_TO", "B", 2),  # ...t1 and t2 were only seen leaving, 180 m north:
+            (120, "t1", "STOPPED_AT", "B", 2),  # 120 s from there to B
+            (400, "t2", "IN_TRANSIT_TO", "B", 2),
+            (500, "t2", "STOPPED_AT", "B", 2),  # 100 s
+            (600, "t3", "STOPPED_AT", "T-02", 1),  # t3 waits at track 2
+            (900, "t3", "STOPPED_AT", "T-02", 1),
+        ]
+    )
+    north = [50.0, 180.0, 2000.0, 180.0, 2000.0, 0.0, 0.0]
+    rows["latitude"] = 42.3 + np.degrees(np.array(north) / 6_371_000.0)
+    # 2023-11-14 is EST: its service day starts at 05:00 UTC, so T0 (22:13:20 UTC) is 17:13:20.
+    rows["start_time"] = ["17:00:00", "17:05:00", "17:05:00", "17:10:00", "17:10:00", "17:40:00", "17:40:00"]
+    s = NetworkState()
+    s.observe(rows)
+    sched = T0 + (40 - 13) * 60 - 20  # 17:40:00
+    assert s.scheduled_start(key("t3"), T0 + 910) == sched and s.scheduled_start(key("t3"), T0 + 10) is None
+    assert s.position(key("t3"), T0 + 910).start_time == "17:40:00"
+    assert s.dwell_and_run("Red", 0, {"T-01", "T-02"}, "B", T0 + 910, exclude=key("t3")) == []
+    # Not within 150 m of track 2: the runs are found from track 1, where t0 stood.
+    assert s.remaining_from("Red", 0, "B", float(rows["latitude"].iloc[5]), -71.1, T0 + 910) == []
+    assert standing_anchor(s, key("t3"), T0 + 910, "B") == sched + 110.0
+    assert standing_anchor(s, key("t3"), sched + 30, "B") == sched + 30 + 110.0  # late: it leaves now
+    assert standing_anchor(s, key("t3"), T0 + 450, "B") is None  # t3 not yet there
+    # Until t2's arrival at B is known (published late here), only t1's run.
+    late = rows.copy()
+    late.loc[4, "feed_timestamp"] = T0 + 1000
+    s2 = NetworkState()
+    s2.observe(late)
+    assert standing_anchor(s2, key("t3"), T0 + 910, "B") == sched + 120.0
+    # Without a schedule, or once under way, the schedule says nothing.
+    s3 = NetworkState()
+    s3.observe(rows.assign(start_time=pd.NA))
+    assert s3.scheduled_start(key("t3"), T0 + 910) is None and standing_anchor(s3, key("t3"), T0 + 910, "B") is None
 
 
 # --- real-time features ---------------------------------------------------------------------------

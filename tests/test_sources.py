@@ -898,6 +898,16 @@ def test_service_seconds_to_utc(service_date: str, seconds: int, expected: str) 
     assert got.iloc[0] == utc(expected)
     back = timeutil.seconds_into_service_day(pd.Series([service_date]), got)
     assert back.iloc[0] == seconds
+    # A GTFS-realtime trip's start time (HH:MM:SS on a YYYYMMDD start date) counts the same way.
+    h, rest = divmod(seconds, 3600)
+    clock = f"{h:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    assert timeutil.clock_time_epoch(service_date.replace("-", ""), clock) == got.iloc[0].timestamp()
+
+
+def test_clock_time_epoch_of_malformed_values_is_none() -> None:
+    assert timeutil.clock_time_epoch("2024-02-07", "08:00:00") is None  # GTFS-realtime dates are YYYYMMDD
+    for clock in ("8am", "08:00", "-1:00:00", ""):
+        assert timeutil.clock_time_epoch("20240207", clock) is None
 
 
 def test_service_seconds_to_utc_missing_values() -> None:

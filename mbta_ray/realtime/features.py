@@ -159,6 +159,7 @@ def _event_reports(events: pd.DataFrame, seconds: pd.Series, stop_id: pd.Series,
             "route_id": events["route_id"].astype("string"),
             "direction_id": pd.to_numeric(events["direction_id"]).astype("Int8"),
             "start_date": service.astype("string"),
+            "start_time": pd.Series(pd.NA, index=events.index, dtype="string"),  # the events carry no schedule start
             "stop_id": stop_id.astype("string"),
             "stop_sequence": math.nan,
             "status": status,

@@ -42,6 +42,7 @@ VEHICLE_COLUMNS = (
     "route_id",
     "direction_id",
     "start_date",  # YYYYMMDD (the trip's service date)
+    "start_time",  # HH:MM:SS into the service day (may pass 24:00): the trip's scheduled start, if given
     "stop_id",
     "stop_sequence",
     "status",  # STOPPED_AT, INCOMING_AT, IN_TRANSIT_TO
@@ -78,6 +79,7 @@ VEHICLE_FIELDS = {
     "route_id": "vehicle.trip.route_id",
     "direction_id": "vehicle.trip.direction_id",
     "start_date": "vehicle.trip.start_date",
+    "start_time": "vehicle.trip.start_time",
     "stop_id": "vehicle.stop_id",
     "stop_sequence": "vehicle.current_stop_sequence",
     "status": "vehicle.current_status",
@@ -104,6 +106,8 @@ _TRIP_UPDATE_REQUIRED = ("trip_id", "route_id", "stop_id")
 
 #: The times a row has, each checked to be epoch seconds (``timeutil.EPOCH_RANGE``).
 _TIMES = ("timestamp", "arrival_time", "departure_time")
+#: A trip's start time: HH:MM:SS into its service day (GTFS times pass 24:00 after midnight).
+_START_TIME = r"[0-6]?\d:[0-5]\d:[0-5]\d"
 #: Byte-order marks a JSON snapshot may start with (``json.loads`` decodes each).
 _JSON_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 
@@ -125,6 +129,7 @@ class FeedReport:
     rows: int = 0
     skipped_snapshots: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
     skipped_rows: Counter = field(default_factory=Counter)  # why -> count
+    ignored_fields: Counter = field(default_factory=Counter)  # why -> count: the row kept without the field
 
     def summary(self) -> str:
         text = f"{self.kind}: {self.snapshots} snapshot(s) from {self.files} file(s), {self.rows} row(s)"
@@ -133,6 +138,8 @@ class FeedReport:
             text += f"{self.skipped_snapshots[0][1]})"
         if self.skipped_rows:
             text += "; rows skipped: " + ", ".join(f"{n} {why}" for why, n in self.skipped_rows.most_common())
+        if self.ignored_fields:
+            text += "; fields ignored: " + ", ".join(f"{n} {why}" for why, n in self.ignored_fields.most_common())
         return text
 
     def to_dict(self) -> dict:
@@ -142,6 +149,7 @@ class FeedReport:
             "rows": self.rows,
             "skipped_snapshots": [{"where": w, "why": y} for w, y in self.skipped_snapshots],
             "skipped_rows": dict(self.skipped_rows),
+            "ignored_fields": dict(self.ignored_fields),
         }
 
 
@@ -439,6 +447,14 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
         bad = dated.notna() & day.isna()
         skip = skip.where(skip.notna() | ~bad, f"{fields['start_date']} is not a date YYYYMMDD")
         out["start_date"] = dated
+    if "start_time" in out:
+        # Optional: a row with a malformed start time keeps its position, without the schedule.
+        odd = out["start_time"].notna() & ~out["start_time"].str.fullmatch(_START_TIME, na=False)
+        if odd.any():
+            report.ignored_fields[f"{fields['start_time']} is not HH:MM:SS (row kept without it)"] += int(
+                (odd & skip.isna()).sum()
+            )
+            out["start_time"] = out["start_time"].mask(odd)
     for name in ("feed_timestamp", *(t for t in _TIMES if t in out)):
         where = fields.get(name, name)
         odd = out[name].notna() & ~out[name].between(*EPOCH_RANGE, inclusive="left")

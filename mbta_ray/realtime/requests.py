@@ -23,6 +23,9 @@ from mbta_ray.realtime.features import realtime_features
 from mbta_ray.realtime.feeds import STOPPED_AT
 from mbta_ray.realtime.state import Arrival, NetworkState
 
+#: How far back the runs from a terminal are looked for where no vehicle's stay there is known.
+DISPATCH_RUN_MAX_AGE_S = 3 * 3600
+
 
 def vehicle_request(
     state: NetworkState,
@@ -164,8 +167,34 @@ def standing_anchor(state: NetworkState, key: str, moment: float, stop_id: str) 
             pos.route_id, pos.direction_id, tracks | {last.stop_id, pos.stop_id}, stop_id, moment, exclude=key
         )
     if not seen:
-        return None
+        return _dispatched(state, key, pos, moment, stop_id)
     return _leaves(moment - last.time, [d for d, _ in seen], moment) + float(np.median([r for _, r in seen]))
+
+
+def _dispatched(state: NetworkState, key: str, pos, moment: float, stop_id: str) -> float | None:
+    """When a vehicle standing at its trip's first stop, where no other vehicle's stay is known, will
+    reach ``stop_id``: it leaves at its scheduled start (now, if that has passed), then takes the time
+    the last vehicles took from near where it stands, else from the other tracks of the place
+    (``NetworkState.remaining_from``, over ``DISPATCH_RUN_MAX_AGE_S``). None when the trip
+    is under way, has no scheduled start or position, or no vehicle went that way. Issue 14: a trip
+    waiting at Braintree, where trains are seldom seen standing, fell back on the model, whose
+    layovers come from another season's terminal times (22 min late); MBTA dispatches by schedule."""
+    start = state.scheduled_start(key, moment)
+    if start is None or len(state.arrivals(key, moment)) != 1 or math.isnan(pos.latitude):
+        return None
+    route, direction = pos.route_id, pos.direction_id
+    # From where it stands, else from the other tracks of the place (where other trains stood).
+    places = [(pos.latitude, pos.longitude)] + [
+        state.stood_at(route, direction, track, moment)
+        for track in sorted(state.stops_near(route, direction, pos.latitude, pos.longitude, moment) - {pos.stop_id})
+    ]
+    for lat, lon in places:
+        taken = state.remaining_from(
+            route, direction, stop_id, lat, lon, moment, exclude=key, max_age_s=DISPATCH_RUN_MAX_AGE_S
+        )
+        if taken:
+            return max(float(moment), start) + float(np.median(taken))
+    return None
 
 
 def _leaves(stood: float, stays: list[float], moment: float) -> float:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from mbta_ray.realtime.feeds import STOPPED_AT
+from mbta_ray.timeutil import clock_time_epoch
 
 #: Earth's mean radius (m), for the short distances between position reports.
 EARTH_M = 6_371_000.0
@@ -93,6 +94,7 @@ class Position:
     longitude: float
     timestamp: int
     known_at: int
+    start_time: str | None = None  # the trip's scheduled start (HH:MM:SS into its service day), if given
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def _position_order(p: tuple) -> tuple:
     """Latest vehicle timestamp first; ties (two reports of one moment) broken on the report's own
     fields, so the answer never depends on the order reports were fed in."""
     num = [-math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in (p[8], p[9], p[10])]
-    return (p[0], num[0], str(p[7]), str(p[6]), str(p[3] or ""), num[1], num[2])
+    return (p[0], num[0], str(p[7]), str(p[6]), str(p[3] or ""), num[1], num[2], str(p[11] or ""))
 
 
 def _later(a: tuple, b: tuple) -> bool:
@@ -176,12 +178,14 @@ class NetworkState:
             frame[c].tolist()
             for c in ("direction_id", "start_date", "stop_id", "stop_sequence", "status", "latitude", "longitude")
         ]
-        for row in zip(*cols, *more, strict=True):
+        # Optional: the ETL's stop events carry no schedule start.
+        starts = frame["start_time"].tolist() if "start_time" in frame else [None] * len(frame)
+        for row in zip(*cols, *more, starts, strict=True):
             self._observe_row(*row)
         self.rows_seen += len(frame)
 
     def _observe_row(
-        self, known, timestamp, vehicle, trip, route, direction, start_date, stop, seq, status, lat, lon
+        self, known, timestamp, vehicle, trip, route, direction, start_date, stop, seq, status, lat, lon, start_time
     ) -> None:
         key = trip_key(start_date, route, trip)
         known, timestamp = int(known), int(timestamp)
@@ -199,6 +203,7 @@ class NetworkState:
             seq,
             float("nan") if lat is None or lat is pd.NA else float(lat),
             float("nan") if lon is None or lon is pd.NA else float(lon),
+            None if start_time is None or start_time is pd.NA or start_time != start_time else str(start_time),
         )
         self._positions.setdefault(key, _Reports()).add(known, position, _later)
         if status != STOPPED_AT:
@@ -263,8 +268,16 @@ class NetworkState:
             return None
         timestamp, known, *rest = best
         return Position(
-            rest[0], rest[1], rest[2], rest[3], rest[4], rest[5], rest[6], rest[7], rest[8], timestamp, known
+            rest[0], rest[1], rest[2], rest[3], rest[4], rest[5], rest[6], rest[7], rest[8], timestamp, known, rest[9]
         )
+
+    def scheduled_start(self, key: str, t: float) -> float | None:
+        """Epoch seconds the trip is scheduled to leave its first stop, from its latest report known
+        at t (GTFS-realtime's ``trip.start_time`` on its ``start_date``; None: not given)."""
+        pos = self.position(key, t)
+        if pos is None or pos.start_time is None:
+            return None
+        return clock_time_epoch(key.split("|", 1)[0], pos.start_time)
 
     def departure(self, key: str, arrival: Arrival, t: float) -> int | None:
         """When the trip's vehicle left the stop of ``arrival``, as known at t: the earliest vehicle
@@ -407,6 +420,12 @@ class NetworkState:
             for stop, (known, lat, lon) in self._stood.get((route_id, direction_id), {}).items()
             if known <= t and _metres(lat, lon, latitude, longitude, scale) <= max_m
         }
+
+    def stood_at(self, route_id: str, direction_id: int | None, stop_id: str, t: float) -> tuple[float, float] | None:
+        """Where the route and direction's vehicles stood at ``stop_id`` (the first report there), as
+        known at t; None: no vehicle known to have stood there with a position."""
+        known = self._stood.get((route_id, direction_id), {}).get(stop_id)
+        return (known[1], known[2]) if known is not None and known[0] <= t else None
 
     def dwell_and_run(
         self,
