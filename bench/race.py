@@ -131,6 +131,17 @@ def report(s: dict) -> list[str]:
         if b["n"]:
             beats.append(b["model"]["mae"] < b["mbta"]["mae"] and b["model"]["accurate"] >= b["mbta"]["accurate"])
     r = s["rows"]
+    if "model_expected" in s["bins"][0]:  # the model's times before they are told to riders a little early
+        lines += [
+            "",
+            "The model's expected times, before the rider shift (requests.rider_time): "
+            + ", ".join(
+                f"{b['bin']} {b['model_expected']['mae']:.1f} / {100 * b['model_expected']['accurate']:.1f}%"
+                for b in s["bins"]
+                if b["model_expected"]["mae"] is not None
+            )
+            + ".",
+        ]
     lines += [
         "",
         f"Rows: {r['mbta_matched']} MBTA predictions 0-30 min ahead at {s['window']['moments']} moments, "

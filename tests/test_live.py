@@ -176,7 +176,7 @@ def test_live_config_names_the_bad_key():
 def test_trip_updates_from_a_polled_feed_equal_the_models_predictions(hour, red_model):
     from google.transit import gtfs_realtime_pb2
 
-    from mbta_ray.realtime.requests import position_anchor, standing_anchor
+    from mbta_ray.realtime.requests import position_anchor, rider_time, standing_anchor
 
     server = FeedServer(hour, step=3)
     try:
@@ -200,7 +200,8 @@ def test_trip_updates_from_a_polled_feed_equal_the_models_predictions(hour, red_
     # The same requests answered again by the model: the feed says exactly what it predicts, each
     # stop never before the moment nor before the stop before; the first one at the anchor where
     # the vehicle is on its way there or standing at a stop, each later one the stop before plus the
-    # hop as the line does it now (the response's path), else the model's step.
+    # hop as the line does it now (the response's path), else the model's step; each told a little
+    # early where it is far ahead (``rider_time``).
     now = tracker.now()
     expected, anchored, chained = {}, 0, 0
     for (v, _), response in zip(pairs, red_model.predict([r for _, r in pairs]), strict=True):
@@ -217,7 +218,7 @@ def test_trip_updates_from_a_polled_feed_equal_the_models_predictions(hour, red_
                 known = None not in path
                 arrival += max(0.0, path[1] - path[0]) if known else modelled[j] - modelled[j - 1]
                 chained += known
-            expected[(v.trip_id, p.stop_id)] = round(arrival)
+            expected[(v.trip_id, p.stop_id)] = round(rider_time(arrival, now))
     assert anchored >= 2, "vehicles anchored on where they are"
     assert chained >= 10, "stops after the next one, by the line's hops"
     assert set(published) == set(expected)

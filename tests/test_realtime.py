@@ -401,7 +401,7 @@ def test_remaining_time_from_where_the_last_vehicles_were():
     the request's moment anchors a vehicle between stops on it."""
     from types import SimpleNamespace
 
-    from mbta_ray.realtime.requests import published_arrivals
+    from mbta_ray.realtime.requests import expected_arrivals
 
     rows = vp(
         [
@@ -440,16 +440,54 @@ def test_remaining_time_from_where_the_last_vehicles_were():
             ]
         )
 
-    got = published_arrivals(s, key("t3"), at, answer(720, 700, 900))
+    got = expected_arrivals(s, key("t3"), at, answer(720, 700, 900))
     assert got == [T0 + 695.0, T0 + 695.0, T0 + 875.0]  # 720 -> 695: every stop moved by -25 s, in order
-    assert published_arrivals(s, key("t2"), at, answer(720, 700, 900)) == [T0 + 720.0, T0 + 720.0, T0 + 900.0]
+    assert expected_arrivals(s, key("t2"), at, answer(720, 700, 900)) == [T0 + 720.0, T0 + 720.0, T0 + 900.0]
     # Where the line's time for a hop is known, the stop follows the one before by it.
-    assert published_arrivals(s, key("t3"), at, answer(720, 700, 900, path=(60.0, 210.0, None))) == [
+    assert expected_arrivals(s, key("t3"), at, answer(720, 700, 900, path=(60.0, 210.0, None))) == [
         T0 + 695.0,
         T0 + 845.0,  # B + 150 s (the path's B -> C hop), not the model's B -> C step (0 s)
         T0 + 1025.0,  # C + the model's C -> D step (its times made monotone: 720 -> 900): no path to D
     ]
-    assert published_arrivals(s, key("t2"), at, answer(720, 700, 900, path=(None, 50.0, 110.0)))[-1] == T0 + 780.0
+    assert expected_arrivals(s, key("t2"), at, answer(720, 700, 900, path=(None, 50.0, 110.0)))[-1] == T0 + 780.0
+
+
+def test_arrivals_far_ahead_are_published_a_little_early_and_in_order():
+    """What riders are told: the expected time, earlier by half the centre of MBTA's accuracy window
+    for how far ahead it is (0 s up to 1.5 min ahead; 7.5 s at 4.5 min, 15 s at 9 min, 30 s from
+    21 min on; straight between), never before the moment, and in the order of the expected times."""
+    from types import SimpleNamespace
+
+    from mbta_ray.realtime.requests import expected_arrivals, published_arrivals, rider_time
+
+    at = T0
+    assert [rider_time(at + h, at) - at for h in (0, 60, 90, 270, 540, 1260, 3000)] == [
+        0.0,
+        60.0,
+        90.0,
+        270.0 - 7.5,
+        540.0 - 15.0,
+        1260.0 - 30.0,
+        3000.0 - 30.0,
+    ]
+    assert rider_time(at + 180, at) == at + 180 - 0.5 * 7.5  # half way from 90 s (0) to 270 s (15)
+    assert rider_time(at - 50, at) == at  # an arrival already due is published as now
+    ahead = np.linspace(0, 2400, 2401)
+    told = np.array([rider_time(at + h, at) for h in ahead])
+    assert (np.diff(told) > 0).all()  # a later stop is never published before an earlier one
+    s = NetworkState()
+    s.observe(vp([(0, "t1", "STOPPED_AT", "A", 1)]))
+    answer = SimpleNamespace(
+        predictions=[
+            SimpleNamespace(
+                stop_id=x, predicted_arrival=pd.Timestamp(at + t, unit="s", tz="UTC"), path_travel_seconds=None
+            )
+            for x, t in (("B", 60), ("C", 600), ("D", 1500))
+        ]
+    )
+    expected = expected_arrivals(s, key("t1"), at, answer)
+    assert expected == [at + 60.0, at + 600.0, at + 1500.0]  # no anchor known: the model's times
+    assert published_arrivals(s, key("t1"), at, answer) == [rider_time(a, at) for a in expected]
 
 
 def test_the_real_hour_replays_into_state_quickly():
@@ -544,6 +582,7 @@ def _tiny_replay(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     from mbta_ray.realtime import race
+    from mbta_ray.realtime.requests import expected_arrivals, rider_time
     from mbta_ray.serve.inference import ModelRunner
     from mbta_ray.serve.schemas import PredictRequest
     from tests.test_registry import make_model
@@ -590,6 +629,7 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
         ),
         (800, "B", 740, 410.0, None, {"C": (185.0, 280.0, 185.0), "D": (310.0, 150.0, 125.0)}),
     )
+    checked = 0
     for moment, u, at_u, headway, left, ahead in cases:
         request = PredictRequest.model_validate(
             {
@@ -616,10 +656,19 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
         assert answer.missing_inputs == ([] if left is not None else ["departure", "position"])
         raced = [r for r in race_requests if r.moment.timestamp() == RACE_T0 + moment]
         pd.testing.assert_frame_equal(runner.features(raced), runner.features([request]), check_like=True)
-        expected = RACE_T0 + moment  # never before the moment, nor before the stop before
-        for p in answer.predictions:
-            expected = max(expected, p.predicted_arrival.timestamp())
-            assert rows.loc[(RACE_T0 + moment, p.stop_id), "model"] == pytest.approx(expected)
+        # The race scores that answer as the live feed publishes it: anchored where the vehicle is
+        # (expected_arrivals, tested by hand above), then told riders (rider_time).
+        t3 = trip_key("20230508", "Red", "t3")
+        expected = expected_arrivals(state, t3, RACE_T0 + moment, answer)
+        assert expected == sorted(expected) and min(expected) >= RACE_T0 + moment
+        for p, arrival in zip(answer.predictions, expected, strict=True):
+            if (RACE_T0 + moment, p.stop_id) not in rows.index:
+                continue  # a stop ahead MBTA did not predict: not raced
+            row = rows.loc[(RACE_T0 + moment, p.stop_id)]
+            assert row["model_expected"] == pytest.approx(arrival, abs=1e-3)
+            assert row["model"] == pytest.approx(rider_time(arrival, RACE_T0 + moment), abs=1e-3)
+            checked += 1
+    assert checked == 5  # every scored row (moment 680: B, C, D; 800: C, D)
     saved = json.loads((tmp_path / "out" / "race.json").read_text())
     assert saved["bins"] == s["bins"] and (tmp_path / "out" / "race.png").stat().st_size > 1000
     assert set(saved) >= {"model_version", "window", "rows", "coverage", "bins"}
@@ -729,7 +778,7 @@ def test_a_published_feed_is_read_as_a_rider_saw_it_at_each_moment():
 def test_a_vehicle_standing_at_a_stop_leaves_and_arrives_as_the_last_vehicles_did():
     from types import SimpleNamespace
 
-    from mbta_ray.realtime.requests import published_arrivals, standing_anchor
+    from mbta_ray.realtime.requests import expected_arrivals, standing_anchor
 
     s = NetworkState()
     s.observe(
@@ -764,7 +813,7 @@ def test_a_vehicle_standing_at_a_stop_leaves_and_arrives_as_the_last_vehicles_di
             for x, t in (("B", 700), ("C", 900))
         ]
     )
-    assert published_arrivals(s, key("t3"), at, answer) == [T0 + 720.0, T0 + 920.0]
+    assert expected_arrivals(s, key("t3"), at, answer) == [T0 + 720.0, T0 + 920.0]
 
 
 def test_a_vehicle_waiting_at_a_terminal_leaves_as_the_last_ones_from_its_other_tracks_did():

@@ -18,8 +18,9 @@ A prediction for a vehicle that has not arrived is never earlier than the moment
 model and the rule; MBTA publishes its own); the model's arrivals along a trip never go backwards,
 the next stop is anchored on where the vehicle is (on its way there: the last vehicles' time from
 there; standing at a stop: their stay and run), and each stop after it follows the stop before by
-the hop's recent time where other vehicles did it (``requests.published_arrivals``: what the live
-service publishes). The stops ahead of a trip, in order, come from the trip's TripUpdates
+the hop's recent time where other vehicles did it, and the times far ahead are published a little
+early (``requests.published_arrivals``: what the live service publishes; race.json also scores the
+times before that shift, as ``model_expected``). The stops ahead of a trip, in order, come from the trip's TripUpdates
 stop list at the moment (its pattern, which static GTFS would also give), never from MBTA's times.
 Rows are binned by MBTA's predicted horizon and scored on MBTA's accuracy windows.
 """
@@ -41,7 +42,7 @@ from mbta_ray.errors import ConfigError, DataError
 from mbta_ray.evaluate import HORIZON_BINS, accurate_in_bins, horizon_bin
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.features import realtime_features
-from mbta_ray.realtime.requests import published_arrivals, vehicle_request
+from mbta_ray.realtime.requests import expected_arrivals, rider_time, vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.schema import mode_for_route
 from mbta_ray.timeutil import iso_z, parse_utc
@@ -147,17 +148,21 @@ def recent_segment(scope: pd.DataFrame, state: NetworkState) -> np.ndarray:
     return out
 
 
-def model_predictions(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner) -> np.ndarray:
-    """The model's arrival time for each row (NaN where it cannot answer)."""
-    out = np.full(len(scope), np.nan)
+def model_predictions(
+    scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's arrival time for each row as published (``requests.published_arrivals``), and as
+    expected before it is told to riders (``requests.expected_arrivals``); NaN where it cannot answer."""
+    published, expected = np.full(len(scope), np.nan), np.full(len(scope), np.nan)
     requests, targets = model_requests(scope, trip_updates, state, runner)
     if not requests:
-        return out
+        return published, expected
     for response, (t, key, where) in zip(runner.predict(requests), targets, strict=True):
-        for arrival, row in zip(published_arrivals(state, key, t, response), where, strict=True):
+        for arrival, row in zip(expected_arrivals(state, key, t, response), where, strict=True):
             if row is not None:
-                out[row] = arrival
-    return out
+                expected[row] = arrival
+                published[row] = rider_time(arrival, t)  # what published_arrivals gives, from the same times
+    return published, expected
 
 
 def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner) -> tuple[list, list]:
@@ -336,10 +341,12 @@ def run(
             f"MBTA predicted no subway arrival 0-30 min ahead at the {len(at)} moment(s) from {iso_z(int(at[0]))}"
             f" to {iso_z(int(at[-1]))}: nothing to score ({tu.report.summary()})"
         )
+    published, expected = model_predictions(scope, tu.frame, state, runner)
     predictions = {
         "mbta": scope["arrival_time"].to_numpy(dtype="float64"),
-        "model": model_predictions(scope, tu.frame, state, runner),
+        "model": published,
         "recent_segment": recent_segment(scope, state),
+        "model_expected": expected,  # before requests.rider_time: what the shift early costs and buys
     }
     scored = np.isfinite(scope["actual"].to_numpy())
     model_ok = np.isfinite(predictions["model"]) & scored
