@@ -899,7 +899,20 @@ def test_a_trip_waiting_at_its_first_stop_where_no_stay_is_known_leaves_on_its_s
     s2 = NetworkState()
     s2.observe(late)
     assert standing_anchor(s2, key("t3"), T0 + 910, "B") == sched + 120.0
-    # Without a schedule, or once under way, the schedule says nothing.
+    # A start more than an hour ahead is no wait (another day's schedule, a wrong date): not used.
+    s4 = NetworkState()
+    s4.observe(rows.assign(start_time=["17:00:00"] * 5 + ["19:40:00"] * 2))
+    assert (
+        s4.scheduled_start(key("t3"), T0 + 910) == sched + 7200
+        and standing_anchor(s4, key("t3"), T0 + 910, "B") is None
+    )
+    # Once under way (it arrived somewhere before), the start says nothing of when it leaves.
+    s5 = NetworkState()
+    under_way = vp([(500, "t3", "STOPPED_AT", "Z", 0)])
+    under_way["latitude"], under_way["start_time"] = 42.29, "17:40:00"
+    s5.observe(pd.concat([rows, under_way], ignore_index=True))
+    assert len(s5.arrivals(key("t3"), T0 + 910)) == 2 and standing_anchor(s5, key("t3"), T0 + 910, "B") is None
+    # Without a schedule, it says nothing either.
     s3 = NetworkState()
     s3.observe(rows.assign(start_time=pd.NA))
     assert s3.scheduled_start(key("t3"), T0 + 910) is None and standing_anchor(s3, key("t3"), T0 + 910, "B") is None

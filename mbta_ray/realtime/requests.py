@@ -28,6 +28,8 @@ from mbta_ray.realtime.state import Arrival, NetworkState
 RIDER_SHIFT = 0.5
 _BIN_MIDDLES = [(lo + hi) / 2 for _, lo, hi, _, _ in HORIZON_BINS]
 _WINDOW_CENTRES = [(early + late) / 2 for _, _, _, early, late in HORIZON_BINS]
+#: A scheduled start further ahead than this is not one a standing vehicle waits out (``_dispatched``).
+DISPATCH_MAX_WAIT_S = 3600
 #: How far back the runs from a terminal are looked for where no vehicle's stay there is known.
 DISPATCH_RUN_MAX_AGE_S = 3 * 3600
 
@@ -209,7 +211,9 @@ def _dispatched(state: NetworkState, key: str, pos, moment: float, stop_id: str)
     waiting at Braintree, where trains are seldom seen standing, fell back on the model, whose
     layovers come from another season's terminal times (22 min late); MBTA dispatches by schedule."""
     start = state.scheduled_start(key, moment)
-    if start is None or len(state.arrivals(key, moment)) != 1 or math.isnan(pos.latitude):
+    if start is None or start - moment > DISPATCH_MAX_WAIT_S:
+        return None  # no schedule, or one no vehicle waits out (another day's, or a wrong date)
+    if len(state.arrivals(key, moment)) != 1 or math.isnan(pos.latitude):
         return None
     route, direction = pos.route_id, pos.direction_id
     # From where it stands, else from the other tracks of the place (where other trains stood).
