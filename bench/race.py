@@ -114,13 +114,12 @@ def sweep(args, race, runner, start: int, until: int) -> None:
 
 def report(s: dict) -> list[str]:
     """The race table as markdown, then rows, coverage and whether each goal is met."""
-    from mbta_ray.realtime.race import METHODS
+    from mbta_ray.realtime.race import METHODS, wins
 
     lines = [
         "| MBTA horizon | n | " + " | ".join(f"{m} MAE (s) / accurate" for m in METHODS) + " |",
         "|---|---|" + "---|" * len(METHODS),
     ]
-    beats = []
     for b in s["bins"]:
         cells = []
         for m in METHODS:
@@ -128,8 +127,7 @@ def report(s: dict) -> list[str]:
             extra = f" (n={e['n']})" if "n" in e else ""
             cells.append("-" if e["mae"] is None else f"{e['mae']:.1f} / {100 * e['accurate']:.1f}%{extra}")
         lines.append(f"| {b['bin']} | {b['n']} | " + " | ".join(cells) + " |")
-        if b["n"]:
-            beats.append(b["model"]["mae"] < b["mbta"]["mae"] and b["model"]["accurate"] >= b["mbta"]["accurate"])
+    beats = list(wins(s).values())
     r = s["rows"]
     if "model_expected" in s["bins"][0]:  # the model's times before they are told to riders a little early
         lines += [

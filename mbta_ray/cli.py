@@ -925,6 +925,7 @@ def print_race(summary: dict) -> None:
     for row in race.table(summary):
         t.add_row(*row)
     console.print(t)
+    console.print(race.verdict(summary))
     rows, left = summary["rows"], summary["rows_left_out"]
     console.print(
         f"rows: {rows['mbta_matched']} MBTA predictions 0-30 min ahead, {rows['in_scope']} in scope, "

@@ -674,6 +674,31 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     assert set(saved) >= {"model_version", "window", "rows", "coverage", "bins"}
 
 
+def test_the_race_verdict_is_bin_by_bin():
+    """A bin is won with a lower MAE and an accurate share at or above MBTA's; bins without rows
+    do not count."""
+    from mbta_ray.realtime import race
+
+    def b(label, n, mbta, model):
+        return {
+            "bin": label,
+            "n": n,
+            "mbta": dict(zip(("mae", "accurate"), mbta)),
+            "model": dict(zip(("mae", "accurate"), model)),
+        }
+
+    summary = {
+        "bins": [
+            b("0-3 min", 9, (19.0, 0.94), (19.2, 0.95)),  # MAE behind
+            b("3-6 min", 9, (42.9, 0.94), (40.0, 0.94)),  # level on the share: won
+            b("6-12 min", 9, (74.7, 0.96), (66.0, 0.95)),  # share behind
+            b("12-30 min", 0, (None, None), (None, None)),
+        ]
+    }
+    assert race.wins(summary) == {"0-3 min": False, "3-6 min": True, "6-12 min": False}
+    assert race.verdict(summary).endswith("in 1 of 3 bins; not in 0-3 min, 6-12 min")
+
+
 def test_the_race_window_and_its_errors(tmp_path, monkeypatch):
     from mbta_ray.errors import DataError
     from mbta_ray.realtime import race

@@ -395,10 +395,28 @@ def write(summary: dict, scope: pd.DataFrame, out: Path) -> None:
     race_bars(summary["bins"], METHODS, out / "race.png")
 
 
+def wins(summary: dict) -> dict[str, bool]:
+    """Per bin with rows: whether the model beats MBTA there (MAE below MBTA's and accurate share at
+    or above it: issue 14's goal, bin by bin)."""
+    return {
+        b["bin"]: b["model"]["mae"] < b["mbta"]["mae"] and b["model"]["accurate"] >= b["mbta"]["accurate"]
+        for b in summary["bins"]
+        if b["n"]
+    }
+
+
+def verdict(summary: dict) -> str:
+    """One line: in how many bins the model beats MBTA, and where it does not."""
+    won = wins(summary)
+    lost = [b for b, w in won.items() if not w]
+    text = f"the model beats MBTA (lower MAE, accurate share at or above) in {sum(won.values())} of {len(won)} bins"
+    return text + (f"; not in {', '.join(lost)}" if lost else "")
+
+
 def table(summary: dict) -> list[list[str]]:
     """Rows of the printed table: bin, n, then MAE and accurate share per method."""
 
     def cell(m: dict) -> str:
-        return "-" if m["mae"] is None else f"{m['mae']:.1f} s / {100 * m['accurate']:.0f}%"
+        return "-" if m["mae"] is None else f"{m['mae']:.1f} s / {100 * m['accurate']:.1f}%"
 
     return [[b["bin"], str(b["n"]), *(cell(b[m]) for m in METHODS)] for b in summary["bins"]]
