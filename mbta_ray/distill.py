@@ -374,9 +374,9 @@ def train_student(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={**_student_config(job.cfg), "encoder": job.encoder.to_dict()},
         scaling_config=resources.scaling_config(),
-        datasets={
-            "train": dnn.encoded(labeled.data, job.encoder, extra=(TEACHER_COL,)),
-            "valid": dnn.encoded(load_split(job.root, job.ds_version, "valid", job.ds_name), job.encoder),
+        datasets={  # encoded once, not once per epoch (as ``dnn.prepare``)
+            "train": dnn.encoded(labeled.data, job.encoder, extra=(TEACHER_COL,)).materialize(),
+            "valid": dnn.encoded(load_split(job.root, job.ds_version, "valid", job.ds_name), job.encoder).materialize(),
         },
         run_config=ray.train.RunConfig(
             name=f"distill-{job.ds_version[:8]}-{int(time.time())}",

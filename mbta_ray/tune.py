@@ -75,7 +75,7 @@ def _trainable(settings: TuneSettings, spec: dict, encoder: FeatureEncoder, data
             family=settings.family,
             spec=spec,
             encoder=encoder.to_dict(),
-            datasets=datasets,
+            datasets=FAMILIES[settings.family].prepare(datasets, encoder),  # once for every trial
             resources=settings.resources,
             # Train runs live inside the experiment folder, one per trial.
             storage=os.path.join(os.path.abspath(settings.storage), settings.name, "train_runs"),

@@ -1,8 +1,8 @@
 """A PyTorch MLP with embeddings for the categorical features, trained with Ray Train (DDP).
 
-Ray Data encodes the examples once per pass (``encoded``: category codes, standardized numerics,
-prior and target as tensor columns) and each worker feeds from ``iter_torch_batches``, so no worker
-holds its shard, nor encodes it. gloo on CPU, nccl on GPU (``TorchTrainer`` picks the backend from
+Ray Data encodes the examples once per search (``encoded``: category codes, standardized numerics,
+prior and target as tensor columns; ``prepare`` keeps them in the object store) and each worker
+feeds from ``iter_torch_batches``, so no worker holds its shard, nor encodes it. gloo on CPU, nccl on GPU (``TorchTrainer`` picks the backend from
 the workers' devices). Every
 epoch rank 0 writes a checkpoint: the state dict (loaded back with ``torch.load(weights_only=True)``,
 never unpickled) and the architecture as JSON.
@@ -115,6 +115,15 @@ def encoded(ds: ray.data.Dataset, encoder: FeatureEncoder, extra: tuple[str, ...
         return out | {c: batch[c].to_numpy(dtype="float32") for c in extra}
 
     return ds.map_batches(encode, batch_format="pandas")
+
+
+def prepare(datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder) -> dict[str, ray.data.Dataset]:
+    """The splits as every trial's workers read them: encoded once per search (``encoded``) and
+    materialized in the object store, which spills to disk what does not fit, so neither a trial's
+    epochs nor the search's trials read and encode the examples again. Issue 16: on `make run`'s
+    dataset (279k training rows, one worker, 3 epochs) an epoch took 4.3 s re-encoded and 1.6 s
+    encoded once (the encoding: 8 s, once)."""
+    return {name: encoded(ds, encoder).materialize() for name, ds in datasets.items()}
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -286,6 +295,6 @@ def make_trainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={**config, "encoder": encoder.to_dict()},
         scaling_config=resources.scaling_config(),
-        datasets={name: encoded(ds, encoder) for name, ds in datasets.items()},
+        datasets=datasets,  # encoded already (``prepare``)
         run_config=run_config,
     )

@@ -255,6 +255,12 @@ class ReportCallback(xgb.callback.TrainingCallback):
         return model
 
 
+def prepare(datasets: dict[str, ray.data.Dataset], encoder: FeatureEncoder) -> dict[str, ray.data.Dataset]:
+    """The splits as trials take them: as they are. The encoding depends on the trial (``residual``),
+    and each trial reads its shard once, into its QuantileDMatrix (``dnn.prepare`` differs)."""
+    return datasets
+
+
 def make_trainer(
     config: dict,
     encoder: FeatureEncoder,
