@@ -58,7 +58,7 @@ def clock_time_epoch(service_date: str, clock: str) -> float | None:
     (``YYYYMMDD``), as ``service_seconds_to_utc`` counts it; None when either is malformed."""
     origin = _origin_epoch(service_date)
     parts = str(clock).split(":")
-    if origin is None or len(parts) != 3 or not all(p.isdigit() for p in parts):
+    if origin is None or len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
         return None
     hours, minutes, seconds = map(int, parts)
     return origin + hours * 3600 + minutes * 60 + seconds

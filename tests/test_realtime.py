@@ -201,6 +201,8 @@ def test_rows_with_bad_values_are_skipped_with_the_field_named(tmp_path):
     for trip, start in (("t11", "25:10:00"), ("t12", "8am")):  # a start time is optional: a bad one is dropped
         snapshot["entity"].append(entity(trip))
         snapshot["entity"][-1]["vehicle"]["trip"]["start_time"] = start
+    snapshot["entity"].append(entity("t13", position={"latitude": 420.0, "longitude": -71.0}))  # skipped anyway:
+    snapshot["entity"][-1]["vehicle"]["trip"]["start_time"] = "٨:00:00"  # its odd start time is not counted
     path = tmp_path / "vp.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(snapshot).encode())  # a byte-order mark is still JSON
     feed = feeds.read_vehicle_positions([path])
@@ -209,7 +211,7 @@ def test_rows_with_bad_values_are_skipped_with_the_field_named(tmp_path):
         "vehicle.current_status is not a GTFS-realtime status": 1,
         "vehicle.timestamp is not a time in epoch seconds": 2,
         "vehicle.trip.direction_id is not 0 or 1": 2,
-        "vehicle.position.latitude is not a latitude": 1,
+        "vehicle.position.latitude is not a latitude": 2,
         "vehicle.position.longitude is not a longitude": 1,
     }
     assert feed.frame["status"].tolist() == ["STOPPED_AT"] * 4  # the enum number 1, as archives store it
@@ -217,6 +219,12 @@ def test_rows_with_bad_values_are_skipped_with_the_field_named(tmp_path):
     assert feed.frame["start_time"].tolist()[2:] == ["25:10:00", pd.NA]
     assert feed.report.ignored_fields == {"vehicle.trip.start_time is not HH:MM:SS (row kept without it)": 1}
     assert "fields ignored: 1 vehicle.trip.start_time" in feed.report.summary()
+    twice = feeds.read_vehicle_positions([path, path])  # the same snapshot twice: its rows and notes once
+    assert twice.report.ignored_fields == feed.report.ignored_fields and twice.frame.equals(feed.frame)
+    one = feeds.read_snapshot(path.read_bytes(), "VehiclePositions", "vp.json").feed
+    assert one.report.ignored_fields == feed.report.ignored_fields and "_ignored" not in one.frame
+    clean = feeds.read_vehicle_positions([VP_JSON])
+    assert not clean.report.ignored_fields and "fields ignored" not in clean.report.summary()
 
 
 # --- state ----------------------------------------------------------------------------------------
@@ -697,6 +705,7 @@ def test_the_race_verdict_is_bin_by_bin():
     }
     assert race.wins(summary) == {"0-3 min": False, "3-6 min": True, "6-12 min": False}
     assert race.verdict(summary).endswith("in 1 of 3 bins; not in 0-3 min, 6-12 min")
+    assert race.verdict({"bins": summary["bins"][3:]}) == "no bin has rows to compare the model and MBTA on"
 
 
 def test_the_race_window_and_its_errors(tmp_path, monkeypatch):
@@ -931,6 +940,10 @@ def test_a_trip_waiting_at_its_first_stop_where_no_stay_is_known_leaves_on_its_s
         s4.scheduled_start(key("t3"), T0 + 910) == sched + 7200
         and standing_anchor(s4, key("t3"), T0 + 910, "B") is None
     )
+    # Nor one more than an hour behind (a start date a day off, a trip long under way).
+    s6 = NetworkState()
+    s6.observe(rows.assign(start_time=["17:00:00"] * 5 + ["15:40:00"] * 2))
+    assert standing_anchor(s6, key("t3"), T0 + 910, "B") is None
     # Once under way (it arrived somewhere before), the start says nothing of when it leaves.
     s5 = NetworkState()
     under_way = vp([(500, "t3", "STOPPED_AT", "Z", 0)])

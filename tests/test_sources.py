@@ -906,7 +906,7 @@ def test_service_seconds_to_utc(service_date: str, seconds: int, expected: str) 
 
 def test_clock_time_epoch_of_malformed_values_is_none() -> None:
     assert timeutil.clock_time_epoch("2024-02-07", "08:00:00") is None  # GTFS-realtime dates are YYYYMMDD
-    for clock in ("8am", "08:00", "-1:00:00", ""):
+    for clock in ("8am", "08:00", "-1:00:00", "", "²:00:00", "٨:00:00"):
         assert timeutil.clock_time_epoch("20240207", clock) is None
 
 

@@ -107,7 +107,9 @@ _TRIP_UPDATE_REQUIRED = ("trip_id", "route_id", "stop_id")
 #: The times a row has, each checked to be epoch seconds (``timeutil.EPOCH_RANGE``).
 _TIMES = ("timestamp", "arrival_time", "departure_time")
 #: A trip's start time: HH:MM:SS into its service day (GTFS times pass 24:00 after midnight).
-_START_TIME = r"[0-6]?\d:[0-5]\d:[0-5]\d"
+_START_TIME = r"[0-6]?[0-9]:[0-5][0-9]:[0-5][0-9]"
+#: ``_normalize``'s note, per row it keeps, of a field it dropped (counted in ``FeedReport.ignored_fields``).
+_IGNORED = "_ignored"
 #: Byte-order marks a JSON snapshot may start with (``json.loads`` decodes each).
 _JSON_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 
@@ -248,10 +250,11 @@ def _read(paths: Iterable[str | os.PathLike], kind: str) -> Feed:
     frame = _normalize(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), kind, fields, report)
     # The same snapshot given twice (a file twice, or in two archives) says nothing new: its rows
     # would count twice in a race.
-    twice = frame.duplicated()
+    twice = frame.duplicated(subset=[c for c in frame.columns if c != _IGNORED])
     if twice.any():
         report.skipped_rows["the same row again (a snapshot read twice)"] += int(twice.sum())
         frame = frame[~twice].reset_index(drop=True)
+    frame = _count_ignored(frame, report)
     report.rows = len(frame)
     return Feed(frame, report)
 
@@ -270,7 +273,7 @@ def read_snapshot(data: bytes, kind: str, where: str) -> Snapshot:
     report = FeedReport(kind=kind, files=1, snapshots=1)
     timestamp, flat = _snapshot_rows(data, where, kind)
     fields = VEHICLE_FIELDS if kind == "VehiclePositions" else TRIP_UPDATE_FIELDS
-    frame = _normalize(pd.DataFrame(flat) if flat else pd.DataFrame(), kind, fields, report)
+    frame = _count_ignored(_normalize(pd.DataFrame(flat) if flat else pd.DataFrame(), kind, fields, report), report)
     report.rows = len(frame)
     return Snapshot(timestamp, Feed(frame, report))
 
@@ -429,6 +432,7 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
         return _empty(columns)
     skip = raw["_skip"] if "_skip" in raw else pd.Series(pd.NA, index=raw.index, dtype="object")
     out = pd.DataFrame(index=raw.index)
+    ignored = pd.Series(None, index=raw.index, dtype="object")  # why a kept row lost a field
     out["feed_timestamp"] = pd.to_numeric(raw["feed_timestamp"], errors="coerce")
     for name in columns[1:]:
         source = raw[fields[name]] if fields[name] in raw else pd.Series(np.nan, index=raw.index)
@@ -448,13 +452,11 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
         skip = skip.where(skip.notna() | ~bad, f"{fields['start_date']} is not a date YYYYMMDD")
         out["start_date"] = dated
     if "start_time" in out:
-        # Optional: a row with a malformed start time keeps its position, without the schedule.
+        # Optional: a row with a malformed start time keeps its position, without the schedule
+        # (counted by ``_read`` once the rows skipped and read twice are out).
         odd = out["start_time"].notna() & ~out["start_time"].str.fullmatch(_START_TIME, na=False)
-        if odd.any():
-            report.ignored_fields[f"{fields['start_time']} is not HH:MM:SS (row kept without it)"] += int(
-                (odd & skip.isna()).sum()
-            )
-            out["start_time"] = out["start_time"].mask(odd)
+        out["start_time"] = out["start_time"].mask(odd)
+        ignored = ignored.where(~odd, f"{fields['start_time']} is not HH:MM:SS (row kept without it)")
     for name in ("feed_timestamp", *(t for t in _TIMES if t in out)):
         where = fields.get(name, name)
         odd = out[name].notna() & ~out[name].between(*EPOCH_RANGE, inclusive="left")
@@ -481,7 +483,17 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
     else:
         order = ["feed_timestamp", "trip_id", "stop_sequence"]
     out["direction_id"] = out["direction_id"].astype("Int8")
-    return out[list(columns)].sort_values(order, kind="stable").reset_index(drop=True)
+    out[_IGNORED] = ignored[skip.isna()]
+    return out[[*columns, _IGNORED]].sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def _count_ignored(frame: pd.DataFrame, report: FeedReport) -> pd.DataFrame:
+    """Count the fields ``_normalize`` dropped from rows it kept (the rows that are still there),
+    and the frame without its note of them."""
+    if _IGNORED not in frame:
+        return frame
+    report.ignored_fields.update(frame[_IGNORED].dropna().astype(str).tolist())
+    return frame.drop(columns=[_IGNORED])
 
 
 def _text(values: pd.Series) -> pd.Series:

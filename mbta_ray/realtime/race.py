@@ -408,6 +408,8 @@ def wins(summary: dict) -> dict[str, bool]:
 def verdict(summary: dict) -> str:
     """One line: in how many bins the model beats MBTA, and where it does not."""
     won = wins(summary)
+    if not won:
+        return "no bin has rows to compare the model and MBTA on"
     lost = [b for b, w in won.items() if not w]
     text = f"the model beats MBTA (lower MAE, accurate share at or above) in {sum(won.values())} of {len(won)} bins"
     return text + (f"; not in {', '.join(lost)}" if lost else "")

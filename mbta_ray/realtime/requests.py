@@ -7,7 +7,8 @@ known at the moment, the stops after u in order, and the real-time inputs the st
 moment, the headway to the vehicle ahead, when the vehicle left u and where it is since, each
 segment's and hop's recent travel time by other vehicles). ``published_arrivals`` turns the
 model's answer into the times both publish: anchored on where the vehicle is for its next stop,
-then stop to stop by the hops' recent times where the line has them.
+then stop to stop by the hops' recent times where the line has them (``expected_arrivals``), each
+told a little early where it is far ahead (``rider_time``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from mbta_ray.realtime.state import Arrival, NetworkState
 RIDER_SHIFT = 0.5
 _BIN_MIDDLES = [(lo + hi) / 2 for _, lo, hi, _, _ in HORIZON_BINS]
 _WINDOW_CENTRES = [(early + late) / 2 for _, _, _, early, late in HORIZON_BINS]
-#: A scheduled start further ahead than this is not one a standing vehicle waits out (``_dispatched``).
+#: A scheduled start further ahead than this is not one a standing vehicle waits out, and one further
+#: behind is not one it is still late for (``_dispatched``).
 DISPATCH_MAX_WAIT_S = 3600
 #: How far back the runs from a terminal are looked for where no vehicle's stay there is known.
 DISPATCH_RUN_MAX_AGE_S = 3 * 3600
@@ -211,9 +213,9 @@ def _dispatched(state: NetworkState, key: str, pos, moment: float, stop_id: str)
     waiting at Braintree, where trains are seldom seen standing, fell back on the model, whose
     layovers come from another season's terminal times (22 min late); MBTA dispatches by schedule."""
     start = state.scheduled_start(key, moment)
-    if start is None or start - moment > DISPATCH_MAX_WAIT_S:
-        return None  # no schedule, or one no vehicle waits out (another day's, or a wrong date)
-    if len(state.arrivals(key, moment)) != 1 or math.isnan(pos.latitude):
+    if start is None or abs(start - moment) > DISPATCH_MAX_WAIT_S:
+        return None  # no schedule, or not this hour's (another day's, a wrong date, a trip long under way)
+    if len(state.arrivals(key, moment)) != 1 or math.isnan(pos.latitude) or math.isnan(pos.longitude):
         return None
     route, direction = pos.route_id, pos.direction_id
     # From where it stands, else from the other tracks of the place (where other trains stood).

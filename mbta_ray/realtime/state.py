@@ -185,7 +185,20 @@ class NetworkState:
         self.rows_seen += len(frame)
 
     def _observe_row(
-        self, known, timestamp, vehicle, trip, route, direction, start_date, stop, seq, status, lat, lon, start_time
+        self,
+        known,
+        timestamp,
+        vehicle,
+        trip,
+        route,
+        direction,
+        start_date,
+        stop,
+        seq,
+        status,
+        lat,
+        lon,
+        start_time=None,
     ) -> None:
         key = trip_key(start_date, route, trip)
         known, timestamp = int(known), int(timestamp)
