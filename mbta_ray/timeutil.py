@@ -45,12 +45,12 @@ def service_seconds_to_utc(dates: pd.Series, seconds: pd.Series) -> pd.Series:
 
 @functools.lru_cache(maxsize=64)
 def _origin_epoch(service_date: str) -> float | None:
+    """``service_day_origin`` of one YYYYMMDD date, as epoch seconds (cached: a replay asks per vehicle)."""
     try:
         day = dt.datetime.strptime(service_date, "%Y%m%d")
     except (TypeError, ValueError):
         return None
-    noon = day.replace(hour=12, tzinfo=_TZ)
-    return noon.timestamp() - 12 * 3600
+    return service_day_origin(pd.Series([day])).iloc[0].timestamp()
 
 
 def clock_time_epoch(service_date: str, clock: str) -> float | None:

@@ -2,10 +2,10 @@
 
 Ray Data encodes the examples once per search (``encoded``: category codes, standardized numerics,
 prior and target as tensor columns; ``prepare`` keeps them in the object store) and each worker
-feeds from ``iter_torch_batches``, so no worker holds its shard, nor encodes it. gloo on CPU, nccl on GPU (``TorchTrainer`` picks the backend from
-the workers' devices). Every
-epoch rank 0 writes a checkpoint: the state dict (loaded back with ``torch.load(weights_only=True)``,
-never unpickled) and the architecture as JSON.
+feeds from ``iter_torch_batches``, so no worker holds its shard, nor encodes it. gloo on CPU, nccl
+on GPU (``TorchTrainer`` picks the backend from the workers' devices). Every epoch rank 0 writes a
+checkpoint: the state dict (loaded back with ``torch.load(weights_only=True)``, never unpickled)
+and the architecture as JSON.
 """
 
 from __future__ import annotations
