@@ -183,7 +183,10 @@ class DistillConfig:
     blend: float = 0.5  # weight of the true target against the teacher on labeled rows
     softening: float = 2.0  # teacher term's Huber zone = huber_delta_s * softening
     huber_delta_s: float = 120.0
-    unlabeled_copies: int = 1  # unlabeled re-observed pairs per training pair
+    # Unlabeled re-observed pairs per training pair. Off by default: since the real-time features,
+    # the re-observed pairs (real-time state kept, time at u moved) made the student 1.1-3x worse
+    # on valid and test, not better (bench/RESULTS.md, 2026-12-04).
+    unlabeled_copies: int = 0
     shift_sd_s: float = 180.0  # spread of the observation-time shift of unlabeled pairs
     hidden: list[int] = field(default_factory=lambda: [48])
     max_embedding_dim: int = 4

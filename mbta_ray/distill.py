@@ -1,10 +1,12 @@
 """Distillation: compress the best tuned model (the teacher) into a small, fast MLP (the student).
 
 1. Ray Data labels the training split with the teacher's predictions (a callable class per worker
-   loads the teacher once) and adds *unlabeled* pairs built from the same events: each training
-   pair re-observed at a shifted time at u (the vehicle seen earlier or later than it was, so the
-   delay, time of day and headway at u change consistently through ``features.compute_features``).
-   No arrival at s exists for those; only the teacher's prediction teaches the student there.
+   loads the teacher once) and, with ``unlabeled_copies`` > 0, adds *unlabeled* pairs built from
+   the same events: each training pair re-observed at a shifted time at u (the vehicle seen earlier
+   or later than it was, so the delay, time of day and headways change consistently through
+   ``features.compute_features``). No arrival at s exists for those; only the teacher's prediction
+   teaches the student there. Off by default: with the real-time features the student learned
+   worse from them (``DistillConfig.unlabeled_copies``).
 2. Ray Train (``TorchTrainer``, the DNN's own epoch loop) fits the student on a blend:
    ``blend * Huber_d(pred, y) + (1 - blend) * Huber_{d*T}(pred, teacher) / T`` on labeled rows, the
    teacher term alone on unlabeled ones. ``T = softening`` is the temperature-like knob: the teacher
@@ -71,23 +73,36 @@ class TeacherLabels:
 
 def reobserve(batch: pd.DataFrame, copies: int, shift_sd_s: float, seed: int) -> pd.DataFrame:
     """Unlabeled pairs from the same events: the vehicle observed at u ``shift`` seconds later (or
-    earlier) than it was. Features are recomputed by ``compute_features`` (one source of truth);
-    the segment's distance and history do not depend on time and are kept. The target is unknown."""
+    earlier) than it was, and the prediction moment with it. Features are recomputed by
+    ``compute_features`` (one source of truth); the segment's distance and history, and what the
+    vehicle did since u, do not depend on the shift and are kept. The target is unknown."""
     if copies == 0 or batch.empty:
         return batch.iloc[0:0].assign(**{TARGET: np.nan})
     rng = np.random.default_rng([seed, len(batch), int(batch["stops_ahead"].sum())])
+    headway, ahead, age = (
+        pd.to_numeric(batch[col], errors="coerce").to_numpy(dtype="float64")
+        if col in batch
+        else np.full(len(batch), np.nan)
+        for col in ("headway_u", "headway_ahead_s", "recent_travel_age_s")
+    )
     parts = []
     for _ in range(copies):
         shifted = batch.copy()
         shift_s = rng.normal(0.0, shift_sd_s, len(batch)).round()
-        # Seen earlier than it was, but never before the previous vehicle left u (headway > 0).
-        headway = pd.to_numeric(batch["headway_u"], errors="coerce").to_numpy(dtype="float64")
-        shift_s = np.where(np.isfinite(headway), np.maximum(shift_s, 30.0 - headway), shift_s)
+        # Seen earlier than it was, but never before the previous vehicle left u (headways > 0), nor
+        # before the other vehicles' latest traversal it knows of (their age >= 0).
+        for floor in (30.0 - headway, 30.0 - ahead, -age):
+            shift_s = np.where(np.isfinite(floor), np.maximum(shift_s, floor), shift_s)
         shifted["actual_arrival_u"] = pd.to_datetime(shifted["actual_arrival_u"], utc=True) + pd.to_timedelta(
             shift_s, unit="s"
         )
-        # The headway at u grows by the same shift: the previous vehicle's arrival did not move.
-        shifted["headway_u"] = shifted["headway_u"].astype("float64") + shift_s
+        # The headways at u and the age of the other vehicles' traversals at the moment grow by the
+        # same shift: the previous vehicles' arrivals did not move (the moment moves with u).
+        shifted["headway_u"] = headway + shift_s
+        if "headway_ahead_s" in shifted:
+            shifted["headway_ahead_s"] = ahead + shift_s
+        if "recent_travel_age_s" in shifted:
+            shifted["recent_travel_age_s"] = age + shift_s
         keep = shifted[["distance_m", HIST_MEDIAN]].copy()
         shifted["actual_arrival_s"] = pd.NaT  # not observed: compute_features leaves the target NaN
         feats = compute_features(shifted.drop(columns=[TARGET]))

@@ -66,6 +66,48 @@ def test_reobserved_pairs_shift_time_consistently_and_have_no_target():
     assert (short["headway_u"] >= 30.0).all() and (short["headway_u"] < 60.0).any()
 
 
+def test_reobserved_pairs_move_the_moment_with_u():
+    """The real-time state moves with the moment: the headway to the vehicle ahead and the age of
+    the other vehicles' latest traversal grow by the shift (never below 30 s and 0 s), what the
+    vehicle did since u (elapsed, departed) does not."""
+    batch = pd.DataFrame(
+        {
+            "mode": ["subway"] * 2,
+            "route_id": ["Red"] * 2,
+            "direction_id": [0, 0],
+            "from_stop_id": ["a", "a"],
+            "to_stop_id": ["b", "b"],
+            "stops_ahead": [1, 1],
+            "service_date": [pd.Timestamp("2024-08-11").date()] * 2,
+            "actual_arrival_u": pd.to_datetime(["2024-08-11T14:00:30Z"] * 2),
+            "scheduled_arrival_u": pd.to_datetime(["2024-08-11T14:00:00Z"] * 2),
+            "scheduled_arrival_s": pd.to_datetime(["2024-08-11T14:02:00Z"] * 2),
+            "actual_arrival_s": pd.to_datetime(["2024-08-11T14:03:00Z"] * 2),
+            "delay_prev": [10.0, 10.0],
+            "headway_u": [600.0, 600.0],
+            "scheduled_headway_u": [600.0, 600.0],
+            "headway_ahead_s": [400.0, 90.0],
+            "recent_travel_s": [140.0, 140.0],
+            "recent_travel_n": [3.0, 3.0],
+            "recent_travel_age_s": [50.0, np.nan],
+            "elapsed_s": [45.0, 45.0],
+            "departed_s": [20.0, 20.0],
+            "distance_m": [850.0, 850.0],
+            "hist_median_travel_s": [130.0, 130.0],
+            TARGET: [150.0, 150.0],
+        }
+    )
+    out = reobserve(batch, copies=40, shift_sd_s=300.0, seed=2)
+    shift = (out["actual_arrival_u"] - batch["actual_arrival_u"][0]).dt.total_seconds().to_numpy()
+    first = np.arange(len(out)) % 2 == 0
+    np.testing.assert_allclose(out["headway_ahead_s"], np.where(first, 400.0, 90.0) + shift)
+    np.testing.assert_allclose(out["recent_travel_age_s"][first], 50.0 + shift[first])
+    assert out["recent_travel_age_s"][~first].isna().all()
+    assert (out["recent_travel_age_s"][first] >= 0).all() and (out["recent_travel_age_s"][first] < 50).any()
+    assert (out["headway_ahead_s"] >= 30.0).all() and (out["headway_ahead_s"][~first] < 90.0).any()
+    assert (out["elapsed_s"] == 45.0).all() and (out["departed_s"] == 20.0).all()
+
+
 def _tiny_model(quantized: bool = False) -> dnn.DelayMLP:
     torch.manual_seed(0)
     arch = dnn.Architecture(
@@ -122,7 +164,7 @@ def test_pipeline_end_to_end_on_a_tiny_budget(ray_local, tmp_path):
         inputs=[str(p) for p in data.paths],
         samples={"xgboost": 1, "dnn": 1},
         space_file=str(space),
-        distill=DistillConfig(epochs=1, hidden=[8]),
+        distill=DistillConfig(epochs=1, hidden=[8], unlabeled_copies=1),  # the option off by default
     )
     out = pipeline.run(settings, progress=lambda m: None)
 
