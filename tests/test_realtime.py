@@ -409,7 +409,7 @@ def test_remaining_time_from_where_the_last_vehicles_were():
     the request's moment anchors a vehicle between stops on it."""
     from types import SimpleNamespace
 
-    from mbta_ray.realtime.requests import expected_arrivals
+    from mbta_ray.realtime.requests import expected_arrivals, position_anchor
 
     rows = vp(
         [
@@ -458,6 +458,11 @@ def test_remaining_time_from_where_the_last_vehicles_were():
         T0 + 1025.0,  # C + the model's C -> D step (its times made monotone: 720 -> 900): no path to D
     ]
     assert expected_arrivals(s, key("t2"), at, answer(720, 700, 900, path=(None, 50.0, 110.0)))[-1] == T0 + 780.0
+    # Not heard from for longer than the last vehicles took (55 s): it is held short of B, and it
+    # arrives when the slower of them would have had left at this point (t1: 60 - 57 s), else now.
+    assert position_anchor(s, key("t3"), T0 + 690, "B") == T0 + 695.0
+    assert position_anchor(s, key("t3"), T0 + 697, "B") == T0 + 700.0
+    assert position_anchor(s, key("t3"), T0 + 720, "B") == T0 + 720.0
 
 
 def test_arrivals_far_ahead_are_published_a_little_early_and_in_order():
