@@ -4,6 +4,7 @@ node is stopped (only it: the test session's own cluster keeps running)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -51,6 +52,9 @@ def head_node(tmp_path):
     # interpreter with the packages. Token auth (Ray 2.60's default) for the job CLI.
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    # Stopped at the end, the node would first drain for up to 30 s (for a Serve proxy's traffic;
+    # the job is over): stop at once.
+    node_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     log = open(tmp_path / "head.log", "w")
     temp = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # unix socket paths must stay under 108 bytes
     proc = subprocess.Popen(
@@ -81,7 +85,7 @@ def head_node(tmp_path):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=env,
+        env=node_env,
         start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash}"
@@ -101,6 +105,8 @@ def head_node(tmp_path):
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):  # whatever of the node's group is left
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
     shutil.rmtree(temp, ignore_errors=True)
