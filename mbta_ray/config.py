@@ -183,9 +183,9 @@ class DistillConfig:
     blend: float = 0.5  # weight of the true target against the teacher on labeled rows
     softening: float = 2.0  # teacher term's Huber zone = huber_delta_s * softening
     huber_delta_s: float = 120.0
-    # Unlabeled re-observed pairs per training pair. Off by default: since the real-time features,
-    # the re-observed pairs (real-time state kept, time at u moved) made the student 1.1-3x worse
-    # on valid and test, not better (bench/RESULTS.md, 2026-12-04).
+    # Unlabeled re-observed pairs per training pair. Off by default: they double the rows to label
+    # and fit for no measured gain (student test MAE 84.1 s with one copy, 84.8 s without, teacher
+    # 85.0 s; bench/RESULTS.md, 2026-12-04).
     unlabeled_copies: int = 0
     shift_sd_s: float = 180.0  # spread of the observation-time shift of unlabeled pairs
     hidden: list[int] = field(default_factory=lambda: [48])

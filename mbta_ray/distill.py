@@ -5,8 +5,8 @@
    the same events: each training pair re-observed at a shifted time at u (the vehicle seen earlier
    or later than it was, so the delay, time of day and headways change consistently through
    ``features.compute_features``). No arrival at s exists for those; only the teacher's prediction
-   teaches the student there. Off by default: with the real-time features the student learned
-   worse from them (``DistillConfig.unlabeled_copies``).
+   teaches the student there. Off by default: they double the work for no measured gain
+   (``DistillConfig.unlabeled_copies``).
 2. Ray Train (``TorchTrainer``, the DNN's own epoch loop) fits the student on a blend:
    ``blend * Huber_d(pred, y) + (1 - blend) * Huber_{d*T}(pred, teacher) / T`` on labeled rows, the
    teacher term alone on unlabeled ones. ``T = softening`` is the temperature-like knob: the teacher
@@ -42,7 +42,7 @@ from mbta_ray.config import DistillConfig, WorkerResources
 from mbta_ray.defaults import VALID_METRIC
 from mbta_ray.encoding import DEFAULT_CLIP_SD, FeatureEncoder
 from mbta_ray.errors import ConfigError, MbtaRayError
-from mbta_ray.features import HIST_MEDIAN, compute_features
+from mbta_ray.features import HIST_MEDIAN, PATH_TRAVEL, PROGRESS, compute_features
 from mbta_ray.models import bundle, dnn, xgboost_model
 from mbta_ray.models.data import load_split, load_split_pandas
 from mbta_ray.runtime import ensure_ray
@@ -71,11 +71,16 @@ class TeacherLabels:
         return batch
 
 
+#: The features a re-observed pair keeps from its example (``reobserve``).
+_SHIFT_FREE = ("distance_m", HIST_MEDIAN, PATH_TRAVEL, PROGRESS)
+
+
 def reobserve(batch: pd.DataFrame, copies: int, shift_sd_s: float, seed: int) -> pd.DataFrame:
     """Unlabeled pairs from the same events: the vehicle observed at u ``shift`` seconds later (or
     earlier) than it was, and the prediction moment with it. Features are recomputed by
-    ``compute_features`` (one source of truth); the segment's distance and history, and what the
-    vehicle did since u, do not depend on the shift and are kept. The target is unknown."""
+    ``compute_features`` (one source of truth); what does not depend on the shift (the segment's
+    distance, history and hop path, what the vehicle did since u) is the example's own. The target
+    is unknown."""
     if copies == 0 or batch.empty:
         return batch.iloc[0:0].assign(**{TARGET: np.nan})
     rng = np.random.default_rng([seed, len(batch), int(batch["stops_ahead"].sum())])
@@ -103,10 +108,14 @@ def reobserve(batch: pd.DataFrame, copies: int, shift_sd_s: float, seed: int) ->
             shifted["headway_ahead_s"] = ahead + shift_s
         if "recent_travel_age_s" in shifted:
             shifted["recent_travel_age_s"] = age + shift_s
-        keep = shifted[["distance_m", HIST_MEDIAN]].copy()
         shifted["actual_arrival_s"] = pd.NaT  # not observed: compute_features leaves the target NaN
         feats = compute_features(shifted.drop(columns=[TARGET]))
-        feats["distance_m"], feats[HIST_MEDIAN] = keep["distance_m"].to_numpy(), keep[HIST_MEDIAN].to_numpy()
+        # What the shift leaves alone comes from the example itself: the segment (distance, history,
+        # its hops' path) and where the vehicle got since u (compute_features has no GTFS stops or
+        # segment medians here, and the example rows no hop or position columns to rebuild them).
+        for col in _SHIFT_FREE:
+            if col in batch:
+                feats[col] = batch[col].to_numpy()
         feats[TARGET] = np.nan
         parts.append(feats[[c for c in batch.columns if c in feats.columns]])
     return pd.concat(parts, ignore_index=True)

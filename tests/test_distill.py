@@ -68,8 +68,8 @@ def test_reobserved_pairs_shift_time_consistently_and_have_no_target():
 
 def test_reobserved_pairs_move_the_moment_with_u():
     """The real-time state moves with the moment: the headway to the vehicle ahead and the age of
-    the other vehicles' latest traversal grow by the shift (never below 30 s and 0 s), what the
-    vehicle did since u (elapsed, departed) does not."""
+    the other vehicles' latest traversal grow by the shift (never below 30 s and 0 s); the segment,
+    its hops' path and what the vehicle did since u (elapsed, departed, progress) do not."""
     batch = pd.DataFrame(
         {
             "mode": ["subway"] * 2,
@@ -94,12 +94,20 @@ def test_reobserved_pairs_move_the_moment_with_u():
             "departed_s": [20.0, 20.0],
             "distance_m": [850.0, 850.0],
             "hist_median_travel_s": [130.0, 130.0],
+            "recent_hop_s": [95.0, np.nan],
+            "path_travel_s": [95.0, 130.0],
+            "progress": [0.4, np.nan],
             TARGET: [150.0, 150.0],
         }
     )
     out = reobserve(batch, copies=40, shift_sd_s=300.0, seed=2)
-    shift = (out["actual_arrival_u"] - batch["actual_arrival_u"][0]).dt.total_seconds().to_numpy()
+    # What the shift leaves alone is the example's own (compute_features has no stops or medians here).
     first = np.arange(len(out)) % 2 == 0
+    for col in ("distance_m", "hist_median_travel_s", "recent_travel_s", "recent_travel_n", "recent_hop_s"):
+        np.testing.assert_array_equal(out[col], np.tile(batch[col].to_numpy(), 40), err_msg=col)
+    np.testing.assert_array_equal(out["path_travel_s"], np.where(first, 95.0, 130.0))
+    np.testing.assert_array_equal(out["progress"], np.where(first, 0.4, np.nan))
+    shift = (out["actual_arrival_u"] - batch["actual_arrival_u"][0]).dt.total_seconds().to_numpy()
     np.testing.assert_allclose(out["headway_ahead_s"], np.where(first, 400.0, 90.0) + shift)
     np.testing.assert_allclose(out["recent_travel_age_s"][first], 50.0 + shift[first])
     assert out["recent_travel_age_s"][~first].isna().all()

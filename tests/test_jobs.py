@@ -101,7 +101,8 @@ def head_node(tmp_path):
             raise RuntimeError(f"head node did not come up: {(tmp_path / 'head.log').read_text()[-2000:]}")
         time.sleep(1)
     yield address, env
-    os.killpg(proc.pid, signal.SIGTERM)  # `ray start --block` stops the node's processes on SIGTERM
+    with contextlib.suppress(ProcessLookupError):  # `ray start --block` stops its node on SIGTERM
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
