@@ -84,30 +84,28 @@ def reobserve(batch: pd.DataFrame, copies: int, shift_sd_s: float, seed: int) ->
     if copies == 0 or batch.empty:
         return batch.iloc[0:0].assign(**{TARGET: np.nan})
     rng = np.random.default_rng([seed, len(batch), int(batch["stops_ahead"].sum())])
-    headway, ahead, age = (
-        pd.to_numeric(batch[col], errors="coerce").to_numpy(dtype="float64")
+    # Seconds since the previous vehicles' arrivals at u and the other vehicles' latest traversal:
+    # they did not move, so each grows by the shift (the moment moves with u), and bounds it.
+    since = {
+        col: pd.to_numeric(batch[col], errors="coerce").to_numpy(dtype="float64")
         if col in batch
         else np.full(len(batch), np.nan)
         for col in ("headway_u", "headway_ahead_s", "recent_travel_age_s")
-    )
+    }
+    # Seen earlier than it was, but never before the previous vehicle left u (headways > 0), nor
+    # before the other vehicles' latest traversal it knows of (its age >= 0).
+    floors = (30.0 - since["headway_u"], 30.0 - since["headway_ahead_s"], -since["recent_travel_age_s"])
     parts = []
     for _ in range(copies):
         shifted = batch.copy()
         shift_s = rng.normal(0.0, shift_sd_s, len(batch)).round()
-        # Seen earlier than it was, but never before the previous vehicle left u (headways > 0), nor
-        # before the other vehicles' latest traversal it knows of (their age >= 0).
-        for floor in (30.0 - headway, 30.0 - ahead, -age):
+        for floor in floors:
             shift_s = np.where(np.isfinite(floor), np.maximum(shift_s, floor), shift_s)
         shifted["actual_arrival_u"] = pd.to_datetime(shifted["actual_arrival_u"], utc=True) + pd.to_timedelta(
             shift_s, unit="s"
         )
-        # The headways at u and the age of the other vehicles' traversals at the moment grow by the
-        # same shift: the previous vehicles' arrivals did not move (the moment moves with u).
-        shifted["headway_u"] = headway + shift_s
-        if "headway_ahead_s" in shifted:
-            shifted["headway_ahead_s"] = ahead + shift_s
-        if "recent_travel_age_s" in shifted:
-            shifted["recent_travel_age_s"] = age + shift_s
+        for col, seconds in since.items():
+            shifted[col] = seconds + shift_s
         shifted["actual_arrival_s"] = pd.NaT  # not observed: compute_features leaves the target NaN
         feats = compute_features(shifted.drop(columns=[TARGET]))
         # What the shift leaves alone comes from the example itself: the segment (distance, history,

@@ -459,7 +459,7 @@ def test_remaining_time_from_where_the_last_vehicles_were():
     ]
     assert expected_arrivals(s, key("t2"), at, answer(720, 700, 900, path=(None, 50.0, 110.0)))[-1] == T0 + 780.0
     # Not heard from for longer than the last vehicles took (55 s): it is held short of B, and it
-    # arrives when the slower of them would have had left at this point (t1: 60 - 57 s), else now.
+    # arrives when the slower of them would have from this point (t1: 60 - 57 s more), else now.
     assert position_anchor(s, key("t3"), T0 + 690, "B") == T0 + 695.0
     assert position_anchor(s, key("t3"), T0 + 697, "B") == T0 + 700.0
     assert position_anchor(s, key("t3"), T0 + 720, "B") == T0 + 720.0
