@@ -682,6 +682,9 @@ def pipeline_cmd(
     distill_hidden: Annotated[
         Optional[list[int]], typer.Option("--distill-hidden", help="Student hidden layer width (repeat per layer).")
     ] = None,
+    distill_unlabeled_copies: Annotated[
+        int, typer.Option(min=0, help="Unlabeled re-observed pairs per training pair for the student.")
+    ] = DistillConfig.unlabeled_copies,
     max_concurrent: Annotated[
         int, typer.Option(min=1, help="Trials at once (lowered to what the cluster fits).")
     ] = PipelineSettings.max_concurrent,
@@ -714,7 +717,11 @@ def pipeline_cmd(
         space_file=space_file,
         max_concurrent=max_concurrent,
         resources=TrialResources(num_workers=workers, gpus_per_worker=gpus_per_worker),
-        distill=DistillConfig(epochs=distill_epochs, **({"hidden": distill_hidden} if distill_hidden else {})),
+        distill=DistillConfig(
+            epochs=distill_epochs,
+            unlabeled_copies=distill_unlabeled_copies,
+            **({"hidden": distill_hidden} if distill_hidden else {}),
+        ),
         race=embedded_race() if race and not inputs else None,
     )
     t0 = time.monotonic()

@@ -1,23 +1,17 @@
-"""Distillation pieces (unlabeled pairs, pruning, int8 storage) and the whole pipeline on tiny data."""
+"""Distillation pieces (unlabeled pairs, pruning, int8 storage); the whole pipeline runs end to end in
+test_jobs (as a Ray job)."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from mbta_ray import distill, pipeline
+from mbta_ray import distill
 from mbta_ray.distill import DistillConfig, reobserve
 from mbta_ray.models import dnn
-from mbta_ray.registry import Registry
 from mbta_ray.schema import TARGET
-from mbta_ray.synth import write_synthetic
-from tests.test_tune import TINY_SPACE
 
 
 def test_distill_options_are_checked_by_name():
@@ -159,40 +153,3 @@ def test_pruning_zeroes_the_requested_share_of_linear_weights():
     assert abs(zeros / total - 0.5) < 0.02
     params, nonzero = distill.parameter_counts(pruned)
     assert params == distill.parameter_counts(model)[0] and nonzero < params
-
-
-def test_pipeline_end_to_end_on_a_tiny_budget(ray_local, tmp_path):
-    """ingest -> tune (both families) -> distill -> register -> promote (the gate itself, refusals and
-    forced promotions are tested in test_registry)."""
-    data = write_synthetic(tmp_path / "synth", 3000, seed=5, files=1)
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(TINY_SPACE))
-    settings = pipeline.PipelineSettings(
-        root=str(tmp_path / "root"),
-        inputs=[str(p) for p in data.paths],
-        samples={"xgboost": 1, "dnn": 1},
-        space_file=str(space),
-        distill=DistillConfig(epochs=1, hidden=[8], unlabeled_copies=1),  # the option off by default
-    )
-    out = pipeline.run(settings, progress=lambda m: None)
-
-    comp = out["compression"]
-    names = [r["model"] for r in comp["rows"]]
-    assert names[0] == "teacher" and {"student", "student_pruned", "student_int8"} <= set(names)
-    for r in comp["rows"]:
-        for key in ("params", "nonzero_params", "file_bytes", "model_ms_b1", "model_ms_b256", "test_mae"):
-            assert np.isfinite(r[key]) and r[key] > 0, (r["model"], key)
-    assert comp["unlabeled_rows"] > 0 and comp["training_rows"] > comp["unlabeled_rows"]
-    assert sum(r.get("kept", False) for r in comp["rows"]) == 1
-    saved = json.loads((Path(comp["student_dir"]).parent / "compression.json").read_text())
-    assert saved["chosen"] == comp["chosen"]
-
-    assert out["decision"]["accepted"] and "no production model yet" in out["decision"]["reason"]
-    reg = Registry(tmp_path / "root")
-    prod = reg.production()
-    assert prod["version"] == out["candidate"]["version"] and prod["dataset"]["version"] == out["dataset"]["version"]
-    assert {m["version"] for m in reg.versions()} == set(out["registered"].values())
-    from mbta_ray.models.data import load_split_pandas
-
-    test = load_split_pandas(tmp_path / "root", out["dataset"]["version"], "test")
-    assert np.isfinite(reg.load_predictor(prod["version"])(test)).all()

@@ -1,10 +1,16 @@
 """The stages as Ray jobs: a real head node (`ray start --head`), `ray job submit` of the tiny pipeline
 with the repo as working directory, SUCCEEDED, a production model in the registry; then the head
-node is stopped (only it: the test session's own cluster keeps running)."""
+node is stopped (only it: the test session's own cluster keeps running).
+
+The job is also the suite's one end-to-end run of the main job (ingest -> tune both families ->
+distill -> register -> promote): what it leaves on the shared storage is checked here, the stages'
+own options and failures in their tests (test_tune, test_distill, test_registry)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import shutil
@@ -149,6 +155,8 @@ def test_pipeline_runs_as_a_ray_job_and_promotes_a_model(head_node, tmp_path):
         "1",
         "--distill-hidden",
         "8",
+        "--distill-unlabeled-copies",  # off by default: the one run that exercises it
+        "1",
     ]
     deadline = time.time() + 120
     while True:  # the job server answers before its agent is up: "No available agent ... try again later"
@@ -182,5 +190,29 @@ def test_pipeline_runs_as_a_ray_job_and_promotes_a_model(head_node, tmp_path):
     ).stdout
     assert status == "succeeded", logs[-4000:]
     assert "PROMOTED" in logs
-    prod = Registry(root).production()
+    reg = Registry(root)
+    prod = reg.production()
     assert prod is not None and prod["version"] in logs
+
+    # The student's compression report: every variant measured, exactly one kept.
+    reports = list(root.rglob("compression.json"))
+    assert len(reports) == 1, reports
+    comp = json.loads(reports[0].read_text())
+    names = [r["model"] for r in comp["rows"]]
+    assert names[0] == "teacher" and {"student", "student_pruned", "student_int8"} <= set(names)
+    for r in comp["rows"]:
+        for key in ("params", "nonzero_params", "file_bytes", "model_ms_b1", "model_ms_b256", "test_mae"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["model"], key)
+    assert comp["unlabeled_rows"] > 0 and comp["training_rows"] > comp["unlabeled_rows"]
+    assert [r["model"] for r in comp["rows"] if r.get("kept")] == [comp["chosen"]]
+
+    # Teacher and student registered on the dataset the job built; production is one of them and predicts.
+    versions = reg.versions()
+    assert sorted(m["pipeline_role"] for m in versions) == ["student", "teacher"]
+    assert prod["version"] in {m["version"] for m in versions}
+    dataset = prod["dataset"]["version"]
+    assert all(m["dataset"]["version"] == dataset for m in versions)
+    from mbta_ray.models.data import load_split_pandas
+
+    test = load_split_pandas(root, dataset, "test")
+    assert len(test) and all(math.isfinite(v) for v in reg.load_predictor(prod["version"])(test))
