@@ -465,6 +465,64 @@ def test_remaining_time_from_where_the_last_vehicles_were():
     assert position_anchor(s, key("t3"), T0 + 720, "B") == T0 + 720.0
 
 
+def test_a_trip_not_yet_at_any_stop_starts_from_the_arrival_it_is_on_its_way_to():
+    """A vehicle that took its trip over between stops (no STOPPED_AT on it yet) is predicted from
+    the arrival expected at the stop it heads to, and the API request is the one a client would send
+    from there: valid, with no moment, departure or position, and the traversals as old as they will
+    be then; all of it from what was known at the moment."""
+    from mbta_ray.realtime.requests import expected_arrivals, trip_start, vehicle_request
+    from mbta_ray.serve.schemas import PredictRequest
+
+    rows = vp(
+        [
+            (40, "t1", "IN_TRANSIT_TO", "B", 2),
+            (100, "t1", "STOPPED_AT", "B", 2),
+            (250, "t1", "STOPPED_AT", "C", 3),  # t1: 60 s from the point to B, B -> C 150 s
+            (300, "t2", "IN_TRANSIT_TO", "B", 2),
+            (350, "t2", "STOPPED_AT", "B", 2),
+            (480, "t2", "STOPPED_AT", "C", 3),  # t2: 50 s, B -> C 130 s
+            (640, "t3", "IN_TRANSIT_TO", "B", 2),  # t3 on its way to B, never stood at a stop of its trip
+            (700, "t3", "STOPPED_AT", "B", 2),  # published at 705: after the moment
+            (640, "t4", "STOPPED_AT", "A", 1),
+        ]
+    )
+    s = NetworkState()
+    s.observe(rows)
+    at = T0 + 650
+    start = trip_start(s, key("t3"), at)
+    assert (start.stop_id, start.stop_sequence, start.time, start.known_at) == ("B", 2.0, T0 + 695, at)  # 640 + 55
+    assert trip_start(s, key("t3"), T0 + 705).time == T0 + 700  # once seen, the arrival itself
+    assert trip_start(s, key("t4"), at).stop_id == "A"  # a trip standing at its first stop: that arrival
+    assert trip_start(s, key("t3"), T0 + 644) is None  # its report is not known yet
+    lone = NetworkState()
+    lone.observe(rows[rows["trip_id"] == "t3"])
+    assert trip_start(lone, key("t3"), at) is None  # no other vehicle went that way: nothing to expect
+    past = NetworkState()  # what happened after the moment changes nothing at it
+    past.observe(rows[rows["feed_timestamp"] <= at])
+    assert trip_start(past, key("t3"), at) == start
+
+    request = vehicle_request(s, key("t3"), start, "Red", 0, "t3", None, ["C"], at)
+    sent = PredictRequest.model_validate(request.model_dump(mode="json"))  # what a client may send
+    assert sent.moment is None and sent.departure is None and sent.position is None
+    assert sent.actual_arrival.timestamp() == T0 + 695 and sent.stop_id == "B"
+    assert sent.headway_ahead_seconds == 345.0  # t2 reached B at 350
+    (c,) = sent.stops_ahead
+    assert (c.recent_travel.median_seconds, c.recent_travel.vehicles) == (140.0, 2)
+    assert c.recent_travel.age_seconds == (650 - 480) + 45  # as old as it will be at the arrival at B
+    assert c.recent_hop_seconds == 140.0
+    # The stops after B are never expected before B itself.
+    from types import SimpleNamespace
+
+    early = SimpleNamespace(
+        predictions=[
+            SimpleNamespace(
+                stop_id="C", predicted_arrival=pd.Timestamp(T0 + 660, unit="s", tz="UTC"), path_travel_seconds=None
+            )
+        ]
+    )
+    assert expected_arrivals(s, key("t3"), at, early) == [T0 + 695.0]
+
+
 def test_arrivals_far_ahead_are_published_a_little_early_and_in_order():
     """What riders are told: the expected time, earlier by half the centre of MBTA's accuracy window
     for how far ahead it is (0 s up to 1.5 min ahead; 7.5 s at 4.5 min, 15 s at 9 min, 30 s from
@@ -530,8 +588,9 @@ def _archive(rows: list[dict], fields: dict[str, str], path: Path) -> Path:
     return path
 
 
-def _tiny_replay(tmp_path: Path) -> tuple[Path, Path]:
-    """Red line, stops A-D (sequences 10-40). t1 and t2 ran ahead; t3 is raced; t4 starts later."""
+def _tiny_replay(tmp_path: Path, took_over: bool = False) -> tuple[Path, Path]:
+    """Red line, stops A-D (sequences 10-40). t1 and t2 ran ahead; t3 is raced; t4 starts later;
+    with ``took_over``, t5's vehicle takes its trip over on the way to B (no stop of t5 before)."""
     stops = {"A": 10, "B": 20, "C": 30, "D": 40, "E": 50}
     reports = []
 
@@ -563,6 +622,10 @@ def _tiny_replay(tmp_path: Path) -> tuple[Path, Path]:
         stopped("t3", stop, at)
     stopped("t4", "A", 900)
     stopped("t9", "A", 3000, "IN_TRANSIT_TO")  # the data run 30 min past the last moment
+    if took_over:
+        stopped("t5", "B", 780, "IN_TRANSIT_TO")
+        for stop, at in zip("BC", (850, 1040)):
+            stopped("t5", stop, at)
     vp = _archive(reports, feeds.VEHICLE_FIELDS, tmp_path / "vp.parquet")
 
     predictions = []
@@ -589,6 +652,9 @@ def _tiny_replay(tmp_path: Path) -> tuple[Path, Path]:
     for stop, at in zip("BCD", (810, 960, 1090)):  # moment 800: t3 (B already arrived, at 740)
         predicted(800, "t3", stop, at)
     predicted(800, "t3", "E", 2700)  # beyond 30 min: not matched
+    if took_over:
+        predicted(800, "t5", "B", 870)
+        predicted(800, "t5", "C", 1050)
     tu = _archive(predictions, feeds.TRIP_UPDATE_FIELDS, tmp_path / "tu.parquet")
     return vp, tu
 
@@ -629,7 +695,7 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     vp_feed, tu_feed = feeds.read_vehicle_positions([vp]), feeds.read_trip_updates([tu])
     state = NetworkState()
     state.observe(vp_feed.frame)
-    race_requests, _ = race.model_requests(result.rows, tu_feed.frame, state, runner)
+    race_requests, _, _ = race.model_requests(result.rows, tu_feed.frame, state, runner)
     cases = (
         # (moment, u, arrival at u, headway, left u at (t3 in transit to B at 660; not yet left B at 800), ...)
         (
@@ -685,6 +751,24 @@ def test_the_race_on_a_tiny_replay_matches_hand_computed_scores(tmp_path):
     saved = json.loads((tmp_path / "out" / "race.json").read_text())
     assert saved["bins"] == s["bins"] and (tmp_path / "out" / "race.png").stat().st_size > 1000
     assert set(saved) >= {"model_version", "window", "rows", "coverage", "bins"}
+
+
+def test_the_race_scores_a_trip_from_the_stop_its_vehicle_is_on_its_way_to(tmp_path):
+    """t5's vehicle reported itself on its way to B (at 780) before any stop of t5: at the moment
+    800 it is expected at B when t3 got there from the same point (80 s later: 860), and its later
+    stops are the model's from there; coverage stays whole."""
+    from mbta_ray.realtime import race
+    from mbta_ray.serve.inference import ModelRunner
+    from tests.test_registry import make_model
+
+    vp, tu = _tiny_replay(tmp_path, took_over=True)
+    runner = ModelRunner(make_model(tmp_path / "m", 60.0, rounds=6), version="tiny")
+    result = race.run([vp], [tu], runner, tmp_path / "out")
+    assert result.summary["coverage"] == 1.0 and result.summary["rows"]["scored"] == 7
+    rows = result.rows[result.rows["trip_id"] == "t5"].set_index("stop_id")
+    assert rows.loc["B", "model_expected"] == RACE_T0 + 860 and rows.loc["B", "model"] == RACE_T0 + 860
+    assert rows.loc["B", "actual"] == RACE_T0 + 850
+    assert RACE_T0 + 860 <= rows.loc["C", "model_expected"] < RACE_T0 + 1800
 
 
 def test_the_race_verdict_is_bin_by_bin():

@@ -47,7 +47,7 @@ from mbta_ray.errors import ConfigError
 from mbta_ray.evaluate import HORIZON_BINS
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.feeds import FeedError, Snapshot
-from mbta_ray.realtime.requests import published_arrivals, vehicle_request
+from mbta_ray.realtime.requests import published_arrivals, rider_time, trip_start, vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.storage import shown
 from mbta_ray.timeutil import iso_z, parse_utc
@@ -542,12 +542,12 @@ class LiveTracker:
 
     @_locked
     def requests(self, now: float) -> list[tuple[Vehicle, object]]:
-        """The API request of every active vehicle with a known last stop and stops ahead."""
+        """The API request of every active vehicle with a start (``requests.trip_start``) and stops ahead."""
         out = []
         for v in self.active(now):
-            last = self.state.last_arrival(v.trip_key, now)
+            last = trip_start(self.state, v.trip_key, now)
             if last is None:
-                continue  # not yet at any stop of this trip (e.g. before its first): nothing to start from
+                continue  # not yet at any stop of this trip, and not known to be on its way to one
             stops = self._stops_ahead(v, last)
             stops = stops[: self.config.max_stops_ahead]
             if not stops:
@@ -582,6 +582,9 @@ class LiveTracker:
         out = []
         for vehicle, response in answered:
             arrivals = published_arrivals(self.state, vehicle.trip_key, now, response)
+            start = trip_start(self.state, vehicle.trip_key, now)
+            if start is not None and start.time > now:  # on its way to u: u's expected arrival first
+                out.append(Prediction(vehicle, start.stop_id, 0, rider_time(start.time, now)))
             for p, arrival in zip(response.predictions, arrivals, strict=True):
                 out.append(Prediction(vehicle, p.stop_id, p.stops_ahead, arrival))
         self.predictions, self.predicted_at = out, now

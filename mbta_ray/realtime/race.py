@@ -42,7 +42,7 @@ from mbta_ray.errors import ConfigError, DataError
 from mbta_ray.evaluate import HORIZON_BINS, accurate_in_bins, horizon_bin
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.features import realtime_features
-from mbta_ray.realtime.requests import expected_arrivals, rider_time, vehicle_request
+from mbta_ray.realtime.requests import expected_arrivals, rider_time, trip_start, vehicle_request
 from mbta_ray.realtime.state import NetworkState, trip_key
 from mbta_ray.schema import mode_for_route
 from mbta_ray.timeutil import iso_z, parse_utc
@@ -154,7 +154,9 @@ def model_predictions(
     """The model's arrival time for each row as published (``requests.published_arrivals``), and as
     expected before it is told to riders (``requests.expected_arrivals``); NaN where it cannot answer."""
     published, expected = np.full(len(scope), np.nan), np.full(len(scope), np.nan)
-    requests, targets = model_requests(scope, trip_updates, state, runner)
+    requests, targets, leads = model_requests(scope, trip_updates, state, runner)
+    for row, (t, arrival) in leads.items():  # u itself, where the trip starts from an expected arrival
+        expected[row], published[row] = arrival, rider_time(arrival, t)
     if not requests:
         return published, expected
     for response, (t, key, where) in zip(runner.predict(requests), targets, strict=True):
@@ -165,29 +167,36 @@ def model_predictions(
     return published, expected
 
 
-def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner) -> tuple[list, list]:
-    """One API request per trip and moment (the trip's last arrival u known then, its stops after u
-    in order, the real-time inputs from the state), and for each the moment, the trip and the scope
-    row of each stop ahead (None for a stop not raced)."""
+def model_requests(
+    scope: pd.DataFrame, trip_updates: pd.DataFrame, state: NetworkState, runner
+) -> tuple[list, list, dict[int, tuple[int, float]]]:
+    """One API request per trip and moment (where the trip starts from then, ``requests.trip_start``:
+    its last arrival u, or the one its vehicle is on its way to make; its stops after u in order; the
+    real-time inputs from the state), and for each the moment, the trip and the scope row of each
+    stop ahead (None for a stop not raced); and the scope rows of the u's still ahead, with the
+    moment and the expected arrival there."""
     stop_lists = {
         k: g.sort_values("stop_sequence", kind="stable")  # NaN sequences keep the feed's order
         for k, g in trip_updates[trip_updates["feed_timestamp"].isin(scope["feed_timestamp"].unique())].groupby(
             ["feed_timestamp", "trip_id"], sort=False
         )
     }
-    requests, targets = [], []
+    requests, targets, leads = [], [], {}
     for (t, trip), rows in scope.groupby(["feed_timestamp", "trip_id"], sort=False):
         first = rows.iloc[0]
-        last = state.last_arrival(first["trip_key"], t)
+        last = trip_start(state, first["trip_key"], t)
         if last is None:
             continue
+        # u still ahead (its arrival expected, not seen): its own row, if raced, is that arrival,
+        # scored where the model answers the stops after it (as the live service publishes it).
+        lead = _row_of(rows, last) if last.time > t else None
         listed = _after(stop_lists[(t, trip)], last)
         wanted = dict(zip(zip(rows["stop_id"], _visit(rows["stop_sequence"])), rows.index))
         where = [wanted.get(k) for k in zip(listed["stop_id"], _visit(listed["stop_sequence"]))]
         raced = [i for i, w in enumerate(where) if w is not None]
-        if not raced:
+        where = where[: raced[-1] + 1 if raced else int(lead is not None)]  # no stop past the last one raced
+        if not where:
             continue
-        where = where[: raced[-1] + 1]  # no stop past the last one raced
         stop_ids = listed["stop_id"].iloc[: len(where)].tolist()
         direction = _direction(first["direction_id"], state.position(first["trip_key"], t))
         if direction is None:
@@ -199,7 +208,18 @@ def model_requests(scope: pd.DataFrame, trip_updates: pd.DataFrame, state: Netwo
             continue
         requests.append(request)
         targets.append((t, first["trip_key"], where))
-    return requests, targets
+        if lead is not None:
+            leads[lead] = (int(t), float(last.time))
+    return requests, targets, leads
+
+
+def _row_of(rows: pd.DataFrame, arrival) -> int | None:
+    """The scope row of a trip's stop visit (its stop id, and its sequence where both give one)."""
+    seqs = rows["stop_sequence"].to_numpy(dtype="float64")
+    same = (rows["stop_id"] == arrival.stop_id).to_numpy() & (
+        np.isnan(seqs) | math.isnan(arrival.stop_sequence) | (seqs == arrival.stop_sequence)
+    )
+    return int(rows.index[same][0]) if same.any() else None
 
 
 def _after(listed: pd.DataFrame, last) -> pd.DataFrame:
