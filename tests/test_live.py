@@ -266,6 +266,28 @@ def test_at_a_race_moment_the_live_feed_publishes_what_the_race_scores(red_model
     np.testing.assert_allclose(got[ok], rows["model"].to_numpy()[ok], atol=1e-6)
 
 
+def test_a_trip_taken_over_between_stops_is_published_from_the_stop_it_heads_to(tmp_path):
+    """t5's vehicle took its trip over on the way to B (no stop of t5 yet): the feed publishes B at
+    the arrival expected there (t3 took 80 s from the same point: 780 + 80) and the stops after B
+    from it, as the race scores them (test_realtime)."""
+    from google.transit import gtfs_realtime_pb2
+
+    from tests.test_realtime import RACE_T0, _tiny_replay
+
+    vp, _ = _tiny_replay(tmp_path, took_over=True)
+    runner = ModelRunner(make_model(tmp_path / "m", 60.0, rounds=6), version="tiny")
+    tracker = LiveTracker(ReplaySource([vp], start=RACE_T0 + 800, clock=lambda: 0.0), LiveConfig.from_dict({}))
+    assert tracker.poll()
+    _predict(tracker, runner)
+    t5 = sorted((p for p in tracker.predictions if p.vehicle.trip_id == "t5"), key=lambda p: p.stops_ahead)
+    assert [(p.stop_id, p.stops_ahead) for p in t5][:2] == [("B", 0), ("C", 1)]
+    assert t5[0].arrival == RACE_T0 + 860
+    assert all(a.arrival <= b.arrival for a, b in zip(t5, t5[1:]))  # in order, none before B
+    feed = gtfs_realtime_pb2.FeedMessage.FromString(tracker.trip_updates_pb(tracker.now()))
+    (entity,) = [e for e in feed.entity if e.trip_update.trip.trip_id == "t5"]
+    assert [u.stop_id for u in entity.trip_update.stop_time_update][:2] == ["B", "C"]
+
+
 def test_every_feed_fault_keeps_the_last_good_state_and_says_degraded(hour, red_model):
     server = FeedServer(hour, step=3)
     try:
