@@ -42,7 +42,9 @@ def trip_start(state: NetworkState, key: str, moment: float) -> Arrival | None:
     took the trip over between stops, or its first stop's report was missed), the arrival it is
     expected to make there (``position_anchor``: later than the moment). None: neither is known.
     Issue 14: such trips were the 0.8 % of the race's rows the model did not answer (coverage
-    99.2 %); from their next stop they beat MBTA at 0-12 min (bench/RESULTS.md)."""
+    99.2 %; under the goal's 99 % in four of five 5-minute windows of the hour); with them, 100 %,
+    and those rows beat MBTA in some windows and lose in others (a train coming into a terminal,
+    whose layover its schedule knows: bench/RESULTS.md)."""
     last = state.last_arrival(key, moment)
     if last is not None:
         return last
