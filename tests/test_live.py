@@ -272,17 +272,21 @@ def test_a_trip_taken_over_between_stops_is_published_from_the_stop_it_heads_to(
     from it, as the race scores them (test_realtime)."""
     from google.transit import gtfs_realtime_pb2
 
+    from mbta_ray.realtime import race
     from tests.test_realtime import RACE_T0, _tiny_replay
 
-    vp, _ = _tiny_replay(tmp_path, took_over=True)
+    vp, tu = _tiny_replay(tmp_path, took_over=True)
     runner = ModelRunner(make_model(tmp_path / "m", 60.0, rounds=6), version="tiny")
     tracker = LiveTracker(ReplaySource([vp], start=RACE_T0 + 800, clock=lambda: 0.0), LiveConfig.from_dict({}))
-    assert tracker.poll()
+    assert tracker.poll() and tracker.now() == RACE_T0 + 800  # the race's moment
     _predict(tracker, runner)
     t5 = sorted((p for p in tracker.predictions if p.vehicle.trip_id == "t5"), key=lambda p: p.stops_ahead)
     assert [(p.stop_id, p.stops_ahead) for p in t5][:2] == [("B", 0), ("C", 1)]
     assert t5[0].arrival == RACE_T0 + 860
     assert all(a.arrival <= b.arrival for a, b in zip(t5, t5[1:]))  # in order, none before B
+    raced = race.run([vp], [tu], runner, tmp_path / "race").rows
+    raced = raced[(raced["trip_id"] == "t5") & (raced["feed_timestamp"] == RACE_T0 + 800)].set_index("stop_id")
+    assert {p.stop_id: p.arrival for p in t5 if p.stop_id in raced.index} == pytest.approx(raced["model"].to_dict())
     feed = gtfs_realtime_pb2.FeedMessage.FromString(tracker.trip_updates_pb(tracker.now()))
     (entity,) = [e for e in feed.entity if e.trip_update.trip.trip_id == "t5"]
     assert [u.stop_id for u in entity.trip_update.stop_time_update][:2] == ["B", "C"]

@@ -491,6 +491,9 @@ def test_a_trip_not_yet_at_any_stop_starts_from_the_arrival_it_is_on_its_way_to(
     at = T0 + 650
     start = trip_start(s, key("t3"), at)
     assert (start.stop_id, start.stop_sequence, start.time, start.known_at) == ("B", 2.0, T0 + 695, at)  # 640 + 55
+    assert start.expected and not s.last_arrival(key("t1"), at).expected
+    # Held short of B for longer than the others took from there: expected now, i.e. a second on.
+    assert trip_start(s, key("t3"), T0 + 702).time == T0 + 703
     assert trip_start(s, key("t3"), T0 + 705).time == T0 + 700  # once seen, the arrival itself
     assert trip_start(s, key("t4"), at).stop_id == "A"  # a trip standing at its first stop: that arrival
     assert trip_start(s, key("t3"), T0 + 644) is None  # its report is not known yet
@@ -768,7 +771,19 @@ def test_the_race_scores_a_trip_from_the_stop_its_vehicle_is_on_its_way_to(tmp_p
     rows = result.rows[result.rows["trip_id"] == "t5"].set_index("stop_id")
     assert rows.loc["B", "model_expected"] == RACE_T0 + 860 and rows.loc["B", "model"] == RACE_T0 + 860
     assert rows.loc["B", "actual"] == RACE_T0 + 850
-    assert RACE_T0 + 860 <= rows.loc["C", "model_expected"] < RACE_T0 + 1800
+    # C: the model's answer to the request sent as of the arrival expected at B.
+    state = NetworkState()
+    state.observe(feeds.read_vehicle_positions([vp]).frame)
+    tu_frame = feeds.read_trip_updates([tu]).frame
+    asked, _, leads = race.model_requests(result.rows, tu_frame, state, runner)
+    (request,) = [r for r in asked if r.trip_id == "t5"]
+    assert request.stop_id == "B" and request.actual_arrival.timestamp() == RACE_T0 + 860 and request.moment is None
+    assert [x.stop_id for x in request.stops_ahead] == ["C"]
+    (answer,) = runner.predict([request])
+    assert rows.loc["C", "model_expected"] == pytest.approx(
+        max(RACE_T0 + 860, answer.predictions[0].predicted_arrival.timestamp())
+    )
+    assert sorted(leads.values()) == [(RACE_T0 + 800, RACE_T0 + 860.0)]
 
 
 def test_the_race_verdict_is_bin_by_bin():

@@ -58,7 +58,7 @@ QUERY_COLUMNS = (
     "to_stop_id",
     "hop_from_stop_id",  # the stop before s on the path (optional: from_stop_id, the first stop ahead)
     "arrival_u",  # epoch s
-    "moment",  # epoch s, >= arrival_u
+    "moment",  # epoch s, >= arrival_u (earlier for an expected arrival at u: elapsed_s is then negative, and unused)
 )
 
 

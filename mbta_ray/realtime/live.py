@@ -583,7 +583,7 @@ class LiveTracker:
         for vehicle, response in answered:
             arrivals = published_arrivals(self.state, vehicle.trip_key, now, response)
             start = trip_start(self.state, vehicle.trip_key, now)
-            if start is not None and start.time > now:  # on its way to u: u's expected arrival first
+            if start is not None and start.expected:  # on its way to u: u's expected arrival first
                 out.append(Prediction(vehicle, start.stop_id, 0, rider_time(start.time, now)))
             for p, arrival in zip(response.predictions, arrivals, strict=True):
                 out.append(Prediction(vehicle, p.stop_id, p.stops_ahead, arrival))

@@ -174,7 +174,8 @@ def model_requests(
     its last arrival u, or the one its vehicle is on its way to make; its stops after u in order; the
     real-time inputs from the state), and for each the moment, the trip and the scope row of each
     stop ahead (None for a stop not raced); and the scope rows of the u's still ahead, with the
-    moment and the expected arrival there."""
+    moment and the expected arrival there (scored where the model answers the stop after u: a trip
+    heading to the last stop of its list is not, as the live feed does not publish it)."""
     stop_lists = {
         k: g.sort_values("stop_sequence", kind="stable")  # NaN sequences keep the feed's order
         for k, g in trip_updates[trip_updates["feed_timestamp"].isin(scope["feed_timestamp"].unique())].groupby(
@@ -189,7 +190,7 @@ def model_requests(
             continue
         # u still ahead (its arrival expected, not seen): its own row, if raced, is that arrival,
         # scored where the model answers the stops after it (as the live service publishes it).
-        lead = _row_of(rows, last) if last.time > t else None
+        lead = _row_of(rows, last) if last.expected else None
         listed = _after(stop_lists[(t, trip)], last)
         wanted = dict(zip(zip(rows["stop_id"], _visit(rows["stop_sequence"])), rows.index))
         where = [wanted.get(k) for k in zip(listed["stop_id"], _visit(listed["stop_sequence"]))]

@@ -40,7 +40,8 @@ def trip_start(state: NetworkState, key: str, moment: float) -> Arrival | None:
     """Where trip ``key`` is predicted from at ``moment``: its last arrival known then; else, for a
     trip whose vehicle is on its way to a stop but has not yet stood at any stop of this trip (it
     took the trip over between stops, or its first stop's report was missed), the arrival it is
-    expected to make there (``position_anchor``: later than the moment). None: neither is known.
+    expected to make there (``position_anchor``, at least a second after the moment; ``expected``
+    set). None: neither is known.
     Issue 14: such trips were the 0.8 % of the race's rows the model did not answer (coverage
     99.2 %; under the goal's 99 % in four of five 5-minute windows of the hour); with them, 100 %,
     and those rows beat MBTA in some windows and lose in others (a train coming into a terminal,
@@ -54,7 +55,8 @@ def trip_start(state: NetworkState, key: str, moment: float) -> Arrival | None:
     at = position_anchor(state, key, moment, pos.stop_id)
     if at is None:
         return None
-    return Arrival(pos.stop_id, pos.stop_sequence, int(math.ceil(at)), int(moment))
+    # Strictly after the moment: a vehicle held short of the stop is expected "now" (``_leaves``).
+    return Arrival(pos.stop_id, pos.stop_sequence, max(int(math.ceil(at)), int(moment) + 1), int(moment), expected=True)
 
 
 def vehicle_request(
@@ -69,14 +71,14 @@ def vehicle_request(
     moment: float,
 ):
     """The ``PredictRequest`` for trip ``key`` (last arrival ``last``) to ``stop_ids`` (the stops
-    after u, in order), with everything the state knew at ``moment``. An arrival still ahead of the
-    moment (``trip_start``'s expected one) makes the request as of that arrival, as a client would
+    after u, in order), with everything the state knew at ``moment``. An expected arrival
+    (``trip_start``'s, still ahead of the moment) makes the request as of that arrival, as a client would
     send it there: no moment, no departure or position since u, and the other vehicles' traversals
     as old as they will be then; all of it known at ``moment``."""
     from mbta_ray.serve.schemas import PredictRequest, StopAhead
 
     stop_ids = list(stop_ids)
-    ahead_by = max(0.0, float(last.time) - float(moment))  # > 0: u's arrival is expected, not seen
+    ahead_by = float(last.time) - float(moment) if last.expected else 0.0  # > 0: u is expected, not seen
     known = realtime_features(
         state,
         pd.DataFrame(
@@ -176,7 +178,7 @@ def expected_arrivals(state: NetworkState, key: str, moment: float, response) ->
         anchor = standing_anchor(state, key, moment, first)
     start = trip_start(state, key, moment)
     # Not before the moment, nor before the arrival at u where that is still expected (``trip_start``).
-    floor = max(float(moment), float(start.time) if start is not None else -math.inf)
+    floor = max(float(moment), float(start.time) if start is not None and start.expected else -math.inf)
     out = [max(floor, anchor if anchor is not None else modelled[0])]
     for j in range(1, len(modelled)):
         before, here = response.predictions[j - 1].path_travel_seconds, response.predictions[j].path_travel_seconds

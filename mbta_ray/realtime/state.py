@@ -77,6 +77,9 @@ class Arrival:
     stop_sequence: float  # NaN where the feed gives none
     time: int  # epoch s: the first STOPPED_AT's vehicle timestamp
     known_at: int  # epoch s: when the feed published the report that set ``time``
+    #: Not seen but expected, at ``time`` (after ``known_at``): ``requests.trip_start``'s arrival at
+    #: the stop a vehicle is on its way to before it has stood at any stop of its trip.
+    expected: bool = False
 
 
 @dataclass(frozen=True)
