@@ -106,7 +106,9 @@ def vehicle_request(
         for stop_id, f in zip(stop_ids, known.itertuples())
     ]
     headway = known["headway_ahead_s"].iloc[0]
-    departed = known["departed_s"].iloc[0] if not ahead_by else math.nan
+    # An expected u has no departure and no position since it (``realtime_features`` finds no arrival
+    # there to leave from): only the moment needs dropping.
+    departed = known["departed_s"].iloc[0]
     return PredictRequest.model_construct(
         route_id=route_id,
         direction_id=int(direction_id),
@@ -124,7 +126,7 @@ def vehicle_request(
         moment=None if ahead_by else dt.datetime.fromtimestamp(moment, dt.UTC),
         headway_ahead_seconds=None if math.isnan(headway) else float(headway),
         departure=None if math.isnan(departed) else dt.datetime.fromtimestamp(moment - departed, dt.UTC),
-        position=None if ahead_by else _position(known.iloc[0]),
+        position=_position(known.iloc[0]),
     )
 
 
