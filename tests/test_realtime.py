@@ -465,6 +465,40 @@ def test_remaining_time_from_where_the_last_vehicles_were():
     assert position_anchor(s, key("t3"), T0 + 720, "B") == T0 + 720.0
 
 
+def test_routes_that_share_a_stop_share_its_approach_and_stay():
+    """The Green Line's branches share the trunk's platforms: a Green-C train heading to a trunk stop
+    is timed from the Green-D trains that went there (the other direction's, and a stop of D's own
+    branch, say nothing about it), and each answer still only uses what was known at its moment."""
+    rows = vp(
+        [
+            (0, "d1", "STOPPED_AT", "A", 1),
+            (40, "d1", "IN_TRANSIT_TO", "K", 2),  # d1 (Green-D): 40 s at A, then 80 s to K
+            (120, "d1", "STOPPED_AT", "K", 2),
+            (200, "x1", "IN_TRANSIT_TO", "K", 2),  # x1: Green-D the other way (direction 1): ignored
+            (230, "x1", "STOPPED_AT", "K", 2),
+            (300, "d2", "IN_TRANSIT_TO", "Q", 2),  # d2: Green-D to Q, a stop C trains never make
+            (330, "d2", "STOPPED_AT", "Q", 2),
+            (600, "c1", "STOPPED_AT", "A", 1),
+            (650, "c1", "IN_TRANSIT_TO", "K", 2),  # c1 (Green-C), at the point d1 passed at 40
+        ]
+    )
+    rows["route_id"] = ["Green-D"] * 7 + ["Green-C"] * 2
+    rows.loc[rows["trip_id"] == "x1", "direction_id"] = 1
+    s = NetworkState()
+    s.observe(rows)
+    c1 = trip_key("20231114", "Green-C", "c1")
+    at = T0 + 660
+    assert s.remaining_from("Green-C", 0, "K", 42.3, -71.1, at, exclude=c1) == [80.0]
+    assert s.dwell_and_run("Green-C", 0, "A", "K", at, exclude=c1) == [(40.0, 80.0)]
+    assert s.remaining_from("Green-C", 0, "Q", 42.3, -71.1, at, exclude=c1) == [30.0]  # asked: D's own
+    assert s.remaining_from("Green-C", 1, "K", 42.3, -71.1, at) == [30.0]  # direction 1: x1 alone
+    assert s.remaining_from("Green-C", 0, "K", 42.3, -71.1, T0 + 124) == []  # d1 at K not yet published
+    # The anchor of the trip: c1 reported at 650 where d1 took 80 s more to K.
+    from mbta_ray.realtime.requests import position_anchor
+
+    assert position_anchor(s, c1, at, "K") == T0 + 730.0
+
+
 def test_a_trip_not_yet_at_any_stop_starts_from_the_arrival_it_is_on_its_way_to():
     """A vehicle that took its trip over between stops (no STOPPED_AT on it yet) is predicted from
     the arrival expected at the stop it heads to, and the API request is the one a client would send

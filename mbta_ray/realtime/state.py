@@ -168,6 +168,9 @@ class NetworkState:
         # (route, direction) -> stop_id -> (known_at, latitude, longitude) of the first STOPPED_AT
         # report there (the earliest published): where vehicles stand at that stop
         self._stood: dict[tuple, dict[str, tuple[int, float, float]]] = {}
+        # (stop_id, direction) -> the routes whose vehicles headed or stood there: lines that share a
+        # stop (the Green Line's branches on the trunk) share how long its approach and stay take
+        self._routes_at: dict[tuple, set[str]] = {}
         self.rows_seen = 0
 
     # --- feeding ---------------------------------------------------------------------------------
@@ -222,6 +225,7 @@ class NetworkState:
             None if start_time is None or start_time is pd.NA or start_time != start_time else str(start_time),
         )
         self._positions.setdefault(key, _Reports()).add(known, position, _later)
+        self._routes_at.setdefault((stop, direction), set()).add(route)
         if status != STOPPED_AT:
             if not (math.isnan(position[9]) or math.isnan(position[10])):
                 known_list, entries = self._heading.setdefault((route, direction, stop), ([], []))
@@ -384,6 +388,13 @@ class NetworkState:
                 best = (arrival, key)
         return best[0] if best else None
 
+    def _sharing(self, route_id: str, direction_id: int | None, stop_id: str) -> list[str]:
+        """The route, then every other route whose vehicles went to ``stop_id`` in the same direction
+        (a stop id is one platform: the Green Line's branches share the trunk's). Any moment's answer
+        filters on what was known then; this list only says where to look."""
+        others = self._routes_at.get((stop_id, direction_id), set()) - {route_id}
+        return [route_id, *sorted(others)]
+
     def remaining_from(
         self,
         route_id: str,
@@ -397,21 +408,22 @@ class NetworkState:
         max_m: float = NEAR_M,
         max_age_s: float = 1800,
     ) -> list[float]:
-        """How long the last ``n`` other trips heading to ``stop_id`` took to arrive there from the
-        point of their way nearest (within ``max_m``) to ``latitude, longitude``: seconds from that
+        """How long the last ``n`` other trips heading to ``stop_id`` (on any route that stops there:
+        ``_sharing``) took to arrive there from the point of their way nearest (within ``max_m``) to ``latitude, longitude``: seconds from that
         report to their arrival, most recent arrival first. Only reports and arrivals known at t,
         published within ``max_age_s`` before it (TheTransitClock's "where the last vehicles were")."""
-        known_list, entries = self._heading.get((route_id, direction_id, stop_id), ([], []))
-        hi = bisect.bisect_right(known_list, t)
-        lo = bisect.bisect_left(known_list, t - max_age_s)
         nearest: dict[str, tuple[float, int]] = {}
         scale = math.cos(math.radians(latitude))
-        for timestamp, key, lat, lon in entries[lo:hi]:
-            if key == exclude:
-                continue
-            d = _metres(lat, lon, latitude, longitude, scale)
-            if d <= max_m and (key not in nearest or (d, timestamp) < nearest[key]):
-                nearest[key] = (d, timestamp)
+        for route in self._sharing(route_id, direction_id, stop_id):
+            known_list, entries = self._heading.get((route, direction_id, stop_id), ([], []))
+            hi = bisect.bisect_right(known_list, t)
+            lo = bisect.bisect_left(known_list, t - max_age_s)
+            for timestamp, key, lat, lon in entries[lo:hi]:
+                if key == exclude:
+                    continue
+                d = _metres(lat, lon, latitude, longitude, scale)
+                if d <= max_m and (key not in nearest or (d, timestamp) < nearest[key]):
+                    nearest[key] = (d, timestamp)
         found = []
         for key, (_, timestamp) in nearest.items():
             arrival = self.arrival_at(key, stop_id, t)
@@ -455,12 +467,18 @@ class NetworkState:
         max_age_s: float = 1800,
     ) -> list[tuple[float, float]]:
         """(seconds standing at ``from_stop``, seconds from leaving it to arriving at ``to_stop``) of
-        the last ``n`` other trips that went ``from_stop`` -> ``to_stop``, as known at t (arrivals at
+        the last ``n`` other trips (of any route that stops at ``to_stop``: ``_sharing``) that went
+        ``from_stop`` -> ``to_stop``, as known at t (arrivals at
         ``to_stop`` published within ``max_age_s``), most recent first. ``from_stop`` may be several
         stops (one place's tracks): a trip's latest arrival at any of them before ``to_stop``."""
         froms = [from_stop] if isinstance(from_stop, str) else sorted(from_stop)
         found = []
-        for key, at_s in self._recent_at_stop(route_id, direction_id, to_stop, t, max_age_s=max_age_s):
+        arrivals = (
+            arrival
+            for route in self._sharing(route_id, direction_id, to_stop)
+            for arrival in self._recent_at_stop(route, direction_id, to_stop, t, max_age_s=max_age_s)
+        )
+        for key, at_s in arrivals:
             if key == exclude or any(key == f[1] for f in found):
                 continue
             before = [a for a in (self.arrival_at(key, u, t) for u in froms) if a is not None and a.time < at_s.time]
