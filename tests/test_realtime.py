@@ -499,6 +499,49 @@ def test_routes_that_share_a_stop_share_its_approach_and_stay():
     assert position_anchor(s, c1, at, "K") == T0 + 730.0
 
 
+def test_the_stops_after_the_next_follow_the_hops_of_every_route_that_makes_them():
+    """Each stop after the next follows the one before by the hop's recent time, taken from the
+    trains of every route that makes it (the model's answer's own path says only what its route
+    did): here a Green-D train's K -> L, not the answer's path, nor the model's step."""
+    from types import SimpleNamespace
+
+    from mbta_ray.realtime.requests import expected_arrivals
+
+    rows = vp(
+        [
+            (0, "d1", "STOPPED_AT", "K", 2),
+            (100, "d1", "STOPPED_AT", "L", 3),  # d1 (Green-D): K -> L in 100 s
+            (200, "d2", "STOPPED_AT", "K", 2),
+            (320, "d2", "STOPPED_AT", "L", 3),  # d2: 120 s
+            (300, "c0", "STOPPED_AT", "L", 3),
+            (600, "c1", "STOPPED_AT", "J", 1),  # c1 (Green-C) at J: the model answers K, L, M
+        ]
+    )
+    rows["route_id"] = ["Green-D"] * 4 + ["Green-C"] * 2
+    s = NetworkState()
+    s.observe(rows)
+    c1 = trip_key("20231114", "Green-C", "c1")
+    at = T0 + 610
+    assert [tr.travel_s for tr in s.recent_travel("Green-C", 0, "K", "L", at, shared=True)] == [120.0, 100.0]
+    assert s.recent_travel("Green-C", 0, "K", "L", at) == []  # no C train made K -> L
+    assert s.recent_travel("Green-C", 0, "K", "L", T0 + 310, shared=True)[0].trip_key.endswith("d1")  # d2 at L: later
+
+    def answer(*times, path):
+        return SimpleNamespace(
+            predictions=[
+                SimpleNamespace(
+                    stop_id=x, predicted_arrival=pd.Timestamp(T0 + t, unit="s", tz="UTC"), path_travel_seconds=p
+                )
+                for x, t, p in zip(("K", "L", "M"), times, path, strict=True)
+            ]
+        )
+
+    got = expected_arrivals(s, c1, at, answer(700, 760, 900, path=(90.0, 150.0, 300.0)))
+    # K from the model (no one went J -> K); L = K + 110 s (the D trains' median), not + 60 (the path)
+    # nor + 60 (the model); M = L + 150 s (the path: no train made L -> M).
+    assert got == [T0 + 700.0, T0 + 810.0, T0 + 960.0]
+
+
 def test_a_trip_not_yet_at_any_stop_starts_from_the_arrival_it_is_on_its_way_to():
     """A vehicle that took its trip over between stops (no STOPPED_AT on it yet) is predicted from
     the arrival expected at the stop it heads to, and the API request is the one a client would send

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mbta_ray.evaluate import HORIZON_BINS
-from mbta_ray.realtime.features import realtime_features
+from mbta_ray.realtime.features import RECENT_MAX_AGE_S, RECENT_N, realtime_features
 from mbta_ray.realtime.feeds import STOPPED_AT
 from mbta_ray.realtime.state import Arrival, NetworkState
 
@@ -160,9 +160,9 @@ def expected_arrivals(state: NetworkState, key: str, moment: float, response) ->
 
     The first stop: where the vehicle is says most (on its way there: ``position_anchor``; standing
     at a stop: ``standing_anchor``), else the model's time. Each later stop: the stop before it plus
-    the hop as the line does it now (``StopPrediction.path_travel_seconds``: the hop's recent time
-    by other vehicles, else its training median, else its distance at the route's pace), else the
-    model's own step. Never before the moment (the vehicle has not arrived), never before the stop
+    the hop as the line does it now (``_hop``: the last trains' that made it, of every route that
+    stops there; else ``StopPrediction.path_travel_seconds``: its training median, else its distance
+    at the route's pace), else the model's own step. Never before the moment (the vehicle has not arrived), never before the stop
     before (a vehicle arrives in order; u too, where its arrival is still expected). Issue 14: on the race's rows the hops beat the model's
     steps at every horizon (3-30 min most): a step is the difference of two predictions, each with
     its own error, and the learned corrections come from another season's line (they pull slow
@@ -182,11 +182,31 @@ def expected_arrivals(state: NetworkState, key: str, moment: float, response) ->
     # Not before the moment, nor before the arrival at u where that is still expected (``trip_start``).
     floor = max(float(moment), float(start.time) if start is not None and start.expected else -math.inf)
     out = [max(floor, anchor if anchor is not None else modelled[0])]
+    pos = state.position(key, moment)
     for j in range(1, len(modelled)):
-        before, here = response.predictions[j - 1].path_travel_seconds, response.predictions[j].path_travel_seconds
-        step = modelled[j] - modelled[j - 1] if before is None or here is None else max(0.0, here - before)
+        step = _hop(state, key, pos, response.predictions[j - 1].stop_id, response.predictions[j].stop_id, moment)
+        if step is None:
+            before, here = response.predictions[j - 1].path_travel_seconds, response.predictions[j].path_travel_seconds
+            step = modelled[j] - modelled[j - 1] if before is None or here is None else max(0.0, here - before)
         out.append(out[-1] + step)
     return out
+
+
+def _hop(state: NetworkState, key: str, pos, from_stop: str, to_stop: str, moment: float) -> float | None:
+    """The hop ``from_stop`` -> ``to_stop`` as the line does it now: the median time of the last
+    ``RECENT_N`` other trips that made it, of every route that stops at ``to_stop``
+    (``NetworkState.recent_travel(shared=True)``); None when none did within ``RECENT_MAX_AGE_S``.
+    For a stop one route makes this is the recent hop the answer's ``path_travel_seconds`` holds
+    (where the model has that feature); where routes share a stop (the Green branches on the trunk)
+    it is many more trains, and fresher: the model's features keep the route's own, as the ETL
+    computes them (issue 14, bench/RESULTS.md: 0-3 /
+    3-6 / 6-12 / 12-30 min 18.88 / 40.24 / 64.93 / 101.13 -> 18.65 / 40.01 / 64.61 / 100.95 s)."""
+    if pos is None:
+        return None
+    done = state.recent_travel(
+        pos.route_id, pos.direction_id, from_stop, to_stop, moment, RECENT_N, key, RECENT_MAX_AGE_S, shared=True
+    )
+    return float(np.median([tr.travel_s for tr in done])) if done else None
 
 
 def position_anchor(state: NetworkState, key: str, moment: float, stop_id: str) -> float | None:

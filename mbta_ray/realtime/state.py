@@ -347,9 +347,19 @@ class NetworkState:
         n: int = 5,
         exclude: str | None = None,
         max_age_s: float = 3 * 3600,
+        shared: bool = False,
     ) -> list[Traversal]:
         """The last ``n`` other trips that went ``from_stop`` -> ``to_stop`` with both arrivals known at
-        t (most recent arrival at ``to_stop`` first), arriving there within ``max_age_s`` of t."""
+        t (most recent arrival at ``to_stop`` first), arriving there within ``max_age_s`` of t: trips
+        of the route, or with ``shared`` of every route that stops at ``to_stop`` (``_sharing``; the
+        model's features take the route's own, as the ETL computes them)."""
+        if shared:
+            merged = [
+                tr
+                for route in self._sharing(route_id, direction_id, to_stop)
+                for tr in self.recent_travel(route, direction_id, from_stop, to_stop, t, n, exclude, max_age_s)
+            ]
+            return sorted(merged, key=lambda tr: (-tr.arrived, tr.trip_key))[:n]
         found: dict[str, Traversal] = {}
         known_list, entries = self._at_stop.get((route_id, direction_id, to_stop), ([], []))
         for i in range(bisect.bisect_right(known_list, t) - 1, -1, -1):
