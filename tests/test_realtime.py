@@ -375,30 +375,34 @@ _events = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(_events, st.integers(0, 800))
 def test_nothing_after_t_changes_an_answer_at_t(events, t):
-    """The state fed everything answers at t exactly as one fed only what was published by t."""
+    """The state fed everything answers at t exactly as one fed only what was published by t, also
+    where another route shares the stops (t3 runs as Red-X: the shared answers take it in)."""
     rows = vp([(ts, trip, status, f"S{stop}", stop, ts + lag) for ts, trip, status, stop, lag in events])
+    rows.loc[rows["trip_id"] == "t3", "route_id"] = "Red-X"
+    keys = {"t1": key("t1"), "t2": key("t2"), "t3": trip_key("20231114", "Red-X", "t3")}
     full, past = NetworkState(), NetworkState()
     full.observe(rows.sample(frac=1.0, random_state=t))  # any feeding order
     past.observe(rows[rows["feed_timestamp"] <= T0 + t])
     at = T0 + t
     for trip in ("t1", "t2", "t3"):
-        assert full.arrivals(key(trip), at) == past.arrivals(key(trip), at)
-        assert full.position(key(trip), at) == past.position(key(trip), at)
+        assert full.arrivals(keys[trip], at) == past.arrivals(keys[trip], at)
+        assert full.position(keys[trip], at) == past.position(keys[trip], at)
         for u, v in (("S1", "S2"), ("S1", "S3"), ("S2", "S4")):
-            assert full.recent_travel("Red", 0, u, v, at, exclude=key(trip)) == past.recent_travel(
-                "Red", 0, u, v, at, exclude=key(trip)
-            )
+            for shared in (False, True):
+                assert full.recent_travel("Red", 0, u, v, at, exclude=keys[trip], shared=shared) == past.recent_travel(
+                    "Red", 0, u, v, at, exclude=keys[trip], shared=shared
+                )
     for stop in ("S1", "S2", "S3", "S4"):
         assert full.last_passed("Red", 0, stop, at) == past.last_passed("Red", 0, stop, at)
         for trip in ("t1", "t2", "t3"):
-            assert full.remaining_from("Red", 0, stop, 42.3, -71.1, at, exclude=key(trip)) == past.remaining_from(
-                "Red", 0, stop, 42.3, -71.1, at, exclude=key(trip)
+            assert full.remaining_from("Red", 0, stop, 42.3, -71.1, at, exclude=keys[trip]) == past.remaining_from(
+                "Red", 0, stop, 42.3, -71.1, at, exclude=keys[trip]
             )
-            assert full.dwell_and_run("Red", 0, "S1", stop, at, exclude=key(trip)) == past.dwell_and_run(
-                "Red", 0, "S1", stop, at, exclude=key(trip)
+            assert full.dwell_and_run("Red", 0, "S1", stop, at, exclude=keys[trip]) == past.dwell_and_run(
+                "Red", 0, "S1", stop, at, exclude=keys[trip]
             )
-            assert full.dwell_and_run("Red", 0, {"S1", "S2"}, stop, at, exclude=key(trip)) == past.dwell_and_run(
-                "Red", 0, {"S1", "S2"}, stop, at, exclude=key(trip)
+            assert full.dwell_and_run("Red", 0, {"S1", "S2"}, stop, at, exclude=keys[trip]) == past.dwell_and_run(
+                "Red", 0, {"S1", "S2"}, stop, at, exclude=keys[trip]
             )
     assert full.stops_near("Red", 0, 42.3, -71.1, at) == past.stops_near("Red", 0, 42.3, -71.1, at)
     assert sorted(full.trips(at)) == sorted(past.trips(at))
