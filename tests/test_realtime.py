@@ -501,6 +501,30 @@ def test_routes_that_share_a_stop_share_its_approach_and_stay():
     from mbta_ray.realtime.requests import position_anchor
 
     assert position_anchor(s, c1, at, "K") == T0 + 730.0
+    # Buses keep to their own route: two that share a stop may come to it by different streets.
+    buses = rows.assign(route_id=["39"] * 7 + ["57"] * 2)
+    b = NetworkState()
+    b.observe(buses)
+    assert b.remaining_from("57", 0, "K", 42.3, -71.1, at) == [] and b.dwell_and_run("57", 0, "A", "K", at) == []
+    assert b.remaining_from("39", 0, "K", 42.3, -71.1, at) == [80.0]
+
+
+def test_a_late_fed_report_of_a_visit_under_another_track_or_no_direction_is_taken_in():
+    """``observe`` takes rows in any order: an earlier-published report of a visit fed after a later
+    one, naming another track of the stop or no direction, moves the visit's arrival earlier (it
+    raised a KeyError before)."""
+    for variant in ("track", "direction"):
+        rows = vp([(100, "t1", "STOPPED_AT", "70036", 1, 100), (90, "t1", "STOPPED_AT", "70036", 1, 90)])
+        if variant == "track":
+            rows.loc[1, "stop_id"] = "Oak Grove-02"
+        else:
+            rows["direction_id"] = pd.array([0, pd.NA], dtype="Int8")
+        late, in_order = NetworkState(), NetworkState()
+        late.observe(rows)  # the report published at 100 first
+        in_order.observe(rows.iloc[::-1])
+        for t in (T0 + 95, T0 + 200):
+            assert [a.time for a in late.arrivals(key("t1"), t)] == [T0 + 90], variant  # known since 90
+            assert late.arrivals(key("t1"), t) == in_order.arrivals(key("t1"), t), variant
 
 
 def test_the_stops_after_the_next_follow_the_hops_of_every_route_that_makes_them():

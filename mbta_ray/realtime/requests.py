@@ -160,9 +160,9 @@ def expected_arrivals(state: NetworkState, key: str, moment: float, response) ->
 
     The first stop: where the vehicle is says most (on its way there: ``position_anchor``; standing
     at a stop: ``standing_anchor``), else the model's time. Each later stop: the stop before it plus
-    the hop as the line does it now (``_hop``: the last trains' that made it, of every route that
-    stops there; else ``StopPrediction.path_travel_seconds``: its training median, else its distance
-    at the route's pace), else the model's own step. Never before the moment (the vehicle has not arrived), never before the stop
+    the hop as the line does it now (``_hop``: the time the last trains of every route that makes
+    it took over it; else ``StopPrediction.path_travel_seconds``: the route's own recent hop, else
+    its training median, else its distance at the route's pace), else the model's own step. Never before the moment (the vehicle has not arrived), never before the stop
     before (a vehicle arrives in order; u too, where its arrival is still expected). Issue 14: on the race's rows the hops beat the model's
     steps at every horizon (3-30 min most): a step is the difference of two predictions, each with
     its own error, and the learned corrections come from another season's line (they pull slow
@@ -196,10 +196,11 @@ def _hop(state: NetworkState, key: str, pos, from_stop: str, to_stop: str, momen
     """The hop ``from_stop`` -> ``to_stop`` as the line does it now: the median time of the last
     ``RECENT_N`` other trips that made it, of every route that stops at ``to_stop``
     (``NetworkState.recent_travel(shared=True)``); None when none did within ``RECENT_MAX_AGE_S``.
-    For a stop one route makes this is the recent hop the answer's ``path_travel_seconds`` holds
-    (where the model has that feature); where routes share a stop (the Green branches on the trunk)
-    it is many more trains, and fresher: the model's features keep the route's own, as the ETL
-    computes them (issue 14, bench/RESULTS.md: 0-3 /
+    For a hop one route makes this is, to rounding, the recent hop the answer's
+    ``path_travel_seconds`` hold (where the model has that feature); where subway routes share a
+    stop (the Green branches on the trunk) it is many more trains, and fresher: the model's features
+    keep the route's own, as the ETL computes them. The route and direction are those of the trip's
+    latest position, as for the anchors (none there: None, and the answer's path is taken) (issue 14, bench/RESULTS.md: 0-3 /
     3-6 / 6-12 / 12-30 min 18.88 / 40.24 / 64.93 / 101.13 -> 18.65 / 40.01 / 64.61 / 100.95 s)."""
     if pos is None:
         return None

@@ -25,6 +25,7 @@ trips starts a new trip.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from mbta_ray.realtime.feeds import STOPPED_AT
+from mbta_ray.schema import Mode, mode_for_route
 from mbta_ray.timeutil import clock_time_epoch
 
 #: Earth's mean radius (m), for the short distances between position reports.
@@ -52,6 +54,12 @@ def _metres(lat: float, lon: float, lat0: float, lon0: float, scale: float) -> f
     """Metres from (lat0, lon0) to (lat, lon), flat-earth (``scale``: cos(lat0)): exact enough for
     the few hundred metres the state compares positions over."""
     return EARTH_M * math.hypot(math.radians(lat - lat0), math.radians(lon - lon0) * scale)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_subway(route_id: object) -> bool:
+    """Whether a route is a subway line (``schema.mode_for_route``), the routes ``_sharing`` pools."""
+    return bool(mode_for_route(pd.Series([route_id], dtype="object")).iloc[0] == Mode.SUBWAY.value)
 
 
 def trip_key(start_date: object, route_id: object, trip_id: object) -> str:
@@ -160,6 +168,8 @@ class NetworkState:
         self._positions: dict[str, _Reports] = {}
         # (route, direction, stop_id) -> sorted known_at, and the (trip, visit key) first seen then
         self._at_stop: dict[tuple, tuple[list[int], list[tuple[str, object]]]] = {}
+        # (trip, visit key) -> the _at_stop key it is filed under (its first report's route, direction, stop)
+        self._filed: dict[tuple[str, object], tuple] = {}
         # trip -> stop_id -> its visit keys (a loop route has two), so a stop is found without a scan
         self._stop_visits: dict[str, dict[str, list]] = {}
         # (route, direction, stop_id) -> sorted known_at, and the positioned reports of vehicles
@@ -242,16 +252,19 @@ class NetworkState:
         if visit not in visits:
             visits[visit] = _Reports()
             self._stop_visits.setdefault(key, {}).setdefault(stop, []).append(visit)
+            self._filed[(key, visit)] = (route, direction, stop)
             known_list, entries = self._at_stop.setdefault((route, direction, stop), ([], []))
             i = bisect.bisect_right(known_list, known)
             known_list.insert(i, known)
             entries.insert(i, (key, visit))
         elif known < visits[visit].known[0]:  # an older snapshot fed late: it was known sooner
-            self._reindex_visit(route, direction, stop, key, visit, known)
+            self._reindex_visit(key, visit, known)
         visits[visit].add(known, (timestamp, known, stop, seq), _earlier)
 
-    def _reindex_visit(self, route, direction, stop, key, visit, known) -> None:
-        known_list, entries = self._at_stop[(route, direction, stop)]
+    def _reindex_visit(self, key, visit, known) -> None:
+        # Where the visit was filed, not this report's stop and direction: a visit's reports may name
+        # another track of the stop, or lack the direction (a KeyError before, on such feeds).
+        known_list, entries = self._at_stop[self._filed[(key, visit)]]
         i = entries.index((key, visit))
         del known_list[i], entries[i]
         j = bisect.bisect_right(known_list, known)
@@ -399,10 +412,13 @@ class NetworkState:
         return best[0] if best else None
 
     def _sharing(self, route_id: str, direction_id: int | None, stop_id: str) -> list[str]:
-        """The route, then every other route whose vehicles went to ``stop_id`` in the same direction
-        (a stop id is one platform: the Green Line's branches share the trunk's). Any moment's answer
-        filters on what was known then; this list only says where to look."""
-        others = self._routes_at.get((stop_id, direction_id), set()) - {route_id}
+        """The route, then every other subway route whose vehicles went to ``stop_id`` in the same
+        direction (a stop id is one platform: the Green Line's branches share the trunk's). Buses and
+        commuter rail keep to their route: two that share a stop may reach it by different streets or
+        tracks. Any moment's answer filters on what was known then; this list only says where to look."""
+        if not _is_subway(route_id):
+            return [route_id]  # buses and trains that share a stop may reach it by different streets or tracks
+        others = {r for r in self._routes_at.get((stop_id, direction_id), set()) - {route_id} if _is_subway(r)}
         return [route_id, *sorted(others)]
 
     def remaining_from(
