@@ -162,9 +162,10 @@ def expected_arrivals(state: NetworkState, key: str, moment: float, response) ->
     at a stop: ``standing_anchor``), else the model's time. Each later stop: the stop before it plus
     the hop as the line does it now (``_hop``: the time the last trains of every route that makes
     it took over it; else ``StopPrediction.path_travel_seconds``: the route's own recent hop, else
-    its training median, else its distance at the route's pace), else the model's own step. Never before the moment (the vehicle has not arrived), never before the stop
-    before (a vehicle arrives in order; u too, where its arrival is still expected). Issue 14: on the race's rows the hops beat the model's
-    steps at every horizon (3-30 min most): a step is the difference of two predictions, each with
+    its training median, else its distance at the route's pace), else the model's own step. Never
+    before the moment (the vehicle has not arrived), never before the stop before (a vehicle arrives
+    in order; u too, where its arrival is still expected). Issue 14: on the race's rows the hops
+    beat the model's steps at every horizon (3-30 min most): a step is the difference of two predictions, each with
     its own error, and the learned corrections come from another season's line (they pull slow
     zones back to that season's medians), while the hops say what the line does this hour.
     TheTransitClock predicts the same way."""
@@ -200,8 +201,9 @@ def _hop(state: NetworkState, key: str, pos, from_stop: str, to_stop: str, momen
     ``path_travel_seconds`` hold (where the model has that feature); where subway routes share a
     stop (the Green branches on the trunk) it is many more trains, and fresher: the model's features
     keep the route's own, as the ETL computes them. The route and direction are those of the trip's
-    latest position, as for the anchors (none there: None, and the answer's path is taken) (issue 14, bench/RESULTS.md: 0-3 /
-    3-6 / 6-12 / 12-30 min 18.88 / 40.24 / 64.93 / 101.13 -> 18.65 / 40.01 / 64.61 / 100.95 s)."""
+    latest position, as for the anchors (none there: None, and the answer's path is taken). Issue
+    14, bench/RESULTS.md: 0-3 / 3-6 / 6-12 / 12-30 min 18.88 / 40.24 / 64.93 / 101.13 -> 18.65 /
+    40.01 / 64.61 / 100.95 s."""
     if pos is None:
         return None
     done = state.recent_travel(

@@ -417,7 +417,7 @@ class NetworkState:
         commuter rail keep to their route: two that share a stop may reach it by different streets or
         tracks. Any moment's answer filters on what was known then; this list only says where to look."""
         if not _is_subway(route_id):
-            return [route_id]  # buses and trains that share a stop may reach it by different streets or tracks
+            return [route_id]
         others = {r for r in self._routes_at.get((stop_id, direction_id), set()) - {route_id} if _is_subway(r)}
         return [route_id, *sorted(others)]
 
@@ -435,8 +435,8 @@ class NetworkState:
         max_age_s: float = 1800,
     ) -> list[float]:
         """How long the last ``n`` other trips heading to ``stop_id`` (on any route that stops there:
-        ``_sharing``) took to arrive there from the point of their way nearest (within ``max_m``) to ``latitude, longitude``: seconds from that
-        report to their arrival, most recent arrival first. Only reports and arrivals known at t,
+        ``_sharing``) took to arrive there from the point of their way nearest (within ``max_m``) to
+        ``latitude, longitude``: seconds from that report to their arrival, most recent arrival first. Only reports and arrivals known at t,
         published within ``max_age_s`` before it (TheTransitClock's "where the last vehicles were")."""
         nearest: dict[str, tuple[float, int]] = {}
         scale = math.cos(math.radians(latitude))
@@ -494,8 +494,8 @@ class NetworkState:
     ) -> list[tuple[float, float]]:
         """(seconds standing at ``from_stop``, seconds from leaving it to arriving at ``to_stop``) of
         the last ``n`` other trips (of any route that stops at ``to_stop``: ``_sharing``) that went
-        ``from_stop`` -> ``to_stop``, as known at t (arrivals at
-        ``to_stop`` published within ``max_age_s``), most recent first. ``from_stop`` may be several
+        ``from_stop`` -> ``to_stop``, as known at t (arrivals at ``to_stop`` published within
+        ``max_age_s``), most recent first. ``from_stop`` may be several
         stops (one place's tracks): a trip's latest arrival at any of them before ``to_stop``."""
         froms = [from_stop] if isinstance(from_stop, str) else sorted(from_stop)
         found = []
