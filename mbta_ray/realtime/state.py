@@ -436,8 +436,9 @@ class NetworkState:
     ) -> list[float]:
         """How long the last ``n`` other trips heading to ``stop_id`` (on any route that stops there:
         ``_sharing``) took to arrive there from the point of their way nearest (within ``max_m``) to
-        ``latitude, longitude``: seconds from that report to their arrival, most recent arrival first. Only reports and arrivals known at t,
-        published within ``max_age_s`` before it (TheTransitClock's "where the last vehicles were")."""
+        ``latitude, longitude``: seconds from that report to their arrival, most recent arrival
+        first. Only reports and arrivals known at t, published within ``max_age_s`` before it
+        (TheTransitClock's "where the last vehicles were")."""
         nearest: dict[str, tuple[float, int]] = {}
         scale = math.cos(math.radians(latitude))
         for route in self._sharing(route_id, direction_id, stop_id):
@@ -495,8 +496,8 @@ class NetworkState:
         """(seconds standing at ``from_stop``, seconds from leaving it to arriving at ``to_stop``) of
         the last ``n`` other trips (of any route that stops at ``to_stop``: ``_sharing``) that went
         ``from_stop`` -> ``to_stop``, as known at t (arrivals at ``to_stop`` published within
-        ``max_age_s``), most recent first. ``from_stop`` may be several
-        stops (one place's tracks): a trip's latest arrival at any of them before ``to_stop``."""
+        ``max_age_s``), most recent first. ``from_stop`` may be several stops (one place's tracks):
+        a trip's latest arrival at any of them before ``to_stop``."""
         froms = [from_stop] if isinstance(from_stop, str) else sorted(from_stop)
         found = []
         arrivals = (
