@@ -22,6 +22,12 @@ It asserts that both produce the same example and quarantine counts and the same
 each feature's non-null count and sum), prints a markdown table with the
 ratios (pandas time / Ray time; Ray peak / pandas peak) and appends it to bench/RESULTS.md under
 "ETL: Ray Data vs pandas". Per-call Ray Data stats (``Dataset.stats()``) go to bench/out/.
+
+In the same run it measures this machine's ceiling for two processes (``ceiling``, skipped with
+``--no-ceiling`` or ``--only``): the pandas baseline alone on 1M events, then two copies of it at
+once. A 2-CPU machine whose two processes slow each other down (shared caches, memory bandwidth, a
+hypervisor's vCPUs) cannot give any split of the work 2x, and the report says how far Ray is from
+what is possible here.
 """
 
 from __future__ import annotations
@@ -258,14 +264,9 @@ class TreeSampler:
             self._stop.wait(self.interval)
 
 
-def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> dict:
-    """Run one implementation in a fresh subprocess; return its result with time and memory."""
-    work = OUT / "work" / f"{impl}_{size}"
-    shutil.rmtree(work, ignore_errors=True)
-    result_path = OUT / f"result_{impl}_{size}.json"
-    result_path.unlink(missing_ok=True)
-    log_path = OUT / f"log_{impl}_{size}.txt"
-    cmd = [
+def _command(impl: str, data_dir: Path, work: Path, result_path: Path, args: argparse.Namespace) -> list[str]:
+    """The measured subprocess's command line: one implementation on ``data_dir``."""
+    return [
         sys.executable,
         str(Path(__file__).resolve()),
         "--worker",
@@ -281,10 +282,22 @@ def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> d
         "--pandas-chunk-events",
         str(args.pandas_chunk_events),
     ] + (["--dashboard"] if args.dashboard else [])
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+_ENV = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> dict:
+    """Run one implementation in a fresh subprocess; return its result with time and memory."""
+    work = OUT / "work" / f"{impl}_{size}"
+    shutil.rmtree(work, ignore_errors=True)
+    result_path = OUT / f"result_{impl}_{size}.json"
+    result_path.unlink(missing_ok=True)
+    log_path = OUT / f"log_{impl}_{size}.txt"
+    cmd = _command(impl, data_dir, work, result_path, args)
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_ENV)
         sampler = TreeSampler(proc.pid, args.interval).start()
         rc = proc.wait()
         sampler.stop()
@@ -334,6 +347,44 @@ def _operators(calls: list[dict]) -> list[list[str]]:
                 ops.append(f"{name}: {float(m.group('secs2')):.1f} s")
         out.append(ops)
     return out
+
+
+#: Events of the ceiling's input (its own synthetic set): big enough that start-up is a small part.
+CEILING_EVENTS = 1_000_000
+
+
+def ceiling(args: argparse.Namespace) -> dict:
+    """What two processes can do on this machine against one, for this work: the pandas baseline
+    alone, then two copies of it at once (the same input, separate outputs). Two copies at once,
+    each taking ``pair_s`` against ``solo_s`` alone, do twice the work in ``max(pair_s)``: so no
+    split of this work over two processes, Ray's or any other, gets more than
+    ``2 * solo_s / max(pair_s)`` times one process's throughput here (shared caches, memory
+    bandwidth and the hypervisor's scheduling cost what they cost, whoever runs the processes)."""
+    data, _ = ensure_data(CEILING_EVENTS, 4, args.seed)
+    _warm_cache(data)
+
+    def run(tags: list[str]) -> list[float]:
+        procs = []
+        for tag in tags:
+            work, result_path = OUT / "work" / f"ceiling_{tag}", OUT / f"result_ceiling_{tag}.json"
+            shutil.rmtree(work, ignore_errors=True)
+            result_path.unlink(missing_ok=True)
+            log = open(OUT / f"log_ceiling_{tag}.txt", "w")  # noqa: SIM115 (closed below)
+            cmd = _command("pandas", data, work, result_path, args)
+            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_ENV), log))
+        for proc, log in procs:
+            rc = proc.wait()
+            log.close()
+            if rc != 0:
+                raise RuntimeError(f"ceiling run failed (rc={rc}); log {log.name}")
+        seconds = [json.loads((OUT / f"result_ceiling_{t}.json").read_text())["etl_s"] for t in tags]
+        for tag in tags:
+            shutil.rmtree(OUT / "work" / f"ceiling_{tag}", ignore_errors=True)
+        return seconds
+
+    solo = run(["solo"])[0]
+    pair = run(["a", "b"])
+    return {"events": CEILING_EVENTS, "solo_s": solo, "pair_s": pair, "ceiling": 2 * solo / max(pair)}
 
 
 # --- data, machine, report ----------------------------------------------------------------------
@@ -441,6 +492,18 @@ def report(runs: list[dict], info: dict, command: str) -> str:
         cpu = pd_["cpu_s"] / ry["cpu_s"]
         lines.append(f"| {run['size']:,} | {thr:.2f}x | {thr_p:.2f}x | {cpu:.2f} | {mem:.2f} | {mem_r:.2f} | {met} |")
     lines.append("")
+    if info.get("ceiling"):
+        c = info["ceiling"]
+        thr = runs[-1]["pandas"]["etl_s"] / runs[-1]["ray"]["etl_s"]
+        lines += [
+            f"This machine's ceiling for two processes, in the same run (`ceiling()`): the pandas baseline on "
+            f"{c['events']:,} events took {c['solo_s']:.1f} s alone, and two copies of it at once "
+            f"{' and '.join(f'{x:.1f}' for x in c['pair_s'])} s: two processes do at most **{c['ceiling']:.2f}x** "
+            f"one's work per second here, whoever splits it. Ray's {thr:.2f}x at {runs[-1]['size']:,} events is "
+            f"{thr / c['ceiling']:.0%} of that ceiling; the goal's {GOAL_THROUGHPUT:.0f}x is "
+            f"{'within' if c['ceiling'] >= GOAL_THROUGHPUT else 'above'} it.",
+            "",
+        ]
     for run in runs:
         ry, pd_ = run["ray"], run["pandas"]
         lines.append(
@@ -509,6 +572,9 @@ def main() -> None:
     )
     ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     ap.add_argument(
+        "--no-ceiling", action="store_true", help="skip the two-process ceiling (two pandas copies at once, ~2 min)"
+    )
+    ap.add_argument(
         "--only",
         choices=["pandas", "ray"],
         help="run one implementation (no ratios, no same-examples check): e.g. Ray alone at 50M events",
@@ -557,6 +623,9 @@ def main() -> None:
             _compare(size, run["pandas"], run["ray"])
         runs.append(run)
         (OUT / f"bench_{size}.json").write_text(json.dumps({"info": info, "run": run}, indent=1, default=str))
+    if not args.only and not args.no_ceiling:
+        info["ceiling"] = ceiling(args)
+        print(f"two-process ceiling: {info['ceiling']}", flush=True)
     text = report(runs, info, command)
     print()
     print(text)

@@ -34,9 +34,14 @@ def numeric(df: pd.DataFrame, column: str, issues: RowIssues) -> pd.Series:
     if pd.api.types.is_bool_dtype(raw.dtype):
         raw = raw.astype("Int64")
     values = pd.to_numeric(raw, errors="coerce").astype("float64")
-    text = raw.astype("string").str.strip()
-    bad = values.isna() & raw.notna() & (text != "") & (text.str.lower() != "nan")
-    issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + text.fillna("") + " is not a number")
+    # Only the values that did not parse are looked at as text (all of a column as strings was
+    # half of a LAMP file's read).
+    failed = values.isna() & raw.notna()
+    if failed.any():
+        text = raw[failed].astype("string").str.strip()
+        bad = (text != "") & (text.str.lower() != "nan")
+        detail = ("field " + column + ": " + text + " is not a number").reindex(raw.index)
+        issues.flag(bad.reindex(raw.index, fill_value=False), Reason.BAD_VALUE, detail)
     return values
 
 
@@ -44,7 +49,8 @@ def epoch_time(seconds: pd.Series, column: str, issues: RowIssues) -> pd.Series:
     """Epoch seconds (``numeric``'s output) as UTC timestamps; a value outside
     ``timeutil.EPOCH_RANGE`` is flagged ``bad_value`` naming the field, and becomes NaT."""
     bad = seconds.notna() & ~seconds.between(*EPOCH_RANGE, inclusive="left")
-    issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + seconds.astype("string") + " is not a time in epoch seconds")  # fmt: skip
+    if bad.any():
+        issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + seconds.astype("string") + " is not a time in epoch seconds")  # fmt: skip
     return pd.to_datetime(seconds.mask(bad), unit="s", utc=True)
 
 
@@ -52,7 +58,8 @@ def service_time(dates: pd.Series, seconds: pd.Series, column: str, issues: RowI
     """Seconds into the service day (``numeric``'s output) as UTC timestamps; a value outside
     ``timeutil.SERVICE_SECONDS_RANGE`` is flagged ``bad_value`` naming the field, and becomes NaT."""
     bad = seconds.notna() & ~seconds.between(*SERVICE_SECONDS_RANGE, inclusive="left")
-    issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + seconds.astype("string") + " is not seconds into a service day")  # fmt: skip
+    if bad.any():
+        issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + seconds.astype("string") + " is not seconds into a service day")  # fmt: skip
     return service_seconds_to_utc(dates, seconds.mask(bad))
 
 
@@ -60,7 +67,8 @@ def gtfs_direction(values: pd.Series, column: str, issues: RowIssues) -> pd.Seri
     """A GTFS direction_id (``numeric``'s output): 0 or 1; anything else is flagged ``bad_value``
     naming the field, and becomes NaN (TransitMaster's own codes are read by its reader, not here)."""
     bad = values.notna() & ~values.isin((0, 1))
-    issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + values.astype("string") + " is not 0 or 1")
+    if bad.any():
+        issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + values.astype("string") + " is not 0 or 1")
     return values.mask(bad)
 
 
