@@ -423,13 +423,26 @@ def _part_medians(batch: dict[str, np.ndarray], work: str) -> pd.DataFrame:
     )
 
 
-def _bucket_examples(batch: dict[str, np.ndarray], work: str, **kwargs) -> pa.Table:
-    return pa.concat_tables([_examples(_clean_bucket(work, b), **kwargs) for b in batch["bucket"]])
+def _bucket_examples(batch: dict[str, np.ndarray], work: str, **kwargs) -> Iterator[pa.Table]:
+    for b in batch["bucket"]:  # one bucket's examples at a time: a task never holds two
+        yield _examples(_clean_bucket(work, b), **kwargs)
 
 
-def _per_bucket(buckets: list[int]) -> ray.data.Dataset:
-    """One task per bucket: each reads its own files, so no pass after the first shuffles events."""
-    return ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=max(1, len(buckets)))
+#: Buckets per task in the passes whose work per bucket is short (trip checks, travel counts: ~0.15 s
+#: at 50,000 events). Ray Data's own cost per task is about as long, and with one bucket per task
+#: those passes ran at about one task at a time on 2 CPUs (task wall time summed ~= the pass's).
+_LIGHT_BUCKETS_PER_TASK = 8
+#: The same for the examples pass (~1.5 s per bucket).
+_EXAMPLE_BUCKETS_PER_TASK = 2
+
+
+def _per_bucket(buckets: list[int], per_task: int = 1) -> ray.data.Dataset:
+    """Tasks of ``per_task`` buckets or so (at least 4 per CPU where there are buckets enough, so
+    that the last tasks finish together); each task reads its own buckets' files, so no pass after
+    the first shuffles events. Map with ``batch_size=None``: one block, one task."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    tasks = min(len(buckets), max(4 * cpus, -(-len(buckets) // per_task)))
+    return ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=max(1, tasks))
 
 
 # --- driver -----------------------------------------------------------------------------------
@@ -659,8 +672,10 @@ def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConf
     for folder in (work / "clean", out / "quarantine"):
         folder.mkdir(parents=True, exist_ok=True)
     trips = (
-        _per_bucket(written)
-        .map_batches(_check_bucket, batch_size=1, fn_kwargs={"work": str(work), "quarantine": str(out / "quarantine")})
+        _per_bucket(written, _LIGHT_BUCKETS_PER_TASK)
+        .map_batches(
+            _check_bucket, batch_size=None, fn_kwargs={"work": str(work), "quarantine": str(out / "quarantine")}
+        )
         .to_pandas()
     )
     shutil.rmtree(work / "rows")
@@ -684,10 +699,10 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
     by segment; one task per part takes its segments' exact medians. Nothing is shuffled through the
     object store or gathered on the driver but the medians (a Ray Data groupby of every training
     pair took 1/6 of the ETL at 10M events; gathering the counts on the driver, 3.6 GiB there)."""
-    parts = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-len(events.buckets) // 20))
-    _per_bucket(events.buckets).map_batches(
+    parts = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-len(events.buckets) // 10))
+    _per_bucket(events.buckets, _LIGHT_BUCKETS_PER_TASK).map_batches(
         _bucket_segments,
-        batch_size=1,
+        batch_size=None,
         batch_format="pandas",
         fn_kwargs={"work": str(events.work), "k": config.k, "cutoffs": splits.cutoffs, "parts": parts},
     ).materialize()
@@ -722,10 +737,10 @@ def _write_examples(
     """Pairs and features per trip bucket -> train/valid/test parquet; the quarantine; the medians."""
     examples_dir = out / "_examples"
     (
-        _per_bucket(events.buckets)
+        _per_bucket(events.buckets, _EXAMPLE_BUCKETS_PER_TASK)
         .map_batches(
             _bucket_examples,
-            batch_size=1,
+            batch_size=None,
             fn_kwargs={
                 "work": str(events.work),
                 "k": config.k,
