@@ -6,17 +6,17 @@ Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-
    flag bad rows (``map_batches``); each task writes its rows into the folder of their bucket (a
    hash of route, direction and service day: whole lines and days, so whole trips), the only pass
    over the input and no shuffle.
-2. trip checks: one task per bucket reads its folder, checks its trips, and writes the clean events
+2. trip checks: per bucket, a task reads its folder, checks its trips, and writes the clean events
    once (one file per bucket) and the quarantined ones; it returns the bucket's trip table.
 3. splits: each trip goes to train/valid/test by its start time (per source, since the sources cover
    different periods), so no trip is in two splits and valid/test come after train; a source of
    several service days splits at day boundaries (``split_cutoffs``).
-4. segment medians from the training pairs (one task per bucket counts its pairs' travel times
+4. segment medians from the training pairs (per bucket, a task counts its pairs' travel times
    per segment into part folders by segment; one task per part takes the exact medians), then
-   pairs + features for all splits (one task per bucket again), written as parquet per split.
-   Neither pass holds more than a bucket of events per task, and nothing is shuffled (issue 16:
-   the three sort shuffles of the materialized events were 80 % of the ETL's time at 10 M events,
-   and the object store most of its memory). The
+   pairs + features for all splits (per bucket again), written as parquet per split. A task
+   takes several buckets in turn (``_per_bucket``). Neither pass holds more than a bucket of events
+   at a time, and nothing is shuffled (issue 16: the three sort shuffles of the materialized events
+   were 80 % of the ETL's time at 10 M events, and the object store most of its memory). The
    real-time features of a bucket's lines come from ``realtime.history.EventHistory``: sorted
    searches over stop events, a ``NetworkState`` replay for GTFS-realtime lines.
 
@@ -396,19 +396,22 @@ def _clean_bucket(work: str, bucket: int) -> pd.DataFrame:
 
 
 def _bucket_segments(batch: dict[str, np.ndarray], work: str, k: int, cutoffs: dict, parts: int) -> pd.DataFrame:
-    """The travel counts (``features.travel_counts``) of a bucket's training pairs, written into
-    ``parts`` folders by a hash of the segment (so one segment's counts from every bucket meet in
-    one folder); returns how many count rows it wrote."""
-    written = 0
-    for b in batch["bucket"]:
-        counts = travel_counts(_train_segments(_clean_bucket(work, b), k, cutoffs).to_pandas())
-        part = pd.util.hash_pandas_object(counts[SEGMENT_KEY], index=False).to_numpy() % parts
-        for p in np.unique(part):
-            folder = Path(work) / "counts" / f"part={int(p)}"
-            folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.Table.from_pandas(counts[part == p], preserve_index=False), _bucket_file(folder, int(b)))
-        written += len(counts)
-    return pd.DataFrame({"count_rows": [written]})
+    """The travel counts (``features.travel_counts``) of the batch's buckets' training pairs, written
+    into ``parts`` folders by a hash of the segment (so one segment's counts from every bucket meet in
+    one folder), one file per folder for the whole batch (a file per bucket and part made thousands
+    of small files at 10 M events); returns how many count rows it wrote."""
+    counts = pd.concat(
+        [travel_counts(_train_segments(_clean_bucket(work, b), k, cutoffs).to_pandas()) for b in batch["bucket"]],
+        ignore_index=True,
+    )
+    part = pd.util.hash_pandas_object(counts[SEGMENT_KEY], index=False).to_numpy() % parts
+    for p in np.unique(part):
+        folder = Path(work) / "counts" / f"part={int(p)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        # Named by the batch's first bucket: unique, since no two batches share a bucket.
+        table = pa.Table.from_pandas(counts[part == p], preserve_index=False)
+        pq.write_table(table, _bucket_file(folder, int(np.asarray(batch["bucket"])[0])))
+    return pd.DataFrame({"count_rows": [len(counts)]})
 
 
 def _part_medians(batch: dict[str, np.ndarray], work: str) -> pd.DataFrame:
@@ -650,7 +653,7 @@ def _pipeline(files: list[InputFile], stops: Stops | None, config: EtlConfig, ou
 def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConfig, out: Path) -> _Checked:
     """Read every piece of every file and run the row checks, writing the events bucketed by line
     and day (the only pass over the input, and no shuffle: each read task writes its rows to their
-    buckets' folders); then the trip checks, one task per bucket, which write the clean events
+    buckets' folders); then the trip checks, bucket by bucket, which write the clean events
     once for the later passes and the quarantined ones to ``out/quarantine``."""
     rows_in = sum(f.num_rows for f in files)
     buckets = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-rows_in // config.events_per_bucket))
