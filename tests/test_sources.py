@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mbta_ray import timeutil
-from mbta_ray.schema import QUARANTINE_SCHEMA
+from mbta_ray.schema import QUARANTINE_SCHEMA, Reason
 from mbta_ray.sources import InputError, detect_format, inspect_input, read_file
-from mbta_ray.sources.base import RowIssues
+from mbta_ray.sources.base import RowIssues, numeric
 from mbta_ray.sources.massdot import seconds_from_1900_base
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -547,6 +547,25 @@ def test_massdot_seconds_from_1900_base() -> None:
     assert all(math.isnan(v) for v in got[3:])
     assert issues.reason.isna().tolist() == [True] * 6 + [False]
     assert issues.detail[6] == "field actual: 25:10:00 is not a 1900-01-01-based time"
+
+
+@pytest.mark.parametrize("dtype", [object, "string"])
+def test_numeric_flags_only_text_that_is_not_a_number(dtype) -> None:
+    """Missing, blank and 'nan' are missing values; other text that is no number is bad_value naming
+    the field and the text; a reason already recorded wins; the index may repeat labels."""
+    raw = ["12", " 7.5 ", None, "", "  ", " NaN ", "forty", "x1", "3"]
+    df = pd.DataFrame({"stop_sequence": pd.Series(raw, dtype=dtype)}, index=[0, 1, 2, 3, 4, 5, 6, 6, 8])
+    issues = RowIssues(df.index)
+    issues.flag(pd.Series([False] * 7 + [True, False], index=df.index), Reason.MISSING_ACTUAL_ARRIVAL, "earlier")
+    got = numeric(df, "stop_sequence", issues)
+    assert got.iloc[[0, 1, 8]].tolist() == [12.0, 7.5, 3.0] and got.iloc[2:8].isna().all()
+    assert issues.reason.tolist()[6:8] == ["bad_value", "missing_actual_arrival"]
+    assert issues.reason.iloc[[0, 1, 2, 3, 4, 5, 8]].isna().all()
+    assert issues.detail.tolist()[6:8] == ["field stop_sequence: forty is not a number", "earlier"]
+    # Numbers need no text at all: a float column with NaN flags nothing.
+    clean = RowIssues(pd.RangeIndex(3))
+    assert numeric(pd.DataFrame({"v": [1.0, float("nan"), 2.0]}), "v", clean).isna().tolist() == [False, True, False]
+    assert clean.reason.isna().all()
 
 
 # --- TransitMaster details ----------------------------------------------------------------------

@@ -36,12 +36,14 @@ def numeric(df: pd.DataFrame, column: str, issues: RowIssues) -> pd.Series:
     values = pd.to_numeric(raw, errors="coerce").astype("float64")
     # Only the values that did not parse are looked at as text (all of a column as strings was
     # half of a LAMP file's read).
-    failed = values.isna() & raw.notna()
+    failed = (values.isna() & raw.notna()).to_numpy()
     if failed.any():
         text = raw[failed].astype("string").str.strip()
-        bad = (text != "") & (text.str.lower() != "nan")
-        detail = ("field " + column + ": " + text + " is not a number").reindex(raw.index)
-        issues.flag(bad.reindex(raw.index, fill_value=False), Reason.BAD_VALUE, detail)
+        bad = np.zeros(len(raw), dtype=bool)
+        bad[failed] = ((text != "") & (text.str.lower() != "nan")).to_numpy(dtype=bool, na_value=False)
+        detail = pd.Series(pd.NA, index=raw.index, dtype="string")
+        detail[failed] = ("field " + column + ": " + text + " is not a number").to_numpy()
+        issues.flag(bad, Reason.BAD_VALUE, detail)
     return values
 
 
