@@ -19,11 +19,17 @@ class RowIssues:
         self.reason = pd.Series(pd.NA, index=index, dtype="string")
         self.detail = pd.Series(pd.NA, index=index, dtype="string")
 
-    def flag(self, mask: pd.Series | np.ndarray, reason: Reason, detail: str | pd.Series) -> None:
-        """Record ``reason`` for rows in ``mask`` that have no reason yet."""
+    def flag(
+        self, mask: pd.Series | np.ndarray, reason: Reason, detail: str | pd.Series | Callable[[], str | pd.Series]
+    ) -> None:
+        """Record ``reason`` for rows in ``mask`` that have no reason yet. ``detail`` may be a function
+        that builds it, called only when a row is flagged (a whole column as text is slow, and most
+        batches have no bad row)."""
         mask = pd.Series(np.asarray(mask, dtype=bool), index=self.reason.index) & self.reason.isna()
         if not mask.any():
             return
+        if callable(detail):
+            detail = detail()
         self.reason[mask] = reason.value
         self.detail[mask] = detail[mask] if isinstance(detail, pd.Series) else detail
 
@@ -51,8 +57,7 @@ def epoch_time(seconds: pd.Series, column: str, issues: RowIssues) -> pd.Series:
     """Epoch seconds (``numeric``'s output) as UTC timestamps; a value outside
     ``timeutil.EPOCH_RANGE`` is flagged ``bad_value`` naming the field, and becomes NaT."""
     bad = seconds.notna() & ~seconds.between(*EPOCH_RANGE, inclusive="left")
-    if bad.any():
-        issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + seconds.astype("string") + " is not a time in epoch seconds")  # fmt: skip
+    issues.flag(bad, Reason.BAD_VALUE, lambda: "field " + column + ": " + seconds.astype("string") + " is not a time in epoch seconds")  # fmt: skip
     return pd.to_datetime(seconds.mask(bad), unit="s", utc=True)
 
 
@@ -60,8 +65,7 @@ def service_time(dates: pd.Series, seconds: pd.Series, column: str, issues: RowI
     """Seconds into the service day (``numeric``'s output) as UTC timestamps; a value outside
     ``timeutil.SERVICE_SECONDS_RANGE`` is flagged ``bad_value`` naming the field, and becomes NaT."""
     bad = seconds.notna() & ~seconds.between(*SERVICE_SECONDS_RANGE, inclusive="left")
-    if bad.any():
-        issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + seconds.astype("string") + " is not seconds into a service day")  # fmt: skip
+    issues.flag(bad, Reason.BAD_VALUE, lambda: "field " + column + ": " + seconds.astype("string") + " is not seconds into a service day")  # fmt: skip
     return service_seconds_to_utc(dates, seconds.mask(bad))
 
 
@@ -69,8 +73,7 @@ def gtfs_direction(values: pd.Series, column: str, issues: RowIssues) -> pd.Seri
     """A GTFS direction_id (``numeric``'s output): 0 or 1; anything else is flagged ``bad_value``
     naming the field, and becomes NaN (TransitMaster's own codes are read by its reader, not here)."""
     bad = values.notna() & ~values.isin((0, 1))
-    if bad.any():
-        issues.flag(bad, Reason.BAD_VALUE, "field " + column + ": " + values.astype("string") + " is not 0 or 1")
+    issues.flag(bad, Reason.BAD_VALUE, lambda: "field " + column + ": " + values.astype("string") + " is not 0 or 1")
     return values.mask(bad)
 
 

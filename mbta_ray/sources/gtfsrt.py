@@ -26,7 +26,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues = RowIssues(df.index)
     status = text(df, STATUS).replace(STATUS_NUMBERS)  # the enum's number, as some archives store it
     not_stopped = (status != STOPPED_AT).fillna(True)  # a null status is no arrival either
-    issues.flag(not_stopped, Reason.NOT_AN_ARRIVAL, STATUS + "=" + status.fillna("null"))
+    issues.flag(not_stopped, Reason.NOT_AN_ARRIVAL, lambda: STATUS + "=" + status.fillna("null"))
     timestamp = numeric(df, F["timestamp"], issues)
     issues.flag(timestamp.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no vehicle.timestamp")
     service_date = parse_service_date(text(df, F["start_date"]))

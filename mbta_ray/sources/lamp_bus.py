@@ -83,10 +83,8 @@ def _parsed(df: pd.DataFrame, name: str, issues: RowIssues) -> pd.Series:
     values = pd.to_datetime(
         as_text.where(offset) if zoned else as_text, errors="coerce", utc=bool(zoned), format="ISO8601"
     )
-    bad = values.isna() & as_text.notna()
-    if bad.any():
-        issues.flag(bad, Reason.BAD_VALUE,
-                    "field " + name + ": " + as_text.fillna("") + (" is not a time with its zone" if zoned else " is not a time"))  # fmt: skip
+    issues.flag(values.isna() & as_text.notna(), Reason.BAD_VALUE,
+                lambda: "field " + name + ": " + as_text.fillna("") + (" is not a time with its zone" if zoned else " is not a time"))  # fmt: skip
     return values
 
 
@@ -98,10 +96,8 @@ def _as_utc(values: pd.Series, zone: str, name: str, issues: RowIssues) -> pd.Se
     if not _zoned(values):
         if zone == "local":
             local = values.dt.tz_localize(ZoneInfo(TIMEZONE), ambiguous="NaT", nonexistent="NaT")
-            bad = local.isna() & values.notna()
-            if bad.any():  # the detail text only where needed: a whole column as strings is slow
-                issues.flag(bad, Reason.BAD_VALUE,
-                            "field " + name + ": " + values.astype("string") + " is no single local time (DST change)")  # fmt: skip
+            issues.flag(local.isna() & values.notna(), Reason.BAD_VALUE,
+                        lambda: "field " + name + ": " + values.astype("string") + " is no single local time (DST change)")  # fmt: skip
             values = local.dt.tz_convert("UTC")
         else:
             values = values.dt.tz_localize("UTC")

@@ -36,7 +36,7 @@ def seconds_from_1900_base(values: pd.Series, column: str, issues: RowIssues) ->
     issues.flag(
         parsed.isna() & raw.notna(),
         Reason.BAD_VALUE,
-        "field " + column + ": " + raw.fillna("") + " is not a 1900-01-01-based time",
+        lambda: "field " + column + ": " + raw.fillna("") + " is not a 1900-01-01-based time",
     )
     return (parsed - _BASE).dt.total_seconds()
 
@@ -60,7 +60,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues.flag(
         direction.isna() & direction_text.notna(),
         Reason.BAD_VALUE,
-        "field direction_id: " + direction_text.fillna("") + " is not Inbound/Outbound",
+        lambda: "field direction_id: " + direction_text.fillna("") + " is not Inbound/Outbound",
     )
     route = text(df, "route_id")
     # Zero-padded numeric routes ('01', '009') are GTFS '1', '9'; 'SL1', 'CT2' stay as they are.

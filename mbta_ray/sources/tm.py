@@ -34,7 +34,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues.flag(arrival.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no ACT_ARRIVAL_TIME")
     if "IsRevenue" in df.columns:
         revenue = text(df, "IsRevenue")
-        issues.flag(revenue.notna() & (revenue != "R"), Reason.NON_REVENUE, "IsRevenue=" + revenue.fillna(""))
+        issues.flag(revenue.notna() & (revenue != "R"), Reason.NON_REVENUE, lambda: "IsRevenue=" + revenue.fillna(""))
     if "CANCELLED_FLAG" in df.columns:
         # bool in parquet, 'True'/'False' text in a CSV export
         cancelled = text(df, "CANCELLED_FLAG").str.lower().isin(["true", "1"])
