@@ -439,12 +439,16 @@ _LIGHT_BUCKETS_PER_TASK = 8
 _EXAMPLE_BUCKETS_PER_TASK = 2
 
 
+def _cluster_cpus() -> int:
+    """The cluster's CPUs: what the bucket, part and task counts scale with."""
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
 def _per_bucket(buckets: list[int], per_task: int = 1) -> ray.data.Dataset:
     """Tasks of ``per_task`` buckets or so (at least 4 per CPU where there are buckets enough, so
     that the last tasks finish together); each task reads its own buckets' files, so no pass after
     the first shuffles events. Map with ``batch_size=None``: one block, one task."""
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    tasks = min(len(buckets), max(4 * cpus, -(-len(buckets) // per_task)))
+    tasks = min(len(buckets), max(4 * _cluster_cpus(), -(-len(buckets) // per_task)))
     return ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=max(1, tasks))
 
 
@@ -656,7 +660,7 @@ def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConf
     buckets' folders); then the trip checks, bucket by bucket, which write the clean events
     once for the later passes and the quarantined ones to ``out/quarantine``."""
     rows_in = sum(f.num_rows for f in files)
-    buckets = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-rows_in // config.events_per_bucket))
+    buckets = max(2 * _cluster_cpus(), -(-rows_in // config.events_per_bucket))
     vconf = ValidationConfig(max_abs_delay_s=config.max_abs_delay_s, holdout=config.holdout)
     pieces = [json.dumps(p) for f in files for p in plan_pieces(f)]
     work = out / "_work"
@@ -702,7 +706,7 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
     by segment; one task per part takes its segments' exact medians. Nothing is shuffled through the
     object store or gathered on the driver but the medians (a Ray Data groupby of every training
     pair took 1/6 of the ETL at 10M events; gathering the counts on the driver, 3.6 GiB there)."""
-    parts = max(2 * int(ray.cluster_resources().get("CPU", 1)), -(-len(events.buckets) // 10))
+    parts = max(2 * _cluster_cpus(), -(-len(events.buckets) // 10))
     _per_bucket(events.buckets, _LIGHT_BUCKETS_PER_TASK).map_batches(
         _bucket_segments,
         batch_size=None,
