@@ -37,6 +37,7 @@ from mbta_ray.etl import (
     _feed_files,
     _train_segments,
     _trip_table,
+    by_split,
     plan_inputs,
     split_cutoffs,
 )
@@ -145,13 +146,10 @@ def run(
             writers[s] = pq.ParquetWriter(out / s / "part-000.parquet", EXAMPLE_SCHEMA)
         for lo, hi in chunks:
             table = _examples(clean.iloc[lo:hi], config.k, cutoffs, stops, medians, feed_files, before)
-            split = table["split"].to_numpy(zero_copy_only=False)
-            examples = table.drop_columns(["split"])
-            for s in SPLITS:
-                part = examples.filter(pa.array(split == s))
+            for s, part in by_split(table):
                 split_rows[s] += part.num_rows
                 writers[s].write_table(conform(part, EXAMPLE_SCHEMA))
-            del table, examples
+            del table
     finally:
         for w in writers.values():
             w.close()

@@ -1,11 +1,12 @@
 """Ray Data ETL: MBTA source files -> validated events -> (u -> s) example rows -> versioned splits.
 
-Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-node cluster):
+Stages (Ray Data for the read, Ray tasks over buckets after it, so the same code runs on a laptop
+or a multi-node cluster that shares the output folder):
 
-1. read: one task per file piece; each reader maps its format to canonical events and row checks
-   flag bad rows (``map_batches``); each task writes its rows into the folder of their bucket (a
-   hash of route, direction and service day: whole lines and days, so whole trips), the only pass
-   over the input and no shuffle.
+1. read (a Ray Data pipeline): one task per file piece; each reader maps its format to canonical
+   events and row checks flag bad rows (``map_batches``); each task writes its rows into the folder
+   of their bucket (a hash of route, direction and service day: whole lines and days, so whole
+   trips), the only pass over the input and no shuffle.
 2. trip checks: per bucket, a task reads its folder, checks its trips, and writes the clean events
    once (one file per bucket) and the quarantined ones; it returns the bucket's trip table.
 3. splits: each trip goes to train/valid/test by its start time (per source, since the sources cover
@@ -14,7 +15,7 @@ Stages (each a Ray Data operation, so the same code runs on a laptop or a multi-
 4. segment medians from the training pairs (per bucket, a task counts its pairs' travel times
    per segment into part folders by segment; one task per part takes the exact medians), then
    pairs + features for all splits (per bucket again), written as parquet per split. A task
-   takes several buckets in turn (``_per_bucket``). Neither pass holds more than a bucket of events
+   takes several buckets in turn (``_bucket_groups``, ``_map_buckets``). Neither pass holds more than a bucket of events
    at a time, and nothing is shuffled (issue 16: the three sort shuffles of the materialized events
    were 80 % of the ETL's time at 10 M events, and the object store most of its memory). The
    real-time features of a bucket's lines come from ``realtime.history.EventHistory``: sorted
@@ -31,7 +32,7 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,13 +368,12 @@ def _bucket_file(folder: Path, bucket: int) -> Path:
     return folder / f"bucket-{bucket:05d}.parquet"
 
 
-def _check_bucket(batch: dict[str, np.ndarray], work: str, quarantine: str) -> pa.Table:
-    """Trip checks on one bucket's events (every file the read wrote for it): the clean events are
-    written once, for the later passes; the quarantined ones to the quarantine. Returns the bucket's
-    trip table (its trips are whole: a bucket holds whole lines and days)."""
+def _check_bucket(buckets: list[int], work: str, quarantine: str) -> pa.Table:
+    """Trip checks on each bucket's events (every file the read wrote for it): the clean events are
+    written once, for the later passes; the quarantined ones to the quarantine. Returns the buckets'
+    trip table (their trips are whole: a bucket holds whole lines and days)."""
     tables = []
-    for bucket in batch["bucket"]:
-        bucket = int(bucket)
+    for bucket in buckets:
         rows = pq.read_table(Path(work) / "rows" / f"bucket={bucket}")
         df = rows.to_pandas().assign(bucket=bucket)
         checked = _trip_checks(df)
@@ -395,29 +395,29 @@ def _clean_bucket(work: str, bucket: int) -> pd.DataFrame:
     return pq.read_table(_bucket_file(Path(work) / "clean", int(bucket))).to_pandas()
 
 
-def _bucket_segments(batch: dict[str, np.ndarray], work: str, k: int, cutoffs: dict, parts: int) -> pd.DataFrame:
-    """The travel counts (``features.travel_counts``) of the batch's buckets' training pairs, written
-    into ``parts`` folders by a hash of the segment (so one segment's counts from every bucket meet in
-    one folder), one file per folder for the whole batch (a file per bucket and part made thousands
-    of small files at 10 M events); returns how many count rows it wrote."""
+def _bucket_segments(buckets: list[int], work: str, k: int, cutoffs: dict, parts: int) -> int:
+    """The travel counts (``features.travel_counts``) of the buckets' training pairs, written into
+    ``parts`` folders by a hash of the segment (so one segment's counts from every bucket meet in one
+    folder), one file per folder for the whole group (a file per bucket and part made thousands of
+    small files at 10 M events); returns how many count rows it wrote."""
     counts = pd.concat(
-        [travel_counts(_train_segments(_clean_bucket(work, b), k, cutoffs).to_pandas()) for b in batch["bucket"]],
+        [travel_counts(_train_segments(_clean_bucket(work, b), k, cutoffs).to_pandas()) for b in buckets],
         ignore_index=True,
     )
     part = pd.util.hash_pandas_object(counts[SEGMENT_KEY], index=False).to_numpy() % parts
     for p in np.unique(part):
         folder = Path(work) / "counts" / f"part={int(p)}"
         folder.mkdir(parents=True, exist_ok=True)
-        # Named by the batch's first bucket: unique, since no two batches share a bucket.
+        # Named by the group's first bucket: unique, since no two groups share a bucket.
         table = pa.Table.from_pandas(counts[part == p], preserve_index=False)
-        pq.write_table(table, _bucket_file(folder, int(np.asarray(batch["bucket"])[0])))
-    return pd.DataFrame({"count_rows": [len(counts)]})
+        pq.write_table(table, _bucket_file(folder, buckets[0]))
+    return len(counts)
 
 
-def _part_medians(batch: dict[str, np.ndarray], work: str) -> pd.DataFrame:
-    """The exact medians of the segments whose counts are in one part folder (all of their counts)."""
+def _part_medians(parts: list[int], work: str) -> pd.DataFrame:
+    """The exact medians of the segments whose counts are in the part folders (all of their counts)."""
     frames = []
-    for p in batch["bucket"]:
+    for p in parts:
         folder = Path(work) / "counts" / f"part={int(p)}"
         if folder.is_dir():
             frames.append(medians_from_counts(pq.read_table(folder).to_pandas()))
@@ -426,16 +426,41 @@ def _part_medians(batch: dict[str, np.ndarray], work: str) -> pd.DataFrame:
     )
 
 
-def _bucket_examples(batch: dict[str, np.ndarray], work: str, **kwargs) -> Iterator[pa.Table]:
-    for b in batch["bucket"]:  # one bucket's examples at a time: a task never holds two
-        yield _examples(_clean_bucket(work, b), **kwargs)
+def by_split(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    """Examples with their ``split`` column -> (split, its examples without it) for each split."""
+    split = table["split"].to_numpy(zero_copy_only=False)
+    examples = table.drop_columns(["split"])
+    for s in SPLITS:
+        yield s, examples.filter(pa.array(split == s))
+
+
+def _bucket_examples(buckets: list[int], work: str, examples: str, **kwargs) -> dict[str, int]:
+    """Each bucket's examples in turn (a task never holds two buckets' examples), written to one
+    file per split for the group, ``examples/<split>/bucket-<first bucket>.parquet`` (a rerun of the
+    task after a lost worker rewrites the same files); returns the rows written per split."""
+    writers: dict[str, pq.ParquetWriter] = {}
+    rows = dict.fromkeys(SPLITS, 0)
+    try:
+        for b in buckets:
+            for split, part in by_split(_examples(_clean_bucket(work, b), **kwargs)):
+                if not part.num_rows:
+                    continue
+                if split not in writers:
+                    folder = Path(examples) / split
+                    folder.mkdir(parents=True, exist_ok=True)
+                    writers[split] = pq.ParquetWriter(_bucket_file(folder, buckets[0]), EXAMPLE_SCHEMA)
+                writers[split].write_table(part)
+                rows[split] += part.num_rows
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return rows
 
 
 #: Buckets per task in the passes whose work per bucket is short (trip checks, travel counts: ~0.15 s
-#: at 50,000 events). Ray Data's own cost per task is about as long, and with one bucket per task
-#: those passes ran at about one task at a time on 2 CPUs (task wall time summed ~= the pass's).
+#: at 50,000 events): the trip tables and count files are one per task.
 _LIGHT_BUCKETS_PER_TASK = 8
-#: The same for the examples pass (~1.5 s per bucket).
+#: The same for the examples pass (~1.5 s per bucket): one examples file per task and split.
 _EXAMPLE_BUCKETS_PER_TASK = 2
 
 
@@ -444,12 +469,23 @@ def _cluster_cpus() -> int:
     return int(ray.cluster_resources().get("CPU", 1))
 
 
-def _per_bucket(buckets: list[int], per_task: int = 1) -> ray.data.Dataset:
-    """Tasks of ``per_task`` buckets or so (at least 4 per CPU where there are buckets enough, so
-    that the last tasks finish together); each task reads its own buckets' files, so no pass after
-    the first shuffles events. Map with ``batch_size=None``: one block, one task."""
+def _bucket_groups(buckets: list[int], per_task: int = 1) -> list[list[int]]:
+    """``buckets`` in runs of ``per_task`` or so, one per task (at least 4 tasks per CPU where there
+    are buckets enough, so that the last tasks finish together)."""
     tasks = min(len(buckets), max(4 * _cluster_cpus(), -(-len(buckets) // per_task)))
-    return ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=max(1, tasks))
+    return [[int(b) for b in run] for run in np.array_split(np.asarray(buckets, np.int64), max(1, tasks)) if len(run)]
+
+
+def _map_buckets(fn: Callable[..., object], groups: list[list[int]], **shared: object) -> list:
+    """``fn(group, **shared)`` for every group, one Ray task each (1 CPU), all submitted at once:
+    the raylet queues them and a core that frees up starts the next at once. Each task reads its
+    own buckets' files, so no pass after the read shuffles events. (Ray Data's streaming executor
+    polls its tasks every 0.1 s and fetches their metadata on a second 0.1 s cycle: a core idled
+    ~0.2 s between tasks, measured, 10 s of the examples pass at 10 M events.) ``shared`` goes to
+    the object store once, not with every task."""
+    task = ray.remote(num_cpus=1)(fn)
+    refs = {name: ray.put(value) for name, value in shared.items()}
+    return ray.get([task.remote(group, **refs) for group in groups])
 
 
 # --- driver -----------------------------------------------------------------------------------
@@ -522,9 +558,10 @@ def _count_rows(folder: Path) -> int:
 
 
 def _publish_splits(examples_dir: Path, out: Path) -> None:
-    """Ray writes hive folders ``split=train``; give them the plain names train/valid/test."""
+    """Move the examples tasks' folders to train/valid/test under ``out`` (a split no task wrote
+    becomes an empty folder)."""
     for split in SPLITS:
-        src = examples_dir / f"split={split}"
+        src = examples_dir / split
         dst = out / split
         if src.is_dir():
             os.rename(src, dst)
@@ -678,15 +715,15 @@ def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConf
     written = sorted(int(p.name.split("=", 1)[1]) for p in (work / "rows").glob("bucket=*") if p.is_dir())
     for folder in (work / "clean", out / "quarantine"):
         folder.mkdir(parents=True, exist_ok=True)
-    trips = (
-        _per_bucket(written, _LIGHT_BUCKETS_PER_TASK)
-        .map_batches(
-            _check_bucket, batch_size=None, fn_kwargs={"work": str(work), "quarantine": str(out / "quarantine")}
-        )
-        .to_pandas()
+    tables = _map_buckets(
+        _check_bucket,
+        _bucket_groups(written, _LIGHT_BUCKETS_PER_TASK),
+        work=str(work),
+        quarantine=str(out / "quarantine"),
     )
     shutil.rmtree(work / "rows")
-    trips = _combine_trips(trips) if len(trips) else _TRIP_SCHEMA.empty_table().to_pandas()
+    trips = pa.concat_tables([_TRIP_SCHEMA.empty_table(), *tables]).to_pandas()
+    trips = _combine_trips(trips) if len(trips) else trips
     return _Checked(work, written, trips, rows_in)
 
 
@@ -707,17 +744,10 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
     object store or gathered on the driver but the medians (a Ray Data groupby of every training
     pair took 1/6 of the ETL at 10M events; gathering the counts on the driver, 3.6 GiB there)."""
     parts = max(2 * _cluster_cpus(), -(-len(events.buckets) // 10))
-    _per_bucket(events.buckets, _LIGHT_BUCKETS_PER_TASK).map_batches(
-        _bucket_segments,
-        batch_size=None,
-        batch_format="pandas",
-        fn_kwargs={"work": str(events.work), "k": config.k, "cutoffs": splits.cutoffs, "parts": parts},
-    ).materialize()
-    medians = (
-        _per_bucket(list(range(parts)))
-        .map_batches(_part_medians, batch_size=1, batch_format="pandas", fn_kwargs={"work": str(events.work)})
-        .to_pandas()
-    )
+    work = str(events.work)
+    groups = _bucket_groups(events.buckets, _LIGHT_BUCKETS_PER_TASK)
+    _map_buckets(_bucket_segments, groups, work=work, k=config.k, cutoffs=splits.cutoffs, parts=parts)
+    medians = pd.concat(_map_buckets(_part_medians, _bucket_groups(list(range(parts))), work=work))
     medians = medians.sort_values(SEGMENT_KEY, kind="stable").reset_index(drop=True)
     return medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)
 
@@ -743,22 +773,17 @@ def _write_examples(
 ) -> None:
     """Pairs and features per trip bucket -> train/valid/test parquet; the quarantine; the medians."""
     examples_dir = out / "_examples"
-    (
-        _per_bucket(events.buckets, _EXAMPLE_BUCKETS_PER_TASK)
-        .map_batches(
-            _bucket_examples,
-            batch_size=None,
-            fn_kwargs={
-                "work": str(events.work),
-                "k": config.k,
-                "cutoffs": splits.cutoffs,
-                "stops": stops,
-                "medians": medians,
-                "feed_files": feed_files,
-                "before": config.holdout[0] if config.holdout else None,
-            },
-        )
-        .write_parquet(str(examples_dir), partition_cols=["split"])
+    _map_buckets(
+        _bucket_examples,
+        _bucket_groups(events.buckets, _EXAMPLE_BUCKETS_PER_TASK),
+        work=str(events.work),
+        examples=str(examples_dir),
+        k=config.k,
+        cutoffs=splits.cutoffs,
+        stops=stops,
+        medians=medians,
+        feed_files=feed_files,
+        before=config.holdout[0] if config.holdout else None,
     )
     _publish_splits(examples_dir, out)
     pq.write_table(pa.Table.from_pandas(medians, preserve_index=False), out / SEGMENT_MEDIANS_FILE)
