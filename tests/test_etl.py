@@ -433,3 +433,34 @@ def test_split_cutoffs_by_day_and_by_time():
     # No valid or test wanted: all train.
     split = etl.assign_splits(ten, etl.split_cutoffs(ten, (1.0, 0.0, 0.0)))
     assert (split == "train").all()
+
+
+def test_line_day_buckets_hash_each_rows_route_direction_and_day():
+    """Hashed once per distinct line-day, the bucket is still the per-row hash of its text, so a
+    line-day never splits, whatever the batch; a missing part puts the row in the bucket of ""."""
+    import datetime as dt
+
+    rng = np.random.default_rng(7)
+    n = 5_000
+    df = pd.DataFrame(
+        {
+            "route_id": pd.array(rng.choice(["Red", "Orange", "1", None], n), dtype="str"),
+            "direction_id": pd.array(rng.choice([0, 1], n), dtype="Int8"),
+            "service_date": rng.choice([dt.date(2024, 2, d) for d in (6, 7)] + [None], n),
+        }
+    )
+    df.loc[3, "direction_id"] = pd.NA
+    text = (
+        df["route_id"].astype("string")
+        + "|"
+        + df["direction_id"].astype("string")
+        + "|"
+        + df["service_date"].astype("string")
+    )
+    expected = pd.util.hash_array(text.fillna("").to_numpy(dtype=object)) % 97
+    got = etl._line_day_buckets(df, 97)
+    assert got.dtype == np.int64 and len(got) == n
+    np.testing.assert_array_equal(got, expected)
+    # The bucket of a row depends on its line-day alone, not on the rest of the batch.
+    np.testing.assert_array_equal(etl._line_day_buckets(df.iloc[::-1], 97), expected[::-1])
+    np.testing.assert_array_equal(etl._line_day_buckets(df.iloc[:10], 97), expected[:10])
