@@ -464,3 +464,16 @@ def test_line_day_buckets_hash_each_rows_route_direction_and_day():
     # The bucket of a row depends on its line-day alone, not on the rest of the batch.
     np.testing.assert_array_equal(etl._line_day_buckets(df.iloc[::-1], 97), expected[::-1])
     np.testing.assert_array_equal(etl._line_day_buckets(df.iloc[:10], 97), expected[:10])
+
+
+def test_bucket_groups_cover_every_bucket_once_in_runs(monkeypatch):
+    """Each bucket goes to exactly one task, in order and in runs of about ``per_task``, with at
+    least 4 tasks per CPU where there are buckets enough, and never an empty task."""
+    monkeypatch.setattr(etl, "_cluster_cpus", lambda: 2)
+    buckets = [3, 5, 8, 13, 21, *range(300, 405)]
+    groups = etl._bucket_groups(buckets, 8)
+    assert [b for g in groups for b in g] == buckets
+    assert len(groups) == 14 and {len(g) for g in groups} == {7, 8}  # 110 buckets: 8 tasks of 8, 6 of 7
+    assert [len(g) for g in etl._bucket_groups(list(range(20)), 8)] == [3, 3, 3, 3, 2, 2, 2, 2]  # 4 per CPU
+    assert etl._bucket_groups([7, 9], 8) == [[7], [9]]
+    assert etl._bucket_groups([], 8) == []
