@@ -33,6 +33,7 @@ what is possible here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -108,11 +109,8 @@ def _instrument_bucket_tasks(log: list[dict]) -> None:
                 sizes = sorted(len(g) for g in groups) or [0]
                 span = str(sizes[0]) if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
                 seconds = round(time.perf_counter() - start, 3)
-                times = [
-                    tuple(map(float, line.split()))
-                    for f in Path(folder).iterdir()
-                    for line in f.read_text().splitlines()
-                ]
+                lines = [line.split() for f in Path(folder).iterdir() for line in f.read_text().splitlines()]
+                times = [(float(c), float(w)) for c, w in (x for x in lines if len(x) == 2)]  # cut off: skipped
                 cpu, wall = (sum(t[i] for t in times) for i in (0, 1))
                 log.append({"call": f"tasks {fn.__name__}", "seconds": seconds,
                             "operators": [f"{len(groups)} tasks of {span} items, task CPU {cpu:.1f} s, "
@@ -131,7 +129,8 @@ def _task_timer(fn, folder: str):
         try:
             return fn(group, **shared)
         finally:
-            with open(os.path.join(folder, f"{os.getpid()}.txt"), "a") as f:
+            # Never the task's own error: the folder is gone if the pass failed, or on another node.
+            with contextlib.suppress(OSError), open(os.path.join(folder, f"{os.getpid()}.txt"), "a") as f:
                 f.write(f"{time.process_time() - cpu} {time.perf_counter() - wall}\n")
 
     return run

@@ -159,7 +159,10 @@ def _line_day_buckets(df: pd.DataFrame, buckets: int) -> np.ndarray:
     line_day = df.groupby(list(_LINE_DAY), dropna=False, sort=False).ngroup().to_numpy()
     _, first, inverse = np.unique(line_day, return_index=True, return_inverse=True)
     one = df.iloc[first]
-    text = one["route_id"].astype("string") + "|" + one["direction_id"].astype("string") + "|"
+    # As an integer: a batch with a missing direction reads int8 as float64 ("1.0"), and its line-days
+    # must hash as in batches without one.
+    direction = one["direction_id"].astype("Int64").astype("string")
+    text = one["route_id"].astype("string") + "|" + direction + "|"
     text = (text + one["service_date"].astype("string")).fillna("")  # a missing part: bucket of ""
     return (pd.util.hash_array(text.to_numpy(dtype=object)) % buckets).astype("int64")[inverse]
 
@@ -387,10 +390,11 @@ def _bucket_file(folder: Path, bucket: int) -> Path:
 
 
 def _check_groups(groups: list[int], work: str, quarantine: str) -> pa.Table:
-    """Trip checks on each bucket of the groups (every file the read wrote for a group), one bucket
-    at a time: the clean events are written once per bucket, for the later passes; the quarantined
-    ones to the quarantine. Returns the buckets' trip table (their trips are whole: a bucket holds
-    whole lines and days)."""
+    """Trip checks on each bucket of the groups (every file the read wrote for a group; a group's
+    rows are read at once, 8 buckets or ~400,000 events at most), bucket by bucket: the clean
+    events are written once per bucket, for the later passes; the quarantined ones to the
+    quarantine. Returns the buckets' trip table (their trips are whole: a bucket holds whole lines
+    and days)."""
     tables = [_TRIP_SCHEMA.empty_table()]
     for group in groups:
         rows = pq.read_table(Path(work) / "rows" / f"group={group}").to_pandas()
@@ -437,7 +441,7 @@ def _bucket_segments(buckets: list[int], work: str, k: int, cutoffs: dict, parts
     for p in range(parts):
         if starts[p + 1] > starts[p]:
             folder = Path(work) / "counts" / f"part={p}"
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(exist_ok=True)  # not its parents: see _map_buckets
             # Named by the group's first bucket: unique, since no two groups share a bucket.
             part_counts = table.slice(starts[p], starts[p + 1] - starts[p])
             pq.write_table(part_counts, _bucket_file(folder, buckets[0]), compression=_WORK_COMPRESSION)
@@ -477,7 +481,7 @@ def _bucket_examples(buckets: list[int], work: str, examples: str, **kwargs) -> 
                     continue
                 if split not in writers:
                     folder = Path(examples) / split
-                    folder.mkdir(parents=True, exist_ok=True)
+                    folder.mkdir(exist_ok=True)  # not its parents: see _map_buckets
                     writers[split] = pq.ParquetWriter(_bucket_file(folder, buckets[0]), EXAMPLE_SCHEMA)
                 writers[split].write_table(part)
                 rows[split] += part.num_rows
@@ -512,10 +516,18 @@ def _map_buckets(fn: Callable[..., object], groups: list[list[int]], **shared: o
     own buckets' files, so no pass after the read shuffles events. (Ray Data's streaming executor
     polls its tasks every 0.1 s and fetches their metadata on a second 0.1 s cycle: a core idled
     ~0.2 s between tasks, measured, 10 s of the examples pass at 10 M events.) ``shared`` goes to
-    the object store once, not with every task."""
+    the object store once, not with every task. If a task fails, the others are cancelled before
+    the error goes on (the staging folder they write in is about to be deleted; the tasks make
+    only their own leaf folders, so one still running cannot bring it back)."""
     task = ray.remote(num_cpus=1)(fn)
     refs = {name: ray.put(value) for name, value in shared.items()}
-    return ray.get([task.remote(group, **refs) for group in groups])
+    pending = [task.remote(group, **refs) for group in groups]
+    try:
+        return ray.get(pending)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref)
+        raise
 
 
 # --- driver -----------------------------------------------------------------------------------
@@ -687,7 +699,8 @@ def inspect_stops(stops_path: str | None) -> dict | None:
 
 
 def _run(files: list[InputFile], stops: Stops | None, config: EtlConfig, out: Path) -> dict:
-    """The Ray Data pipeline. Writes train/valid/test, quarantine and segment medians under ``out``."""
+    """The pipeline (``_pipeline``) on Ray: train/valid/test, quarantine and segment medians under
+    ``out``."""
     ensure_ray()
     return _pipeline(files, stops, config, out)
 
@@ -777,9 +790,12 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
     pair took 1/6 of the ETL at 10M events; gathering the counts on the driver, 3.6 GiB there)."""
     parts = max(2 * _cluster_cpus(), -(-len(events.buckets) // 10))
     work = str(events.work)
+    (events.work / "counts").mkdir()
     groups = _bucket_groups(events.buckets, _LIGHT_BUCKETS_PER_TASK)
     _map_buckets(_bucket_segments, groups, work=work, k=config.k, cutoffs=splits.cutoffs, parts=parts)
-    medians = pd.concat(_map_buckets(_part_medians, _bucket_groups(list(range(parts))), work=work))
+    frames = _map_buckets(_part_medians, _bucket_groups(list(range(parts))), work=work)
+    # Parts with no segment give an empty frame of other dtypes (``n`` float): leave them out.
+    medians = pd.concat([f for f in frames if len(f)] or frames[:1])
     medians = medians.sort_values(SEGMENT_KEY, kind="stable").reset_index(drop=True)
     return medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)
 
@@ -805,6 +821,7 @@ def _write_examples(
 ) -> None:
     """Pairs and features per trip bucket -> train/valid/test parquet; the quarantine; the medians."""
     examples_dir = out / "_examples"
+    examples_dir.mkdir()
     _map_buckets(
         _bucket_examples,
         _bucket_groups(events.buckets, _EXAMPLE_BUCKETS_PER_TASK),

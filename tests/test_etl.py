@@ -137,6 +137,20 @@ def test_failure_mid_write_leaves_no_half_version(ray_local, tiny, monkeypatch):
     assert ok.created and [p.name for p in folder.iterdir()] == [ok.version]
 
 
+def test_every_row_quarantined_is_an_empty_dataset_not_a_crash(ray_local, tiny, tmp_path):
+    """No stop of the inputs is in the schedule: every row goes to the quarantine with its reason,
+    the splits are empty but readable, and the counts still add up."""
+    stops = _stops(tmp_path / "other_stops.parquet", ["X1", "X2"])
+    result = ingest(tiny["inputs"], root=tiny["root"], config=EtlConfig(k=3), stops_path=stops)
+    c = result.manifest["counts"]
+    assert c["rows_in"] == c["quarantined"] == tiny["rows"] and c["rows_out"] == 0
+    assert c["examples"] == c["examples_expected"] == 0
+    assert c["quarantined_by_reason"]["unknown_stop"] >= tiny["rows"] - 2  # the two null-field rows aside
+    for split in SPLITS:
+        assert pq.read_table(result.path / split).num_rows == 0
+    assert pq.read_table(result.path / "quarantine").num_rows == tiny["rows"]
+
+
 def test_bad_input_fails_before_any_work_naming_the_file(ray_local, tmp_path):
     """A file missing a required column is refused up front with its name and the columns."""
     bad = tmp_path / "broken.parquet"
@@ -461,9 +475,12 @@ def test_line_day_buckets_hash_each_rows_route_direction_and_day():
     got = etl._line_day_buckets(df, 97)
     assert got.dtype == np.int64 and len(got) == n
     np.testing.assert_array_equal(got, expected)
-    # The bucket of a row depends on its line-day alone, not on the rest of the batch.
+    # The bucket of a row depends on its line-day alone, not on the rest of the batch: its order,
+    # its size, or whether a missing direction made pandas read the column as float64.
     np.testing.assert_array_equal(etl._line_day_buckets(df.iloc[::-1], 97), expected[::-1])
     np.testing.assert_array_equal(etl._line_day_buckets(df.iloc[:10], 97), expected[:10])
+    as_float = df.assign(direction_id=df["direction_id"].astype("float64"))
+    np.testing.assert_array_equal(etl._line_day_buckets(as_float, 97), expected)
 
 
 def test_bucket_groups_cover_every_bucket_once_in_runs(monkeypatch):
@@ -473,7 +490,7 @@ def test_bucket_groups_cover_every_bucket_once_in_runs(monkeypatch):
     buckets = [3, 5, 8, 13, 21, *range(300, 405)]
     groups = etl._bucket_groups(buckets, 8)
     assert [b for g in groups for b in g] == buckets
-    assert len(groups) == 14 and {len(g) for g in groups} == {7, 8}  # 110 buckets: 8 tasks of 8, 6 of 7
+    assert len(groups) == 14 and {len(g) for g in groups} == {7, 8}  # 110 buckets: 12 tasks of 8, 2 of 7
     assert [len(g) for g in etl._bucket_groups(list(range(20)), 8)] == [3, 3, 3, 3, 2, 2, 2, 2]  # 4 per CPU
     assert etl._bucket_groups([7, 9], 8) == [[7], [9]]
     assert etl._bucket_groups([], 8) == []
