@@ -1,5 +1,5 @@
-"""The ETL (a Ray Data read, then Ray tasks over buckets): MBTA source files -> validated events -> (u -> s)
-example rows -> versioned splits.
+"""The ETL (a Ray Data read, then Ray tasks over buckets): MBTA source files -> validated events
+-> (u -> s) example rows -> versioned splits.
 
 Stages (Ray Data for the read, Ray tasks over buckets after it, so the same code runs on a laptop
 or a multi-node cluster that shares the output folder):
@@ -20,8 +20,9 @@ or a multi-node cluster that shares the output folder):
    takes several buckets in turn (``_bucket_groups``, ``_map_buckets``). Neither pass holds more
    than a bucket of events at a time, and nothing is shuffled (issue 16: the three sort shuffles
    of the materialized events were 80 % of the ETL's time at 10 M events, and the object store most
-   of its memory). The real-time features of a bucket's lines come from ``realtime.history.EventHistory``: sorted
-   searches over stop events, a ``NetworkState`` replay for GTFS-realtime lines.
+   of its memory). The real-time features of a bucket's lines come from
+   ``realtime.history.EventHistory``: sorted searches over stop events, a ``NetworkState`` replay
+   for GTFS-realtime lines.
 
 Every source row ends up as a good event or in the quarantine table with its reason, and the written
 pair count is checked against an independent count from the trip sizes.
@@ -424,11 +425,11 @@ def _clean_bucket(work: str, bucket: int) -> pd.DataFrame:
     return pq.read_table(_bucket_file(Path(work) / "clean", int(bucket))).to_pandas()
 
 
-def _bucket_segments(buckets: list[int], work: str, k: int, cutoffs: dict, parts: int) -> int:
+def _bucket_segments(buckets: list[int], work: str, k: int, cutoffs: dict, parts: int) -> None:
     """The travel counts (``features.travel_counts``) of the buckets' training pairs, written into
     ``parts`` folders by a hash of the segment (so one segment's counts from every bucket meet in one
     folder), one file per folder for the whole group (a file per bucket and part made thousands of
-    small files at 10 M events); returns how many count rows it wrote."""
+    small files at 10 M events)."""
     counts = pd.concat(
         [travel_counts(_train_segments(_clean_bucket(work, b), k, cutoffs).to_pandas()) for b in buckets],
         ignore_index=True,
@@ -445,7 +446,6 @@ def _bucket_segments(buckets: list[int], work: str, k: int, cutoffs: dict, parts
             # Named by the group's first bucket: unique, since no two groups share a bucket.
             part_counts = table.slice(starts[p], starts[p + 1] - starts[p])
             pq.write_table(part_counts, _bucket_file(folder, buckets[0]), compression=_WORK_COMPRESSION)
-    return len(counts)
 
 
 def _part_medians(parts: list[int], work: str) -> pd.DataFrame:
@@ -468,12 +468,12 @@ def by_split(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
         yield s, examples.filter(pa.array(split == s))
 
 
-def _bucket_examples(buckets: list[int], work: str, examples: str, **kwargs) -> dict[str, int]:
+def _bucket_examples(buckets: list[int], work: str, examples: str, **kwargs) -> None:
     """Each bucket's examples in turn (a task never holds two buckets' examples), written to one
     file per split for the group, ``examples/<split>/bucket-<first bucket>.parquet`` (a rerun of the
-    task after a lost worker rewrites the same files); returns the rows written per split."""
+    task after a lost worker rewrites the same files). The rows are counted from the files later
+    (``_accounting``)."""
     writers: dict[str, pq.ParquetWriter] = {}
-    rows = dict.fromkeys(SPLITS, 0)
     try:
         for b in buckets:
             for split, part in by_split(_examples(_clean_bucket(work, b), **kwargs)):
@@ -484,11 +484,9 @@ def _bucket_examples(buckets: list[int], work: str, examples: str, **kwargs) -> 
                     folder.mkdir(exist_ok=True)  # not its parents: see _map_buckets
                     writers[split] = pq.ParquetWriter(_bucket_file(folder, buckets[0]), EXAMPLE_SCHEMA)
                 writers[split].write_table(part)
-                rows[split] += part.num_rows
     finally:
         for writer in writers.values():
             writer.close()
-    return rows
 
 
 #: Buckets per task in the passes whose work per bucket is short (trip checks, travel counts: ~0.15 s
