@@ -247,6 +247,15 @@ def _object_store_bytes(pid: int) -> int:
     return total
 
 
+def _process_name(p) -> str:
+    """A process's name; for Python ones, their script's (the driver, Ray's log monitor, ...)."""
+    name = p.name()
+    if name.startswith("python"):
+        script = next((a for a in p.cmdline()[1:] if not a.startswith("-")), "")
+        name = f"python {Path(script).name}" if script else name
+    return name
+
+
 class TreeSampler:
     """Samples memory of a process and all its descendants on a thread until stopped."""
 
@@ -261,6 +270,9 @@ class TreeSampler:
         self.peak: dict = {"rss": 0, "pss": 0, "uss": 0, "shm_delta": 0, "object_store": 0, "procs": 0}
         self.peak_procs: list[str] = []
         self.cpu: dict[int, float] = {}  # pid -> user + system seconds at its last sample
+        # CPU seconds by process name, each sample's growth under the name it has then (a Ray
+        # worker is named after the task it runs: this is where the CPU went).
+        self.cpu_by_name: dict[str, float] = {}
         self.own_cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -274,6 +286,10 @@ class TreeSampler:
         self._stop.set()
         self._thread.join()
 
+    def cpu_by_process(self) -> dict[str, float]:
+        """``cpu_by_name`` rounded, largest first."""
+        return {k: round(v, 2) for k, v in sorted(self.cpu_by_name.items(), key=lambda kv: -kv[1])}
+
     def _loop(self) -> None:
         ps = self.psutil
         while not self._stop.is_set():
@@ -286,9 +302,11 @@ class TreeSampler:
             for p in procs:
                 try:
                     m = p.memory_full_info()
-                    name = p.name()
+                    name = _process_name(p)
                     t = p.cpu_times()
-                    self.cpu[p.pid] = t.user + t.system
+                    used = t.user + t.system
+                    self.cpu_by_name[name] = self.cpu_by_name.get(name, 0.0) + used - self.cpu.get(p.pid, 0.0)
+                    self.cpu[p.pid] = used
                 except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess):
                     continue
                 rss, pss, uss = rss + m.rss, pss + m.pss, uss + m.uss
@@ -360,7 +378,7 @@ def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> d
         raise RuntimeError(f"{impl} at {size:,} events failed (rc={rc}); log {log_path}:\n{tail}")
     result = json.loads(result_path.read_text())
     result.update(process_wall_s=wall, cpu_s=cpu_s, peak=sampler.peak, peak_procs=sampler.peak_procs, log=str(log_path),
-                  sampler_cpu_s=sampler.own_cpu_s)  # fmt: skip
+                  sampler_cpu_s=sampler.own_cpu_s, cpu_by_process=sampler.cpu_by_process())  # fmt: skip
     (OUT / f"memory_{impl}_{size}.json").write_text(json.dumps(sampler.samples))
     if impl == "ray":
         datasets = [c for c in result["ray_calls"] if "stats" in c]
@@ -576,6 +594,13 @@ def report(runs: list[dict], info: dict, command: str) -> str:
         lines.append("")
         lines.append("pandas stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in pd_["stages"].items()))
         lines.append("")
+        if "cpu_by_process" in ry:
+            lines.append(
+                "Ray's CPU s by process (sampled each interval under the name it had then; a worker is "
+                "named after its task, `ray::IDLE` between tasks): "
+                + ", ".join(f"{k} {v:.1f}" for k, v in ry["cpu_by_process"].items() if v >= 0.05)
+            )
+            lines.append("")
     return "\n".join(lines)
 
 

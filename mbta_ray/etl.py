@@ -421,8 +421,13 @@ def _check_bucket(df: pd.DataFrame, bucket: int, work: str, quarantine: str) -> 
     return _trip_table(clean) if len(clean) else _TRIP_SCHEMA.empty_table()
 
 
-def _clean_bucket(work: str, bucket: int) -> pd.DataFrame:
-    return pq.read_table(_bucket_file(Path(work) / "clean", int(bucket))).to_pandas()
+def _clean_bucket(work: str, bucket: int, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(_bucket_file(Path(work) / "clean", int(bucket)), columns=columns).to_pandas()
+
+
+#: What ``_train_segments`` reads of a clean bucket (a third of its columns: the rest is never
+#: decoded in the travel counts pass).
+_SEGMENT_INPUT = ["source", "route_id", "stop_id", "stop_sequence", "actual_arrival", TRIP_KEY]
 
 
 def _bucket_segments(buckets: list[int], work: str, k: int, cutoffs: dict, parts: int) -> None:
@@ -430,10 +435,10 @@ def _bucket_segments(buckets: list[int], work: str, k: int, cutoffs: dict, parts
     ``parts`` folders by a hash of the segment (so one segment's counts from every bucket meet in one
     folder), one file per folder for the whole group (a file per bucket and part made thousands of
     small files at 10 M events)."""
-    counts = pd.concat(
-        [travel_counts(_train_segments(_clean_bucket(work, b), k, cutoffs).to_pandas()) for b in buckets],
-        ignore_index=True,
-    )
+    # Counted over the group's pairs at once, not per bucket: a segment's travel times repeat more
+    # often among more pairs, so a third fewer count rows to hash, write and read back.
+    segments = [_train_segments(_clean_bucket(work, b, _SEGMENT_INPUT), k, cutoffs) for b in buckets]
+    counts = travel_counts(pa.concat_tables(segments).to_pandas())
     part = pd.util.hash_pandas_object(counts[SEGMENT_KEY], index=False).to_numpy() % parts
     # Ordered by part once, then sliced (a boolean mask per part cost a fifth of the pass).
     order = np.argsort(part, kind="stable")
@@ -711,6 +716,13 @@ class _Checked:
     buckets: list[int]
     trips: pd.DataFrame  # one row per trip of the clean events
     rows_in: int
+    sizes: dict[int, int]  # clean events per bucket
+
+    def groups(self, per_task: int) -> list[list[int]]:
+        """The buckets in groups (``_bucket_groups``), the largest groups first: the last tasks of a
+        pass are small ones, so the cores finish it closer together."""
+        groups = _bucket_groups(self.buckets, per_task)
+        return sorted(groups, key=lambda g: -sum(self.sizes[b] for b in g))
 
 
 @dataclass
@@ -764,10 +776,12 @@ def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConf
     tables = _map_buckets(_check_groups, [[g] for g in written], work=str(work), quarantine=quarantine)
     shutil.rmtree(work / "rows")
     # Every bucket with events has its clean file (empty where all its events were quarantined).
-    written = sorted(int(p.stem.split("-", 1)[1]) for p in (work / "clean").glob("bucket-*.parquet"))
+    sizes = {
+        int(p.stem.split("-", 1)[1]): pq.read_metadata(p).num_rows for p in (work / "clean").glob("bucket-*.parquet")
+    }
     trips = pa.concat_tables([_TRIP_SCHEMA.empty_table(), *tables]).to_pandas()
     trips = _combine_trips(trips) if len(trips) else trips
-    return _Checked(work, written, trips, rows_in)
+    return _Checked(work, sorted(sizes), trips, rows_in, sizes)
 
 
 def _split(events: _Checked, config: EtlConfig) -> _Splits:
@@ -789,8 +803,14 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
     parts = max(2 * _cluster_cpus(), -(-len(events.buckets) // 10))
     work = str(events.work)
     (events.work / "counts").mkdir()
-    groups = _bucket_groups(events.buckets, _LIGHT_BUCKETS_PER_TASK)
-    _map_buckets(_bucket_segments, groups, work=work, k=config.k, cutoffs=splits.cutoffs, parts=parts)
+    _map_buckets(
+        _bucket_segments,
+        events.groups(_LIGHT_BUCKETS_PER_TASK),
+        work=work,
+        k=config.k,
+        cutoffs=splits.cutoffs,
+        parts=parts,
+    )
     frames = _map_buckets(_part_medians, _bucket_groups(list(range(parts))), work=work)
     # Parts with no segment give an empty frame of other dtypes (``n`` float): leave them out.
     medians = pd.concat([f for f in frames if len(f)] or frames[:1])
@@ -822,7 +842,7 @@ def _write_examples(
     examples_dir.mkdir()
     _map_buckets(
         _bucket_examples,
-        _bucket_groups(events.buckets, _EXAMPLE_BUCKETS_PER_TASK),
+        events.groups(_EXAMPLE_BUCKETS_PER_TASK),
         work=str(events.work),
         examples=str(examples_dir),
         k=config.k,
@@ -843,7 +863,7 @@ def _accounting(events: _Checked, splits: _Splits, medians: pd.DataFrame, out: P
     written = sorted((out / "quarantine").rglob("*.parquet"))
     reasons = pa.concat_tables([pq.read_table(p, columns=["reason"]) for p in written])["reason"] if written else []
     quarantined = {str(r): int(c) for r, c in pd.Series(reasons, dtype="string").value_counts().items()}
-    rows_in, rows_out = events.rows_in, _count_rows(events.work / "clean")
+    rows_in, rows_out = events.rows_in, sum(events.sizes.values())
     split_rows = {s: _count_rows(out / s) for s in SPLITS}
     in_trips = int(splits.trips["trip_size"].sum()) if len(splits.trips) else 0  # clean events, counted by trip
     if rows_in != rows_out + sum(quarantined.values()) or in_trips != rows_out:

@@ -494,3 +494,15 @@ def test_bucket_groups_cover_every_bucket_once_in_runs(monkeypatch):
     assert [len(g) for g in etl._bucket_groups(list(range(20)), 8)] == [3, 3, 3, 3, 2, 2, 2, 2]  # 4 per CPU
     assert etl._bucket_groups([7, 9], 8) == [[7], [9]]
     assert etl._bucket_groups([], 8) == []
+
+
+def test_checked_groups_go_largest_first(monkeypatch, tmp_path):
+    """A pass submits its largest groups of buckets first (the raylet starts queued tasks in order),
+    so the last tasks are small and the cores finish together; the groups are still the runs of
+    ``_bucket_groups``, each bucket in one."""
+    monkeypatch.setattr(etl, "_cluster_cpus", lambda: 1)
+    sizes = {0: 10, 1: 10, 2: 500, 3: 1, 4: 40, 5: 40, 6: 0, 7: 3}
+    checked = etl._Checked(tmp_path, sorted(sizes), pd.DataFrame(), 0, sizes)
+    groups = checked.groups(2)
+    assert groups == [[2, 3], [4, 5], [0, 1], [6, 7]]
+    assert sorted(b for g in groups for b in g) == sorted(sizes)
