@@ -111,6 +111,8 @@ _TRIP_SCHEMA = pa.schema(
 _SEGMENT_SCHEMA = pa.schema(
     [("route_id", pa.string()), ("from_stop_id", pa.string()), ("to_stop_id", pa.string()), (TARGET, pa.float64())]
 )
+#: The travel counts files (``features.travel_counts`` of the segments).
+_COUNTS_SCHEMA = _SEGMENT_SCHEMA.append(pa.field(TRAVEL_COUNT, pa.int64()))
 _SPLIT_EXAMPLE_SCHEMA = EXAMPLE_SCHEMA.append(pa.field("split", pa.string()))
 
 
@@ -460,9 +462,9 @@ def _part_medians(parts: list[int], work: str) -> pd.DataFrame:
         folder = Path(work) / "counts" / f"part={int(p)}"
         if folder.is_dir():
             frames.append(medians_from_counts(pq.read_table(folder).to_pandas()))
-    return (
-        pd.concat(frames) if frames else medians_from_counts(pd.DataFrame(columns=[*SEGMENT_KEY, TARGET, TRAVEL_COUNT]))
-    )
+    if not frames:  # no segment in these parts: an empty frame of the dtypes read counts give
+        frames.append(medians_from_counts(_COUNTS_SCHEMA.empty_table().to_pandas()))
+    return pd.concat(frames)
 
 
 def by_split(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
@@ -812,7 +814,7 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
         parts=parts,
     )
     frames = _map_buckets(_part_medians, _bucket_groups(list(range(parts))), work=work)
-    # Parts with no segment give an empty frame of other dtypes (``n`` float): leave them out.
+    # Parts without segments are left out (pandas warns of empty frames in a concat).
     medians = pd.concat([f for f in frames if len(f)] or frames[:1])
     medians = medians.sort_values(SEGMENT_KEY, kind="stable").reset_index(drop=True)
     return medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)

@@ -365,7 +365,8 @@ def medians_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
     (the mean of the two middle values for an even count, as pandas' median) and n."""
     counts = counts.groupby(SEGMENT_KEY + [TARGET], observed=True, sort=True)[TRAVEL_COUNT].sum().reset_index()
     if counts.empty:
-        return pd.DataFrame({c: pd.Series(dtype="string") for c in SEGMENT_KEY} | {HIST_MEDIAN: [], "n": []})
+        # The dtypes a non-empty result has (the keys' are the input's), so parts concatenate.
+        return counts[SEGMENT_KEY].assign(**{HIST_MEDIAN: np.array([], "float64"), "n": np.array([], "int64")})
     n_rows = counts[TRAVEL_COUNT].to_numpy(dtype="int64")
     travel = counts[TARGET].to_numpy(dtype="float64")
     cum = np.cumsum(n_rows)  # rows sorted by segment, then travel: positions in the expanded order

@@ -296,7 +296,7 @@ def test_medians_from_travel_counts_of_parts_equal_the_medians_of_all_pairs():
         {"route_id": ["R", "R"], "from_stop_id": ["a", "a"], "to_stop_id": ["b", "b"], TARGET: [10.0, 13.0]}
     )
     assert medians_from_counts(travel_counts(two))["hist_median_travel_s"].tolist() == [11.5]
-    assert medians_from_counts(travel_counts(two.iloc[:0])).columns.tolist() == SEGMENT_KEY + [
-        "hist_median_travel_s",
-        "n",
-    ]
+    empty = medians_from_counts(travel_counts(two.iloc[:0]))
+    assert empty.columns.tolist() == SEGMENT_KEY + ["hist_median_travel_s", "n"]
+    # The same dtypes with or without segments (the ETL concatenates parts of both kinds).
+    assert empty.dtypes.to_dict() == medians_from_counts(travel_counts(two)).dtypes.to_dict()
