@@ -1341,3 +1341,18 @@ def test_event_history_equals_the_state_on_any_events(trips, picks):
                         "from_stop_sequence": float(at["stop_sequence"]), "to_stop_id": s, "hop_from_stop_id": hop,
                         "arrival_u": arrival, "moment": arrival + after})  # fmt: skip
     _assert_history_equals_state(events, pd.DataFrame(queries))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.none(), st.integers(0, 3000)), min_size=1, max_size=6), min_size=1, max_size=30))
+def test_row_nanmedians_equal_numpys(rows):
+    """The recent travel median per row is numpy's nanmedian, for rows of any width with missing
+    values anywhere (at least one value per row, as the history asks), halves and ties included."""
+    from mbta_ray.realtime.history import _row_nanmedians
+
+    width = max(len(r) for r in rows)
+    values = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        values[i, : len(row)] = [np.nan if v is None else v / 2 for v in row]
+    values = values[(~np.isnan(values)).any(axis=1)]
+    np.testing.assert_array_equal(_row_nanmedians(values), np.nanmedian(values, axis=1))

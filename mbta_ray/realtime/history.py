@@ -212,7 +212,7 @@ class EventHistory:
         got = (chosen >= 0).sum(axis=1).astype("float64")
         median = np.full(len(pair), np.nan)
         some = got > 0
-        median[some] = np.nanmedian(travels[some], axis=1)
+        median[some] = _row_nanmedians(travels[some])
         age = moment - _gather(d_time.astype("float64"), chosen[:, 0])
         return got, median, age
 
@@ -296,6 +296,16 @@ def _last_n(
         done = (got[active] >= n) | (pos[active] < lo[active]) | (times[j] < oldest[active])
         active = active[~done]
     return chosen
+
+
+def _row_nanmedians(values: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(values, axis=1)`` for rows with a value each: sorted, NaN last, the middle
+    value or the mean of the middle two. (numpy's goes through masked arrays: a ninth of a bucket's
+    examples at 5 columns.)"""
+    ordered = np.sort(values, axis=1)
+    count = (~np.isnan(values)).sum(axis=1)
+    rows = np.arange(len(values))
+    return (ordered[rows, (count - 1) // 2] + ordered[rows, count // 2]) / 2
 
 
 def _gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
