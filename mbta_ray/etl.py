@@ -14,8 +14,8 @@ or a multi-node cluster that shares the output folder):
 3. splits: each trip goes to train/valid/test by its start time (per source, since the sources cover
    different periods), so no trip is in two splits and valid/test come after train; a source of
    several service days splits at day boundaries (``split_cutoffs``).
-4. segment medians from the training pairs (per bucket, a task counts its pairs' travel times
-   per segment into part folders by segment; one task per part takes the exact medians), then
+4. segment medians from the training pairs (a task counts its buckets' pairs' travel times per
+   segment into part folders by segment; one task per part takes the exact medians), then
    pairs + features for all splits (per bucket again), written as parquet per split. A task
    takes several buckets in turn (``_bucket_groups``, ``_map_buckets``). Neither pass holds more
    than a bucket of events at a time, and nothing is shuffled (issue 16: the three sort shuffles
