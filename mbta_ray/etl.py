@@ -814,8 +814,7 @@ def _segment_medians(events: _Checked, splits: _Splits, config: EtlConfig) -> pd
         parts=parts,
     )
     frames = _map_buckets(_part_medians, _bucket_groups(list(range(parts))), work=work)
-    # Parts without segments are left out (pandas warns of empty frames in a concat).
-    medians = pd.concat([f for f in frames if len(f)] or frames[:1])
+    medians = pd.concat(frames)  # a part without segments is an empty frame of the same dtypes
     medians = medians.sort_values(SEGMENT_KEY, kind="stable").reset_index(drop=True)
     return medians[medians["n"] >= config.min_segment_pairs].reset_index(drop=True)
 
