@@ -251,7 +251,7 @@ def _process_name(p) -> str:
     """A process's name; for Python ones, their script's (the driver, Ray's log monitor, ...)."""
     name = p.name()
     if name.startswith("python"):
-        script = next((a for a in p.cmdline()[1:] if not a.startswith("-")), "")
+        script = next((a for a in p.cmdline()[1:] if a.endswith(".py")), "")
         name = f"python {Path(script).name}" if script else name
     return name
 

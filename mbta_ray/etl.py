@@ -18,7 +18,8 @@ or a multi-node cluster that shares the output folder):
    segment into part folders by segment; one task per part takes the exact medians), then
    pairs + features for all splits (per bucket again), written as parquet per split. A task
    takes several buckets in turn (``_bucket_groups``, ``_map_buckets``). Neither pass holds more
-   than a bucket of events at a time, and nothing is shuffled (issue 16: the three sort shuffles
+   than a bucket of events at a time (the counts pass holds its group's training segments, four
+   columns of ~7 pairs per event), and nothing is shuffled (issue 16: the three sort shuffles
    of the materialized events were 80 % of the ETL's time at 10 M events, and the object store most
    of its memory). The real-time features of a bucket's lines come from
    ``realtime.history.EventHistory``: sorted searches over stop events, a ``NetworkState`` replay
@@ -50,6 +51,7 @@ from mbta_ray.config import EtlConfig
 from mbta_ray.defaults import DATASET_NAME
 from mbta_ray.errors import ConfigError, MissingFileError
 from mbta_ray.features import (
+    HIST_MEDIAN,
     SEGMENT_KEY,
     TRAVEL_COUNT,
     compute_features,
@@ -113,6 +115,10 @@ _SEGMENT_SCHEMA = pa.schema(
 )
 #: The travel counts files (``features.travel_counts`` of the segments).
 _COUNTS_SCHEMA = _SEGMENT_SCHEMA.append(pa.field(TRAVEL_COUNT, pa.int64()))
+#: ``segment_medians.parquet`` (``features.medians_from_counts``), whatever pandas made of an empty one.
+_MEDIANS_SCHEMA = pa.schema(
+    [*(pa.field(key, pa.string()) for key in SEGMENT_KEY), (HIST_MEDIAN, pa.float64()), ("n", pa.int64())]
+)
 _SPLIT_EXAMPLE_SCHEMA = EXAMPLE_SCHEMA.append(pa.field("split", pa.string()))
 
 
@@ -854,7 +860,9 @@ def _write_examples(
         before=config.holdout[0] if config.holdout else None,
     )
     _publish_splits(examples_dir, out)
-    pq.write_table(pa.Table.from_pandas(medians, preserve_index=False), out / SEGMENT_MEDIANS_FILE)
+    pq.write_table(
+        conform(pa.Table.from_pandas(medians, preserve_index=False), _MEDIANS_SCHEMA), out / SEGMENT_MEDIANS_FILE
+    )
 
 
 def _accounting(events: _Checked, splits: _Splits, medians: pd.DataFrame, out: Path) -> dict:

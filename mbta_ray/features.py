@@ -353,9 +353,10 @@ TRAVEL_COUNT = "pairs"
 
 def travel_counts(pairs: pd.DataFrame) -> pd.DataFrame:
     """How many of ``pairs`` (SEGMENT_KEY + TARGET) took each travel time per segment. Counts of
-    disjoint sets of pairs add up, so parts computed apart (the ETL's buckets) combine into the
-    exact ``segment_medians`` (``medians_from_counts``) without gathering every pair: travel times
-    are whole seconds, so a segment has a few hundred distinct values, not its thousands of pairs."""
+    disjoint sets of pairs add up, so parts computed apart (the ETL's groups of buckets) combine
+    into the exact ``segment_medians`` (``medians_from_counts``) without gathering every pair:
+    travel times are whole seconds, so a segment has a few hundred distinct values, not its
+    thousands of pairs."""
     keys = SEGMENT_KEY + [TARGET]
     return pairs.groupby(keys, observed=True, sort=False).size().rename(TRAVEL_COUNT).reset_index()
 

@@ -506,3 +506,20 @@ def test_checked_groups_go_largest_first(monkeypatch, tmp_path):
     groups = checked.groups(2)
     assert groups == [[2, 3], [4, 5], [0, 1], [6, 7]]
     assert sorted(b for g in groups for b in g) == sorted(sizes)
+
+
+def test_part_medians_of_parts_with_and_without_counts_share_dtypes(tmp_path):
+    """A part with no counts gives an empty frame of the dtypes a part read from its counts files
+    gives, so the driver's concatenation keeps string keys, float medians and integer counts."""
+    from mbta_ray.features import travel_counts
+
+    pairs = pd.DataFrame(
+        {"route_id": ["Red"] * 3, "from_stop_id": ["a"] * 3, "to_stop_id": ["b"] * 3, "travel_seconds": [60.0, 90, 75]}
+    )
+    folder = tmp_path / "counts" / "part=0"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(travel_counts(pairs), preserve_index=False), folder / "bucket-00000.parquet")
+    with_counts, without = etl._part_medians([0], str(tmp_path)), etl._part_medians([1], str(tmp_path))
+    assert with_counts["hist_median_travel_s"].tolist() == [75.0] and with_counts["n"].tolist() == [3]
+    assert len(without) == 0 and without.dtypes.to_dict() == with_counts.dtypes.to_dict()
+    assert pd.concat([without, with_counts]).dtypes.to_dict() == with_counts.dtypes.to_dict()
