@@ -18,8 +18,8 @@ or a multi-node cluster that shares the output folder):
    segment into part folders by segment; one task per part takes the exact medians), then
    pairs + features for all splits (per bucket again), written as parquet per split. A task
    takes several buckets in turn (``_bucket_groups``, ``_map_buckets``). Neither pass holds more
-   than a bucket of events at a time (the counts pass holds its group's training segments, four
-   columns of ~7 pairs per event), and nothing is shuffled (issue 16: the three sort shuffles
+   than a bucket of events at a time (the counts pass holds the segments of its group's training
+   pairs: four columns, ~5 rows per event), and nothing is shuffled (issue 16: the three sort shuffles
    of the materialized events were 80 % of the ETL's time at 10 M events, and the object store most
    of its memory). The real-time features of a bucket's lines come from
    ``realtime.history.EventHistory``: sorted searches over stop events, a ``NetworkState`` replay
