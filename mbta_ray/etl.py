@@ -721,10 +721,13 @@ class _Checked:
     """Events after the row and trip checks, written once per bucket under ``work``."""
 
     work: Path
-    buckets: list[int]
+    sizes: dict[int, int]  # clean events per bucket, for every bucket with events
     trips: pd.DataFrame  # one row per trip of the clean events
     rows_in: int
-    sizes: dict[int, int]  # clean events per bucket
+
+    @property
+    def buckets(self) -> list[int]:
+        return sorted(self.sizes)
 
     def groups(self, per_task: int) -> list[list[int]]:
         """The buckets in groups (``_bucket_groups``), the largest groups first: the last tasks of a
@@ -789,7 +792,7 @@ def _read_and_check(files: list[InputFile], stops: Stops | None, config: EtlConf
     }
     trips = pa.concat_tables([_TRIP_SCHEMA.empty_table(), *tables]).to_pandas()
     trips = _combine_trips(trips) if len(trips) else trips
-    return _Checked(work, sorted(sizes), trips, rows_in, sizes)
+    return _Checked(work, sizes, trips, rows_in)
 
 
 def _split(events: _Checked, config: EtlConfig) -> _Splits:

@@ -502,7 +502,7 @@ def test_checked_groups_go_largest_first(monkeypatch, tmp_path):
     ``_bucket_groups``, each bucket in one."""
     monkeypatch.setattr(etl, "_cluster_cpus", lambda: 1)
     sizes = {0: 10, 1: 10, 2: 500, 3: 1, 4: 40, 5: 40, 6: 0, 7: 3}
-    checked = etl._Checked(tmp_path, sorted(sizes), pd.DataFrame(), 0, sizes)
+    checked = etl._Checked(tmp_path, sizes, pd.DataFrame(), 0)
     groups = checked.groups(2)
     assert groups == [[2, 3], [4, 5], [0, 1], [6, 7]]
     assert sorted(b for g in groups for b in g) == sorted(sizes)
