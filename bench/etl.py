@@ -187,6 +187,9 @@ def worker(args: argparse.Namespace) -> None:
         ray.shutdown()
         result["ray_shutdown_s"] = time.perf_counter() - t2
     result["worker_total_s"] = time.perf_counter() - t0
+    import pyarrow
+
+    result["arrow_pool"] = pyarrow.default_memory_pool().backend_name  # runtime.use_system_arrow_pool's choice
     result["digest"] = _digest(out if args.worker == "pandas" else res.path)  # after the clock: not measured
     Path(args.result).write_text(json.dumps(result, indent=1, default=str))
 
@@ -270,6 +273,7 @@ class TreeSampler:
         self.peak: dict = {"rss": 0, "pss": 0, "uss": 0, "shm_delta": 0, "object_store": 0, "procs": 0}
         self.peak_procs: list[str] = []
         self.cpu: dict[int, float] = {}  # pid -> user + system seconds at its last sample
+        self.kernel_cpu: dict[int, float] = {}  # pid -> its system (kernel) seconds of those
         # CPU seconds by process name, each sample's growth under the name it has then (a Ray
         # worker is named after the task it runs: this is where the CPU went).
         self.cpu_by_name: dict[str, float] = {}
@@ -307,6 +311,7 @@ class TreeSampler:
                     used = t.user + t.system
                     self.cpu_by_name[name] = self.cpu_by_name.get(name, 0.0) + used - self.cpu.get(p.pid, 0.0)
                     self.cpu[p.pid] = used
+                    self.kernel_cpu[p.pid] = t.system
                 except (ps.NoSuchProcess, ps.AccessDenied, ps.ZombieProcess):
                     continue
                 rss, pss, uss = rss + m.rss, pss + m.pss, uss + m.uss
@@ -373,11 +378,12 @@ def measure(impl: str, data_dir: Path, size: int, args: argparse.Namespace) -> d
     wall = time.perf_counter() - start
     # CPU seconds of the tree: less sensitive than wall time to other work on the machine.
     cpu_s = sum(sampler.cpu.values())
+    kernel_cpu_s = sum(sampler.kernel_cpu.values())  # page faults and I/O: what the allocator changes
     if rc != 0:
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"{impl} at {size:,} events failed (rc={rc}); log {log_path}:\n{tail}")
     result = json.loads(result_path.read_text())
-    result.update(process_wall_s=wall, cpu_s=cpu_s, peak=sampler.peak, peak_procs=sampler.peak_procs, log=str(log_path),
+    result.update(process_wall_s=wall, cpu_s=cpu_s, kernel_cpu_s=kernel_cpu_s, peak=sampler.peak, peak_procs=sampler.peak_procs, log=str(log_path),
                   sampler_cpu_s=sampler.own_cpu_s, cpu_by_process=sampler.cpu_by_process())  # fmt: skip
     (OUT / f"memory_{impl}_{size}.json").write_text(json.dumps(sampler.samples))
     if impl == "ray":
@@ -526,11 +532,17 @@ def report(runs: list[dict], info: dict, command: str) -> str:
         f"started and shut down inside the measured process. pandas: one process, pairs/features in chunks of "
         f"{info['pandas_chunk_events'] or 'all'} events. Input: SYNTHETIC LAMP events (`mbta_ray.synth`, seed "
         f"{info['seed']}), K=10, default EtlConfig, GTFS stop checks on. Memory sampled every {info['interval']} s "
-        "over the process and all its descendants, by a thread of the bench's own process (its CPU: sampler CPU s).",
+        "over the process and all its descendants, by a thread of the bench's own process (its CPU: sampler CPU s). "
+        "Arrow memory pool of the measured processes: "
+        + ", ".join(
+            sorted({f"{run[i].get('arrow_pool', '?')} ({i})" for run in runs for i in ("pandas", "ray") if i in run})
+        )
+        + ".",
         "",
-        "| events | files | impl | ETL s | process s | CPU s (tree) | events/s (ETL) | peak PSS GiB | peak RSS-sum GiB | "
-        "peak USS-sum GiB | object store GiB | /dev/shm growth GiB | procs | examples | quarantined | sampler CPU s |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| events | files | impl | ETL s | process s | CPU s (tree) | of it kernel s | events/s (ETL) | peak PSS GiB | "
+        "peak RSS-sum GiB | peak USS-sum GiB | object store GiB | /dev/shm growth GiB | procs | examples | quarantined | "
+        "sampler CPU s |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         for impl in [i for i in ("pandas", "ray") if i in run]:
@@ -538,6 +550,7 @@ def report(runs: list[dict], info: dict, command: str) -> str:
             p = r["peak"]
             lines.append(
                 f"| {run['size']:,} | {run['files']} | {impl} | {r['etl_s']:.1f} | {r['process_wall_s']:.1f} | {r['cpu_s']:.0f} | "
+                f"{r.get('kernel_cpu_s', 0):.0f} | "
                 f"{run['size'] / r['etl_s']:,.0f} | {_gib(p['pss'])} | {_gib(p['rss'])} | {_gib(p['uss'])} | "
                 f"{_gib(p['object_store'])} | {_gib(p['shm_delta'])} | {p['procs']} | "
                 f"{r['counts']['examples']:,} | {r['counts']['quarantined']:,} | {r.get('sampler_cpu_s', 0):.1f} |"

@@ -70,7 +70,7 @@ from mbta_ray.realtime.features import observations_from_events
 from mbta_ray.realtime.feeds import read_vehicle_positions
 from mbta_ray.realtime.history import EventHistory
 from mbta_ray.realtime.state import trip_keys as state_trip_keys
-from mbta_ray.runtime import ensure_ray
+from mbta_ray.runtime import ensure_ray, use_system_arrow_pool
 from mbta_ray.schema import (
     EXAMPLE_SCHEMA,
     FEATURE_CODE_VERSION,
@@ -85,6 +85,10 @@ from mbta_ray.sources import InputFile, inspect_input, plan_pieces, read_piece
 from mbta_ray.sources.gtfsrt import READER as GTFSRT_READER
 from mbta_ray.timeutil import epoch_seconds
 from mbta_ray.validate import ValidationConfig, check_rows, check_trips, trip_keys
+
+# Every ETL process imports this module before its first task runs (a Ray worker to unpickle the
+# task, the driver, the pandas baseline): all of them allocate Arrow memory with the system allocator.
+use_system_arrow_pool()
 
 #: Events after the trip checks carry these besides the quarantine schema's columns.
 #: (``reason`` is null on the clean ones: the files written per bucket must say it may be.)

@@ -47,6 +47,24 @@ def local_only_ray() -> None:
         os.environ.setdefault(LOCAL_ONLY_ENV, "0")
 
 
+#: pyarrow's own switch for its default memory pool ("system", "mimalloc" or "jemalloc"), read when
+#: the process first allocates Arrow memory.
+ARROW_POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+def use_system_arrow_pool() -> str:
+    """Allocate this process's Arrow memory with the system allocator (glibc malloc), unless
+    ARROW_DEFAULT_MEMORY_POOL chooses a pool; returns the pool's name. pyarrow's default here,
+    mimalloc, gives freed pages back to the kernel soon after, so the ETL's frames, allocated and
+    freed a bucket at a time, page-fault their memory in again and again: a fifth of the ETL's CPU
+    went to the kernel at 10 M events, and its peak memory was higher (bench/RESULTS.md)."""
+    import pyarrow as pa
+
+    if ARROW_POOL_ENV not in os.environ:
+        pa.set_memory_pool(pa.system_memory_pool())
+    return pa.default_memory_pool().backend_name
+
+
 class RayConnectionError(MbtaRayError, ConnectionError):
     """No Ray cluster answers at the address given (RAY_ADDRESS or --address)."""
 

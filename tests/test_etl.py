@@ -523,3 +523,28 @@ def test_part_medians_of_parts_with_and_without_counts_share_dtypes(tmp_path):
     assert with_counts["hist_median_travel_s"].tolist() == [75.0] and with_counts["n"].tolist() == [3]
     assert len(without) == 0 and without.dtypes.to_dict() == with_counts.dtypes.to_dict()
     assert pd.concat([without, with_counts]).dtypes.to_dict() == with_counts.dtypes.to_dict()
+
+
+def test_etl_processes_allocate_arrow_memory_with_the_system_allocator(ray_local):
+    """The driver and the Ray workers that run ETL tasks use the system allocator for Arrow memory
+    (importing the ETL sets it; mimalloc's page churn was a fifth of the ETL's CPU), and a pool the
+    user chose with ARROW_DEFAULT_MEMORY_POOL is kept."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    from mbta_ray.runtime import ARROW_POOL_ENV
+
+    def pool_in_an_etl_task() -> str:
+        from mbta_ray import etl  # noqa: F401 (what an ETL task's worker imports first)
+
+        return pa.default_memory_pool().backend_name
+
+    assert pa.default_memory_pool().backend_name == "system"
+    assert ray.get(ray.remote(num_cpus=1)(pool_in_an_etl_task).remote()) == "system"
+    code = "import mbta_ray.etl, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    env = {**os.environ, ARROW_POOL_ENV: "mimalloc"}
+    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "mimalloc"
