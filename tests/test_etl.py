@@ -527,7 +527,7 @@ def test_part_medians_of_parts_with_and_without_counts_share_dtypes(tmp_path):
 
 def test_etl_processes_allocate_arrow_memory_with_the_system_allocator(ray_local):
     """The driver and the Ray workers that run ETL tasks use the system allocator for Arrow memory
-    (importing the ETL sets it; mimalloc's page churn was a fifth of the ETL's CPU), and a pool the
+    (importing the ETL sets it: mimalloc's kernel time was 16 % of the ETL's CPU), and a pool the
     user chose with ARROW_DEFAULT_MEMORY_POOL is kept."""
     import os
     import subprocess
