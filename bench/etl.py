@@ -688,8 +688,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     sizes = [100_000] if args.quick else [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
     # The Arrow pool the user chose, if any, is part of what was run (runtime.use_system_arrow_pool).
-    pool = os.environ.get("ARROW_DEFAULT_MEMORY_POOL")
-    command = (f"ARROW_DEFAULT_MEMORY_POOL={pool} " if pool else "") + "python bench/etl.py " + " ".join(sys.argv[1:])
+    from mbta_ray.runtime import ARROW_POOL_ENV
+
+    pool = os.environ.get(ARROW_POOL_ENV)
+    command = (f"{ARROW_POOL_ENV}={pool} " if pool else "") + "python bench/etl.py " + " ".join(sys.argv[1:])
     info = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
