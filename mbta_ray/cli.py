@@ -229,6 +229,8 @@ def ingest_cmd(
     service days split by day (train on the earlier ones)."""
     from mbta_ray.etl import ingest
 
+    if no_stops and stops:
+        raise ConfigError("give --stops FILE or --no-stops, not both")
     config = EtlConfig(k=k, max_abs_delay_s=max_abs_delay)
     feeds = None
     if cache is not None or start or until:

@@ -44,8 +44,8 @@ class EtlConfig:
             object.__setattr__(self, "holdout", _holdout_window(self.holdout))  # frozen: normalized once
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {self.k}")
-        if self.max_abs_delay_s <= 0:
-            raise ConfigError(f"max_abs_delay_s must be > 0, got {self.max_abs_delay_s}")
+        if not (0 < self.max_abs_delay_s < math.inf):  # NaN too: it would turn the check off
+            raise ConfigError(f"max_abs_delay_s must be a number > 0, got {self.max_abs_delay_s}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-9 or min(self.split_fractions) < 0:
             raise ConfigError(
                 f"split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}"

@@ -596,8 +596,9 @@ def _split_days(n_days: int, fractions: tuple[float, float, float]) -> tuple[int
 
 
 def parse_input_spec(spec: str) -> tuple[str, str | None]:
-    """'path' or 'path::format' -> (path, format or None)."""
-    if "::" in spec:
+    """'path' or 'path::format' -> (path, format or None). A file whose own name has '::' in it is
+    a path."""
+    if "::" in spec and not os.path.exists(spec):
         path, fmt = spec.rsplit("::", 1)
         return path, fmt
     return spec, None
@@ -607,7 +608,15 @@ def plan_inputs(specs: list[str]) -> list[InputFile]:
     """Inspect every input before any work starts (fail fast, naming the file)."""
     if not specs:
         raise ConfigError("no inputs given")
-    return [inspect_input(*parse_input_spec(s)) for s in specs]
+    files = [inspect_input(*parse_input_spec(s)) for s in specs]
+    seen: dict[str, str] = {}
+    for spec, f in zip(specs, files):
+        # One file twice (or one file by two names) would read its rows twice: duplicates to quarantine.
+        key = os.path.realpath(f.path)
+        if key in seen:
+            raise ConfigError(f"{spec}: the same file as {seen[key]}; give each input once")
+        seen[key] = spec
+    return files
 
 
 def _count_rows(folder: Path) -> int:

@@ -83,8 +83,34 @@ class Stops:
 
 def _read_stops(path: str, cols: list[str]) -> pd.DataFrame:
     """The columns ``cols`` of a stops table: parquet, stops.txt/CSV, or the stops.txt in a GTFS zip
-    (read in place). DataError naming the file for anything else."""
-    text = dict.fromkeys([c for c in cols if not c.startswith("stop_l")], "string")
+    (read in place), coordinates as float64. DataError naming the file for anything else."""
+    df = _stops_columns(path, cols, dict.fromkeys(cols, "string"))
+    for column, limit in _COORDINATE_LIMITS.items():
+        if column in df.columns:
+            df[column] = _coordinate(df, column, limit, path)
+    return df
+
+
+#: GTFS coordinates: WGS84 degrees. Empty is allowed (GTFS leaves nodes and boarding areas without).
+_COORDINATE_LIMITS = {"stop_lat": 90.0, "stop_lon": 180.0}
+
+
+def _coordinate(df: pd.DataFrame, column: str, limit: float, path: str) -> pd.Series:
+    """A coordinate column as float64; a DataError naming the file, stop and value for one that is
+    given but is no coordinate (a stop in the wrong place would put every distance to it wrong)."""
+    raw = df[column].astype("string").str.strip()
+    values = pd.to_numeric(raw.mask(raw == ""), errors="coerce").astype("float64")
+    bad = (raw.notna() & (raw != "") & values.isna()) | (values.abs() > limit)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{path}: stop {df['stop_id'].iloc[i]}: {column} {raw.iloc[i]!r} is not a coordinate in "
+            f"[-{limit:.0f}, {limit:.0f}] ({int(bad.sum())} such row(s))"
+        )
+    return values
+
+
+def _stops_columns(path: str, cols: list[str], text: dict[str, str]) -> pd.DataFrame:
     try:
         if path.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as z:
@@ -105,7 +131,7 @@ def _coords(df: pd.DataFrame) -> pd.DataFrame:
     df = df.dropna(subset=["stop_id"]).drop_duplicates("stop_id")
     df["stop_id"] = df["stop_id"].astype("string")
     coords = df.set_index("stop_id").rename(columns={"stop_lat": "lat", "stop_lon": "lon"})
-    return coords[["lat", "lon"]].astype("float64")
+    return coords[["lat", "lon"]]
 
 
 def stop_table(path: str) -> pd.DataFrame:
@@ -115,7 +141,7 @@ def stop_table(path: str) -> pd.DataFrame:
     df = _read_stops(str(path), cols)
     df = df.dropna(subset=["stop_id"]).drop_duplicates("stop_id")
     df = df.astype({"stop_id": "string", "stop_name": "string", "parent_station": "string"})
-    return df.rename(columns={"stop_lat": "lat", "stop_lon": "lon"}).astype({"lat": "float64", "lon": "float64"})
+    return df.rename(columns={"stop_lat": "lat", "stop_lon": "lon"})
 
 
 def station_platforms(table: pd.DataFrame) -> dict[str, frozenset[str]]:

@@ -60,6 +60,10 @@ def test_errors_are_clear_and_exit_2(ray_local, tmp_path):
     assert res.exit_code == 2 and "deadbeef" in res.output
     res = runner.invoke(app, ["data", "ingest", "--root", str(tmp_path / "art"), "-k", "0"])
     assert res.exit_code == 2 and "k must be >= 1" in res.output
+    res = runner.invoke(app, ["data", "ingest", "--root", str(tmp_path / "art"), "--max-abs-delay", "nan"])
+    assert res.exit_code == 2 and "max_abs_delay_s must be a number > 0, got nan" in res.output, res.output
+    res = runner.invoke(app, ["data", "ingest", "--root", str(tmp_path / "art"), "--no-stops", "--stops", str(bad)])
+    assert res.exit_code == 2 and "--stops FILE or --no-stops, not both" in res.output, res.output
 
 
 def test_console_script_is_installed():

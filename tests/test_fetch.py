@@ -320,6 +320,26 @@ def test_gtfs_zips_are_read_in_place_and_each_day_has_its_own_stops(tmp_path):
         Stops.load(str(tmp_path / "junk.zip"))
 
 
+@pytest.mark.parametrize(
+    ("lat", "why"), [("abc", "stop_lat 'abc' is not a coordinate"), ("999", "stop_lat '999' is not a coordinate")]
+)
+def test_a_stop_whose_coordinates_are_no_coordinates_is_refused_naming_it(tmp_path, lat, why):
+    """A stop in the wrong place would put every distance to it wrong: an error naming the feed,
+    the stop and the value; a stop without coordinates (GTFS allows it for nodes) is fine."""
+    from mbta_ray.gtfs import Stops, stop_table
+
+    feed = tmp_path / "feed.zip"
+    with zipfile.ZipFile(feed, "w") as z:
+        z.writestr("stops.txt", f"stop_id,stop_name,parent_station,stop_lat,stop_lon\nA,A,,42.1,-71\nB,B,,{lat},-71\n")
+    for read in (Stops.load, stop_table):
+        with pytest.raises(DataError, match=f"feed.zip: stop B: {why} in \\[-90, 90\\]"):
+            read(str(feed))
+    with zipfile.ZipFile(feed, "w") as z:
+        z.writestr("stops.txt", "stop_id,stop_name,parent_station,stop_lat,stop_lon\nA,A,,42.1,-71\nN,N,,,\n")
+    assert Stops.load(str(feed)).coords.loc["A"].tolist() == [42.1, -71.0]
+    assert stop_table(str(feed))["lat"].isna().tolist() == [False, True]
+
+
 def test_cached_inputs_give_each_day_one_feed_and_say_what_is_missing(tmp_path):
     """Two zips claiming a day (the archive index changed between fetches): the one fetched last
     wins; a LAMP day no zip covers is named."""

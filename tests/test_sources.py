@@ -1066,3 +1066,111 @@ def test_lamp_bus_text_offsets_across_a_dst_change_and_missing_local_hours(tmp_p
     t = read_file(str(_bus_file(tmp_path / "gap.parquet", naive, day=dt.date(2024, 3, 10)))).to_pandas()
     assert t.loc[0, "actual_arrival"] == pd.Timestamp("2024-03-10T09:10:00Z")  # EDT
     assert t.loc[1, "reason"] == "bad_value" and "DST" in t.loc[1, "detail"]
+
+
+def test_lamp_bus_text_with_hour_offsets_reads_each_by_its_own(tmp_path: Path) -> None:
+    """Postgres writes offsets as -05 / -04 (no minutes): those are zones too, across a DST change,
+    and a zoneless time among them is a bad value, not a crashed read."""
+    text = pa.array(["2024-03-10 01:30:00-05", "2024-03-10 04:30:00-04", "2024-03-10 05:00:00+00", "2024-03-10 05:30"])
+    t = read_file(str(_bus_file(tmp_path / "pg.parquet", text[:3], day=dt.date(2024, 3, 10)))).to_pandas()
+    assert t["actual_arrival"].tolist() == [
+        utc("2024-03-10 06:30:00"),
+        utc("2024-03-10 08:30:00"),
+        utc("2024-03-10 05:00:00"),
+    ]
+    assert t["reason"].isna().all()
+    mixed = pa.array(["2024-03-10 04:30:00-04", "2024-03-10 05:30:00"])
+    t = read_file(str(_bus_file(tmp_path / "mixed.parquet", mixed, day=dt.date(2024, 3, 10)))).to_pandas()
+    assert pd.isna(t.loc[0, "reason"])
+    assert t.loc[1, "reason"] == "bad_value" and "stop_arrival_dt" in t.loc[1, "detail"]
+
+
+def test_lamp_bus_csv_header_with_spaces_reads_its_zone_like_the_plain_header(tmp_path: Path) -> None:
+    """The zone is decided from the same (stripped) column names the read uses: a naive local file
+    stays local, not UTC, whatever the header's spacing."""
+    body = "20240207,1,0,t,64,1,2024-02-07 05:00:00\n20240207,1,0,t,1,2,2024-02-07 12:00:00\n"
+    names = ["service_date", "route_id", "direction_id", "trip_id", "stop_id", "stop_sequence", "stop_arrival_dt"]
+    plain, spaced = tmp_path / "plain.csv", tmp_path / "spaced.csv"
+    plain.write_text(",".join(names) + "\n" + body)
+    spaced.write_text(", ".join(names) + "\n" + body)
+    got = [read_file(str(p)).to_pandas()["actual_arrival"].tolist() for p in (plain, spaced)]
+    assert got[0] == got[1] == [utc("2024-02-07 10:00:00"), utc("2024-02-07 17:00:00")]
+
+
+def test_times_outside_their_service_day_are_bad_values_naming_the_field(tmp_path: Path) -> None:
+    """A year-3000 arrival, or one a week after its service date, is garbage: quarantined as such
+    (kept, it would make its trip's good stops look out of order); an arrival after midnight is fine."""
+    times = pd.to_datetime(["2024-02-08T05:40:00", "3000-01-01T00:00:00", "2024-02-14T10:00:00"]).tz_localize("UTC")
+    path = _bus_file(tmp_path / "far.parquet", pa.array(times, pa.timestamp("us", tz="UTC")))
+    t = read_file(str(path)).to_pandas()
+    assert pd.isna(t.loc[0, "reason"])
+    for i, when in ((1, "3000-01-01T00:00:00Z"), (2, "2024-02-14T10:00:00Z")):
+        assert t.loc[i, "reason"] == "bad_value"
+        assert t.loc[i, "detail"] == f"field actual_arrival: {when} is not within service day 2024-02-07"
+
+
+def test_durations_and_directions_that_are_no_such_thing_are_bad_values(tmp_path: Path) -> None:
+    n = 4
+    columns = {
+        "service_date": pa.array([dt.date(2024, 2, 7)] * n, pa.date32()),
+        "route_id": ["1"] * n,
+        "direction_id": pa.array([0, 0, 0, 7], pa.int8()),
+        "trip_id": ["t"] * n,
+        "stop_id": ["64", "1", "10590", "2"],
+        "stop_sequence": pa.array([1, 2, 3, 4], pa.int64()),
+        "stop_arrival_dt": pa.array(pd.to_datetime(_BUS_UTC * 2)[:n].tz_localize("UTC"), pa.timestamp("us", tz="UTC")),
+        "route_direction_headway_seconds": pa.array([600.0, math.inf, -5.0, 600.0]),
+    }
+    pq.write_table(pa.table(columns), tmp_path / "d.parquet")
+    t = read_file(str(tmp_path / "d.parquet")).to_pandas()
+    assert pd.isna(t.loc[0, "reason"]) and t.loc[0, "headway_seconds"] == 600
+    assert t.loc[1, "detail"] == "field headway_seconds: inf is not seconds in [0, 86400]"
+    assert t.loc[2, "detail"] == "field headway_seconds: -5.0 is not seconds in [0, 86400]"
+    assert t.loc[3, "reason"] == "bad_value" and t.loc[3, "detail"] == "field direction_id: 7.0 is not 0 or 1"
+
+
+def test_tm_ids_and_calendar_ids_that_are_no_integers_are_bad_values(tmp_path: Path) -> None:
+    header = "CALENDAR_ID,ROUTE_ID,ROUTE_DIRECTION_ID,TRIP_ID,GEO_NODE_ID,PATTERN_GEO_NODE_SEQ,SCHEDULED_TIME,ACT_ARRIVAL_TIME,ACT_DEPARTURE_TIME\n"
+    body = [
+        "120240811,1,5,inf,2000,1,20000,20010,20020",
+        "120240811,1,5,99999999999999999999,2000,1,20000,20010,20020",
+        "120240230,1,5,3,2000,1,20000,20010,20020",
+        "120240811,1,5,9007199254740991,2000,1,20000,20010,20020",
+    ]
+    (tmp_path / "tm.csv").write_text(header + "\n".join(body) + "\n")
+    t = read_file(str(tmp_path / "tm.csv")).to_pandas()
+    assert t.loc[0, "detail"] == "field TRIP_ID: inf is not an integer id"
+    assert t.loc[1, "detail"] == "field TRIP_ID: 1e+20 is not an integer id"
+    assert t.loc[2, "detail"] == "field CALENDAR_ID: 120240230 is not a date 1YYYYMMDD"
+    assert pd.isna(t.loc[3, "reason"]) and t.loc[3, "trip_id"] == "9007199254740991"  # 2**53 - 1: exact
+
+
+def test_columns_of_the_wrong_kind_are_read_as_ids_or_refused_naming_them(tmp_path: Path) -> None:
+    times = pa.array(pd.to_datetime(_BUS_UTC[:2]).tz_localize("UTC"), pa.timestamp("us", tz="UTC"))
+    base = pq.read_table(_bus_file(tmp_path / "b.parquet", times))
+    # A float id column (an int column with a null, in pandas): 64.0 is stop "64".
+    floats = base.set_column(base.schema.get_field_index("stop_id"), "stop_id", pa.array([64.0, None]))
+    pq.write_table(floats, tmp_path / "floats.parquet")
+    assert read_file(str(tmp_path / "floats.parquet")).column("stop_id").to_pylist() == ["64", None]
+    # Text stored as bytes reads as text; bytes that are not UTF-8 are refused naming the column.
+    as_bytes = base.set_column(base.schema.get_field_index("stop_id"), "stop_id", pa.array([b"64", b"\xff"]))
+    pq.write_table(as_bytes.slice(0, 1), tmp_path / "bytes.parquet")
+    assert read_file(str(tmp_path / "bytes.parquet")).column("stop_id").to_pylist() == ["64"]
+    pq.write_table(as_bytes, tmp_path / "binary.parquet")
+    with pytest.raises(InputError, match="binary.parquet: column stop_id holds bytes that are not UTF-8"):
+        read_file(str(tmp_path / "binary.parquet"))
+    nested = base.set_column(base.schema.get_field_index("route_id"), "route_id", pa.array([{"x": 1}, {"x": 2}]))
+    pq.write_table(nested, tmp_path / "nested.parquet")
+    with pytest.raises(InputError, match=r"nested.parquet: column route_id holds struct<x: int64> values"):
+        read_file(str(tmp_path / "nested.parquet"))
+
+
+def test_inputs_are_each_given_once_and_a_name_with_double_colons_is_a_path(tmp_path: Path) -> None:
+    from mbta_ray.errors import ConfigError
+    from mbta_ray.etl import plan_inputs
+
+    with pytest.raises(ConfigError, match="the same file as"):
+        plan_inputs([str(LAMP_SAMPLE), str(LAMP_SAMPLE.parent / ".." / "samples" / LAMP_SAMPLE.name)])
+    odd = tmp_path / "lamp::2024.parquet"
+    odd.write_bytes(LAMP_SAMPLE.read_bytes())
+    assert [f.format for f in plan_inputs([str(odd), f"{LAMP_SAMPLE}::lamp"])] == ["lamp", "lamp"]

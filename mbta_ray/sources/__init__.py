@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import errno
-import gzip
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -23,7 +23,8 @@ from mbta_ray.errors import MbtaRayError
 from mbta_ray.paths import sha256_file
 from mbta_ray.schema import QUARANTINE_SCHEMA, Reason, conform
 from mbta_ray.sources import gtfsrt, lamp, lamp_bus, massdot, tm
-from mbta_ray.sources.base import Reader
+from mbta_ray.sources.base import Reader, csv_header, open_csv
+from mbta_ray.timeutil import SERVICE_SECONDS_RANGE, service_day_origin
 
 #: Known formats, in detection order.
 READERS: dict[str, Reader] = {
@@ -66,14 +67,12 @@ def _columns_and_rows(path: str, container: str) -> tuple[list[str], int]:
         if container == "parquet":
             meta = pq.read_metadata(path)
             return meta.schema.to_arrow_schema().names, meta.num_rows
-        opener = gzip.open if path.lower().endswith(".gz") else open
-        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+        header = csv_header(path)
+        with open_csv(path) as f:
             reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                return [], 0
+            next(reader, None)  # the header
             rows = sum(1 for row in reader if row)  # blank lines are no rows (pyarrow skips them)
-        return [h.strip() for h in header], rows
+        return header, rows
     except (OSError, EOFError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path}: cannot read as {container}: {exc}") from exc
 
@@ -121,6 +120,8 @@ def inspect_input(path: str, fmt: str | None = None) -> InputFile:
             raise InputError(f"{path}: not a valid {fmt!r} file: missing columns {missing}")
     if num_rows == 0:
         raise InputError(f"{path}: file has no rows")
+    if container == "parquet":
+        _check_value_columns(path, reader)
     return InputFile(path, reader.name, container, sha256_file(path), os.path.getsize(path), num_rows)
 
 
@@ -144,6 +145,29 @@ def plan_pieces(inp: InputFile) -> list[dict]:
     return pieces
 
 
+def _check_value_columns(path: str, reader: Reader) -> None:
+    """Every column a reader uses holds single values: a struct, list or map would be read as its
+    Python text ("{'x': 1}" as a route id)."""
+    schema = pq.read_schema(path)
+    for name in _used_columns(reader, schema.names):
+        kind = schema.field(name).type
+        if pa.types.is_nested(kind):
+            raise InputError(f"{path}: column {name} holds {kind} values, not numbers, text or times")
+
+
+def _utf8(batch: pa.RecordBatch, path: str) -> pa.RecordBatch:
+    """Binary columns as text (a parquet writer may store strings without their UTF-8 annotation);
+    an error naming the column where the bytes are not UTF-8."""
+    for i, f in enumerate(batch.schema):
+        if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_fixed_size_binary(f.type):
+            try:
+                column = batch.column(i).cast(pa.binary()).cast(pa.string())
+            except pa.ArrowInvalid as exc:
+                raise InputError(f"{path}: column {f.name} holds bytes that are not UTF-8 text: {exc}") from exc
+            batch = batch.set_column(i, f.name, column)
+    return batch
+
+
 def _used_columns(reader: Reader, available: list[str]) -> list[str]:
     wanted = {c for group in reader.required for c in group} | set(reader.optional)
     return [c for c in available if c in wanted]
@@ -157,7 +181,7 @@ def _raw_batches(piece: dict, reader: Reader) -> Iterator[pd.DataFrame]:
             pf = pq.ParquetFile(path)
             cols = _used_columns(reader, pf.schema_arrow.names)
             for batch in pf.iter_batches(batch_size=256_000, row_groups=groups, columns=cols):
-                yield batch.to_pandas()
+                yield _utf8(batch, path).to_pandas()
         except (OSError, pa.ArrowException) as exc:
             where = f"row groups {groups[0]}-{groups[-1]}" if len(groups) > 1 else f"row group {groups[0]}"
             raise InputError(f"{path}: cannot read parquet {where} (rows from {piece['row_offset']}): {exc}") from exc
@@ -197,9 +221,66 @@ def _check_integers(frame: pd.DataFrame) -> None:
             frame.loc[bad, column] = float("nan")
 
 
+def _flag_first(frame: pd.DataFrame, bad: pd.Series, detail: pd.Series) -> None:
+    """``bad_value`` with ``detail`` on the rows of ``bad`` that have no reason yet."""
+    first = bad & frame["reason"].isna()
+    if first.any():
+        frame.loc[first, "reason"] = Reason.BAD_VALUE.value
+        frame.loc[first, "detail"] = detail[first]
+
+
+def _epoch_us(when: pd.Series) -> np.ndarray:
+    """UTC times as epoch microseconds (NaT: the smallest int64)."""
+    return when.astype("datetime64[us, UTC]").dt.tz_convert(None).to_numpy(dtype="datetime64[us]").view("int64")
+
+
+def _check_service_day(frame: pd.DataFrame) -> None:
+    """Times outside their service day (``timeutil.SERVICE_SECONDS_RANGE`` of its start: a day
+    before to three after) are ``bad_value``: a year-3000 arrival or one a week off its date is
+    garbage, and kept it would make the good stops of its trip look out of order."""
+    days = pd.to_datetime(frame["service_date"])
+    codes, unique = pd.factorize(days)
+    if not len(unique):
+        return
+    origin_us = _epoch_us(service_day_origin(pd.Series(unique)))
+    start = origin_us[codes] + np.int64(SERVICE_SECONDS_RANGE[0] * 1_000_000)
+    end = origin_us[codes] + np.int64(SERVICE_SECONDS_RANGE[1] * 1_000_000)
+    for column in ("actual_arrival", "scheduled_arrival"):
+        when = pd.to_datetime(frame[column], utc=True)
+        us = _epoch_us(when)
+        bad = pd.Series(when.notna().to_numpy() & (codes >= 0) & ((us < start) | (us >= end)), index=frame.index)
+        if bad.any():
+            detail = (
+                f"field {column}: "
+                + when.dt.strftime("%Y-%m-%dT%H:%M:%SZ").astype("string").fillna("")
+                + " is not within service day "
+                + days.dt.strftime("%Y-%m-%d").astype("string").fillna("")
+            )
+            _flag_first(frame, bad, detail)
+
+
+#: Durations an event may carry (seconds): none negative, none longer than a day.
+_DURATION_RANGE = (0.0, 86_400.0)
+
+
+def _check_durations(frame: pd.DataFrame) -> None:
+    """Dwell and headway values that are no duration (negative, inf, 1e300) are ``bad_value``: they
+    would reach the features as they are."""
+    lo, hi = _DURATION_RANGE
+    for column in ("dwell_seconds", "headway_seconds", "scheduled_headway_seconds"):
+        v = frame[column].astype("float64")
+        bad = v.notna() & ~v.between(lo, hi)
+        if bad.any():
+            _flag_first(
+                frame, bad, f"field {column}: " + v.astype("string") + f" is not seconds in [{lo:.0f}, {hi:.0f}]"
+            )
+
+
 def to_event_table(frame: pd.DataFrame, source: str, source_file: str, row_offset: int) -> pa.Table:
     """Canonical pandas frame (reader output) -> Arrow table in the quarantine-capable event schema."""
     _check_integers(frame)
+    _check_service_day(frame)
+    _check_durations(frame)
     n = len(frame)
     cols = {
         "source": pa.array([source] * n, pa.string()),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
@@ -78,14 +81,40 @@ def gtfs_direction(values: pd.Series, column: str, issues: RowIssues) -> pd.Seri
 
 
 def text(df: pd.DataFrame, column: str) -> pd.Series:
-    """Column as a stripped string; empty strings become missing."""
-    s = df[column].astype("string").str.strip()
+    """Column as a stripped string; empty strings become missing. A float column's whole numbers
+    read as integers (an id column with nulls is float in pandas: 70061.0 is stop "70061")."""
+    raw = df[column]
+    s = raw.astype("string").str.strip()
+    if pd.api.types.is_float_dtype(raw.dtype):
+        whole = (np.isfinite(raw) & (raw == raw.round()) & (raw.abs() < _EXACT_FLOAT_INT)).to_numpy()
+        s[whole] = raw[whole].astype("int64").astype("string")
     return s.mask(s == "")
 
 
-def int_text(values: pd.Series) -> pd.Series:
-    """Float ids (e.g. 8301710.0 from a nullable int column) -> '8301710'."""
-    return values.round().astype("Int64").astype("string")
+#: Integers a float64 holds exactly: ids beyond it would merge (2**53 and 2**53 + 1 read alike).
+_EXACT_FLOAT_INT = 2**53
+
+
+def int_text(values: pd.Series, column: str, issues: RowIssues) -> pd.Series:
+    """Float ids (``numeric``'s output, e.g. 8301710.0 from a nullable int column) -> '8301710'. An
+    id that is no whole number a float holds exactly (inf, 1.5, beyond 2**53) is flagged
+    ``bad_value`` naming the field, and becomes missing."""
+    bad = values.notna() & ~((values == values.round()) & (values.abs() < _EXACT_FLOAT_INT))
+    issues.flag(bad, Reason.BAD_VALUE, lambda: "field " + column + ": " + values.astype("string") + " is not an integer id")  # fmt: skip
+    return values.mask(bad).round().astype("Int64").astype("string")
+
+
+def open_csv(path: str) -> TextIO:
+    """A CSV file (gzipped where it ends in .gz) as text, without a byte order mark."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    return opener(path, "rt", newline="", encoding="utf-8-sig")
+
+
+def csv_header(path: str) -> list[str]:
+    """A CSV file's column names as readers see them: stripped ("a, b" is columns a and b)."""
+    with open_csv(path) as f:
+        header = next(csv.reader(f), None)
+    return [h.strip() for h in header or []]
 
 
 def first_present(df: pd.DataFrame, names: tuple[str, ...]) -> str | None:

@@ -29,7 +29,10 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues.flag(not_stopped, Reason.NOT_AN_ARRIVAL, lambda: STATUS + "=" + status.fillna("null"))
     timestamp = numeric(df, F["timestamp"], issues)
     issues.flag(timestamp.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no vehicle.timestamp")
-    service_date = parse_service_date(text(df, F["start_date"]))
+    start_date = text(df, F["start_date"])
+    service_date = parse_service_date(start_date)
+    issues.flag(service_date.isna() & start_date.notna(), Reason.BAD_VALUE,
+                lambda: "field " + F["start_date"] + ": " + start_date + " is not a date YYYYMMDD")  # fmt: skip
     route = text(df, F["route_id"])
     out = pd.DataFrame(index=df.index)
     out["mode"] = mode_for_route(route)

@@ -16,6 +16,7 @@ extract) is read as UTC, LAMP's convention. A naive local time that does not exi
 
 from __future__ import annotations
 
+import csv
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -24,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mbta_ray.schema import TIMEZONE, Reason, mode_for_route
-from mbta_ray.sources.base import Reader, RowIssues, first_present, numeric, text
+from mbta_ray.sources.base import Reader, RowIssues, csv_header, first_present, gtfs_direction, numeric, text
 from mbta_ray.timeutil import parse_service_date
 
 ARRIVAL = ("stop_arrival_dt", "tm_actual_arrival_dt", "gtfs_arrival_dt")
@@ -56,18 +57,28 @@ def file_zone(path: str, container: str) -> dict:
             cols = ["service_date", *[c for c in ARRIVAL if c in names]]
             frame = pq.read_table(path, columns=cols).to_pandas()
         else:
+            header = csv_header(path)  # stripped names, as the read itself takes them
+            cols = [c for c in ("service_date", *ARRIVAL) if c in header]
             frame = pacsv.read_csv(
                 path,
-                convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in ("service_date", *ARRIVAL)}),
+                read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(header, pa.string()), include_columns=cols
+                ),
             ).to_pandas()
-    except (OSError, pa.ArrowException):
+        issues = RowIssues(frame.index)
+        service_date = parse_service_date(frame["service_date"])
+        naive = [v for v in (_parsed(frame, n, issues) for n in ARRIVAL if n in frame.columns) if not _zoned(v)]
+    except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error, TypeError, ValueError):
         return {}
-    issues = RowIssues(frame.index)
-    service_date = parse_service_date(frame["service_date"])
-    naive = [v for v in (_parsed(frame, n, issues) for n in ARRIVAL if n in frame.columns) if not _zoned(v)]
     if not naive:
         return {"zone": "UTC"}
     return {"zone": naive_zone(pd.concat(naive), pd.concat([service_date] * len(naive)))}
+
+
+#: A time of day that ends in a zone: ``Z``, or an offset such as -05, -0500 or -05:00 (Postgres
+#: writes LAMP's times with hour offsets, -05 in winter and -04 in summer).
+_OFFSET = r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s?(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"
 
 
 def _parsed(df: pd.DataFrame, name: str, issues: RowIssues) -> pd.Series:
@@ -78,7 +89,7 @@ def _parsed(df: pd.DataFrame, name: str, issues: RowIssues) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
         return raw.dt.tz_convert("UTC") if _zoned(raw) else raw
     as_text = raw.astype("string").str.strip().mask(lambda t: t == "")
-    offset = as_text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).fillna(False).astype(bool)
+    offset = as_text.str.contains(_OFFSET, regex=True).fillna(False).astype(bool)
     zoned = offset.any()
     values = pd.to_datetime(
         as_text.where(offset) if zoned else as_text, errors="coerce", utc=bool(zoned), format="ISO8601"
@@ -132,7 +143,7 @@ def canonicalize(df: pd.DataFrame, zone: str | None = None) -> pd.DataFrame:
     out["mode"] = mode_for_route(route)
     out["service_date"] = service_date
     out["route_id"] = route
-    out["direction_id"] = numeric(df, "direction_id", issues)
+    out["direction_id"] = gtfs_direction(numeric(df, "direction_id", issues), "direction_id", issues)
     out["trip_id"] = text(df, "trip_id")
     out["vehicle_id"] = text(df, vehicle) if vehicle else pd.NA
     out["stop_id"] = text(df, "stop_id")

@@ -23,8 +23,11 @@ TRIP_START_CROSSING = 2
 def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues = RowIssues(df.index)
     calendar = numeric(df, "CALENDAR_ID", issues)
-    # CALENDAR_ID is 1YYYYMMDD: drop the leading 1.
-    service_date = parse_service_date((calendar % 100_000_000).astype("Int64"))
+    # CALENDAR_ID is 1YYYYMMDD: drop the leading 1 (a float series: parse_service_date takes only
+    # whole eight-digit numbers, so 1.5 or inf is no date rather than a failed cast).
+    service_date = parse_service_date(calendar % 100_000_000)
+    issues.flag(service_date.isna() & calendar.notna(), Reason.BAD_VALUE,
+                lambda: "field CALENDAR_ID: " + df["CALENDAR_ID"].astype("string").str.strip() + " is not a date 1YYYYMMDD")  # fmt: skip
     arrival = numeric(df, "ACT_ARRIVAL_TIME", issues)
     departure = numeric(df, "ACT_DEPARTURE_TIME", issues)
     crossing = numeric(df, "CROSSING_TYPE_ID", issues) if "CROSSING_TYPE_ID" in df else None
@@ -43,11 +46,13 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     out["mode"] = Mode.BUS.value
     out["service_date"] = service_date
-    out["route_id"] = ID_PREFIX + int_text(numeric(df, "ROUTE_ID", issues))
+    out["route_id"] = ID_PREFIX + int_text(numeric(df, "ROUTE_ID", issues), "ROUTE_ID", issues)
     out["direction_id"] = numeric(df, "ROUTE_DIRECTION_ID", issues)  # TM code, a category only
-    out["trip_id"] = int_text(numeric(df, "TRIP_ID", issues))
-    out["vehicle_id"] = int_text(numeric(df, "VEHICLE_ID", issues)) if "VEHICLE_ID" in df else pd.NA
-    out["stop_id"] = ID_PREFIX + int_text(numeric(df, "GEO_NODE_ID", issues))
+    out["trip_id"] = int_text(numeric(df, "TRIP_ID", issues), "TRIP_ID", issues)
+    out["vehicle_id"] = (
+        int_text(numeric(df, "VEHICLE_ID", issues), "VEHICLE_ID", issues) if "VEHICLE_ID" in df else pd.NA
+    )
+    out["stop_id"] = ID_PREFIX + int_text(numeric(df, "GEO_NODE_ID", issues), "GEO_NODE_ID", issues)
     out["stop_sequence"] = sequence
     out["actual_arrival"] = service_time(service_date, arrival, "ACT_ARRIVAL_TIME", issues)
     out["scheduled_arrival"] = service_time(
