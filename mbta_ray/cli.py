@@ -340,6 +340,9 @@ def fetch_cmd(
     console.print(
         f"[bold]{report.summary()}[/] in {where} (records: {where.rstrip('/')}/{fetch.MANIFEST})", soft_wrap=True
     )
+    if report.interrupted:
+        console.print("[yellow]interrupted[/]: the files above are recorded; run the same command again to resume")
+        raise typer.Exit(130)
     if report.failed:
         raise typer.Exit(1)
 

@@ -14,10 +14,12 @@ a mirror or a test server with the same paths):
   (feed_start_date, feed_end_date, archive_url): one zip per feed, fetched once for all its dates.
 
 Downloads run in parallel with retries and exponential backoff (a connection error, a timeout, an
-HTTP 429 or 5xx, or a body shorter than announced); a partial file is kept as ``<name>.part`` and
-resumed with an HTTP Range request. Each finished file is checked (parquet: its footer; zip: its
-directory), and its size and sha256 are recorded in ``<cache>/fetch.json`` with the URL and the
-dates it covers; a file already there with the recorded size is not fetched again. A 404 for a day
+HTTP 429 or 5xx, a body shorter than announced, or one with no length that fails its check); a
+partial file is kept as ``<name>.part`` and resumed with an HTTP Range request only when it is known
+to be the same file (``_download``). Each finished file is checked (parquet: its footer; zip: its
+CRCs), and its size and sha256 are recorded in ``<cache>/fetch.json`` with the URL and the dates it
+covers; a file already there as recorded (a local cache: its sha256; an object store: its size) is
+not fetched again. Ctrl-C stops the downloads between chunks and keeps what finished. A 404 for a day
 is reported and skipped; a file that fails its check, or that the cache folder has no room for (a
 folder in its place), is reported by URL and path while the other files go on. An index row that
 cannot be read is reported by URL and row and skipped; the days it may concern are reported missing
@@ -36,11 +38,13 @@ import json
 import math
 import os
 import re
+import signal
 import threading
 import time
+import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -81,6 +85,10 @@ class _Missing(Exception):
     """The server has no such file (HTTP 404)."""
 
 
+class _Stopped(Exception):
+    """The user interrupted the fetch: downloads stop at their next chunk, partial files kept."""
+
+
 class _Retry(Exception):
     """A failure worth trying again (connection, timeout, 429/5xx, a short body)."""
 
@@ -108,20 +116,33 @@ class FetchReport:
     #: manifest and entry), "reason"}
     warnings: list[dict] = field(default_factory=list)
     bytes: int = 0
+    #: The user stopped it (Ctrl-C): what finished is recorded, partial files are kept to resume.
+    interrupted: bool = False
 
     def summary(self) -> str:
         warned = f", {len(self.warnings)} warning(s)" if self.warnings else ""
+        stopped = ", interrupted" if self.interrupted else ""
         return (
             f"{len(self.fetched)} file(s) fetched ({self.bytes:,} bytes), {len(self.cached)} already cached, "
-            f"{len(self.missing)} day(s) missing, {len(self.failed)} failed{warned}"
+            f"{len(self.missing)} day(s) missing, {len(self.failed)} failed{warned}{stopped}"
         )
 
 
+#: Service dates MBTA's archives can have (LAMP and the GTFS archive start in the 2010s).
+_FIRST_YEAR, _LAST_YEAR = 2000, 2099
+
+
 def parse_date(value: str, option: str) -> dt.date:
+    """A user's YYYY-MM-DD date (only that form: Python also takes 20240101 or 2024-W05-1)."""
     try:
-        return dt.date.fromisoformat(value)
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(value)):
+            raise ValueError(value)
+        day = dt.date.fromisoformat(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{option} {value!r}: give a date as YYYY-MM-DD") from None
+    if not _FIRST_YEAR <= day.year <= _LAST_YEAR:
+        raise ConfigError(f"{option} {value}: a service date from {_FIRST_YEAR} to {_LAST_YEAR}")
+    return day
 
 
 def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -279,7 +300,7 @@ class _Feed:
 
 def _plan_gtfs(dates: list[dt.date], base: str, get) -> tuple[list[Item], list[dict], list[dict]]:
     index_url = f"{base}/archive/archived_feeds.txt"
-    feeds = _read_gtfs_index(get(index_url), index_url)
+    feeds = _read_gtfs_index(get(index_url), index_url, base)
     by_url: dict[str, list[str]] = {}
     missing = []
     for d in dates:
@@ -298,14 +319,15 @@ def _plan_gtfs(dates: list[dt.date], base: str, get) -> tuple[list[Item], list[d
             missing.append({"source": "gtfs", "date": d.isoformat(), "reason": reason})
             continue
         by_url.setdefault(feed.url, []).append(d.isoformat())
-    items = [Item("gtfs", url, f"gtfs/{_zip_name(url)}", tuple(days)) for url, days in by_url.items()]
+    items = [Item("gtfs", url, _gtfs_path(url), tuple(days)) for url, days in by_url.items()]
     bad = [_BadRow(f.line, None, f.why) for f in feeds if f.why]
     return items, missing, _row_warnings("gtfs", index_url, bad)
 
 
-def _read_gtfs_index(data: bytes, index_url: str) -> list[_Feed]:
-    """The archive index's rows as feeds, a bad row as one with ``why`` (and no URL); a DataError
-    when it has rows but none can be used."""
+def _read_gtfs_index(data: bytes, index_url: str, base: str) -> list[_Feed]:
+    """The archive index's rows as feeds (URLs on MBTA's CDN moved to the mirror ``base``, when it
+    is one), a bad row as one with ``why`` (and no URL); a DataError when it has rows but none can
+    be used."""
     rows, width = _csv_rows(data, index_url, ("feed_start_date", "feed_end_date", "archive_url"))
     feeds = []
     for line, row in rows:
@@ -327,7 +349,7 @@ def _read_gtfs_index(data: bytes, index_url: str) -> list[_Feed]:
                     )
                     continue
                 else:
-                    feeds.append(_Feed(line, start, end, url))
+                    feeds.append(_Feed(line, start, end, _on_mirror(url, base)))
                     continue
         feeds.append(_Feed(line, dt.date.min, dt.date.max, None, why))  # its dates unknown: it may cover any
     if feeds and all(f.url is None for f in feeds):
@@ -336,9 +358,26 @@ def _read_gtfs_index(data: bytes, index_url: str) -> list[_Feed]:
 
 
 def _zip_name(url: str) -> str | None:
-    """The cache file name of a GTFS archive URL, or None when it does not end in a plain .zip name."""
-    name = url.rstrip("/").rsplit("/", 1)[-1]
+    """The file name a GTFS archive URL's path ends in (not its query), or None when that is not a
+    plain .zip name."""
+    name = urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
     return name if _SAFE_NAME.match(name) and name.lower().endswith(".zip") else None
+
+
+def _gtfs_path(url: str) -> str:
+    """Where a GTFS zip goes in the cache: its name with a digest of its URL, so that two feeds
+    whose URLs end in the same name (``old/MBTA_GTFS.zip``, ``new/MBTA_GTFS.zip``) never share a file."""
+    name = _zip_name(url) or "feed.zip"
+    return f"gtfs/{name[:-4]}-{hashlib.sha256(url.encode()).hexdigest()[:10]}.zip"
+
+
+def _on_mirror(url: str, cdn: str) -> str:
+    """An archive URL on MBTA's CDN, moved to the ``--cdn-url`` mirror the index came from (a mirror
+    of the index lists the CDN's URLs; a mirror is used for the zips too, e.g. offline)."""
+    parts, home = urllib.parse.urlsplit(url), urllib.parse.urlsplit(CDN_URL)
+    if cdn.rstrip("/") == CDN_URL or (parts.scheme, parts.netloc) != (home.scheme, home.netloc):
+        return url
+    return cdn.rstrip("/") + urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))
 
 
 def _csv_rows(data: bytes, where: str, required: tuple[str, ...]) -> tuple[list[tuple[int, dict]], int]:
@@ -381,7 +420,9 @@ def _raise_for_status(url: str, status: int, reason: str, missing: Callable[[], 
         raise FetchError(f"{url}: HTTP {status} {reason}")
 
 
-def _with_retries(url: str, attempt: Callable[[], T], retries: int, backoff_s: float, kept: str = "") -> T:
+def _with_retries(
+    url: str, attempt: Callable[[], T], retries: int, backoff_s: float, kept: Callable[[], str] = lambda: ""
+) -> T:
     """``attempt()``, tried again after a connection error, a timeout, a broken chunked answer or a
     retryable status, waiting ``backoff_s`` x 1, 2, 4, ... between tries (never after the last)."""
     import requests
@@ -394,9 +435,9 @@ def _with_retries(url: str, attempt: Callable[[], T], retries: int, backoff_s: f
             return attempt()
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retry) as exc:
             last = exc
-        except requests.RequestException as exc:  # a malformed URL, a bad redirect: no retry mends it
+        except (requests.RequestException, ValueError) as exc:  # a malformed URL, a bad redirect: no retry mends it
             raise FetchError(f"{url}: {exc}") from None
-    raise FetchError(f"{url}: failed after {retries + 1} attempts ({last}){kept}")
+    raise FetchError(f"{url}: failed after {retries + 1} attempts ({last}){kept()}")
 
 
 # --- downloading --------------------------------------------------------------------------------------
@@ -438,8 +479,9 @@ def _make_room(url: str, dest: Path, part: Path) -> None:
     if dest.is_dir() and not dest.is_symlink():  # a link is replaced by the file, a folder is not
         raise FetchError(f"{url}: cannot write {dest}: it is a folder; move it away")
     # The .part is written through: a link could point outside the cache, a fifo would block.
-    if part.is_symlink() or (part.exists() and not part.is_file()):
-        raise FetchError(f"{url}: cannot write {part}: it is not a plain file; move it away")
+    for own in (part, _meta_path(part)):
+        if own.is_symlink() or (own.exists() and not own.is_file()):
+            raise FetchError(f"{url}: cannot write {own}: it is not a plain file; move it away")
 
 
 def _download(
@@ -451,20 +493,36 @@ def _download(
     timeout_s: float,
     progress: Callable[[int], None],
 ) -> dict:
-    """``download``'s work, once ``dest``'s folder is there."""
+    """``download``'s work, once ``dest``'s folder is there. A partial file is resumed only when it
+    is known to be a start of the same file: written by this call, or by an earlier run that saved
+    the server's validator (ETag or Last-Modified) beside it, which the Range request sends as
+    If-Range (a changed file then comes whole). The answer must continue the partial file exactly
+    (Content-Range); anything else starts again from zero."""
     import requests
+
+    meta = _meta_path(part)
+    ours = {"resumable": False}  # the .part was written by this call's own attempts
 
     def attempt() -> int:
         have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
+        validator = None if ours["resumable"] else _saved_validator(meta, item.url)
+        if have and not ours["resumable"] and validator is None:
+            have = 0  # a partial file of unknown origin: never spliced onto another version
+        headers = {"Range": f"bytes={have}-", **({"If-Range": validator} if validator else {})} if have else {}
         with requests.get(item.url, headers=headers, stream=True, timeout=timeout_s) as r:
             if r.status_code == 416:  # nothing after what we have: start again from zero
-                part.unlink(missing_ok=True)
+                _discard(part, meta, ours)
                 raise _Retry("HTTP 416 for the partial file")
             _raise_for_status(item.url, r.status_code, r.reason, missing=lambda: _Missing(item.url))
             resumed = r.status_code == 206 and have > 0
+            if resumed and not _continues(r.headers.get("Content-Range"), have):
+                _discard(part, meta, ours)
+                raise _Retry(f"the server sent bytes {r.headers.get('Content-Range')}, not from byte {have:,}")
+            if not resumed:  # the whole file from zero: remember what it is, to resume it later
+                _save_validator(meta, item.url, r.headers)
             length = r.headers.get("Content-Length")
             expected = (have if resumed else 0) + int(length) if length and length.isdigit() else None
+            ours["resumable"] = True
             with open(part, "ab" if resumed else "wb") as f:  # no 206: the server starts from zero
                 for chunk in r.iter_content(_CHUNK):
                     f.write(chunk)
@@ -472,22 +530,77 @@ def _download(
         size = part.stat().st_size
         if expected is not None and size < expected:
             raise _Retry(f"connection closed after {size:,} of {expected:,} bytes")
+        if expected is None:  # nothing said how long it is: a cut transfer shows only in the check
+            try:
+                _check(part, item)
+            except FetchError as exc:
+                _discard(part, meta, ours)
+                raise _Retry(f"{exc} (no Content-Length: the transfer may have been cut)") from None
         return size
 
-    size = _with_retries(item.url, attempt, retries, backoff_s, kept="; the partial file is kept to resume")
+    size = _with_retries(item.url, attempt, retries, backoff_s, kept=lambda: _kept(part))
     if item.size is not None and size != item.size:
         part.unlink(missing_ok=True)
         raise FetchError(f"{item.url}: {size:,} bytes, the index says {item.size:,}: removed")
     try:
         _check(part, item)
     except FetchError:
-        part.unlink(missing_ok=True)
+        _discard(part, meta, ours)
         raise
     record = {"url": item.url, "source": item.source, "dates": list(item.dates), "size": size}
     record["sha256"] = sha256_file(part)
     record["fetched_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     os.replace(part, dest)
+    meta.unlink(missing_ok=True)
     return record
+
+
+def _meta_path(part: Path) -> Path:
+    """Beside a partial file: the URL it is from and the server's validator for it."""
+    return part.with_name(part.name + ".json")
+
+
+def _validator(headers) -> str | None:
+    """What If-Range may carry: a strong ETag, else Last-Modified (a weak ETag may not be used)."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _save_validator(meta: Path, url: str, headers) -> None:
+    validator = _validator(headers)
+    if validator is None:
+        meta.unlink(missing_ok=True)  # nothing to check a later resume against: a later run starts afresh
+    else:
+        meta.write_text(json.dumps({"url": url, "validator": validator}))
+
+
+def _saved_validator(meta: Path, url: str) -> str | None:
+    """The validator an earlier run saved for the partial file of ``url``, or None (none, another
+    URL's, unreadable)."""
+    try:
+        saved = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(saved, dict) and saved.get("url") == url and isinstance(saved.get("validator"), str)
+    return saved["validator"] if ok else None
+
+
+def _continues(content_range: str | None, have: int) -> bool:
+    """Whether a 206's Content-Range (``bytes START-END/TOTAL``) starts right after the partial file."""
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (content_range or "").strip())
+    return bool(m) and int(m.group(1)) == have
+
+
+def _discard(part: Path, meta: Path, ours: dict) -> None:
+    part.unlink(missing_ok=True)
+    meta.unlink(missing_ok=True)
+    ours["resumable"] = False
+
+
+def _kept(part: Path) -> str:
+    return "; the partial file is kept to resume" if part.exists() and part.stat().st_size else ""
 
 
 def _check(path: Path, item: Item) -> None:
@@ -503,8 +616,8 @@ def _check(path: Path, item: Item) -> None:
         try:
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()
-        except zipfile.BadZipFile as exc:
-            raise FetchError(f"{item.url}: not a readable zip file ({exc}): removed") from None
+        except Exception as exc:  # noqa: BLE001 -- BadZipFile, zlib.error, EOFError, encrypted: all corrupt here
+            raise FetchError(f"{item.url}: not a readable zip file ({type(exc).__name__}: {exc}): removed") from None
         if bad is not None:
             raise FetchError(f"{item.url}: {bad} in the zip fails its CRC: removed")
 
@@ -595,15 +708,30 @@ def fetch(
     Missing days, failed files, skipped index rows and damaged manifest entries are reported, not
     raised; an option out of its range is a ConfigError naming it."""
     _check_options(parallel, retries, backoff_s, timeout_s)
+    _check_server(performance_url, "--performance-url")
+    _check_server(cdn_url, "--cdn-url")
     sources = list(dict.fromkeys(sources))
+    days = date_range(start, end)
+    if str(cache).strip() == "":
+        raise ConfigError("--cache '': give a folder or a gs:// / s3:// URI")
     root = open_root(cache, filesystem, what="--cache")
     local_dir = Path(root.base) if root.local else (staging or default_staging(root))
     get = partial(_get_small, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
     with root.reporting("reading the cache", FetchError):
         local_dir.mkdir(parents=True, exist_ok=True)
         manifest = read_manifest(root)
-        items, missing, warnings = plan(sources, date_range(start, end), performance_url, cdn_url, get)
-        report = FetchReport(missing=missing, warnings=warnings)
+        report = FetchReport()
+        items = []
+        for source in sources:  # one source's index failing does not stop the others
+            try:
+                found, gone, bad = plan([source], days, performance_url, cdn_url, get)
+            except (FetchError, DataError) as exc:
+                span = [days[0].isoformat()] + ([f"..{days[-1].isoformat()}"] if len(days) > 1 else [])
+                report.failed.append({"source": source, "url": "", "dates": ["".join(span)], "reason": str(exc)})
+                continue
+            items += found
+            report.missing += gone
+            report.warnings += bad
         todo = []
         planned = {item.path for item in items}
         for path, record in sorted(manifest["files"].items()):
@@ -615,45 +743,117 @@ def fetch(
                 )
         for item in items:
             known = manifest["files"].get(item.path)
-            if known and not entry_problem(known) and root.size(root.path(item.path)) == known["size"]:
+            why = _stale(root, item, known)
+            if why is None:
                 known["dates"] = sorted(set(known["dates"]) | set(item.dates))
                 report.cached.append({"path": item.path, **known})
-            else:
-                todo.append(item)
-    lock = threading.Lock()
+                continue
+            if why:
+                report.warnings.append({"source": item.source, "where": f"{root.name}/{item.path}", "reason": why})
+            todo.append(item)
+    _download_all(todo, root, local_dir, manifest, report, parallel, retries, backoff_s, timeout_s, progress)
+    _write_manifest(root, manifest)
+    report.missing.sort(key=lambda m: (m["source"], m["date"]))
+    return report
+
+
+def _stale(root: Root, item: Item, known: object) -> str | None:
+    """None when the cache has ``item``'s file as recorded; else "" (not cached) or why it is
+    fetched again: the file changed since (a local cache's is checked against its sha256, an
+    object store's by its size), or the index now announces another size."""
+    if not known or entry_problem(known):
+        return ""  # not there, or a damaged entry (warned about above)
+    size = root.size(root.path(item.path))
+    if size is None:
+        return f"listed in {MANIFEST} but not in the cache: fetched again"
+    if item.size is not None and item.size != known["size"]:
+        return f"the index now says {item.size:,} bytes, {known['size']:,} were fetched: fetched again"
+    changed = root.local and "sha256" in known and sha256_file(Path(root.path(item.path))) != known["sha256"]
+    if size != known["size"] or changed:
+        return f"changed since it was fetched (not the recorded size and sha256 of {MANIFEST}): fetched again"
+    return None
+
+
+def _download_all(
+    todo: list[Item],
+    root: Root,
+    local_dir: Path,
+    manifest: dict,
+    report: FetchReport,
+    parallel: int,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+    progress: Callable[[str, int, int | None], None] | None,
+) -> None:
+    """Download ``todo`` in parallel into ``report`` and ``manifest`` (written after each file, so
+    an interrupted fetch keeps its records). Ctrl-C stops every download at its next chunk, drops
+    the ones not started, records what finished and marks the report interrupted; a second Ctrl-C
+    stops at once."""
+    stop = threading.Event()
+
+    def interrupted(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        report.interrupted = True
 
     def one(item: Item) -> dict:
-        record = download(
-            item, local_dir, retries, backoff_s, timeout_s,
-            progress=(lambda n: progress(item.path, n, item.size)) if progress else (lambda n: None),
-        )  # fmt: skip
+        if stop.is_set():  # queued before the interrupt: never started
+            raise _Stopped
+
+        def chunk(n: int) -> None:
+            if stop.is_set():
+                raise _Stopped
+            if progress:
+                progress(item.path, n, item.size)
+
+        record = download(item, local_dir, retries, backoff_s, timeout_s, progress=chunk)
         if not root.local:
             _upload(root, local_dir / item.path, item, record["size"])
         return record
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
+    def settle(item: Item, future) -> None:
+        try:
+            record = future.result()
+        except _Missing:
+            for day in item.dates:
+                report.missing.append({"source": item.source, "date": day, "reason": f"HTTP 404 for {item.url}"})
+        except FetchError as exc:
+            report.failed.append(
+                {"source": item.source, "url": item.url, "dates": list(item.dates), "reason": str(exc)}
+            )
+        except (_Stopped, CancelledError):
+            pass  # its partial file (if any) is kept; the next run resumes it
+        else:
+            manifest["files"][item.path] = record
+            report.fetched.append({"path": item.path, **record})
+            report.bytes += record["size"]
+            _write_manifest(root, manifest)
+
+    # Ctrl-C is taken as "stop" (the main thread's wait is woken by the signal): the downloads
+    # stop between chunks and every result is settled here, none lost half-recorded.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupted) if main else None
+    pool = ThreadPoolExecutor(max_workers=parallel)
+    try:
         futures = {pool.submit(one, item): item for item in todo}
         for future in as_completed(futures):
-            item = futures[future]
-            try:
-                record = future.result()
-            except _Missing:
-                for day in item.dates:
-                    report.missing.append({"source": item.source, "date": day, "reason": f"HTTP 404 for {item.url}"})
-                continue
-            except FetchError as exc:
-                report.failed.append(
-                    {"source": item.source, "url": item.url, "dates": list(item.dates), "reason": str(exc)}
-                )
-                continue
-            with lock:
-                manifest["files"][item.path] = record
-                report.fetched.append({"path": item.path, **record})
-                report.bytes += record["size"]
-                _write_manifest(root, manifest)  # after each file: an interrupted fetch keeps its records
-    _write_manifest(root, manifest)
-    report.missing.sort(key=lambda m: (m["source"], m["date"]))
-    return report
+            settle(futures[future], future)
+            if stop.is_set():
+                for waiting in futures:
+                    waiting.cancel()  # not started yet: never started
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _check_server(url: str, option: str) -> None:
+    """A server option is an http(s) URL with a host: a ConfigError naming it before any request."""
+    parts = urllib.parse.urlsplit(str(url).strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{option} {url!r}: give the server as http(s)://host[:port][/path]")
 
 
 def _check_options(parallel: int, retries: int, backoff_s: float, timeout_s: float) -> None:
@@ -773,6 +973,8 @@ def _local_copy(root: Root, path: str, record: dict, stage: Path | None) -> Path
         if root.size(where) != record.get("size"):
             raise DataError(f"{root.name}/{path}: listed in {MANIFEST} but missing or changed; fetch it again")
         if root.local:
+            if "sha256" in record and sha256_file(Path(where)) != record["sha256"]:
+                raise DataError(f"{root.name}/{path}: changed since it was fetched (its sha256); fetch it again")
             return Path(where)
         local = stage / path
         if local.is_file() and sha256_file(local) == record.get("sha256"):

@@ -8,7 +8,10 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
+import signal
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,11 +28,19 @@ from mbta_ray.paths import LAMP_SAMPLE
 class ArchiveServer:
     """Serves ``files`` (path -> bytes) with HTTP Range support; a path in ``drop_once`` has its
     connection closed halfway through the first time it is asked for, one in ``busy_once`` answers
-    503 the first time."""
+    503 the first time. Knobs for the adversarial tests: ``etag`` sends each file's ETag and honours
+    If-Range; ``redirects`` (path -> Location) answer 302; a path in ``no_length`` is sent without
+    Content-Length (so a drop is a clean end of the body); one in ``restart_ranges`` answers a Range
+    request with 206 and the whole file from byte 0."""
 
     def __init__(self, files: dict[str, bytes], drop_once: set[str] = frozenset(), busy_once: set[str] = frozenset()):
         self.files, self.drop_once, self.busy_once = dict(files), set(drop_once), set(busy_once)
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.if_ranges: list[str | None] = []
+        self.etag = False
+        self.redirects: dict[str, str] = {}
+        self.no_length: set[str] = set()
+        self.restart_ranges: set[str] = set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,7 +50,17 @@ class ArchiveServer:
             def do_GET(self) -> None:  # noqa: N802 -- the http.server API
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
+                server.if_ranges.append(self.headers.get("If-Range"))
                 body = server.files.get(self.path)
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"' if body is not None and server.etag else None
+                if rng and etag and self.headers.get("If-Range") not in (None, etag):
+                    rng = None  # the file changed since the partial one: the whole of it
                 if self.path in server.busy_once:
                     server.busy_once.discard(self.path)
                     self.send_error(503)
@@ -51,11 +72,16 @@ class ArchiveServer:
                 if start >= len(body):
                     self.send_error(416)
                     return
+                if rng and self.path in server.restart_ranges:
+                    start = 0
                 part = body[start:]
                 self.send_response(206 if rng else 200)
-                self.send_header("Content-Length", str(len(part)))
+                if self.path not in server.no_length:
+                    self.send_header("Content-Length", str(len(part)))
                 if rng:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                if etag:
+                    self.send_header("ETag", etag)
                 self.end_headers()
                 if self.path in server.drop_once:
                     server.drop_once.discard(self.path)
@@ -131,15 +157,18 @@ def test_fetch_downloads_resumes_reports_and_records(archive, tmp_path):
     seen: dict[str, int] = {}
     report = _fetch(archive, cache, progress=lambda path, n, total: seen.__setitem__(path, seen.get(path, 0) + n))
     fetched = {f["path"] for f in report.fetched}
+    old_zip, new_zip = (fetch._gtfs_path(f"{archive.url}/archive/{d}.zip") for d in ("20231215", "20240207"))
     assert fetched == {
         "lamp-subway/2024-02-06-subway-on-time-performance-v1.parquet",
         "lamp-subway/2024-02-07-subway-on-time-performance-v1.parquet",
         "lamp-bus/20240206.parquet",
         "lamp-bus/20240207.parquet",
         "lamp-bus/20240209.parquet",
-        "gtfs/20231215.zip",
-        "gtfs/20240207.zip",
+        old_zip,
+        new_zip,
     }
+    # GTFS zips are named by their URL's name and a digest of the URL (two feeds never share a file).
+    assert old_zip.startswith("gtfs/20231215-") and new_zip.startswith("gtfs/20240207-")
     # Missing days are reported, never fatal: the bus 404 and the subway day the index does not list.
     assert {(m["source"], m["date"]) for m in report.missing} == {
         ("lamp-bus", "2024-02-08"),
@@ -165,8 +194,8 @@ def test_fetch_downloads_resumes_reports_and_records(archive, tmp_path):
     # Each service date gets the GTFS in force that day (the newest feed where two overlap).
     manifest = json.loads((cache / fetch.MANIFEST).read_text())
     files = manifest["files"]
-    assert files["gtfs/20231215.zip"]["dates"] == ["2024-02-06"]
-    assert files["gtfs/20240207.zip"]["dates"] == ["2024-02-07", "2024-02-08", "2024-02-09"]
+    assert files[old_zip]["dates"] == ["2024-02-06"]
+    assert files[new_zip]["dates"] == ["2024-02-07", "2024-02-08", "2024-02-09"]
     for path, record in files.items():  # size and checksum recorded per file
         data = (cache / path).read_bytes()
         assert record["size"] == len(data) and record["sha256"] == hashlib.sha256(data).hexdigest()
@@ -273,9 +302,9 @@ def test_ingest_from_the_cache_by_date_checks_each_day_against_its_gtfs(ray_loca
     assert not report.failed and not report.missing
     cached = fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 7), stage=stage)
     assert len(cached.inputs) == 3 and not cached.missing_days
-    assert [(Path(p).name, [str(d) for d in days]) for p, days in cached.gtfs_feeds] == [
-        ("new.zip", ["2024-02-06", "2024-02-07"]),
-        ("old.zip", ["2024-02-05"]),
+    assert [(Path(p).name.split("-")[0], [str(d) for d in days]) for p, days in cached.gtfs_feeds] == [
+        ("new", ["2024-02-06", "2024-02-07"]),
+        ("old", ["2024-02-05"]),
     ]
     result = ingest(cached.inputs, root=tmp_path / "art", config=EtlConfig(k=2), gtfs_feeds=cached.gtfs_feeds)
     q = pq.read_table(result.path / "quarantine").to_pandas()
@@ -286,8 +315,8 @@ def test_ingest_from_the_cache_by_date_checks_each_day_against_its_gtfs(ray_loca
     assert result.manifest["days_by_split"]["lamp"] == {
         "train": ["2024-02-05"], "valid": ["2024-02-06"], "test": ["2024-02-07"]
     }  # fmt: skip
-    assert [Path(f["path"]).name for f in result.manifest["gtfs_feeds"]] == ["new.zip", "old.zip"]
-    assert result.manifest["gtfs_stops"]["path"].endswith("new.zip")  # what a model trained on it serves with
+    assert [Path(f["path"]).name.split("-")[0] for f in result.manifest["gtfs_feeds"]] == ["new", "old"]
+    assert Path(result.manifest["gtfs_stops"]["path"]).name.startswith("new-")  # what a model trained on it serves with
     # The range names the days: asked for one outside the cache, it says what to fetch.
     with pytest.raises(DataError, match="data fetch --from 2024-03-01"):
         fetch.cached_inputs(cache, dt.date(2024, 3, 1), dt.date(2024, 3, 2), stage=stage)
@@ -354,12 +383,18 @@ def test_cached_inputs_give_each_day_one_feed_and_say_what_is_missing(tmp_path):
     for path, (data, source, dates, when) in files.items():
         (cache / path).parent.mkdir(parents=True, exist_ok=True)
         (cache / path).write_bytes(data)
-        manifest["files"][path] = {"source": source, "dates": dates, "size": len(data), "fetched_at": when}
+        manifest["files"][path] = {
+            "source": source, "dates": dates, "size": len(data), "fetched_at": when,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }  # fmt: skip
     (cache / fetch.MANIFEST).write_text(json.dumps(manifest))
     got = fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 7))
     assert [(Path(p).name, [str(d) for d in ds]) for p, ds in got.gtfs_feeds] == [("b.zip", ["2024-02-05"])]
     assert got.days_without_gtfs == ["2024-02-06"] and got.missing_days == ["2024-02-07"]
     assert [spec.rsplit("::", 1)[1] for spec in got.inputs] == ["lamp", "lamp"]
+    (cache / "gtfs/b.zip").write_bytes(b"zip-B")  # the same size, other bytes
+    with pytest.raises(DataError, match=r"gtfs/b.zip: changed since it was fetched \(its sha256\)"):
+        fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 5))
     (cache / "gtfs/b.zip").write_bytes(b"changed")
     with pytest.raises(DataError, match="missing or changed"):
         fetch.cached_inputs(cache, dt.date(2024, 2, 5), dt.date(2024, 2, 5))
@@ -450,7 +485,7 @@ def test_fetch_into_an_object_store_cache_and_ingest_from_it(archive, object_sto
     paths = [Path(spec.rsplit("::", 1)[0]) for spec in cached.inputs]
     assert len(paths) == 4 and all(p.is_relative_to(stage) and p.is_file() for p in paths)
     assert (stage / lamp_path).read_bytes() == LAMP_SAMPLE.read_bytes()
-    assert [Path(p).name for p, _ in cached.gtfs_feeds] == ["20240207.zip", "20231215.zip"]
+    assert [Path(p).name.split("-")[0] for p, _ in cached.gtfs_feeds] == ["20240207", "20231215"]
     # A bucket object changed behind the manifest's back: a new size is caught at once, the same
     # size with other bytes by the checksum of the copy.
     (stage / lamp_path).unlink()
@@ -617,7 +652,8 @@ def test_bad_gtfs_index_rows_are_reported_and_never_replaced_by_an_older_feed(tm
     try:
         days = [dt.date(2024, 2, 1), dt.date(2024, 1, 31), dt.date(2023, 11, 15), dt.date(2023, 10, 15)]
         items, missing, warnings = fetch.plan(["gtfs"], days, cdn_url=server.url)
-        assert [(i.path, i.dates) for i in items] == [("gtfs/new.zip", ("2024-02-01",))]
+        new, old = (fetch._gtfs_path(f"{server.url}/archive/{n}.zip") for n in ("new", "old"))
+        assert [(i.path, i.dates) for i in items] == [(new, ("2024-02-01",))]
         reasons = {m["date"]: m["reason"] for m in missing}
         assert reasons == {
             "2024-01-31": f"{index_url}: row 3: 1 field(s), the header has 3, and it may be the feed in force",
@@ -633,8 +669,8 @@ def test_bad_gtfs_index_rows_are_reported_and_never_replaced_by_an_older_feed(tm
         server.files["/archive/archived_feeds.txt"] = "".join(lines[:2] + lines[3:]).encode()
         items, missing, _ = fetch.plan(["gtfs"], days, cdn_url=server.url)
         assert [(i.path, i.dates) for i in items] == [
-            ("gtfs/new.zip", ("2024-02-01",)),
-            ("gtfs/old.zip", ("2024-01-31", "2023-10-15")),
+            (new, ("2024-02-01",)),
+            (old, ("2024-01-31", "2023-10-15")),
         ]
         assert [(m["date"], m["reason"]) for m in missing] == [
             ("2023-11-15", f"{index_url}: row 4: archive_url 'http://elsewhere/feeds/' does not end in a plain .zip file name (the feed in force then)"),
@@ -704,7 +740,9 @@ def test_something_in_the_way_in_the_cache_fails_that_file_only(archive, tmp_pat
     (subway / "2024-02-07-subway-on-time-performance-v1.parquet.part").mkdir()
     (cache / "lamp-bus").write_text("not a folder")
     report = _fetch(archive, cache)
-    assert {f["path"] for f in report.fetched} == {"gtfs/20231215.zip", "gtfs/20240207.zip"}
+    assert {f["path"] for f in report.fetched} == {
+        fetch._gtfs_path(f"{archive.url}/archive/{d}.zip") for d in ("20231215", "20240207")
+    }
     reasons = {(f["source"], *f["dates"]): f["reason"] for f in report.failed}
     assert reasons[("lamp-subway", "2024-02-06")].endswith(
         f"cannot write {subway}/2024-02-06-subway-on-time-performance-v1.parquet: it is a folder; move it away"
@@ -715,3 +753,239 @@ def test_something_in_the_way_in_the_cache_fails_that_file_only(archive, tmp_pat
     for day in ("2024-02-06", "2024-02-07", "2024-02-09"):  # 02-08 is a 404 before anything is written
         assert reasons[("lamp-bus", day)].endswith(f"{cache}/lamp-bus is a file, not a folder; move it away"), reasons
     assert (cache / "lamp-bus").read_text() == "not a folder"  # left as it was
+
+
+def _bus_server(days: dict[str, bytes]) -> ArchiveServer:
+    return ArchiveServer({f"/lamp/bus_vehicle_events/{d}.parquet": body for d, body in days.items()})
+
+
+def _fetch_bus(server: ArchiveServer, cache: Path, first: str, last: str | None = None, **kw) -> fetch.FetchReport:
+    options = {"parallel": 1, "retries": 2, "backoff_s": 0.01, "timeout_s": 5, **kw}
+    first_day = dt.date.fromisoformat(first)
+    return fetch.fetch(
+        ["lamp-bus"], first_day, dt.date.fromisoformat(last) if last else first_day, cache,
+        performance_url=server.url, cdn_url=server.url, **options,
+    )  # fmt: skip
+
+
+def _parquet(n: int, seed: int = 0) -> bytes:
+    return pd.DataFrame({"service_date": ["20240207"] * n, "route_id": [str(seed + i) for i in range(n)]}).to_parquet()
+
+
+def test_a_partial_file_is_resumed_only_when_it_is_known_to_be_the_same_file(tmp_path):
+    """Never splice two versions: a .part left by something else is fetched afresh; one this module
+    left with the server's ETag is resumed with If-Range (and comes whole if the file changed); a
+    206 that does not continue the partial file starts again from zero."""
+    new, old = _parquet(40_000, seed=1), _parquet(40_000, seed=2)  # larger than two chunks
+    assert new != old
+    server = _bus_server({"20240206": new})
+    server.etag = True
+    cache = tmp_path / "c"
+    dest = cache / "lamp-bus/20240206.parquet"
+    try:
+        dest.parent.mkdir(parents=True)
+        Path(str(dest) + ".part").write_bytes(old[: len(old) // 2])  # of unknown origin
+        report = _fetch_bus(server, cache, "2024-02-06")
+        assert dest.read_bytes() == new and [r for _, r in server.requests] == [None]
+        assert not list(cache.rglob("*.part*"))
+        # A drop in a first run leaves the .part with the ETag beside it; the next run resumes it.
+        dest.unlink()
+        (cache / fetch.MANIFEST).unlink()
+        server.drop_once.add("/lamp/bus_vehicle_events/20240206.parquet")
+        report = _fetch_bus(server, cache, "2024-02-06", retries=0)
+        assert report.failed and "partial file is kept to resume" in report.failed[0]["reason"]
+        assert Path(str(dest) + ".part.json").is_file()
+        server.requests.clear()
+        server.if_ranges.clear()
+        report = _fetch_bus(server, cache, "2024-02-06")
+        assert dest.read_bytes() == new and not report.failed
+        assert server.requests[0][1].startswith("bytes=") and server.if_ranges[0].startswith('"')
+        # The file changed on the server since the partial one: If-Range brings the whole new file.
+        dest.unlink()
+        (cache / fetch.MANIFEST).unlink()
+        server.drop_once.add("/lamp/bus_vehicle_events/20240206.parquet")
+        _fetch_bus(server, cache, "2024-02-06", retries=0)
+        server.files["/lamp/bus_vehicle_events/20240206.parquet"] = old
+        report = _fetch_bus(server, cache, "2024-02-06")
+        assert dest.read_bytes() == old and not report.failed
+        # A server that answers a Range with the file from byte 0: restarted, never appended.
+        server.etag = False
+        server.files["/lamp/bus_vehicle_events/20240207.parquet"] = new
+        server.drop_once.add("/lamp/bus_vehicle_events/20240207.parquet")
+        server.restart_ranges.add("/lamp/bus_vehicle_events/20240207.parquet")
+        report = _fetch_bus(server, cache, "2024-02-07")
+        assert (cache / "lamp-bus/20240207.parquet").read_bytes() == new and not report.failed
+    finally:
+        server.close()
+
+
+def test_damaged_zips_bad_redirects_and_cut_transfers_fail_one_file_each(tmp_path):
+    """A zip whose deflate stream is corrupt, a redirect to a URL that cannot be parsed: that file
+    fails, named, and the others are fetched; a body cut short with no Content-Length to tell is
+    fetched again (it fails its check), not given up at once."""
+    good = _zip("new")
+    broken = bytearray(_zip_deflated("stops"))
+    broken[45:60] = b"\xff" * 15  # inside the compressed data of stops.txt
+    server = ArchiveServer(
+        {
+            "/archive/a.zip": bytes(broken),
+            "/archive/b.zip": good,
+            "/lamp/bus_vehicle_events/20240206.parquet": _parquet(500),
+        }
+    )
+    server.files["/archive/archived_feeds.txt"] = (
+        "feed_start_date,feed_end_date,archive_url\n"
+        f"20240207,20240207,{server.url}/archive/a.zip\n"
+        f"20240206,20240206,{server.url}/archive/b.zip\n"
+        f"20240205,20240205,{server.url}/archive/c.zip\n"
+    ).encode()
+    server.redirects["/archive/c.zip"] = "http://[::1/x"
+    server.no_length.add("/lamp/bus_vehicle_events/20240206.parquet")
+    server.drop_once.add("/lamp/bus_vehicle_events/20240206.parquet")
+    try:
+        report = fetch.fetch(
+            ["gtfs", "lamp-bus"], dt.date(2024, 2, 5), dt.date(2024, 2, 7), tmp_path / "c",
+            performance_url=server.url, cdn_url=server.url, parallel=2, retries=2, backoff_s=0.01, timeout_s=5,
+        )  # fmt: skip
+    finally:
+        server.close()
+    reasons = {f["dates"][0]: f["reason"] for f in report.failed}
+    assert "not a readable zip file" in reasons["2024-02-07"] and "a.zip" in reasons["2024-02-07"]
+    assert reasons["2024-02-05"].startswith(f"{server.url}/archive/c.zip: ") and "IPv6" in reasons["2024-02-05"]
+    assert {f["path"].split("/")[0] for f in report.fetched} == {"gtfs", "lamp-bus"}
+    assert len(server.gets("/lamp/bus_vehicle_events/20240206.parquet")) == 2  # cut, checked, fetched again
+    assert not list((tmp_path / "c").rglob("*.part"))
+
+
+def _zip_deflated(name: str) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(
+            "stops.txt",
+            "stop_id,stop_name,stop_lat,stop_lon\n" + "".join(f"{name}{i},{name},42,-71\n" for i in range(200)),
+        )
+    return out.getvalue()
+
+
+def test_two_feeds_named_alike_keep_their_own_files_and_a_mirror_serves_the_cdn_urls(tmp_path):
+    """Feeds whose URLs end in the same name get a file each, and every day its own feed; an index
+    that lists MBTA's CDN URLs (a mirror of it) is fetched from the mirror."""
+    server = ArchiveServer({"/archive/old/MBTA_GTFS.zip": _zip("old"), "/archive/new/MBTA_GTFS.zip": _zip("new")})
+    server.files["/archive/archived_feeds.txt"] = (
+        "feed_start_date,feed_end_date,archive_url\n"
+        "20240207,20240315,https://cdn.mbta.com/archive/new/MBTA_GTFS.zip\n"
+        f"20231215,20240206,{server.url}/archive/old/MBTA_GTFS.zip\n"
+    ).encode()
+    cache = tmp_path / "c"
+    try:
+        report = fetch.fetch(
+            ["gtfs"], dt.date(2024, 2, 6), dt.date(2024, 2, 8), cache,
+            performance_url=server.url, cdn_url=server.url, retries=0, timeout_s=5,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert not report.failed and not report.missing
+    by_dates = {tuple(f["dates"]): f for f in report.fetched}
+    assert by_dates[("2024-02-06",)]["url"] == f"{server.url}/archive/old/MBTA_GTFS.zip"
+    assert by_dates[("2024-02-07", "2024-02-08")]["url"] == f"{server.url}/archive/new/MBTA_GTFS.zip"
+    paths = [f["path"] for f in report.fetched]
+    assert len(set(paths)) == 2 and all(p.startswith("gtfs/MBTA_GTFS-") for p in paths)
+
+
+def test_a_rerun_fetches_again_what_changed_on_disk_or_upstream(tmp_path):
+    """A cached file altered since (same size, other bytes) or one the index now announces at
+    another size is fetched again, with a warning saying why; an untouched one is not."""
+    lamp = LAMP_SAMPLE.read_bytes()
+    subway = "/lamp/subway-on-time-performance-v1"
+    name = "2024-02-06-subway-on-time-performance-v1.parquet"
+    index = f"service_date,size_bytes\n2024-02-06,{len(lamp)}\n"
+    server = ArchiveServer({f"{subway}/index.csv": index.encode(), f"{subway}/{name}": lamp})
+    cache = tmp_path / "c"
+    run = lambda: fetch.fetch(  # noqa: E731
+        ["lamp-subway"], dt.date(2024, 2, 6), dt.date(2024, 2, 6), cache,
+        performance_url=server.url, cdn_url=server.url, retries=0, timeout_s=5,
+    )  # fmt: skip
+    try:
+        assert len(run().fetched) == 1
+        assert len(run().cached) == 1
+        data = bytearray((cache / "lamp-subway" / name).read_bytes())
+        data[100:110] = b"0123456789"
+        (cache / "lamp-subway" / name).write_bytes(bytes(data))
+        again = run()
+        assert len(again.fetched) == 1 and "changed since it was fetched" in again.warnings[0]["reason"]
+        assert (cache / "lamp-subway" / name).read_bytes() == lamp
+        server.files[f"{subway}/{name}"] = lamp + b"\0" * 10  # not parquet any more: fails its check
+        server.files[f"{subway}/index.csv"] = f"service_date,size_bytes\n2024-02-06,{len(lamp) + 10}\n".encode()
+        changed = run()
+        assert f"the index now says {len(lamp) + 10:,} bytes" in changed.warnings[0]["reason"]
+        assert changed.failed and not changed.cached
+    finally:
+        server.close()
+
+
+def test_one_source_whose_index_fails_does_not_stop_the_others(tmp_path):
+    server = _bus_server({"20240206": _parquet(10)})  # no index.csv: a 404 for lamp-subway's index
+    try:
+        report = fetch.fetch(
+            ["lamp-subway", "lamp-bus"], dt.date(2024, 2, 6), dt.date(2024, 2, 7), tmp_path / "c",
+            performance_url=server.url, cdn_url=server.url, retries=0, timeout_s=5,
+        )  # fmt: skip
+    finally:
+        server.close()
+    (failed,) = report.failed
+    assert failed["source"] == "lamp-subway" and failed["dates"] == ["2024-02-06..2024-02-07"]
+    assert "index.csv: HTTP 404" in failed["reason"]
+    assert [f["path"] for f in report.fetched] == ["lamp-bus/20240206.parquet"]
+
+
+def test_ctrl_c_stops_the_downloads_records_what_finished_and_a_rerun_resumes(tmp_path):
+    """An interrupt (here from the first chunk of the second file) stops every download at its
+    next chunk and starts no other: the report says so, the finished file is recorded, and the
+    partial one is resumed by the next run (If-Range with its ETag)."""
+    days = {f"2024020{d}": _parquet(100_000, seed=d) for d in (5, 6, 7)}  # several chunks each
+    server = _bus_server(days)
+    server.etag = True
+    cache = tmp_path / "c"
+    chunks: list[str] = []
+
+    def progress(path: str, n: int, total) -> None:
+        chunks.append(path)
+        if path.endswith("20240206.parquet") and chunks.count(path) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: it wakes the main thread's wait
+            time.sleep(0.5)  # the main thread takes it: this download's next chunk sees it stopped
+
+    try:
+        report = _fetch_bus(server, cache, "2024-02-05", "2024-02-07", progress=progress)
+        assert report.interrupted and report.summary().endswith(", interrupted")
+        assert [f["path"] for f in report.fetched] == ["lamp-bus/20240205.parquet"]
+        assert json.loads((cache / fetch.MANIFEST).read_text())["files"].keys() == {"lamp-bus/20240205.parquet"}
+        assert (cache / "lamp-bus/20240206.parquet.part").is_file()
+        assert not server.gets("/lamp/bus_vehicle_events/20240207.parquet")  # never started
+        again = _fetch_bus(server, cache, "2024-02-05", "2024-02-07")
+        assert not again.interrupted and len(again.fetched) == 2 and len(again.cached) == 1
+        assert server.gets("/lamp/bus_vehicle_events/20240206.parquet")[-1].startswith("bytes=")
+        for d, body in days.items():
+            assert (cache / f"lamp-bus/{d}.parquet").read_bytes() == body
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--from", "20240101"], "--from '20240101': give a date as YYYY-MM-DD"),
+        (["--from", "2024-W05-1"], "give a date as YYYY-MM-DD"),
+        (["--from", "0001-01-01"], "a service date from 2000 to 2099"),
+        (["--from", "2024-02-06", "--cache", ""], "--cache '': give a folder"),
+        (["--from", "2024-02-06", "--performance-url", "performancedata.mbta.com"], "--performance-url"),
+        (["--from", "2024-02-06", "--cdn-url", "ftp://cdn.mbta.com"], "--cdn-url 'ftp://cdn.mbta.com'"),
+    ],
+)
+def test_fetch_options_that_are_no_date_or_server_are_named(tmp_path, args, says):
+    from typer.testing import CliRunner
+
+    from mbta_ray.cli import app
+
+    cache = ["--cache", str(tmp_path / "c")] if "--cache" not in args else []
+    result = CliRunner().invoke(app, ["data", "fetch", *args, *cache])
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
