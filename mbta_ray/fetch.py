@@ -227,6 +227,7 @@ def _read_lamp_index(data: bytes, index_url: str) -> tuple[dict[str, int | None]
     rows, width = _csv_rows(data, index_url, ("service_date",))
     listed: dict[str, int | None] = {}
     bad: list[_BadRow] = []
+    conflicted: set[str] = set()
     for line, row in rows:
         raw = (row.get("service_date") or "").strip()
         try:
@@ -237,10 +238,18 @@ def _read_lamp_index(data: bytes, index_url: str) -> tuple[dict[str, int | None]
         why = _width_problem(row, width)
         if why is None:
             try:
-                listed[day] = _size_bytes(row.get("size_bytes"))
-                continue
+                size = _size_bytes(row.get("size_bytes"))
             except ValueError as exc:
                 why = str(exc)
+            else:
+                if day in conflicted or (day in listed and listed[day] != size):
+                    # Which is the file? Neither size can be checked: the day is missing.
+                    listed.pop(day, None)
+                    conflicted.add(day)
+                    bad.append(_BadRow(line, day, f"{day} is listed more than once, with other size_bytes"))
+                else:
+                    listed[day] = size
+                continue
         bad.append(_BadRow(line, day, why))
     if bad and not listed:
         raise _unusable(index_url, bad)

@@ -115,7 +115,9 @@ def _stops_columns(path: str, cols: list[str], text: dict[str, str]) -> pd.DataF
         if path.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as z:
                 if "stops.txt" not in z.namelist():
-                    raise DataError(f"{path}: a zip without stops.txt is not a GTFS feed")
+                    nested = [n for n in z.namelist() if n.endswith("/stops.txt")]
+                    where = f" (it has {nested[0]}: GTFS puts the files at the top of the zip)" if nested else ""
+                    raise DataError(f"{path}: a zip without stops.txt is not a GTFS feed{where}")
                 with z.open("stops.txt") as f:
                     return pd.read_csv(f, usecols=cols, dtype=text)
         if path.lower().endswith((".txt", ".csv")):

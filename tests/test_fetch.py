@@ -989,3 +989,25 @@ def test_fetch_options_that_are_no_date_or_server_are_named(tmp_path, args, says
     cache = ["--cache", str(tmp_path / "c")] if "--cache" not in args else []
     result = CliRunner().invoke(app, ["data", "fetch", *args, *cache])
     assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_day_the_index_lists_twice_with_two_sizes_is_missing_naming_the_row(tmp_path):
+    from mbta_ray.fetch import _read_lamp_index
+
+    index = b"service_date,size_bytes\n2024-02-06,10\n2024-02-06,10\n2024-02-07,10\n2024-02-07,12\n2024-02-07,10\n"
+    listed, bad = _read_lamp_index(index, "http://x/index.csv")
+    assert listed == {"2024-02-06": 10}  # the same row twice is one day
+    assert [(b.line, b.day, b.why) for b in bad] == [
+        (5, "2024-02-07", "2024-02-07 is listed more than once, with other size_bytes"),
+        (6, "2024-02-07", "2024-02-07 is listed more than once, with other size_bytes"),
+    ]
+
+
+def test_a_zip_with_its_stops_in_a_folder_says_where_they_are(tmp_path):
+    from mbta_ray.gtfs import Stops
+
+    feed = tmp_path / "nested.zip"
+    with zipfile.ZipFile(feed, "w") as z:
+        z.writestr("gtfs/stops.txt", "stop_id,stop_lat,stop_lon\nA,42,-71\n")
+    with pytest.raises(DataError, match="without stops.txt is not a GTFS feed \\(it has gtfs/stops.txt"):
+        Stops.load(str(feed))
