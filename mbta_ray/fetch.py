@@ -549,7 +549,7 @@ def _download(
 
     size = _with_retries(item.url, attempt, retries, backoff_s, kept=lambda: _kept(part))
     if item.size is not None and size != item.size:
-        part.unlink(missing_ok=True)
+        _discard(part, meta, ours)
         raise FetchError(f"{item.url}: {size:,} bytes, the index says {item.size:,}: removed")
     try:
         _check(part, item)
