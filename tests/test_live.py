@@ -149,7 +149,8 @@ def red_model(tmp_path_factory) -> ModelRunner:
 def _tracker(server: FeedServer, **config) -> LiveTracker:
     cfg = LiveConfig.from_dict({"feed_url": server.url, "timeout_s": 1.0, **config})
     tracker = LiveTracker(HttpSource(server.url, cfg.timeout_s), cfg)
-    tracker.source._clock = lambda: (tracker.latest or 0) + 1.0  # the test's clock: just after the feed
+    # The test's clock: just after the feed (before its first snapshot: any time after it).
+    tracker.source._clock = lambda: (tracker.latest or 2_000_000_000) + 1.0
     return tracker
 
 
@@ -625,3 +626,148 @@ def _the_page_shows_vehicles_and_a_stops_arrivals(url: str, screenshot: Path) ->
         driver.save_screenshot(str(screenshot))
     finally:
         driver.quit()
+
+
+# --- adversarial feeds ------------------------------------------------------------------------------
+
+
+def _rows(specs: list[tuple], t0: int = 1_683_547_200) -> pd.DataFrame:
+    """Normalized VehiclePositions rows from (seconds after t0, trip, stop, sequence[, vehicle])."""
+    rows = []
+    for spec in specs:
+        dt_s, trip, stop, seq, *vehicle = spec
+        rows.append(
+            {
+                "feed_timestamp": t0 + dt_s, "timestamp": t0 + dt_s, "vehicle_id": vehicle[0] if vehicle else f"v-{trip}",
+                "trip_id": trip, "route_id": "Red", "direction_id": 0, "start_date": "20230508", "start_time": pd.NA,
+                "stop_id": stop, "stop_sequence": float(seq), "status": "STOPPED_AT", "latitude": 42.3, "longitude": -71.1,
+            }
+        )  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame["direction_id"] = frame["direction_id"].astype("Int8")
+    return frame
+
+
+def test_a_snapshot_from_the_future_is_a_fault_and_the_feed_goes_on(hour):
+    """A header far ahead of the clock (a producer's clock gone wrong) is not taken: taken, it would
+    make every real snapshot after it stale. So are vehicle reports far after their header."""
+    server = FeedServer(hour, step=3)
+    try:
+        tracker = _tracker(server)
+        assert tracker.poll() is True
+        first = tracker.latest
+        server.faults.append(("bytes", snapshot_bytes(hour.head(3), 4_102_000_000)))
+        assert tracker.poll() is False and tracker.errors["future"] == 1
+        assert "ahead of this clock" in tracker.health()["reason"] and tracker.latest == first
+        assert tracker.poll() is True and tracker.latest > first and tracker.health()["status"] == "ok"
+    finally:
+        server.close()
+    rows = hour[hour["feed_timestamp"] == hour["feed_timestamp"].min()].head(2)
+    snap = feeds.read_snapshot(
+        snapshot_bytes(rows, int(rows["feed_timestamp"].iloc[0]), shift=30 * 86400), "VehiclePositions", "x"
+    )
+    assert snap.feed.frame.empty and snap.feed.report.skipped_rows == {
+        "vehicle.timestamp is after the feed's header.timestamp": 2
+    }
+
+
+def test_a_vehicle_without_start_date_is_published(hour, red_model):
+    """start_date is optional in GTFS-realtime: its trip is published without one."""
+    server = FeedServer(hour, step=3)
+    try:
+        tracker = _tracker(server)
+        for _ in range(30):
+            tracker.poll()
+    finally:
+        server.close()
+    for v in tracker.vehicles.values():
+        v.start_date = None
+    _predict(tracker, red_model)
+    feed = tracker.trip_updates()
+    assert len(feed.entity) > 0 and not any(e.trip_update.trip.HasField("start_date") for e in feed.entity)
+    assert all(v.to_dict(tracker.now())["start_date"] is None for v in tracker.vehicles.values())
+
+
+def test_a_gzip_bomb_or_a_huge_snapshot_is_refused_before_it_is_all_in_memory(hour, monkeypatch):
+    import gzip
+
+    monkeypatch.setattr(feeds, "MAX_SNAPSHOT_BYTES", 1 << 20)
+    bomb = gzip.compress(b" " * (4 << 20))
+    with pytest.raises(feeds.FeedError, match="more than 1048576 bytes once decompressed"):
+        feeds.read_snapshot(bomb, "VehiclePositions", "bomb.json.gz")
+    text = json.dumps({"header": {"timestamp": 1_683_547_200}, "entity": []}).encode()
+    two_members = gzip.compress(text[:20]) + gzip.compress(text[20:])  # as `cat a.gz b.gz` makes
+    assert feeds.read_snapshot(two_members, "VehiclePositions", "two members").timestamp == 1_683_547_200
+    monkeypatch.setattr(feeds, "MAX_ENTITIES", 5)
+    with pytest.raises(feeds.FeedError, match="more than the 5 a snapshot may have"):
+        feeds.read_snapshot(snapshot_bytes(hour.head(6), 1_683_547_200), "VehiclePositions", "big")
+
+
+def test_a_report_behind_its_trip_does_not_teach_a_false_next_stop():
+    """One glitch (a trip reported back at a stop it had left), or a second vehicle on the trip,
+    must not make a branch point: the stops ahead of A stay B, C, D."""
+    tracker = LiveTracker(HttpSource("http://127.0.0.1:9/", 1.0, clock=lambda: 0.0), LiveConfig.from_dict({}))
+    tracker.take(_rows([(0, "T1", "A", 1), (60, "T1", "B", 2), (120, "T1", "C", 3), (180, "T1", "D", 4)]))
+    assert tracker.stops_after("Red", 0, "A") == ["B", "C", "D"]
+    tracker.take(_rows([(200, "T2", "B", 2), (230, "T2", "A", 1), (260, "T2", "C", 3)]))
+    tracker.take(_rows([(300, "T3", "C", 3), (310, "T3", "A", 1, "ghost"), (360, "T3", "D", 4)]))
+    assert tracker.stops_after("Red", 0, "A") == ["B", "C", "D"]
+    assert tracker.stops_after("Red", 0, "B") == ["C", "D"]
+
+
+def test_the_state_keeps_a_window_of_history_on_a_feed_that_runs_for_days():
+    """Trips older than ``STATE_WINDOW_S`` before the newest snapshot leave the state, the stop
+    order's trip positions and the vehicles once the window is an hour past; newer ones stay."""
+    from mbta_ray.realtime.live import COMPACT_EVERY_S, STATE_WINDOW_S
+
+    tracker = LiveTracker(HttpSource("http://127.0.0.1:9/", 1.0, clock=lambda: 0.0), LiveConfig.from_dict({}))
+    hours = int((STATE_WINDOW_S + COMPACT_EVERY_S) // 3600) + 2
+    for h in range(hours):
+        frame = _rows([(h * 3600, f"T{h}", "A", 1), (h * 3600 + 60, f"T{h}", "B", 2)])
+        tracker.take(frame)
+        tracker.latest = int(frame["feed_timestamp"].max())
+        tracker.compact()
+    newest = tracker.latest
+    kept = {int(k.split("|T")[-1]) for k in tracker._current}
+    t0 = 1_683_547_200
+    oldest_allowed = newest - STATE_WINDOW_S - COMPACT_EVERY_S
+    assert kept == set(range(min(kept), hours)) and t0 + 3600 * min(kept) + 60 >= oldest_allowed
+    assert 0 not in kept and hours - 1 in kept
+    assert all(v.feed_timestamp >= newest - STATE_WINDOW_S - COMPACT_EVERY_S for v in tracker.vehicles.values())
+    assert len(tracker._taken) <= (STATE_WINDOW_S + COMPACT_EVERY_S) // 3600 + 1
+    assert tracker.state.arrival_at(f"20230508|Red|T{hours - 1}", "B", newest) is not None
+    assert tracker.state.arrival_at("20230508|Red|T0", "A", newest) is None
+    assert tracker.stops_after("Red", 0, "A") == ["B"]  # what was learned stays
+
+
+def test_a_feed_that_drips_its_bytes_times_out_as_a_whole():
+    """The timeout is for the whole answer, not each read: a server sending a byte every 0.2 s
+    is a timeout after ~1 s, not after its whole body."""
+    from mbta_ray.realtime.live import fetch_bytes
+
+    class Drip(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(feeds.FeedError, match="no answer within 1 s"):
+            fetch_bytes(f"http://127.0.0.1:{server.server_address[1]}/vp.pb", 1.0)
+        assert time.monotonic() - started < 3
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -17,7 +17,6 @@ by one bad one; ``FeedError`` only when nothing at all could be read.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import zlib
@@ -115,6 +114,15 @@ _JSON_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 
 #: Files larger than this are refused (a snapshot is a few MB; an hour's archive tens of MB).
 MAX_FILE_BYTES = 4 << 30
+#: A gzipped snapshot larger than this once decompressed is refused before it is all in memory (a
+#: gzip bomb: 1 MB of gzip can hold 1 GB). MBTA's enhanced JSON is ~10 MB.
+MAX_SNAPSHOT_BYTES = 256 << 20
+#: A snapshot with more entities than this is refused (MBTA runs ~1,200 vehicles at the peak; each
+#: entity costs the live tracker a prediction request, so the poll would no longer keep up).
+MAX_ENTITIES = 10_000
+#: How far a time may lie after the moment it was said to be known: a vehicle's report after its
+#: snapshot's header, a snapshot's header after the clock reading it (clocks drift a little).
+FUTURE_SLACK_S = 60
 
 
 class FeedError(DataError):
@@ -293,10 +301,7 @@ def _snapshot_rows(data: bytes, path: Path | str, kind: str) -> tuple[int, list[
     flattened rows with feed_timestamp."""
     form = _form(data[:8])
     if form == "gzip":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise FeedError(f"{path}: corrupt or truncated gzip ({exc})") from exc
+        data = _gunzip(data, path)
         form = _form(data[:8])
         if form == "parquet":
             raise FeedError(f"{path}: a gzipped parquet file, not a snapshot")
@@ -322,6 +327,8 @@ def _snapshot_rows(data: bytes, path: Path | str, kind: str) -> tuple[int, list[
     entities = message.get("entity", [])
     if not isinstance(entities, list):
         raise FeedError(f"{path}: entity is not a list")
+    if len(entities) > MAX_ENTITIES:
+        raise FeedError(f"{path}: {len(entities):,} entities, more than the {MAX_ENTITIES:,} a snapshot may have")
     rows: list[dict] = []
     for entity in entities:
         try:
@@ -329,6 +336,24 @@ def _snapshot_rows(data: bytes, path: Path | str, kind: str) -> tuple[int, list[
         except RecursionError:  # an entity nested deeper than any GTFS-realtime message
             rows.append({"feed_timestamp": feed_timestamp, "_skip": "entity nested too deeply"})
     return feed_timestamp, rows
+
+
+def _gunzip(data: bytes, path: Path | str) -> bytes:
+    """Gzip (one member or several) decompressed, at most ``MAX_SNAPSHOT_BYTES`` of it: a
+    ``FeedError`` for more, or for a corrupt or truncated stream."""
+    out, rest = [], data
+    try:
+        while rest:
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out.append(inflate.decompress(rest, MAX_SNAPSHOT_BYTES + 1 - sum(map(len, out))))
+            if sum(map(len, out)) > MAX_SNAPSHOT_BYTES or inflate.unconsumed_tail:
+                raise FeedError(f"{path}: more than {MAX_SNAPSHOT_BYTES} bytes once decompressed")
+            if not inflate.eof:
+                raise FeedError(f"{path}: corrupt or truncated gzip (the stream ends early)")
+            rest = inflate.unused_data.lstrip(b"\0")  # the next member; zero padding is no member
+    except zlib.error as exc:
+        raise FeedError(f"{path}: corrupt or truncated gzip ({exc})") from exc
+    return b"".join(out)
 
 
 def _protobuf_to_dict(path: Path | str, data: bytes) -> dict:
@@ -468,6 +493,10 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
     odd = out["direction_id"].notna() & ~out["direction_id"].isin((0, 1))
     skip = skip.where(skip.notna() | ~odd, f"{fields['direction_id']} is not 0 or 1")
     if kind == "VehiclePositions":
+        # A report after its snapshot's header was not known when the snapshot says (and, newest
+        # winning, would pin the vehicle to it): a clock or a producer gone wrong.
+        odd = out["timestamp"] > out["feed_timestamp"] + FUTURE_SLACK_S
+        skip = skip.where(skip.notna() | ~odd, f"{fields['timestamp']} is after the feed's header.timestamp")
         out["status"] = out["status"].replace(STATUS_NUMBERS)
         bad_status = out["status"].notna() & ~out["status"].isin(STATUSES)
         skip = skip.where(skip.notna() | ~bad_status, "vehicle.current_status is not a GTFS-realtime status")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import http.client
 import logging
 import math
 import threading
@@ -48,7 +49,7 @@ from mbta_ray.evaluate import HORIZON_BINS
 from mbta_ray.realtime import feeds
 from mbta_ray.realtime.feeds import FeedError, Snapshot
 from mbta_ray.realtime.requests import published_arrivals, rider_time, trip_start, vehicle_request
-from mbta_ray.realtime.state import NetworkState, trip_key
+from mbta_ray.realtime.state import HEADWAY_MAX_AGE_S, NetworkState, trip_key
 from mbta_ray.storage import shown
 from mbta_ray.timeutil import iso_z, parse_utc
 
@@ -72,6 +73,11 @@ LIVE_DEFAULTS: dict[str, object] = {
 BRANCH_SHARE = 0.2
 #: How many publishes the tracker keeps the timings of (for /live/healthz and bench/live.py).
 PUBLISH_LOG = 2000
+#: The history the state keeps of a live feed: the longest look-back a feature has (the vehicle
+#: ahead, up to 6 h). Once the oldest snapshot kept is ``COMPACT_EVERY_S`` older than that, the
+#: state is rebuilt from the snapshots within it: memory stays bounded on a feed that runs for days.
+STATE_WINDOW_S = HEADWAY_MAX_AGE_S
+COMPACT_EVERY_S = 3600
 #: A feed answer larger than this is refused (MBTA's whole VehiclePositions is ~1 MB).
 MAX_FEED_BYTES = 64 << 20
 _USER_AGENT = "mbta-ray-live/1 (+https://github.com/)"
@@ -161,9 +167,11 @@ def fetch_bytes(url: str, timeout_s: float) -> bytes:
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{where!r} is not an http(s) URL")
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"})
+    deadline = time.monotonic() + timeout_s  # for the whole answer: a server dripping bytes is slow too
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as answer:  # noqa: S310 -- http(s) only
-            data = answer.read(MAX_FEED_BYTES + 1)
+            data = _read_until(answer, deadline, where, timeout_s)
+            length = answer.headers.get("Content-Length")
     except urllib.error.HTTPError as exc:
         raise FeedError(f"{where}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
@@ -174,7 +182,26 @@ def fetch_bytes(url: str, timeout_s: float) -> bytes:
         raise FeedError(f"{where}: connection failed ({exc})") from None
     if len(data) > MAX_FEED_BYTES:
         raise FeedError(f"{where}: answer larger than {MAX_FEED_BYTES} bytes")
+    if length and length.isdigit() and len(data) < int(length):
+        raise FeedError(f"{where}: connection failed (closed after {len(data):,} of {int(length):,} bytes)")
     return data
+
+
+def _read_until(answer, deadline: float, where: str, timeout_s: float) -> bytes:
+    """An answer's body, at most ``MAX_FEED_BYTES + 1`` bytes, read by the ``deadline``."""
+    chunks, size = [], 0
+    while size <= MAX_FEED_BYTES:
+        if time.monotonic() > deadline:
+            raise FeedError(f"{where}: no answer within {timeout_s:g} s (the body came too slowly)")
+        try:
+            chunk = answer.read1(min(1 << 16, MAX_FEED_BYTES + 1 - size))  # what has come: no waiting for all
+        except http.client.IncompleteRead as exc:  # closed before its Content-Length
+            raise FeedError(f"{where}: connection failed (closed after {len(exc.partial):,} more bytes)") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 class FileSource:
@@ -192,10 +219,13 @@ class FileSource:
             stat = self.path.stat()
             if (stat.st_mtime_ns, stat.st_size) == self._seen:
                 return None
-            data = self.path.read_bytes()[: MAX_FEED_BYTES + 1]
+            with self.path.open("rb") as f:
+                data = f.read(MAX_FEED_BYTES + 1)
         except OSError as exc:
             raise FeedError(f"{self.name}: cannot be read ({exc.strerror or exc})") from None
         self._seen = (stat.st_mtime_ns, stat.st_size)
+        if len(data) > MAX_FEED_BYTES:
+            raise FeedError(f"{self.name}: larger than {MAX_FEED_BYTES} bytes")
         return feeds.read_snapshot(data, "VehiclePositions", self.name)
 
 
@@ -289,7 +319,7 @@ class Vehicle:
     trip_id: str
     route_id: str
     direction_id: int | None
-    start_date: str
+    start_date: str | None  # optional in GTFS-realtime
     stop_id: str
     stop_sequence: float
     status: str
@@ -370,6 +400,8 @@ class LiveTracker:
     _feed: tuple | None = field(default=None, repr=False)  # (FeedMessage, its bytes) as published
     _next: dict[tuple, Counter] = field(default_factory=dict)  # (route, direction, u) -> next stops
     _current: dict[str, tuple[str, float]] = field(default_factory=dict)  # trip -> (stop, sequence)
+    #: What the state was built from, oldest first (``compact`` rebuilds it from a window of them).
+    _taken: deque = field(default_factory=deque, repr=False)
     #: The live deployment polls in a worker thread while HTTP readers ask on its event loop: every
     #: public method holds this lock (a fetch, which may wait for the network, does not).
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -387,7 +419,31 @@ class LiveTracker:
             with self.lock:
                 return self._fault("unexpected", f"{self.source.name}: {type(exc).__name__}: {exc}")
         with self.lock:
-            return self._ingest(snapshot)
+            changed = self._ingest(snapshot)
+        if changed:
+            self.compact()
+        return changed
+
+    def compact(self) -> bool:
+        """Forget what is older than ``STATE_WINDOW_S`` before the newest snapshot, once there is
+        ``COMPACT_EVERY_S`` of it: a new state from the snapshots within the window, built outside
+        the lock (only the polling thread takes snapshots in) and swapped in; the trips and
+        vehicles not seen since go too. True when it did."""
+        if self.latest is None or not self._taken:
+            return False
+        start = self.latest - STATE_WINDOW_S
+        if int(self._taken[0]["feed_timestamp"].min()) >= start - COMPACT_EVERY_S:
+            return False
+        kept = [f for f in self._taken if int(f["feed_timestamp"].max()) >= start]
+        state = NetworkState()
+        if kept:
+            state.observe(pd.concat(kept, ignore_index=True))
+        trips = {trip_key(*k) for f in kept for k in zip(f["start_date"], f["route_id"], f["trip_id"])}
+        with self.lock:
+            self.state, self._taken = state, deque(kept)
+            self._current = {k: v for k, v in self._current.items() if k in trips}
+            self.vehicles = {k: v for k, v in self.vehicles.items() if v.feed_timestamp >= start}
+        return True
 
     def _ingest(self, snapshot: Snapshot | None) -> bool:
         if snapshot is None:
@@ -396,6 +452,12 @@ class LiveTracker:
         if snapshot.timestamp == self.latest:  # polled faster than the feed updates: nothing new
             self.last_poll_ok = True
             return False
+        ahead = snapshot.timestamp - self.now()
+        if ahead > feeds.FUTURE_SLACK_S:  # taken, it would make every real snapshot after it "stale"
+            return self._fault(
+                "future",
+                f"{self.source.name}: snapshot of {iso_z(snapshot.timestamp)} is {ahead:,.0f} s ahead of this clock",
+            )
         if self.latest is not None and snapshot.timestamp < self.latest:
             return self._fault(
                 "stale",
@@ -419,6 +481,7 @@ class LiveTracker:
     def take(self, frame: pd.DataFrame) -> None:
         """Add normalized VehiclePositions rows to the state, the vehicles and the stop order."""
         self.state.observe(frame)
+        self._taken.append(frame)
         cols = ("feed_timestamp", "timestamp", "vehicle_id", "trip_id", "route_id", "direction_id", "start_date")
         more = ("stop_id", "stop_sequence", "status", "latitude", "longitude")
         ordered = frame.sort_values(["feed_timestamp", "timestamp"], kind="stable")
@@ -432,17 +495,22 @@ class LiveTracker:
             old = self.vehicles.get(vid)
             if old is None or (stamp, known) >= (old.timestamp, old.feed_timestamp):
                 self.vehicles[vid] = Vehicle(
-                    vid, key, trip, route, direction, start, stop, seq, status,
+                    vid, key, trip, route, direction, start if isinstance(start, str) else None, stop, seq, status,
                     _num(lat), _num(lon), int(stamp), int(known),
                 )  # fmt: skip
 
     def _learn_order(self, key: str, route: str, direction: int | None, stop: str, seq: float) -> None:
         previous = self._current.get(key)
+        if previous is not None and not (math.isnan(seq) or math.isnan(previous[1])) and seq < previous[1]:
+            # A report behind where the trip had got to (a glitch, or a second vehicle on the trip):
+            # no move, and the trip stays where it was (else the move on from it would be a new,
+            # false next stop: one glitch made a branch point that cut every trip's stops ahead).
+            return
         self._current[key] = (stop, seq)
         if previous is None or previous[0] == stop:
             return
-        if not (math.isnan(seq) or math.isnan(previous[1])) and seq <= previous[1]:
-            return  # a report out of order, not a move forward
+        if not (math.isnan(seq) or math.isnan(previous[1])) and seq == previous[1]:
+            return  # another stop at the same sequence: a correction, not a move forward
         self._next.setdefault((route, direction, previous[0]), Counter())[stop] += 1
 
     # --- what is known now ---
@@ -587,9 +655,9 @@ class LiveTracker:
                 out.append(Prediction(vehicle, start.stop_id, 0, rider_time(start.time, now)))
             for p, arrival in zip(response.predictions, arrivals, strict=True):
                 out.append(Prediction(vehicle, p.stop_id, p.stops_ahead, arrival))
-        self.predictions, self.predicted_at = out, now
-        message = self._feed_message(now, out)
+        message = self._feed_message(now, out)  # first: a failure keeps the last published pair whole
         self._feed = (message, message.SerializeToString())
+        self.predictions, self.predicted_at = out, now
 
     @_locked
     def note_publish(self, seconds: float) -> None:
@@ -666,7 +734,7 @@ class LiveTracker:
             update.trip.route_id = v.route_id
             if v.direction_id is not None:
                 update.trip.direction_id = v.direction_id
-            if v.start_date:
+            if isinstance(v.start_date, str) and v.start_date:  # optional: may be missing (NA)
                 update.trip.start_date = v.start_date
             update.vehicle.id = v.vehicle_id
             update.timestamp = int(v.timestamp)
@@ -710,6 +778,8 @@ def _reason(message: str) -> str:
         ("no answer within", "timeout"),
         ("connection failed", "unreachable"),
         ("larger than", "too_large"),
+        ("more than", "too_large"),
+        ("ahead of this clock", "future"),
         ("cannot be read", "unreadable"),
     ):
         if needle in message:
