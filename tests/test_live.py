@@ -660,6 +660,13 @@ def test_a_snapshot_from_the_future_is_a_fault_and_the_feed_goes_on(hour):
         assert tracker.poll() is False and tracker.errors["future"] == 1
         assert "ahead of this clock" in tracker.health()["reason"] and tracker.latest == first
         assert tracker.poll() is True and tracker.latest > first and tracker.health()["status"] == "ok"
+        assert tracker.health()["skipped_rows"] == {}
+        # Half a snapshot unreadable: taken, still "ok", and health says what was skipped.
+        rows = hour[hour["feed_timestamp"] == hour["feed_timestamp"].min()].head(4)
+        half = pd.concat([rows.head(2), rows.tail(2).assign(timestamp=rows["timestamp"].tail(2) + 86400)])
+        server.faults.append(("bytes", snapshot_bytes(half, tracker.latest + 5)))
+        assert tracker.poll() is True and tracker.health()["status"] == "ok"
+        assert tracker.health()["skipped_rows"] == {"vehicle.timestamp is after the feed's header.timestamp": 2}
     finally:
         server.close()
     rows = hour[hour["feed_timestamp"] == hour["feed_timestamp"].min()].head(2)

@@ -386,6 +386,7 @@ class LiveTracker:
     config: LiveConfig
     state: NetworkState = field(default_factory=NetworkState)
     errors: Counter = field(default_factory=Counter)
+    skipped_rows: Counter = field(default_factory=Counter)  # of the newest snapshot taken, by why
     snapshots: int = 0
     latest: int | None = None  # header timestamp of the newest good snapshot
     last_error: str | None = None
@@ -466,6 +467,7 @@ class LiveTracker:
         if snapshot.feed.frame.empty:
             return self._fault("empty", f"{self.source.name}: snapshot of {iso_z(snapshot.timestamp)} has no vehicles")
         self.take(snapshot.feed.frame)
+        self.skipped_rows = Counter(snapshot.feed.report.skipped_rows)
         self.latest = snapshot.timestamp
         self.snapshots += 1
         self.last_poll_ok, self.last_error = True, None
@@ -527,6 +529,9 @@ class LiveTracker:
         now = self.now() if now is None else now
         age = self.feed_age_s(now)
         out = {"feed": self.source.name, "snapshots": self.snapshots, "errors": dict(self.errors)}
+        # Rows of the newest snapshot taken that no vehicle could be read from, by why: a feed
+        # half broken is still "ok", but says so.
+        out["skipped_rows"] = dict(self.skipped_rows)
         out["feed_age_s"] = None if age is None else round(age, 1)
         out["feed_timestamp"] = None if self.latest is None else iso_z(self.latest)
         out.update(self.timings())
@@ -608,9 +613,11 @@ class LiveTracker:
                 out.append({"route_id": route, "direction_id": direction, "stops": stops})
         return out
 
-    @_locked
     def requests(self, now: float) -> list[tuple[Vehicle, object]]:
-        """The API request of every active vehicle with a start (``requests.trip_start``) and stops ahead."""
+        """The API request of every active vehicle with a start (``requests.trip_start``) and stops ahead.
+        Not under the lock (only ``active`` takes it): the state changes only in the polling thread,
+        which calls this between its polls, and readers (health, arrivals, the feed) must not wait
+        the seconds a large snapshot's requests take."""
         out = []
         for v in self.active(now):
             last = trip_start(self.state, v.trip_key, now)
