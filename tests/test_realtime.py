@@ -1356,3 +1356,29 @@ def test_row_nanmedians_equal_numpys(rows):
         values[i, : len(row)] = [np.nan if v is None else v / 2 for v in row]
     values = values[(~np.isnan(values)).any(axis=1)]
     np.testing.assert_array_equal(_row_nanmedians(values), np.nanmedian(values, axis=1))
+
+
+def test_a_snapshot_reads_ids_numbers_and_defaults_as_gtfs_realtime_means_them():
+    """A stop id JSON wrote as 70061.0 is stop 70061; a vehicle without current_status is on its
+    way (the field's default), not dropped; a current_stop_sequence that is no uint32 is dropped and
+    counted, the row kept."""
+    snap = {
+        "header": {"timestamp": 1683547200},
+        "entity": [
+            {"id": "1", "vehicle": {"trip": {"trip_id": "T1", "route_id": "Red", "start_date": "20230508"},
+                                    "stop_id": 70061.0, "timestamp": 1683547190, "current_stop_sequence": -3}},
+            {"id": "2", "vehicle": {"trip": {"trip_id": "T2", "route_id": "Red", "start_date": "20230508"},
+                                    "stop_id": "70063", "timestamp": 1683547190, "current_status": "STOPPED_AT",
+                                    "current_stop_sequence": 1.5}},
+            {"id": "3", "vehicle": {"trip": {"trip_id": "T3", "route_id": "Red", "start_date": "20230508"},
+                                    "stop_id": "70065", "timestamp": 1683547190, "current_stop_sequence": 7}},
+        ],
+    }  # fmt: skip
+    snapshot = feeds.read_snapshot(json.dumps(snap).encode(), "VehiclePositions", "x.json")
+    frame = snapshot.feed.frame.set_index("trip_id")
+    assert frame["stop_id"].to_dict() == {"T1": "70061", "T2": "70063", "T3": "70065"}
+    assert frame["status"].to_dict() == {"T1": "IN_TRANSIT_TO", "T2": "STOPPED_AT", "T3": "IN_TRANSIT_TO"}
+    assert frame["stop_sequence"].isna().tolist() == [True, True, False] and frame.loc["T3", "stop_sequence"] == 7
+    assert snapshot.feed.report.ignored_fields == {
+        "vehicle.current_stop_sequence is not a stop sequence (row kept without it)": 2
+    }

@@ -18,6 +18,7 @@ by one bad one; ``FeedError`` only when nothing at all could be read.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
 from collections import Counter
@@ -492,7 +493,15 @@ def _normalize(raw: pd.DataFrame, kind: str, fields: dict[str, str], report: Fee
             skip = skip.where(skip.notna() | ~odd, f"{fields[name]} is not a {name}")
     odd = out["direction_id"].notna() & ~out["direction_id"].isin((0, 1))
     skip = skip.where(skip.notna() | ~odd, f"{fields['direction_id']} is not 0 or 1")
+    if "stop_sequence" in out:
+        # Optional, a uint32 where given: one that is no such number is dropped, the row kept.
+        seq = out["stop_sequence"]
+        odd = seq.notna() & ~((seq >= 0) & (seq == seq.round()) & (seq < 2**32))
+        out["stop_sequence"] = seq.mask(odd)
+        ignored = ignored.where(~odd, f"{fields['stop_sequence']} is not a stop sequence (row kept without it)")
     if kind == "VehiclePositions":
+        # GTFS-realtime's default status: a producer may leave it out for a vehicle on its way.
+        out["status"] = out["status"].fillna("IN_TRANSIT_TO").where(out["stop_id"].notna(), out["status"])
         # A report after its snapshot's header was not known when the snapshot says (and, newest
         # winning, would pin the vehicle to it): a clock or a producer gone wrong.
         odd = out["timestamp"] > out["feed_timestamp"] + FUTURE_SLACK_S
@@ -526,8 +535,17 @@ def _count_ignored(frame: pd.DataFrame, report: FeedReport) -> pd.DataFrame:
 
 
 def _text(values: pd.Series) -> pd.Series:
-    """Values as stripped strings, blanks missing (numbers as their text: an integer stop id)."""
+    """Values as stripped strings, blanks missing (numbers as their text: an integer stop id, also
+    when JSON or a float column wrote it 70061.0)."""
     text = values.astype("string").str.strip()
+    numbers = pd.api.types.is_float_dtype(values.dtype) or (
+        values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) != "string"  # a C scan
+    )
+    if numbers:
+        whole = values.map(lambda v: isinstance(v, float) and math.isfinite(v) and v.is_integer() and abs(v) < 2**53)
+        whole = whole.to_numpy(dtype=bool)
+        if whole.any():
+            text[whole] = [str(int(v)) for v in values[whole]]
     return text.mask(text == "")
 
 
