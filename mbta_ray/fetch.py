@@ -396,6 +396,10 @@ def _csv_rows(data: bytes, where: str, required: tuple[str, ...]) -> tuple[list[
     except UnicodeDecodeError:
         raise DataError(f"{where}: not UTF-8 text") from None
     reader = csv.DictReader(io.StringIO(text))
+    names = [str(n).strip() for n in reader.fieldnames or []]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # which of the two is the value? DictReader would keep the last silently
+        raise DataError(f"{where}: columns named more than once: {', '.join(twice)}")
     absent = [c for c in required if c not in (reader.fieldnames or [])]
     if absent:
         raise DataError(f"{where}: no column {', '.join(absent)} (columns: {', '.join(reader.fieldnames or [])})")

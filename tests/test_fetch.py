@@ -1011,3 +1011,10 @@ def test_a_zip_with_its_stops_in_a_folder_says_where_they_are(tmp_path):
         z.writestr("gtfs/stops.txt", "stop_id,stop_lat,stop_lon\nA,42,-71\n")
     with pytest.raises(DataError, match="without stops.txt is not a GTFS feed \\(it has gtfs/stops.txt"):
         Stops.load(str(feed))
+
+
+def test_an_index_with_a_column_named_twice_is_refused_naming_it():
+    from mbta_ray.fetch import _read_lamp_index
+
+    with pytest.raises(DataError, match="index.csv: columns named more than once: service_date"):
+        _read_lamp_index(b"service_date,size_bytes,service_date\n2024-02-06,10,2024-02-07\n", "http://x/index.csv")
