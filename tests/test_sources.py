@@ -1174,3 +1174,20 @@ def test_inputs_are_each_given_once_and_a_name_with_double_colons_is_a_path(tmp_
     odd = tmp_path / "lamp::2024.parquet"
     odd.write_bytes(LAMP_SAMPLE.read_bytes())
     assert [f.format for f in plan_inputs([str(odd), f"{LAMP_SAMPLE}::lamp"])] == ["lamp", "lamp"]
+
+
+def test_epoch_seconds_stored_as_timestamps_read_as_the_times_they_are(tmp_path: Path) -> None:
+    """A LAMP file whose stop_timestamp a writer stored as a timestamp (zoned, or naive UTC) reads
+    as those times, not as nanoseconds that are no time."""
+    base = pq.read_table(LAMP_SAMPLE).slice(0, 3).replace_schema_metadata(None)  # no pandas dtypes to restore
+    seconds = base.column("stop_timestamp").to_pandas()
+    expected = read_file(str(LAMP_SAMPLE)).slice(0, 3).column("actual_arrival").to_pylist()
+    for zone in ("UTC", None):
+        stamps = pd.to_datetime(seconds, unit="s", utc=True)
+        stamps = stamps if zone else stamps.dt.tz_localize(None)
+        kind = pa.timestamp("us", tz=zone)
+        table = base.set_column(base.schema.get_field_index("stop_timestamp"), "stop_timestamp", pa.array(stamps, kind))
+        pq.write_table(table, tmp_path / f"ts-{zone}.parquet")
+        got = read_file(str(tmp_path / f"ts-{zone}.parquet"))
+        assert got.column("actual_arrival").to_pylist() == expected
+        assert got.column("reason").to_pylist() == read_file(str(LAMP_SAMPLE)).slice(0, 3).column("reason").to_pylist()

@@ -56,6 +56,16 @@ def numeric(df: pd.DataFrame, column: str, issues: RowIssues) -> pd.Series:
     return values
 
 
+def epoch_seconds(df: pd.DataFrame, column: str, issues: RowIssues) -> pd.Series:
+    """An epoch-seconds column (``numeric``'s output); one a writer stored as timestamps instead
+    (naive ones read as UTC) is taken as the seconds they are, not as nanoseconds gone wrong."""
+    raw = df[column]
+    if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        when = raw.dt.tz_convert("UTC") if raw.dt.tz is not None else raw.dt.tz_localize("UTC")
+        return ((when - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).astype("float64")
+    return numeric(df, column, issues)
+
+
 def epoch_time(seconds: pd.Series, column: str, issues: RowIssues) -> pd.Series:
     """Epoch seconds (``numeric``'s output) as UTC timestamps; a value outside
     ``timeutil.EPOCH_RANGE`` is flagged ``bad_value`` naming the field, and becomes NaT."""

@@ -16,7 +16,7 @@ import pandas as pd
 from mbta_ray.realtime.feeds import STATUS_NUMBERS, STOPPED_AT
 from mbta_ray.realtime.feeds import VEHICLE_FIELDS as F
 from mbta_ray.schema import Reason, mode_for_route
-from mbta_ray.sources.base import Reader, RowIssues, epoch_time, gtfs_direction, numeric, text
+from mbta_ray.sources.base import Reader, RowIssues, epoch_seconds, epoch_time, gtfs_direction, numeric, text
 from mbta_ray.timeutil import parse_service_date
 
 STATUS = F["status"]
@@ -27,7 +27,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     status = text(df, STATUS).replace(STATUS_NUMBERS)  # the enum's number, as some archives store it
     not_stopped = (status != STOPPED_AT).fillna(True)  # a null status is no arrival either
     issues.flag(not_stopped, Reason.NOT_AN_ARRIVAL, lambda: STATUS + "=" + status.fillna("null"))
-    timestamp = numeric(df, F["timestamp"], issues)
+    timestamp = epoch_seconds(df, F["timestamp"], issues)
     issues.flag(timestamp.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no vehicle.timestamp")
     start_date = text(df, F["start_date"])
     service_date = parse_service_date(start_date)

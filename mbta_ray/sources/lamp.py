@@ -13,6 +13,7 @@ from mbta_ray.schema import Reason, mode_for_route
 from mbta_ray.sources.base import (
     Reader,
     RowIssues,
+    epoch_seconds,
     epoch_time,
     first_present,
     gtfs_direction,
@@ -50,7 +51,7 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     issues = RowIssues(df.index)
     service_date = parse_service_date(df["service_date"])
     issues.flag(service_date.isna() & df["service_date"].notna(), Reason.BAD_VALUE, "field service_date: not a date")
-    actual_s = numeric(df, first_present(df, ACTUAL), issues)
+    actual_s = epoch_seconds(df, first_present(df, ACTUAL), issues)
     issues.flag(actual_s.isna(), Reason.MISSING_ACTUAL_ARRIVAL, "no " + "/".join(ACTUAL))
     route = text(df, "route_id")
     out = pd.DataFrame(index=df.index)
