@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import functools
 import importlib
 import json
@@ -64,6 +65,11 @@ def _is_user_error_name(qualified: str) -> bool:
 _REMOTE_ERROR = re.compile(r"^(mbta_ray(?:\.\w+)+): (.+)$", re.MULTILINE)
 
 
+#: OS errors that say what is wrong with a path a user gave (--root pointing at a file, an
+#: unwritable folder, a name too long for the file system), not a bug.
+_PATH_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.EROFS, errno.ENOSPC}
+
+
 def _user_error(exc: BaseException) -> str | None:
     """The one-line message of the user's mistake behind ``exc``, if any: an ``MbtaRayError`` (or a
     missing file) raised here or inside a Ray task, else None. A task's error reaches the driver
@@ -77,6 +83,8 @@ def _user_error(exc: BaseException) -> str | None:
             return remote[-1].group(2).strip()
         if isinstance(exc, (MbtaRayError, FileNotFoundError)):
             return str(exc)
+        if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS:  # a path the user gave: a file, too long
+            return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
         exc = exc.__cause__ or getattr(exc, "cause", None)  # RayTaskError keeps the task's error as .cause
     return None
 
@@ -385,7 +393,7 @@ def list_cmd(
 def show_cmd(
     version: Annotated[str, typer.Argument(help="Version (or a unique prefix).")],
     name: Annotated[Optional[str], typer.Option(help="Dataset name.")] = None,
-    rows: Annotated[int, typer.Option(min=1, help="Sample rows to show.")] = 5,
+    rows: Annotated[int, typer.Option(min=1, max=10_000, help="Sample rows to show (1 to 10,000).")] = 5,
     split: Annotated[str, typer.Option(help="Split to sample: train, valid or test.")] = "train",
     root: RootOpt = Path(DEFAULT_ROOT),
 ) -> None:
@@ -711,6 +719,7 @@ def pipeline_cmd(
     from mbta_ray import pipeline
     from mbta_ray.config import embedded_race
 
+    _registry(registry, root, model_name)  # a bad --model-name or --registry fails now, not after training
     settings = PipelineSettings(
         root=str(root),
         registry=registry,
@@ -812,8 +821,15 @@ def smoke_cmd(
         _fail(f"{url}: {exc}")
     if model.status_code != 200:
         _fail(f"GET {url}/model -> {model.status_code}: {model.text[:300]}")
-    info = model.json()
+    try:
+        info = model.json()
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        _fail(f"GET {url}/model answered 200 but not a JSON object: {model.text[:120]!r}; is it this app?")
     ds = info.get("dataset") or {}
+    if not isinstance(ds, dict):
+        _fail(f"GET {url}/model: its 'dataset' is not an object ({str(ds)[:80]}); pass --dataset")
     if not (dataset or ds.get("version")):
         _fail(f"the served model {info.get('version')} names no dataset: pass --dataset")
     try:
@@ -915,7 +931,12 @@ def race_cmd(
     version = model or (reg.production() or {}).get("version")
     if not version:
         _fail(f"no production model in {reg.base}: run `make run` or pass --model")
-    runner = ModelRunner(reg.fetch(version), version=version)
+    try:
+        runner = ModelRunner(reg.fetch(version), version=version)
+    except MbtaRayError:
+        raise
+    except Exception as exc:  # files that pass their checksums can still be no model
+        _fail(f"{version}: cannot load the model: {type(exc).__name__}: {str(exc)[:200]}")
     with console.status("replaying the feeds and racing..."):
         result = race.run(vehicle_positions, trip_updates, runner, out, first, last)
     print_race(result.summary)

@@ -122,6 +122,27 @@ class TrialResources:
     gpus_per_worker: float = 0.0  # fractional (e.g. 0.25) lets several trials share a GPU
     trial_cpu: float = 0.1
 
+    def __post_init__(self) -> None:
+        # NaN passes every comparison: each option must be a finite number in its range.
+        for option, value, least in (
+            ("--cpus-per-worker", self.cpus_per_worker, 0.0),
+            ("--gpus-per-worker", self.gpus_per_worker, 0.0),
+            ("--trial-cpu", self.trial_cpu, 0.0),
+        ):
+            if value is not None and not (math.isfinite(value) and value >= least):
+                raise ConfigError(f"{option} {value!r}: a number >= {least:g}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ConfigError(f"--cpus-per-worker {self.cpus_per_worker!r}: more than 0")
+
+    def check_gpus(self, cluster_gpus: float) -> None:
+        """A ``ResourceError`` when a worker asks for GPUs the cluster does not have (the trial
+        would wait for them forever, saying nothing)."""
+        if self.gpus_per_worker > 0 and self.gpus_per_worker > cluster_gpus:
+            raise ResourceError(
+                f"--gpus-per-worker {self.gpus_per_worker:g}: the cluster has {cluster_gpus:g} GPU(s); "
+                "leave it at 0 on a machine without one"
+            )
+
     def worker_resources(self, family: str) -> WorkerResources:
         """The Train workers' resources (the same shape for every family today)."""
         return WorkerResources(self.num_workers, self.cpus_per_worker or 1.0, self.gpus_per_worker)
@@ -172,6 +193,10 @@ class TuneSettings:
     #: to free its Train workers: turn it off on clusters started without the dashboard.
     early_stopping: bool = True
 
+    def __post_init__(self) -> None:
+        if self.random_steps < 0:
+            raise ConfigError(f"--random-steps {self.random_steps}: 0 or more")
+
 
 # --- distillation ---------------------------------------------------------------------------------
 
@@ -204,9 +229,14 @@ class DistillConfig:
             v = getattr(self, name)
             if not lo <= v <= hi:
                 raise ConfigError(f"distill option {name}={v!r} must be within [{lo}, {hi}]")
+        if not (self.shift_sd_s >= 0 and math.isfinite(self.shift_sd_s)):
+            raise ConfigError(f"distill option shift_sd_s={self.shift_sd_s!r} must be a number >= 0")
         for name in ("softening", "huber_delta_s", "lr", "batch_size", "epochs"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"distill option {name}={getattr(self, name)!r} must be > 0")
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):  # NaN and inf too: the loss would be NaN
+                raise ConfigError(f"distill option {name}={v!r} must be a number > 0")
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise ConfigError(f"distill option hidden={self.hidden!r}: one or more layer widths >= 1")
         if self.unlabeled_copies < 0:
             raise ConfigError(f"distill option unlabeled_copies={self.unlabeled_copies!r} must be >= 0")
 

@@ -360,7 +360,7 @@ class Registry:
 
     def _promote_locked(self, version: str, metric: str, force: bool, reason: str | None, rescore) -> Decision:
         cand = self.metadata(version)
-        self.fetch(version)  # never promote a model that would not load
+        self.load_predictor(version)  # never promote a model that would not load: its checksums are not enough
         ev = cand.get("evaluation") or {}
         cand_value = _metric(ev.get("metrics", {}), metric)
         where = f"{(ev.get('dataset') or {}).get('version')} / {ev.get('split')}"

@@ -33,6 +33,7 @@ from mbta_ray.encoding import FeatureEncoder
 from mbta_ray.errors import ConfigError, MbtaRayError, MissingFileError
 from mbta_ray.models import bundle, dnn, xgboost_model
 from mbta_ray.models.data import load_split, load_split_pandas
+from mbta_ray.registry import check_name
 from mbta_ray.runtime import ensure_ray
 from mbta_ray.schema import SPLITS, TARGET
 
@@ -241,6 +242,7 @@ def run_search(
     """
     ds_name, ds_version = _usable_dataset(root, dataset)
     ensure_ray()
+    settings.resources.check_gpus(ray.cluster_resources().get("GPU", 0.0))
     settings = resolve_resources(settings, ray.cluster_resources().get("CPU", 0.0))
     settings, exp_dir = _experiment(settings, ds_version, resume)
     datasets = {s: load_split(root, ds_version, s, ds_name) for s in ("train", "valid")}
@@ -305,6 +307,8 @@ def _experiment(settings: TuneSettings, ds_version: str, resume: str | None) -> 
             raise MissingFileError(f"{exp_dir}: no such experiment to resume")
         settings = replace(settings, name=exp_dir.name, storage=str(exp_dir.parent))
     else:
+        if settings.name is not None:  # one folder under the experiments root, never a path out of it
+            check_name(settings.name, "experiment name (--name)")
         name = settings.name or f"{settings.family}-{ds_version[:8]}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
         settings = replace(settings, name=name)
         exp_dir = Path(settings.storage).resolve() / name

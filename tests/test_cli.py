@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -183,3 +184,67 @@ def test_data_show_checks_rows_and_split_before_using_them(tmp_path):
     assert res.exit_code == 2 and "valid: missing; the dataset version is damaged" in res.output, res.output
     res = runner.invoke(app, ["data", "list", "--root", str(tmp_path), "--name", "../.."])
     assert res.exit_code == 2 and "invalid dataset name '../..'" in res.output, res.output
+
+
+def test_more_mistakes_are_one_line_and_exit_2(tmp_path):
+    """A path where a folder goes, a server that is not this app, numbers that are none: one line
+    naming the option or the path, exit 2, never a traceback."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mbta_ray.config import ResourceError, TrialResources, TuneSettings
+    from mbta_ray.errors import ConfigError
+    from mbta_ray.registry import InvalidName
+    from mbta_ray.tune import _experiment
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    res = runner.invoke(app, ["promote", "v1", "--root", str(a_file)])
+    assert res.exit_code == 2 and "Not a directory" in res.output and "Traceback" not in res.output, res.output
+    res = runner.invoke(app, ["data", "show", "x", "--rows", "99999999999999999999999", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "--rows" in res.output and "Traceback" not in res.output, res.output
+    res = runner.invoke(
+        app, ["live", "record", "--url", "http://127.0.0.1:9/vp.pb", "--out", str(tmp_path / "o"), "--every", "inf"]
+    )
+    assert res.exit_code == 2 and "--every inf" in res.output, res.output
+
+    class NotThisApp(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            body = b"hello" if self.path == "/model" else b"[1, 2]"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotThisApp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        res = runner.invoke(
+            app, ["smoke", "--url", f"http://127.0.0.1:{server.server_address[1]}", "--root", str(tmp_path)]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.exit_code == 2 and "not a JSON object" in res.output and "Traceback" not in res.output, res.output
+
+    for bad, says in ((["--model-name", "../.."], "invalid model name"), (["--registry", "ftp://x"], "registry root")):
+        started = time.monotonic()
+        res = runner.invoke(app, ["pipeline", "--root", str(tmp_path / "art"), *bad])
+        assert res.exit_code == 2 and says in res.output and time.monotonic() - started < 10, res.output
+        assert not (tmp_path / "art" / "datasets").exists()  # refused before the ingest
+    with pytest.raises(InvalidName, match="invalid experiment name"):
+        _experiment(
+            TuneSettings(family="xgboost", name="../../escape", storage=str(tmp_path / "exp")), "abcdef12", None
+        )
+    assert not (tmp_path / "escape").exists()
+    with pytest.raises(ConfigError, match="--cpus-per-worker nan"):
+        TrialResources(cpus_per_worker=float("nan"))
+    with pytest.raises(ConfigError, match="--trial-cpu -5"):
+        TrialResources(trial_cpu=-5)
+    with pytest.raises(ResourceError, match="--gpus-per-worker 1: the cluster has 0 GPU"):
+        TrialResources(gpus_per_worker=1).check_gpus(0)
+    with pytest.raises(ConfigError, match="--random-steps -1"):
+        TuneSettings(family="dnn", random_steps=-1)

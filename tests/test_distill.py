@@ -17,8 +17,12 @@ from mbta_ray.schema import TARGET
 def test_distill_options_are_checked_by_name():
     with pytest.raises(ValueError, match=r"blend=1.5 must be within \[0.0, 1.0\]"):
         DistillConfig(blend=1.5)
-    with pytest.raises(ValueError, match=r"softening=0 must be > 0"):
+    with pytest.raises(ValueError, match=r"softening=0 must be a number > 0"):
         DistillConfig(softening=0)
+    with pytest.raises(ValueError, match=r"softening=nan must be a number > 0"):  # NaN passes a <= 0 check
+        DistillConfig(softening=float("nan"))
+    with pytest.raises(ValueError, match=r"hidden=\[0\]: one or more layer widths >= 1"):
+        DistillConfig(hidden=[0])
 
 
 def test_reobserved_pairs_shift_time_consistently_and_have_no_target():

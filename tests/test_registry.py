@@ -459,3 +459,24 @@ def test_registry_list_reports_a_production_pointer_to_a_path_and_still_lists(tm
     res = CliRunner().invoke(app, ["registry", "list", "--root", str(root)])
     assert res.exit_code == 0 and v1 in res.output, res.output
     assert f"damaged: invalid version in {pointer} '../../../datasets'" in res.output, res.output
+
+
+def test_a_model_whose_files_pass_their_checksums_but_do_not_load_is_not_promoted(tmp_path):
+    """Checksums say the files are the ones registered, not that they are a model: a model file
+    replaced (checksum updated with it) is refused by loading it, and production stays."""
+    import hashlib
+    import json
+
+    reg = Registry(tmp_path / "root")
+    v1 = register(reg, tmp_path, "m1", 100.0)
+    v2 = register(reg, tmp_path, "m2", 90.0)
+    reg.promote(v1)
+    folder = Path(reg.fetch(v2))
+    meta = json.loads((folder / "metadata.json").read_text())
+    (name,) = [n for n in meta["files"] if n.startswith("model")]
+    (folder / name).write_bytes(b"\x00not a model" * 50)
+    meta["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    (folder / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptModel, match="cannot load the model"):
+        reg.promote(v2)
+    assert reg.production()["version"] == v1

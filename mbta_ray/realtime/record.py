@@ -79,7 +79,7 @@ def record(
     Ctrl-C), writing parquet archives into ``out``."""
     if kind not in KINDS:
         raise ConfigError(f"--kind {kind!r}: one of {', '.join(KINDS)}")
-    if not every_s > 0:
+    if not (every_s > 0 and math.isfinite(every_s)):
         raise ConfigError(f"--every {every_s}: must be a positive number of seconds")
     if flush_every < 1:
         raise ConfigError(f"--flush-every {flush_every}: must be at least 1")

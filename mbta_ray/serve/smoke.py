@@ -212,7 +212,14 @@ def run(
     url = url.rstrip("/")
     session = http.Session()
     health = session.get(f"{url}/healthz", timeout=timeout_s)
-    report = SmokeReport(url, health.json().get("model_version") if health.ok else None)
+    try:
+        said = health.json() if health.ok else None
+    except ValueError:  # 200 and not JSON: not this app
+        said = None
+    report = SmokeReport(url, said.get("model_version") if isinstance(said, dict) else None)
+    if health.ok and not isinstance(said, dict):
+        report.failures.append(f"GET /healthz -> 200 but not a JSON object: {health.text[:120]!r}")
+        return report
     if not health.ok:
         report.failures.append(f"GET /healthz -> {health.status_code}: {health.text[:300]}")
         return report
