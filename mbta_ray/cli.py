@@ -892,6 +892,8 @@ def live_record_cmd(
         log=lambda m: console.print(m, soft_wrap=True, markup=False, highlight=False),
     )
     console.print(f"recorded {report.summary()} into {out}", soft_wrap=True)
+    if not report.snapshots and report.skipped:  # every poll failed: nothing was recorded
+        raise typer.Exit(1)
 
 
 @app.command("race")

@@ -378,6 +378,8 @@ class Registry:
         prod_value, why = None, ""
         if prod is None:
             accepted, why = True, f"production record unreadable: {broken}" if broken else "no production model yet"
+        elif prod["version"] == version and not force:
+            accepted, why = False, f"{version} is already the production model"
         elif cand_value is None:
             accepted, why = False, f"the candidate has no {metric} on {where}"
         else:

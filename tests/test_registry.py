@@ -471,6 +471,8 @@ def test_a_model_whose_files_pass_their_checksums_but_do_not_load_is_not_promote
     v1 = register(reg, tmp_path, "m1", 100.0)
     v2 = register(reg, tmp_path, "m2", 90.0)
     reg.promote(v1)
+    again = reg.promote(v1)  # not compared with itself
+    assert not again.accepted and again.reason.endswith(f"{v1} is already the production model")
     folder = Path(reg.fetch(v2))
     meta = json.loads((folder / "metadata.json").read_text())
     (name,) = [n for n in meta["files"] if n.startswith("model")]
