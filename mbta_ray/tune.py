@@ -305,6 +305,8 @@ def _experiment(settings: TuneSettings, ds_version: str, resume: str | None) -> 
         exp_dir = Path(resume).resolve()
         if not exp_dir.is_dir():
             raise MissingFileError(f"{exp_dir}: no such experiment to resume")
+        if not tune.Tuner.can_restore(str(exp_dir)):  # before anything is written into it
+            raise MissingFileError(f"{exp_dir}: not a Tune experiment to resume (give the folder `tune` printed)")
         settings = replace(settings, name=exp_dir.name, storage=str(exp_dir.parent))
     else:
         if settings.name is not None:  # one folder under the experiments root, never a path out of it

@@ -193,7 +193,7 @@ def test_more_mistakes_are_one_line_and_exit_2(tmp_path):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from mbta_ray.config import ResourceError, TrialResources, TuneSettings
-    from mbta_ray.errors import ConfigError
+    from mbta_ray.errors import ConfigError, MissingFileError
     from mbta_ray.registry import InvalidName
     from mbta_ray.tune import _experiment
 
@@ -235,6 +235,9 @@ def test_more_mistakes_are_one_line_and_exit_2(tmp_path):
         res = runner.invoke(app, ["pipeline", "--root", str(tmp_path / "art"), *bad])
         assert res.exit_code == 2 and says in res.output and time.monotonic() - started < 10, res.output
         assert not (tmp_path / "art" / "datasets").exists()  # refused before the ingest
+    with pytest.raises(MissingFileError, match="not a Tune experiment to resume"):
+        _experiment(TuneSettings(family="xgboost"), "abcdef12", str(tmp_path))
+    assert not (tmp_path / "encoder.json").exists()
     with pytest.raises(InvalidName, match="invalid experiment name"):
         _experiment(
             TuneSettings(family="xgboost", name="../../escape", storage=str(tmp_path / "exp")), "abcdef12", None
