@@ -207,26 +207,22 @@ def _raw_batches(piece: dict, reader: Reader) -> Iterator[pd.DataFrame]:
 _INT_RANGES = {"direction_id": (-128, 127), "stop_sequence": (-(2**31), 2**31 - 1)}  # TransitMaster has -1
 
 
-def _check_integers(frame: pd.DataFrame) -> None:
-    """Non-integer or out-of-range ids become bad_value rows (and null), not a crashed ingest."""
-    for column, (lo, hi) in _INT_RANGES.items():
-        v = frame[column].astype("float64")
-        bad = v.notna() & ((v < lo) | (v > hi) | (v != v.round()))
-        if bad.any():
-            first = bad & frame["reason"].isna()
-            frame.loc[first, "reason"] = Reason.BAD_VALUE.value
-            frame.loc[first, "detail"] = (
-                f"field {column}: " + v[first].astype("string") + f" is not an integer in [{lo}, {hi}]"
-            )
-            frame.loc[bad, column] = float("nan")
-
-
 def _flag_first(frame: pd.DataFrame, bad: pd.Series, detail: pd.Series) -> None:
     """``bad_value`` with ``detail`` on the rows of ``bad`` that have no reason yet."""
     first = bad & frame["reason"].isna()
     if first.any():
         frame.loc[first, "reason"] = Reason.BAD_VALUE.value
         frame.loc[first, "detail"] = detail[first]
+
+
+def _check_integers(frame: pd.DataFrame) -> None:
+    """Non-integer or out-of-range ids become bad_value rows (and null), not a crashed ingest."""
+    for column, (lo, hi) in _INT_RANGES.items():
+        v = frame[column].astype("float64")
+        bad = v.notna() & ((v < lo) | (v > hi) | (v != v.round()))
+        if bad.any():
+            _flag_first(frame, bad, f"field {column}: " + v.astype("string") + f" is not an integer in [{lo}, {hi}]")
+            frame.loc[bad, column] = float("nan")
 
 
 def _epoch_us(when: pd.Series) -> np.ndarray:
